@@ -1,0 +1,758 @@
+"""Validate docker-compose.yml and infra/Dockerfile without a Docker engine.
+
+Three layers:
+
+1. ``tests/compose_schema.json``: our own strict JSON Schema for the subset of
+   the Compose Specification we use (unknown keys are errors).
+2. Cross-reference and policy checks written as ``check_*`` functions that
+   return a list of problems (empty = fine): depends_on targets, declared
+   volumes, Redis durability, the MinIO bucket, Flower auth, profiles, secrets,
+   ``editq`` subcommands.
+3. If the optional ``compose-spec`` package (a full Compose Specification
+   parser) is importable, the file must also parse with it.
+
+``test_checks_catch_regressions`` mutates a copy of the file (drop AOF, add a
+literal password, ...) and asserts the matching check reports it, so a guard
+that silently stops guarding is itself a test failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "infra" / "Dockerfile"
+SCHEMA_FILE = Path(__file__).with_name("compose_schema.json")
+
+EDITQ_SUBCOMMANDS = frozenset({"worker", "webhooks", "sandbox", "submit", "status", "demo"})
+EDITQ_SERVICES = ("worker", "webhooks", "flower", "sandbox")
+PROVIDER_KEYS = (
+    "EDITQ_FAL_KEY",
+    "EDITQ_OPENAI_API_KEY",
+    "EDITQ_REPLICATE_API_TOKEN",
+    "EDITQ_WAVESPEED_API_KEY",
+    "EDITQ_OXEN_API_KEY",
+    "EDITQ_MODELRUNNER_KEY",
+)
+# An env var whose name matches this carries a credential.
+SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+# Defaults allowed for credential variables: obviously-local placeholders only.
+LOCAL_PLACEHOLDER = re.compile(r"^[a-z0-9-]*local[a-z0-9-]*$")
+# Shapes of real credentials from the providers and clouds we touch.
+TOKEN_SHAPES = {
+    "OpenAI key": re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),
+    "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "Replicate token": re.compile(r"\br8_[A-Za-z0-9]{20,}"),
+    "fal key": re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{32}\b"),
+    "GitHub token": re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    "Slack token": re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+URL_CREDENTIALS = re.compile(r"://(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
+
+
+# --------------------------------------------------------------------------
+# loading and Compose-style interpolation
+# --------------------------------------------------------------------------
+
+
+def load_compose(text: str | None = None) -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8") if text is None else text)
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose_text() -> str:
+    return COMPOSE_FILE.read_text(encoding="utf-8")
+
+
+@pytest.fixture()
+def compose(compose_text: str) -> dict[str, Any]:
+    return load_compose(compose_text)
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+class InterpolationError(ValueError):
+    """A ``${VAR:?message}`` (or ``${VAR?message}``) whose variable is missing."""
+
+
+_INTERP = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Expand a string the way Compose does before it uses the file."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group("escaped"):
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        unset, empty = current is None, not current
+        if op in (":-", "-"):
+            return arg if (empty if op == ":-" else unset) else current or ""
+        if op in (":?", "?"):
+            if empty if op == ":?" else unset:
+                raise InterpolationError(f"{name}: {arg}")
+            return current or ""
+        if op in (":+", "+"):
+            return "" if (empty if op == ":+" else unset) else arg
+        return current or ""
+
+    return _INTERP.sub(repl, value)
+
+
+def render(node: Any, env: Mapping[str, str]) -> Any:
+    """Interpolate every string value of a loaded compose file."""
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [render(v, env) for v in node]
+    if isinstance(node, dict):
+        return {k: render(v, env) for k, v in node.items()}
+    return node
+
+
+def parse_reference(value: str) -> tuple[str, str | None, str] | None:
+    """``"${NAME:-x}"`` -> ``("NAME", ":-", "x")``; None unless the whole string is one reference."""
+    m = re.fullmatch(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}", value)
+    if not m:
+        return None
+    return m.group("name"), m.group("op"), m.group("arg") or ""
+
+
+def argv_of(command: str | list[str] | None) -> list[str]:
+    if command is None:
+        return []
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def walk_strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Yield (path, string) for every key and string value in a loaded YAML tree."""
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk_strings(v, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}.{k}(key)", str(k)
+            yield from walk_strings(v, f"{path}.{k}")
+
+
+def env_items(environment: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(environment, dict):
+        yield from environment.items()
+    elif isinstance(environment, list):
+        for entry in environment:
+            name, sep, value = str(entry).partition("=")
+            yield name, (value if sep else None)
+
+
+def environments(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every environment block: each service's, plus top-level x-* mappings of env vars."""
+    for name, svc in data.get("services", {}).items():
+        if "environment" in svc:
+            yield f"services.{name}", dict(env_items(svc["environment"]))
+    for key, value in data.items():
+        if key.startswith("x-") and isinstance(value, dict):
+            if "environment" in value:
+                yield key, dict(env_items(value["environment"]))
+            elif value and all(re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(k)) for k in value):
+                yield key, value
+
+
+def shannon_entropy(s: str) -> float:
+    counts = {c: s.count(c) for c in set(s)}
+    return -sum(n / len(s) * math.log2(n / len(s)) for n in counts.values())
+
+
+# --------------------------------------------------------------------------
+# checks: each returns a list of problems (empty list = OK)
+# --------------------------------------------------------------------------
+
+
+def check_schema(data: dict[str, Any]) -> list[str]:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def check_no_version_key(data: dict[str, Any]) -> list[str]:
+    return ["top-level `version:` is obsolete in the Compose Specification"] if "version" in data else []
+
+
+def check_depends_on(data: dict[str, Any]) -> list[str]:
+    services = data.get("services", {})
+    problems: list[str] = []
+    graph: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        targets = list(deps) if isinstance(deps, (dict, list)) else []
+        graph[name] = targets
+        for target in targets:
+            if target == name:
+                problems.append(f"{name} depends on itself")
+            elif target not in services:
+                problems.append(f"{name} depends on unknown service {target!r}")
+            else:
+                condition = deps[target]["condition"] if isinstance(deps, dict) else "service_started"
+                if condition == "service_healthy" and "healthcheck" not in services[target]:
+                    problems.append(
+                        f"{name} waits for {target} to be healthy but {target} has no healthcheck"
+                    )
+                if services[target].get("profiles") and not svc.get("profiles"):
+                    problems.append(f"{name} (always on) depends on {target}, which only runs in a profile")
+    # cycles
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        if state.get(node) == 2 or node not in graph:
+            return
+        if state.get(node) == 1:
+            problems.append("depends_on cycle: " + " -> ".join([*trail, node]))
+            return
+        state[node] = 1
+        for nxt in graph[node]:
+            visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in graph:
+        visit(node, [])
+    return problems
+
+
+def check_volumes(data: dict[str, Any]) -> list[str]:
+    declared = set((data.get("volumes") or {}).keys())
+    used: set[str] = set()
+    problems: list[str] = []
+    for name, svc in data.get("services", {}).items():
+        for mount in svc.get("volumes", []) or []:
+            source = str(mount).split(":", 1)[0]
+            if source and source[0] not in "./~$":
+                used.add(source)
+                if source not in declared:
+                    problems.append(f"{name} mounts undeclared named volume {source!r}")
+    problems += [f"volume {v!r} is declared but never used" for v in sorted(declared - used)]
+    return problems
+
+
+def check_ports(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for name, svc in data.get("services", {}).items():
+        for port in svc.get("ports", []) or []:
+            if not isinstance(port, str):
+                problems.append(f'{name}: port {port!r} must be a quoted string like "8901:8901"')
+                continue
+            host = port.rsplit(":", 1)[0]
+            if host in seen:
+                problems.append(f"{name} and {seen[host]} both publish {host}")
+            seen[host] = name
+    return problems
+
+
+def redis_options(data: dict[str, Any]) -> dict[str, str]:
+    argv = argv_of(data["services"]["redis"].get("command"))
+    opts: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        if token.startswith("--"):
+            opts[token[2:]] = argv[i + 1] if i + 1 < len(argv) else ""
+    return opts
+
+
+def check_redis(data: dict[str, Any]) -> list[str]:
+    redis = data.get("services", {}).get("redis")
+    if redis is None:
+        return ["no redis service"]
+    problems: list[str] = []
+    if not str(redis.get("image", "")).startswith("redis:7"):
+        problems.append("redis must use the redis:7 image")
+    opts = redis_options(data)
+    if opts.get("appendonly") != "yes":
+        problems.append("redis must run with --appendonly yes (AOF persistence)")
+    if opts.get("appendfsync") != "everysec":
+        problems.append("redis must run with --appendfsync everysec")
+    if opts.get("maxmemory-policy") != "noeviction":
+        problems.append("redis must run with --maxmemory-policy noeviction (evicting a key loses a job)")
+    mounts = [str(m) for m in redis.get("volumes", []) or []]
+    if not any(
+        m.split(":")[1:2] == ["/data"] and m.split(":")[0] in (data.get("volumes") or {}) for m in mounts
+    ):
+        problems.append("redis /data must be on a named volume")
+    test = argv_of((redis.get("healthcheck") or {}).get("test"))
+    if not {"redis-cli", "ping"} <= set(test):
+        problems.append("redis healthcheck must run `redis-cli ping`")
+    return problems
+
+
+def check_minio(data: dict[str, Any]) -> list[str]:
+    services = data.get("services", {})
+    minio, init = services.get("minio"), services.get("minio-init")
+    if minio is None or init is None:
+        return ["minio and minio-init services are required"]
+    problems: list[str] = []
+    if not str(minio.get("image", "")).startswith("minio/minio"):
+        problems.append("minio must use the minio/minio image")
+    argv = argv_of(minio.get("command"))
+    if argv[:2] != ["server", "/data"] or "--console-address" not in argv:
+        problems.append("minio command must be `server /data --console-address :9001`")
+    if "healthcheck" not in minio:
+        problems.append("minio needs a healthcheck")
+    if not any(str(m).split(":")[0] in (data.get("volumes") or {}) for m in minio.get("volumes", []) or []):
+        problems.append("minio data must be on a named volume")
+    env = dict(env_items(minio.get("environment")))
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        ref = parse_reference(str(env.get(var, "")))
+        if ref is None or ref[0] != var:
+            problems.append(f"minio {var} must come from the environment (${{{var}:-...}})")
+
+    # minio-init: one-shot bucket creation once minio is healthy
+    if not str(init.get("image", "")).startswith("minio/mc"):
+        problems.append("minio-init must use the minio/mc image")
+    deps = init.get("depends_on") or {}
+    if not isinstance(deps, dict) or deps.get("minio", {}).get("condition") != "service_healthy":
+        problems.append("minio-init must depend on minio being healthy")
+    if init.get("restart", "no") != "no":
+        problems.append('minio-init is one-shot: restart must be "no"')
+    script = "\n".join(argv_of(init.get("entrypoint")) + [str(c) for c in init.get("command") or []])
+    bucket_expr = data.get("x-editq-env", {}).get("EDITQ_S3_BUCKET")
+    m = re.search(r"\bmc\s+mb\b[^\n]*?\blocal/(?P<bucket>\"?\$\{[^}]+\}|[\w.-]+)", script)
+    if not m:
+        problems.append("minio-init must create the bucket with `mc mb local/<bucket>`")
+    else:
+        bucket = m.group("bucket").strip('"')
+        if bucket != bucket_expr:
+            problems.append(f"minio-init creates {bucket!r}, the workers use {bucket_expr!r}")
+        if interpolate(bucket, {}) != "editq":
+            problems.append("the default bucket must be `editq`")
+    return problems
+
+
+def check_editq_services(data: dict[str, Any]) -> list[str]:
+    services = data.get("services", {})
+    problems: list[str] = []
+    expected_env = {
+        "EDITQ_REDIS_URL": "redis://redis:6379/0",
+        "EDITQ_S3_ENDPOINT": "http://minio:9000",
+        "EDITQ_S3_BUCKET": "${EDITQ_S3_BUCKET:-editq}",
+        "EDITQ_WEBHOOK_BASE_URL": "${EDITQ_WEBHOOK_BASE_URL:-http://webhooks:8901}",
+    }
+    for name in EDITQ_SERVICES:
+        svc = services.get(name)
+        if svc is None:
+            problems.append(f"missing service {name}")
+            continue
+        build = svc.get("build")
+        dockerfile = build.get("dockerfile") if isinstance(build, dict) else None
+        context = build.get("context") if isinstance(build, dict) else build
+        if dockerfile != "infra/Dockerfile" or context != ".":
+            problems.append(f"{name} must build from infra/Dockerfile with the repo root as context")
+        if svc.get("restart") not in ("unless-stopped", "always", "on-failure"):
+            problems.append(f"{name} needs a restart policy")
+        env = dict(env_items(svc.get("environment")))
+        for var, value in expected_env.items():
+            if env.get(var) != value:
+                problems.append(f"{name}: {var} should be {value!r}, got {env.get(var)!r}")
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = parse_reference(str(env.get(var, "")))
+            if ref is None or ref[0] != var:
+                problems.append(f"{name}: {var} must come from the environment")
+        for var in PROVIDER_KEYS:
+            if var not in env:
+                problems.append(f"{name}: provider key {var} is not passed through")
+            elif env[var] not in (None, f"${{{var}}}", f"${{{var}:-}}"):
+                problems.append(f"{name}: {var} must be passed through from the host with no default")
+
+    worker = services.get("worker", {})
+    if argv_of(worker.get("command")) != ["editq", "worker"]:
+        problems.append("worker command must be `editq worker`")
+    deps = worker.get("depends_on") or {}
+    if not isinstance(deps, dict) or deps.get("redis", {}).get("condition") != "service_healthy":
+        problems.append("worker must wait for redis to be healthy")
+    if (
+        not isinstance(deps, dict)
+        or deps.get("minio-init", {}).get("condition") != "service_completed_successfully"
+    ):
+        problems.append("worker must wait for minio-init to complete successfully")
+    if "container_name" in worker or worker.get("ports"):
+        problems.append("worker must stay scalable: no container_name, no published ports")
+    if not isinstance((worker.get("deploy") or {}).get("replicas", 1), int):
+        problems.append("worker deploy.replicas must be an integer")
+
+    webhooks = services.get("webhooks", {})
+    if argv_of(webhooks.get("command")) != ["editq", "webhooks", "--host", "0.0.0.0", "--port", "8901"]:
+        problems.append("webhooks command must be `editq webhooks --host 0.0.0.0 --port 8901`")
+    if "8901:8901" not in [str(p) for p in webhooks.get("ports", [])]:
+        problems.append("webhooks must publish 8901:8901")
+    return problems
+
+
+def check_flower(data: dict[str, Any]) -> list[str]:
+    flower = data.get("services", {}).get("flower")
+    if flower is None:
+        return ["no flower service"]
+    problems: list[str] = []
+    command = flower.get("command")
+    # Compose interpolates first, then splits a string command shell-style.
+    try:
+        render(command, {})
+        problems.append("flower must refuse to start without FLOWER_PASSWORD (${FLOWER_PASSWORD:?...})")
+    except InterpolationError as exc:
+        if not str(exc).startswith("FLOWER_PASSWORD"):
+            problems.append(f"unexpected required variable in flower command: {exc}")
+    sentinel = "pw-from-env-7f3a"
+    argv = argv_of(render(command, {"FLOWER_PASSWORD": sentinel}))
+    if argv[:4] != ["celery", "-A", "worker.celery_app", "flower"]:
+        problems.append("flower command must be `celery -A worker.celery_app flower ...`")
+    if "--port=5555" not in argv:
+        problems.append("flower must listen on --port=5555")
+    auth = [a.split("=", 1)[1] for a in argv if a.startswith("--basic_auth=")]
+    if len(auth) != 1:
+        problems.append("flower must use --basic_auth")
+    elif auth[0] != f"admin:{sentinel}":
+        problems.append(
+            f"flower basic auth must be ${{FLOWER_USER:-admin}}:<FLOWER_PASSWORD>, got {auth[0]!r}"
+        )
+    if "5555:5555" not in [str(p) for p in flower.get("ports", [])]:
+        problems.append("flower must publish 5555:5555")
+    return problems
+
+
+def check_profiles(data: dict[str, Any]) -> list[str]:
+    services = data.get("services", {})
+    problems: list[str] = []
+    sandbox = services.get("sandbox")
+    if sandbox is None:
+        return ["no sandbox service"]
+    if sandbox.get("profiles") != ["sandbox"]:
+        problems.append('sandbox must be only in profiles: ["sandbox"]')
+    if argv_of(sandbox.get("command")) != ["editq", "sandbox", "--host", "0.0.0.0", "--port", "8900"]:
+        problems.append("sandbox command must be `editq sandbox --host 0.0.0.0 --port 8900`")
+    if "8900:8900" not in [str(p) for p in sandbox.get("ports", [])]:
+        problems.append("sandbox must publish 8900:8900")
+    for name in ("redis", "minio", "minio-init", "worker", "webhooks", "flower"):
+        if services.get(name, {}).get("profiles"):
+            problems.append(f"{name} must start by default (no profiles)")
+    return problems
+
+
+def check_no_secrets(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for where, env in environments(data):
+        for var, value in env.items():
+            if not SECRET_NAME.search(var) or value is None:
+                continue
+            ref = parse_reference(str(value))
+            if ref is None:
+                problems.append(f"{where}: {var} has a literal value; take it from the environment")
+            elif ref[0] != var and not SECRET_NAME.search(ref[0]):
+                problems.append(
+                    f"{where}: {var} is fed from ${{{ref[0]}}}, which is not a credential variable"
+                )
+            elif ref[1] in (":-", "-") and ref[2] and not LOCAL_PLACEHOLDER.fullmatch(ref[2]):
+                problems.append(f"{where}: default for {var} ({ref[2]!r}) looks like a real secret")
+    for where, text in walk_strings(data):
+        problems += _secret_shapes(where, text)
+    return problems
+
+
+def _secret_shapes(where: str, text: str) -> list[str]:
+    problems = [
+        f"{where}: contains something shaped like a {kind}"
+        for kind, rx in TOKEN_SHAPES.items()
+        if rx.search(text)
+    ]
+    for m in URL_CREDENTIALS.finditer(text):
+        if not m.group("password").startswith("${"):
+            problems.append(f"{where}: URL with an embedded password")
+    for token in re.findall(r"[A-Za-z0-9+/=_-]{24,}", text):
+        if re.search(r"\d", token) and re.search(r"[A-Za-z]", token) and shannon_entropy(token) > 4.0:
+            problems.append(f"{where}: high-entropy string {token[:6]}... looks like a credential")
+    return problems
+
+
+def check_editq_subcommands(data: dict[str, Any]) -> list[str]:
+    rendered = render(data, {"FLOWER_PASSWORD": "x"})
+    problems: list[str] = []
+    found: set[str] = set()
+    for name, svc in rendered.get("services", {}).items():
+        for field in ("entrypoint", "command"):
+            argv = argv_of(svc.get(field))
+            if argv[:1] == ["editq"]:
+                sub = argv[1] if len(argv) > 1 else ""
+                found.add(sub)
+                if sub not in EDITQ_SUBCOMMANDS:
+                    problems.append(f"{name}.{field}: `editq {sub}` is not a known subcommand")
+    # editq invoked from inside shell scripts (entrypoint/command/healthcheck strings),
+    # at a command position: line start, after ; && || | ( ` or exec/then/do.
+    shell_cmd = re.compile(
+        r"(?:^|[;&|(`]|\b(?:exec|then|do|else))\s*(?:/[\w/.-]*/)?editq\s+([a-z][a-z0-9_-]*)", re.MULTILINE
+    )
+    for where, text in walk_strings(rendered):
+        if not re.search(r"\.(command|entrypoint|test)(\[\d+\])?$", where):
+            continue
+        for m in shell_cmd.finditer(text):
+            found.add(m.group(1))
+            if m.group(1) not in EDITQ_SUBCOMMANDS:
+                problems.append(f"{where}: `editq {m.group(1)}` is not a known subcommand")
+    if not {"worker", "webhooks", "sandbox"} <= found:
+        problems.append(f"expected editq worker/webhooks/sandbox commands, found {sorted(found)}")
+    return problems
+
+
+def check_restart_policies(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for name, svc in data.get("services", {}).items():
+        deps_on_me = [
+            other
+            for other, s in data["services"].items()
+            if isinstance(s.get("depends_on"), dict)
+            and s["depends_on"].get(name, {}).get("condition") == "service_completed_successfully"
+        ]
+        if deps_on_me:
+            if svc.get("restart", "no") != "no":
+                problems.append(f'{name} is a one-shot job (awaited by {deps_on_me}); restart must be "no"')
+        elif svc.get("restart") not in ("unless-stopped", "always", "on-failure"):
+            problems.append(f"{name} is long-running and needs a restart policy")
+    return problems
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "schema": check_schema,
+    "version": check_no_version_key,
+    "depends_on": check_depends_on,
+    "volumes": check_volumes,
+    "ports": check_ports,
+    "redis": check_redis,
+    "minio": check_minio,
+    "editq_services": check_editq_services,
+    "flower": check_flower,
+    "profiles": check_profiles,
+    "secrets": check_no_secrets,
+    "subcommands": check_editq_subcommands,
+    "restart": check_restart_policies,
+}
+
+
+# --------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------
+
+
+def test_schema_file_is_a_valid_json_schema(schema: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_compose_file(compose: dict[str, Any], check: str) -> None:
+    problems = CHECKS[check](compose)
+    assert not problems, "\n".join(problems)
+
+
+def test_expected_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {
+        "redis",
+        "minio",
+        "minio-init",
+        "worker",
+        "webhooks",
+        "flower",
+        "sandbox",
+    }
+
+
+def test_shared_env_is_an_anchor(compose_text: str, compose: dict[str, Any]) -> None:
+    assert re.search(r"^x-editq-env:\s*&editq-env\b", compose_text, re.MULTILINE)
+    shared = compose["x-editq-env"]
+    for name in EDITQ_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert {k: env.get(k) for k in shared} == shared, f"{name} does not carry the shared environment"
+
+
+def test_raw_text_has_no_secret_shapes(compose_text: str) -> None:
+    # Also covers comments, which the YAML loader drops.
+    problems = [
+        p for i, line in enumerate(compose_text.splitlines(), 1) for p in _secret_shapes(f"line {i}", line)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_defaults_render_to_a_usable_local_stack(compose: dict[str, Any]) -> None:
+    rendered = render(compose, {"FLOWER_PASSWORD": "x"})
+    env = rendered["services"]["worker"]["environment"]
+    minio_env = rendered["services"]["minio"]["environment"]
+    assert env["EDITQ_S3_BUCKET"] == "editq"
+    assert env["EDITQ_WEBHOOK_BASE_URL"] == "http://webhooks:8901"
+    # the default AWS credentials are the default MinIO root credentials
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio_env["MINIO_ROOT_USER"],
+        minio_env["MINIO_ROOT_PASSWORD"],
+    )
+    assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses root passwords under 8 characters"
+    overridden = render(compose, {"FLOWER_PASSWORD": "x", "EDITQ_S3_BUCKET": "prod-out"})
+    assert "local/prod-out" in "\n".join(overridden["services"]["minio-init"]["command"])
+
+
+def test_with_compose_spec_package_if_installed(compose: dict[str, Any]) -> None:
+    """Full Compose Specification parse via the optional `compose-spec` package."""
+    compose_spec = pytest.importorskip("compose_spec")
+    # The Rust parser does not resolve YAML merge keys, so hand it the loaded tree.
+    parsed = compose_spec.PyCompose.from_json(json.dumps(compose))
+    assert set(parsed.service_names()) == set(compose["services"])
+    parsed.to_spec()
+
+
+def test_interpolation_helper() -> None:
+    assert interpolate("${A:-x}/${B-y}/$$C/${D}", {"B": ""}) == "x//$C/"
+    with pytest.raises(InterpolationError):
+        interpolate("${P:?set P}", {"P": ""})
+    assert interpolate("${P?set P}", {"P": ""}) == ""
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        *parents, leaf = path.split("/")
+        node: Any = d
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if value is _DELETE:
+            del node[int(leaf) if isinstance(node, list) else leaf]
+        else:
+            node[int(leaf) if isinstance(node, list) else leaf] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+def _redis_command(*args: str) -> Callable[[dict[str, Any]], None]:
+    return _set("services/redis/command", ["redis-server", *args])
+
+
+REGRESSIONS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    "no AOF": ("redis", _redis_command("--appendfsync", "everysec", "--maxmemory-policy", "noeviction")),
+    "AOF off": (
+        "redis",
+        _redis_command("--appendonly", "no", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"),
+    ),
+    "evicting redis": (
+        "redis",
+        _redis_command(
+            "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "allkeys-lru"
+        ),
+    ),
+    "redis healthcheck gone": ("schema", _set("services/redis/healthcheck/test", ["CMD"])),
+    "version key": ("version", _set("version", "3.9")),
+    "unknown top-level key": ("schema", _set("service", {})),
+    "unknown service key": ("schema", _set("services/worker/replica", 3)),
+    "no image or build": ("schema", _set("services/minio/image", _DELETE)),
+    "bad depends_on condition": ("schema", _set("services/worker/depends_on/redis/condition", "healthy")),
+    "depends on missing service": (
+        "depends_on",
+        _set("services/worker/depends_on/postgres", {"condition": "service_started"}),
+    ),
+    "undeclared volume": ("volumes", _set("services/redis/volumes", ["redisdata:/data"])),
+    "unquoted port": ("schema", _set("services/webhooks/ports", [8901])),
+    "profiles not a list": ("schema", _set("services/sandbox/profiles", "sandbox")),
+    "sandbox always on": ("profiles", _set("services/sandbox/profiles", _DELETE)),
+    "bucket never created": ("minio", _set("services/minio-init/command", ["mc ls local"])),
+    "flower without auth": (
+        "flower",
+        _set("services/flower/command", "celery -A worker.celery_app flower --port=5555"),
+    ),
+    "flower literal password": (
+        "flower",
+        _set(
+            "services/flower/command",
+            "celery -A worker.celery_app flower --port=5555 --basic_auth=admin:hunter2",
+        ),
+    ),
+    "literal provider key": ("secrets", _set("services/worker/environment/EDITQ_FAL_KEY", "abc123")),
+    "provider key default": (
+        "editq_services",
+        _set("services/worker/environment/EDITQ_OPENAI_API_KEY", "${EDITQ_OPENAI_API_KEY:-x}"),
+    ),
+    "real-looking default": (
+        "secrets",
+        _set("x-editq-env/AWS_SECRET_ACCESS_KEY", "${AWS_SECRET_ACCESS_KEY:-wJalrXUtnFEMIK7MDENGbPxRfiCY}"),
+    ),
+    "token in a command": (
+        "secrets",
+        _set("services/sandbox/command", ["editq", "sandbox", "--key", "sk-" + "A1b2C3d4" * 4]),
+    ),
+    "password in a URL": ("secrets", _set("x-editq-env/EDITQ_REDIS_URL", "redis://:s3cret@redis:6379/0")),
+    "unknown subcommand": ("subcommands", _set("services/worker/command", ["editq", "run-worker"])),
+    "unknown subcommand in a script": (
+        "subcommands",
+        _set("services/minio-init/command", ["set -e\nmc mb local/x && editq migrate"]),
+    ),
+    "worker not scalable": ("editq_services", _set("services/worker/container_name", "editq-worker")),
+    "one-shot restarts forever": ("restart", _set("services/minio-init/restart", "always")),
+}
+
+
+@pytest.mark.parametrize("regression", sorted(REGRESSIONS))
+def test_checks_catch_regressions(compose: dict[str, Any], regression: str) -> None:
+    check, mutate = REGRESSIONS[regression]
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    assert CHECKS[check](broken), f"check {check!r} did not notice: {regression}"
+
+
+def test_deleting_aof_from_the_file_fails(compose_text: str) -> None:
+    """Edit the text itself (not the loaded tree): removing AOF must be caught."""
+    broken = re.sub(r"\n\s*- --appendonly\n\s*- \"yes\"", "", compose_text)
+    assert broken != compose_text
+    assert check_redis(load_compose(broken))
+
+
+# --------------------------------------------------------------------------
+# infra/Dockerfile
+# --------------------------------------------------------------------------
+
+
+def test_dockerfile() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    instructions = [
+        line.strip()
+        for line in re.sub(r"\\\n", " ", text).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    froms = [i for i in instructions if i.upper().startswith("FROM ")]
+    assert froms and all("${PYTHON_IMAGE}" in f or "python:3.11-slim" in f for f in froms)
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
+    assert any(re.search(r"\bpip install\b.*\s\.(\s|$)", i) for i in instructions), "must `pip install .`"
+    users = [i.split(None, 1)[1] for i in instructions if i.upper().startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    for i in instructions:
+        if i.upper().startswith(("ENV ", "ARG ")):
+            assert not SECRET_NAME.search(i.split(None, 1)[1].split("=")[0]), (
+                f"no credentials in the image: {i}"
+            )
+        assert not re.search(r"\bCOPY\b.*\.env\b", i), "never copy .env into the image"
+    assert not _secret_shapes("Dockerfile", text)
