@@ -1,0 +1,273 @@
+"""Python API: `submit`, `submit_batch`, `submit_file`, `status`, `wait`, `cancel`.
+
+A batch is streamed: lines are parsed, validated (canonical rules, then each provider's rules at
+enqueue time), their inputs fetched once and stored, and the jobs written to Redis 500 at a time.
+A bad line is reported with its number and reason; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from producer.inputs import InputError, InputPreparer
+from schemas.job import EditJob, JobRequest, content_key, describe_errors
+from worker.providers import get_adapter
+from worker.state import TERMINAL, JobStore, State
+from worker.storage import get_storage
+
+CHUNK = 500
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{time.time_ns() // 1_000_000:x}{secrets.token_hex(5)}"
+
+
+@dataclass
+class LineError:
+    line: int
+    error: str
+    custom_id: str | None = None
+
+
+@dataclass
+class BatchReport:
+    batch_id: str
+    enqueued: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    duplicates: list[tuple[int, str]] = field(default_factory=list)
+    invalid: list[LineError] = field(default_factory=list)
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid and not self.refused
+
+
+class Enqueuer:
+    """Turns request lines into stored jobs. One per batch; keeps an input cache across lines."""
+
+    def __init__(self, batch_id: str, base_dir: Path, store: JobStore | None = None) -> None:
+        self.batch_id = batch_id
+        self.store = store or JobStore()
+        self.storage = get_storage()
+        self.inputs = InputPreparer(self.storage, base_dir)
+
+    def prepare(self, raw: str | dict[str, Any], defaults: dict[str, Any] | None) -> EditJob:
+        """Parse and validate one line into a ready job; raises ValueError with a readable message."""
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(data, dict):
+            raise ValueError("each line must be a JSON object")
+        if defaults:
+            data = {**defaults, **data}
+        try:
+            req = JobRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc)) from None
+        for name in req.route:
+            try:
+                get_adapter(name)
+            except KeyError as exc:
+                raise ValueError(f"provider: {exc.args[0]}") from None
+        try:
+            inputs = [self.inputs.prepare(ref, f"images[{i}]") for i, ref in enumerate(req.images)]
+            mask = self.inputs.prepare(req.mask, "mask") if req.mask else None
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if mask is not None and mask.format != "png":
+            raise ValueError("mask: must be a PNG with an alpha channel (transparent = area to edit)")
+        if mask is not None and (mask.width, mask.height) != (inputs[0].width, inputs[0].height):
+            raise ValueError(
+                f"mask: is {mask.width}x{mask.height} but images[0] is {inputs[0].width}x{inputs[0].height}; "
+                "they must be the same size"
+            )
+        key = req.idempotency_key or content_key(req, [i.sha256 for i in inputs], mask.sha256 if mask else None)
+        job = EditJob(
+            **req.model_dump(exclude={"idempotency_key"}),
+            job_id=new_id("job"),
+            batch_id=self.batch_id,
+            inputs=inputs,
+            mask_input=mask,
+            idempotency_key=key,
+        )
+        problems = [msg for name in req.route for msg in get_adapter(name).validate(job)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return job
+
+    def write(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> None:
+        if not jobs:
+            return
+        pipe = self.store.r.pipeline(transaction=False)
+        for _, job in jobs:
+            self.store.create(job, pipe=pipe)
+        providers: set[str] = set()
+        for (lineno, job), res in zip(jobs, pipe.execute(), strict=True):
+            created, jid = int(res[0]), res[1]
+            if created:
+                report.enqueued += 1
+                report.job_ids.append(jid)
+                providers.add(job.route[0])
+            else:
+                report.duplicates.append((lineno, jid))
+        _kick(providers)
+
+    def reject(self, err: LineError, report: BatchReport) -> None:
+        report.invalid.append(err)
+        self.store.r.rpush(
+            self.store.k.batch_errors(self.batch_id),
+            json.dumps({"line": err.line, "error": err.error, "custom_id": err.custom_id}),
+        )
+
+
+def _kick(providers: set[str]) -> None:
+    if not providers:
+        return
+    from worker.triggers import Kicker
+
+    kicker = Kicker()
+    for name in providers:
+        kicker.dispatch(name, get_adapter(name).synchronous)
+
+
+def _numbered(lines: Iterable[str | dict[str, Any]]) -> Iterator[tuple[int, str | dict[str, Any]]]:
+    for n, line in enumerate(lines, start=1):
+        if isinstance(line, str) and not line.strip():
+            continue
+        yield n, line
+
+
+def _custom_id(raw: str | dict[str, Any]) -> str | None:
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+        cid = data.get("custom_id") if isinstance(data, dict) else None
+        return str(cid) if cid is not None else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def submit_batch(
+    lines: Iterable[str | dict[str, Any]] | Callable[[], Iterable[str | dict[str, Any]]],
+    *,
+    batch_id: str | None = None,
+    base_dir: Path | str = ".",
+    strict: bool = False,
+    defaults: dict[str, Any] | None = None,
+    source: str | None = None,
+    on_progress: Callable[[BatchReport], None] | None = None,
+) -> BatchReport:
+    """Enqueue a batch. With `strict`, every line is checked first and any bad line refuses the whole batch
+    (pass a callable returning a fresh iterator so the lines can be read twice without holding them)."""
+    batch_id = batch_id or new_id("batch")
+    enq = Enqueuer(batch_id, Path(base_dir))
+    report = BatchReport(batch_id=batch_id)
+    source_fn = lines if callable(lines) else (lambda: lines)
+    if strict:
+        for n, raw in _numbered(source_fn()):
+            try:
+                enq.prepare(raw, defaults)
+            except ValueError as exc:
+                report.invalid.append(LineError(n, str(exc), _custom_id(raw)))
+        if report.invalid:
+            report.refused = True
+            return report
+    enq.store.r.hset(enq.store.k.batch(batch_id), mapping={"created_at": repr(time.time()), "source": source or ""})
+    chunk: list[tuple[int, EditJob]] = []
+    for n, raw in _numbered(source_fn()):
+        try:
+            chunk.append((n, enq.prepare(raw, defaults)))
+        except ValueError as exc:
+            enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
+        if len(chunk) >= CHUNK:
+            enq.write(chunk, report)
+            chunk = []
+            if on_progress:
+                on_progress(report)
+    enq.write(chunk, report)
+    if enq.store.close_batch(batch_id):
+        from worker.triggers import Kicker
+
+        Kicker().finalize(batch_id)
+        enq.store.r.lrem(enq.store.k.finalize, 0, batch_id)
+    if on_progress:
+        on_progress(report)
+    return report
+
+
+def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:
+    """Stream a JSONL file (one job per line, never the whole file in memory)."""
+    path = Path(path)
+
+    def lines() -> Iterator[str]:
+        with path.open("r", encoding="utf-8") as fh:
+            yield from fh
+
+    kwargs.setdefault("base_dir", path.parent)
+    kwargs.setdefault("source", str(path))
+    return submit_batch(lines, **kwargs)
+
+
+def submit(job: JobRequest | dict[str, Any], *, base_dir: Path | str = ".", batch_id: str | None = None) -> str:
+    """Enqueue one job (a batch of one). Returns its job id (the existing one if it is a duplicate)."""
+    raw = job.model_dump(mode="json", exclude_none=True) if isinstance(job, JobRequest) else job
+    report = submit_batch([raw], base_dir=base_dir, batch_id=batch_id)
+    if report.invalid:
+        raise ValueError(report.invalid[0].error)
+    return report.job_ids[0] if report.job_ids else report.duplicates[0][1]
+
+
+def status(ident: str, store: JobStore | None = None) -> dict[str, Any]:
+    """Counts by state for a batch id, or the state, history and outputs of a job id."""
+    store = store or JobStore()
+    if store.r.exists(store.k.batch(ident)):
+        raw = store.r.hgetall(store.k.batch(ident))
+        counts = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n_") and int(v)}
+        total, done = int(raw.get("total", 0)), int(raw.get("done", 0))
+        return {
+            "kind": "batch", "batch_id": ident, "total": total, "done": done, "counts": counts,
+            "invalid": store.r.llen(store.k.batch_errors(ident)),
+            "closed": raw.get("closed") == "1", "finished": raw.get("closed") == "1" and done >= total,
+            "manifest_key": raw.get("manifest_key"),
+        }
+    view = store.get(ident)
+    if view is None:
+        raise KeyError(f"no batch or job with id {ident!r}")
+    return {
+        "kind": "job", "job_id": ident, "batch_id": view.job.batch_id, "custom_id": view.job.custom_id,
+        "state": view.state.value, "provider": view.provider, "request_id": view.request_id,
+        "attempts": view.attempts, "history": [h.model_dump() for h in view.history],
+        "outputs": view.json_field("outputs") or [], "error": view.json_field("error"),
+        "finished": view.state in TERMINAL,
+    }
+
+
+def wait(ident: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str, Any]:
+    """Block until a batch or job is finished (and a batch's manifest is written). Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(ident)
+        if st["finished"] and (st["kind"] == "job" or st.get("manifest_key")):
+            return st
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ident} not finished after {timeout}s: {st}")
+        time.sleep(interval)
+
+
+def cancel(job_id: str) -> bool:
+    from worker import aio
+    from worker.pipeline import Pipeline
+
+    return aio.run(Pipeline().cancel(job_id))
+
+
+__all__ = ["BatchReport", "LineError", "State", "cancel", "status", "submit", "submit_batch", "submit_file", "wait"]

@@ -1,0 +1,130 @@
+"""The canonical edit job: what a user writes (one JSONL line) and what the worker runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.params import Background, Lane, OutputFormat, Quality, Size
+
+DEFAULT_PROVIDER = "fal"
+DEFAULT_MODEL = "openai/gpt-image-2/edit"
+MAX_IMAGES = 16
+MAX_PROMPT_CHARS = 32_000
+
+
+def _check_ref(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("an image reference must not be empty")
+    if value.startswith(("http://", "https://", "s3://", "data:")):
+        if value.startswith("s3://") and "/" not in value[5:].strip("/"):
+            raise ValueError(f"s3 reference {value!r} must be s3://bucket/key")
+        if value.startswith("data:") and ";base64," not in value[:100]:
+            raise ValueError("a data: URI must be base64 encoded (data:image/png;base64,...)")
+        return value
+    if "://" in value:
+        raise ValueError(f"unsupported scheme in {value[:40]!r}: use https://, s3://, data: or a local path")
+    return value
+
+
+class JobRequest(BaseModel):
+    """One edit as a producer submits it. Unknown fields are refused, so typos are not silently lost."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    custom_id: str | None = Field(None, max_length=256, description="Your own key, e.g. a SKU.")
+    provider: str = Field(
+        DEFAULT_PROVIDER,
+        description="A provider name, or a route with fallbacks in order, e.g. 'fal,replicate'.",
+    )
+    model: str = DEFAULT_MODEL
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
+    images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES)
+    mask: str | None = None
+    size: Size = "auto"
+    quality: Quality = Quality.medium
+    num_images: int = Field(1, ge=1, le=10)
+    output_format: OutputFormat = OutputFormat.png
+    background: Background = Background.auto
+    priority: Lane = Lane.bulk
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(
+        None, max_length=200, description="Defaults to a hash of the content (provider, model, prompt, params, inputs)."
+    )
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, v: list[str]) -> list[str]:
+        return [_check_ref(x) for x in v]
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ref(v)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not parts:
+            raise ValueError("provider must name at least one provider")
+        if len(set(parts)) != len(parts):
+            raise ValueError("a provider appears twice in the route")
+        return ",".join(parts)
+
+    @property
+    def route(self) -> list[str]:
+        return self.provider.split(",")
+
+
+class InputRecord(BaseModel):
+    """One input image as fetched once at enqueue time and stored content-addressed in S3."""
+
+    ref: str = Field(description="The reference as the user gave it (data: URIs are shortened).")
+    sha256: str
+    bytes: int
+    format: str
+    width: int
+    height: int
+    s3_key: str
+
+
+class EditJob(JobRequest):
+    """A prepared job: ids assigned, inputs fetched, hashed and stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    batch_id: str
+    inputs: list[InputRecord]
+    mask_input: InputRecord | None = None
+    idempotency_key: str
+    created_at: float = Field(default_factory=time.time)
+
+
+def content_key(req: JobRequest, input_digests: list[str], mask_digest: str | None) -> str:
+    """The default idempotency key: same provider, model, prompt, params and input bytes -> same key."""
+    params = req.model_dump(
+        mode="json", exclude={"custom_id", "images", "mask", "metadata", "idempotency_key", "priority"}
+    )
+    blob = json.dumps(
+        {"params": params, "inputs": input_digests, "mask": mask_digest, "custom_id": req.custom_id},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A one-line, human message naming each field and the rule it broke."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "line"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,66 @@
+"""Runtime configuration, read from the environment (prefix `EDITQ_`) by pydantic-settings.
+
+Provider-specific settings (keys, base URLs, limits) live beside each adapter in
+`worker/providers/`; this module holds what every process shares.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITQ_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("EDITQ_REDIS_URL", "REDIS_URL")
+    )
+    broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url (amqp:// works).")
+    key_prefix: str = Field("editq", description="Namespace of every Redis key editq writes.")
+    queue_prefix: str = Field("editq", description="Namespace of the Celery queues.")
+
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint; None means AWS.")
+    s3_bucket: str = "editq"
+    s3_prefix: str = Field("outputs", description="Outputs land at {prefix}/{batch_id}/{job_id}/{n}.{ext}.")
+    s3_inputs_prefix: str = Field("inputs", description="Content-addressed inputs: {prefix}/{sha256}.{ext}.")
+    s3_region: str = "us-east-1"
+    s3_public_endpoint: str | None = Field(
+        None, description="Host providers use to fetch presigned inputs, when it differs from s3_endpoint."
+    )
+    presign_ttl_s: int = 6 * 3600
+
+    webhook_base_url: str | None = Field(
+        None, description="Public base URL of `editq webhooks`; unset = no webhooks, the poller only."
+    )
+    webhooks_enabled: bool = True
+    webhook_tolerance_s: int = 300
+
+    max_attempts: int = Field(3, description="Provider attempts per job for retryable failures.")
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+    submit_lease_s: float = Field(120.0, description="A claim older than this with no request id is recovered.")
+    poll_interval_s: float = Field(5.0, description="First poll delay (webhooks off); grows to poll_max_s.")
+    poll_interval_webhook_s: float = Field(60.0, description="Safety-net poll delay when webhooks are on.")
+    poll_max_s: float = 60.0
+    provider_deadline_s: float = Field(3600.0, description="A job the provider holds longer than this fails.")
+    tick_interval_s: float = 0.5
+    job_ttl_s: int = Field(14 * 86400, description="Redis keeps finished jobs this long (S3 keeps them forever).")
+
+    submit_batch: int = Field(64, description="Jobs one dispatch task submits concurrently.")
+    collect_batch: int = Field(32, description="Jobs one collect task stores concurrently.")
+    interactive_reserve: float = Field(
+        0.1, description="Share of each provider's concurrency cap that bulk jobs may not take."
+    )
+    max_input_bytes: int = 50 * 1024 * 1024
+    max_output_bytes: int = 200 * 1024 * 1024
+    allow_private_urls: bool = Field(
+        False, description="Let inputs/outputs be fetched from loopback/private addresses (sandbox, tests)."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]  # values come from the environment

@@ -1,0 +1,54 @@
+"""The Celery app. Every task is short and carries ids only; see worker/tasks.py.
+
+Settings follow the Celery + Redis pitfalls in shared/reference/peers-and-celery-pitfalls.md:
+late acks with prefetch 1, no results stored, no countdown/ETA for waits (the tick does that),
+a visibility timeout far above any task's run time.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from schemas.settings import get_settings
+from worker.logging import configure_logging
+
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def make_app() -> Celery:
+    s = get_settings()
+    configure_logging()
+    app = Celery("editq", broker=s.broker_url or s.redis_url, include=["worker.tasks"])
+    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=s.queue_prefix,
+        broker_transport_options=transport,
+        visibility_timeout=VISIBILITY_TIMEOUT_S,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        task_time_limit=900,
+    )
+    return app
+
+
+app = make_app()
+
+
+def reconfigure() -> None:
+    """Re-read settings (tests and the local stack change the environment after import)."""
+    s = get_settings()
+    app.conf.broker_url = s.broker_url or s.redis_url
+    app.conf.task_default_queue = s.queue_prefix
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None

@@ -1,0 +1,81 @@
+"""Every Redis key editq uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    def batch_errors(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:errors"
+
+    def idem(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def request(self, provider: str, request_id: str) -> str:
+        return f"{self.prefix}:req:{provider}:{request_id}"
+
+    def pending(self, provider: str, lane: str) -> str:
+        return f"{self.prefix}:pending:{provider}:{lane}"
+
+    def slots(self, provider: str) -> str:
+        return f"{self.prefix}:slots:{provider}"
+
+    def rpm(self, provider: str) -> str:
+        return f"{self.prefix}:rpm:{provider}"
+
+    def backoff(self, provider: str) -> str:
+        return f"{self.prefix}:backoff:{provider}"
+
+    def circuit(self, provider: str) -> str:
+        return f"{self.prefix}:circuit:{provider}"
+
+    def webhook_seen(self, provider: str, delivery_id: str) -> str:
+        return f"{self.prefix}:whseen:{provider}:{delivery_id}"
+
+    @property
+    def providers(self) -> str:
+        """Set of providers that have ever had pending work (the tick pumps each)."""
+        return f"{self.prefix}:providers"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.prefix}:retry"
+
+    @property
+    def ready(self) -> str:
+        return f"{self.prefix}:ready"
+
+    @property
+    def collecting(self) -> str:
+        return f"{self.prefix}:collecting"
+
+    @property
+    def finalize(self) -> str:
+        return f"{self.prefix}:finalize"
+
+    @property
+    def tick_lock(self) -> str:
+        return f"{self.prefix}:lock:tick"
+
+
+def keys() -> Keys:
+    return Keys(get_settings().key_prefix)

@@ -1,0 +1,101 @@
+"""Building job manifests and the batch manifest from what Redis recorded."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from typing import Any
+
+from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
+from worker.state import JobStore, JobView
+from worker.storage import Storage
+
+SECRET_FIELDS = {"api_key", "openai_api_key", "authorization", "token"}
+
+
+def provider_requests(view: JobView) -> list[dict[str, Any]]:
+    entries = [json.loads(v) for k, v in view.fields.items() if k.startswith("req.")]
+    return sorted(entries, key=lambda e: (e.get("attempt", 0), e.get("at", 0)))
+
+
+def build(
+    view: JobView,
+    state: str,
+    outputs: list[OutputRecord],
+    usage: Usage | None,
+    error: ErrorInfo | None,
+) -> JobManifest:
+    job = view.job
+    submitted = job.model_dump(
+        mode="json",
+        exclude={"inputs", "mask_input", "job_id", "batch_id", "created_at"},
+        exclude_none=True,
+    )
+    for key in list(submitted):
+        if key.lower() in SECRET_FIELDS:
+            submitted.pop(key)
+    history = view.history
+    now = time.time()
+    if not history or history[-1].state != state:
+        from schemas.manifest import StateChange
+
+        history.append(StateChange(state=state, at=now))
+    return JobManifest(
+        job_id=job.job_id,
+        batch_id=job.batch_id,
+        custom_id=job.custom_id,
+        state=state,
+        job=submitted,
+        inputs=job.inputs,
+        mask=job.mask_input,
+        provider=view.provider or None,
+        model=job.model,
+        provider_request_id=view.request_id,
+        provider_requests=provider_requests(view),
+        attempts=view.attempts,
+        history=history,
+        outputs=outputs,
+        usage=usage,
+        error=error,
+        written_at=now,
+    )
+
+
+def write_job_manifest(storage: Storage, manifest: JobManifest) -> str:
+    key = storage.manifest_key(manifest.batch_id, manifest.job_id)
+    storage.put_json(key, manifest.model_dump(mode="json"))
+    return key
+
+
+def write_batch_manifest(store: JobStore, storage: Storage, batch_id: str, chunk: int = 500) -> tuple[str, int]:
+    """Stream one JSON line per job (in enqueue order) through a spool file into S3."""
+    r, k = store.r, store.k
+    total = r.llen(k.batch_jobs(batch_id))
+    lines = 0
+    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+        for start in range(0, total, chunk):
+            ids = r.lrange(k.batch_jobs(batch_id), start, start + chunk - 1)
+            pipe = r.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hget(k.job(jid), "manifest")
+            for jid, raw in zip(ids, pipe.execute(), strict=True):
+                if raw is None:  # expired from Redis: read the job's manifest back from S3
+                    try:
+                        raw = json.dumps(json.loads(storage.get_bytes(storage.manifest_key(batch_id, jid))))
+                    except Exception:
+                        raw = json.dumps({"job_id": jid, "batch_id": batch_id, "state": "unknown"})
+                spool.write(raw.encode() + b"\n")
+                lines += 1
+        spool.seek(0)
+        key = storage.batch_manifest_key(batch_id)
+        storage.client.upload_fileobj(spool, storage.bucket, key, ExtraArgs={"ContentType": "application/x-ndjson"})
+    errors = r.lrange(k.batch_errors(batch_id), 0, -1)
+    if errors:
+        storage.put_bytes(
+            f"{storage.settings.s3_prefix}/{batch_id}/rejected.jsonl",
+            ("\n".join(errors) + "\n").encode(),
+            "application/x-ndjson",
+        )
+    r.hset(k.batch(batch_id), mapping={"finalized": repr(time.time()), "manifest_key": key})
+    return key, lines

@@ -1,0 +1,413 @@
+"""The steps of a job's life: dispatch (submit), complete (webhook or poll), collect, finalize, tick.
+
+Every step is short, idempotent and driven by the state machine in `worker.state`; no step waits
+for a provider to think. Long waits live in Redis (retry and inflight sorted sets) and the tick
+moves them along, so nothing depends on Celery countdowns or a task staying alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+
+from schemas.manifest import ErrorInfo, OutputRecord, Usage
+from schemas.settings import Settings, get_settings
+from worker import aio
+from worker.errors import ErrorKind, ProviderError
+from worker.manifest import build, write_batch_manifest, write_job_manifest
+from worker.providers import get_adapter
+from worker.providers.base import InputUrls, Outcome, ProviderAdapter, Result, Submitted
+from worker.state import JobStore, JobView, State
+from worker.storage import Storage, get_storage
+from worker.triggers import Kicker
+
+log = structlog.get_logger("editq.pipeline")
+
+CIRCUIT_FAILURES = 5
+CIRCUIT_OPEN_S = 60
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: JobStore | None = None,
+        storage: Storage | None = None,
+        settings: Settings | None = None,
+        kick: Kicker | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.store = store or JobStore()
+        self.storage = storage or get_storage()
+        self.kick = kick or Kicker()
+        self.r = self.store.r
+        self.k = self.store.k
+
+    # ================================================================ dispatch (submit)
+    def limits(self, adapter: ProviderAdapter) -> tuple[int, int, int, float]:
+        cap = max(1, adapter.settings.concurrency)
+        reserve = int(cap * self.settings.interactive_reserve)
+        lease = adapter.settings.timeout_s + 60 if adapter.synchronous else self.settings.submit_lease_s
+        return cap, reserve, adapter.settings.rpm, lease
+
+    async def dispatch(self, provider: str) -> int:
+        """Claim queued jobs within the global limits and submit them concurrently."""
+        adapter = get_adapter(provider)
+        cap, reserve, rpm, lease = self.limits(adapter)
+        want = self.settings.submit_batch if not adapter.synchronous else max(1, min(cap, 8))
+        ids = self.store.claim(provider, want, cap, reserve, rpm, lease)
+        if not ids:
+            return 0
+        views = [v for v in self.store.get_many(ids) if v is not None]
+        items = []
+        for view in views:
+            if self._circuit_open(provider) and self._reroute(view, State.submitting, "circuit open"):
+                continue
+            req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
+            self.store.set_fields(view.job_id, **{f"req.{view.attempts}": self._req_entry(view, "sending")})
+            items.append((view, req))
+        results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
+        for (view, _), res in zip(items, results, strict=True):
+            if isinstance(res, ProviderError):
+                self._record_failure(provider, res)
+                await self.retry_or_fail(view, res, State.submitting, sent=True)
+            else:
+                self._record_success(provider)
+                await self.submitted(adapter, view, res)
+        if len(ids) >= want:
+            self.kick.dispatch(provider, adapter.synchronous)
+        return len(ids)
+
+    def input_urls(self, view: JobView) -> InputUrls:
+        job = view.job
+        mask = self.storage.presign(job.mask_input.s3_key) if job.mask_input else None
+        return InputUrls(images=[self.storage.presign(i.s3_key) for i in job.inputs], mask=mask)
+
+    def webhook_url(self, adapter: ProviderAdapter, view: JobView) -> str | None:
+        s = self.settings
+        if not (s.webhooks_enabled and s.webhook_base_url and adapter.supports_webhooks and adapter.settings.webhooks):
+            return None
+        return f"{s.webhook_base_url.rstrip('/')}/webhooks/{adapter.name}?job={view.job_id}"
+
+    def _req_entry(self, view: JobView, status: str, **extra: Any) -> str:
+        entry = {"attempt": view.attempts, "provider": view.provider, "status": status, "at": _now(), **extra}
+        return json.dumps({k: v for k, v in entry.items() if v is not None})
+
+    async def submitted(self, adapter: ProviderAdapter, view: JobView, sub: Submitted) -> None:
+        """Record the provider's request id before anything else happens to the job."""
+        provider = adapter.name
+        self.r.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
+        delay = (
+            self.settings.poll_interval_webhook_s
+            if self.webhook_url(adapter, view)
+            else self.settings.poll_interval_s
+        )
+        fields = {
+            "request_id": sub.request_id,
+            "handle": json.dumps(sub.handle),
+            "submitted_at": repr(_now()),
+            "polls": "0",
+            f"req.{view.attempts}": self._req_entry(view, "accepted", request_id=sub.request_id),
+        }
+        moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields)
+        if not moved.ok:
+            # A fast webhook may have completed the job first (it is `ready` now): keep the id, nothing else.
+            self.store.set_fields(view.job_id, request_id=sub.request_id, handle=json.dumps(sub.handle))
+            if moved.previous == State.cancelled:
+                await adapter.cancel(aio.http_client(), sub.request_id, sub.handle)
+        if os.environ.get("EDITQ_FAULT_CRASH_AFTER_SUBMIT") == "1":  # fault injection for crash tests
+            os.kill(os.getpid(), signal.SIGKILL)
+        if sub.outcome is not None and moved.ok:
+            await self.complete(view.job_id, sub.outcome, frm=(State.submitted,))
+
+    # ================================================================ completion (webhook or poll)
+    async def complete(
+        self, job_id: str, outcome: Outcome, *, frm: tuple[State, ...] = (State.submitted,),
+        request_id: str | None = None,
+    ) -> bool:
+        """Move a job on from what the provider said. Safe to call twice: the second call is a no-op."""
+        if not outcome.done:
+            return False
+        if outcome.result is not None:
+            fields: dict[str, Any] = {
+                "result": json.dumps(_result_json(outcome.result)),
+                "provider_done_at": repr(_now()),
+            }
+            if request_id:
+                fields["request_id"] = request_id
+            moved = self.store.move(job_id, frm, State.ready, fields=fields)
+            if moved.ok:
+                self.kick.collect()
+            return moved.ok
+        view = self.store.get(job_id)
+        if view is None or view.state not in frm:
+            return False
+        assert outcome.error is not None
+        await self.retry_or_fail(view, outcome.error, view.state, sent=True)
+        return True
+
+    async def retry_or_fail(self, view: JobView, err: ProviderError, frm: State, *, sent: bool) -> None:
+        s = self.settings
+        if err.retry_after_s:
+            ms = int(min(err.retry_after_s, s.retry_max_s) * 1000)
+            self.r.set(self.k.backoff(view.provider), "1", px=max(ms, 1), nx=False)
+        if sent:
+            status = "uncertain" if err.maybe_billed else "failed"
+            self.store.set_fields(
+                view.job_id, **{f"req.{view.attempts}": self._req_entry(view, status, request_id=view.request_id,
+                                                                         error=err.reason[:300])}
+            )
+        info = err.info(view.attempts)
+        retryable = err.kind is ErrorKind.retryable or (err.kind is ErrorKind.unknown and view.attempts < 2)
+        if retryable and view.attempts < s.max_attempts:
+            delay = max(err.retry_after_s or 0.0, _backoff(view.attempts, s.retry_base_s, s.retry_max_s))
+            self.store.move(
+                view.job_id, [frm], State.retry_wait, score=_now() + delay, note=err.reason[:200],
+                fields={"error": info.model_dump_json(), "request_id": "", "handle": ""},
+            )
+            return
+        if err.kind is not ErrorKind.terminal and self._reroute(view, frm, err.reason):
+            return
+        await self.finish_failed(view, frm, info)
+
+    async def finish_failed(self, view: JobView, frm: State, info: ErrorInfo) -> None:
+        manifest = build(view, State.failed.value, [], None, info)
+        await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+        moved = self.store.move(
+            view.job_id, [frm], State.failed, note=info.reason[:200],
+            fields={"error": info.model_dump_json(), "manifest": manifest.model_dump_json()},
+        )
+        if moved.batch_finished:
+            self.drain_finalize()
+
+    def _reroute(self, view: JobView, frm: State, why: str) -> bool:
+        """Send the job to the next provider of its route, if it has one."""
+        route = view.job.route
+        idx = route.index(view.provider) if view.provider in route else 0
+        if idx + 1 >= len(route):
+            return False
+        nxt = route[idx + 1]
+        moved = self.store.move(
+            view.job_id, [frm], State.queued, note=f"fallback to {nxt}: {why}"[:200],
+            fields={"provider": nxt, "request_id": "", "handle": ""},
+        )
+        if moved.ok:
+            self.kick.dispatch(nxt, get_adapter(nxt).synchronous)
+        return moved.ok
+
+    # circuit breaker: consecutive retryable failures per provider, shared through Redis
+    def _record_failure(self, provider: str, err: ProviderError) -> None:
+        if err.kind is ErrorKind.terminal:
+            return
+        key = self.k.circuit(provider) + ":fails"
+        if self.r.incr(key) >= CIRCUIT_FAILURES:
+            self.r.set(self.k.circuit(provider), "open", ex=CIRCUIT_OPEN_S)
+        self.r.expire(key, CIRCUIT_OPEN_S)
+
+    def _record_success(self, provider: str) -> None:
+        self.r.delete(self.k.circuit(provider) + ":fails")
+
+    def _circuit_open(self, provider: str) -> bool:
+        return bool(self.r.exists(self.k.circuit(provider)))
+
+    # ================================================================ polling (the safety net)
+    async def poll(self, provider: str, job_ids: list[str]) -> int:
+        adapter = get_adapter(provider)
+        views = [v for v in self.store.get_many(job_ids) if v is not None and v.state is State.submitted]
+        sem = asyncio.Semaphore(32)
+
+        async def one(view: JobView) -> None:
+            async with sem:
+                await self._poll_one(adapter, view)
+
+        await asyncio.gather(*(one(v) for v in views))
+        return len(views)
+
+    async def _poll_one(self, adapter: ProviderAdapter, view: JobView) -> None:
+        handle = view.json_field("handle") or {}
+        polls = int(view.fields.get("polls", "0")) + 1
+        try:
+            outcome = await adapter.poll(aio.http_client(), view.request_id or "", handle)
+        except ProviderError as err:
+            if err.retry_after_s:
+                self.r.set(self.k.backoff(adapter.name) + ":poll", "1", px=int(err.retry_after_s * 1000))
+            outcome = Outcome.running(error=err.reason)
+        if outcome.done:
+            await self.complete(view.job_id, outcome)
+            return
+        submitted_at = float(view.fields.get("submitted_at", "0") or 0)
+        if submitted_at and _now() - submitted_at > self.settings.provider_deadline_s:
+            await adapter.cancel(aio.http_client(), view.request_id or "", handle)
+            limit = self.settings.provider_deadline_s
+            late = ProviderError(ErrorKind.retryable, f"{adapter.name}: no result within {limit:.0f}s")
+            await self.retry_or_fail(view, late, State.submitted, sent=False)
+            return
+        base = self.settings.poll_interval_s
+        delay = min(self.settings.poll_max_s, base * (1.5 ** min(polls, 12)))
+        if self.webhook_url(adapter, view):
+            delay = max(delay, self.settings.poll_interval_webhook_s)
+        self.store.set_fields(view.job_id, polls=str(polls))
+        self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
+
+    # ================================================================ collect (store outputs + manifest)
+    async def collect(self, limit: int | None = None) -> int:
+        limit = limit or self.settings.collect_batch
+        ids = self.r.lpop(self.k.ready, limit) or []
+        claimed = []
+        for jid in ids:
+            if self.store.move(jid, [State.ready], State.collecting, score=_now() + 300).ok:
+                claimed.append(jid)
+        views = [v for v in self.store.get_many(claimed) if v is not None]
+        await asyncio.gather(*(self._collect_one(v) for v in views))
+        if len(ids) >= limit or self.r.llen(self.k.ready):
+            self.kick.collect()
+        return len(views)
+
+    async def _collect_one(self, view: JobView) -> None:
+        res = view.json_field("result") or {}
+        adapter = get_adapter(view.provider)
+        job = view.job
+        try:
+            outputs: list[OutputRecord] = []
+            for i, out in enumerate(res.get("outputs", [])):
+                url = out.get("url")
+                rec = await self.storage.store_output(
+                    aio.http_client(),
+                    url=url,
+                    b64=out.get("b64"),
+                    index=i,
+                    key_for_ext=lambda ext, i=i: self.storage.output_key(job.batch_id, job.job_id, i, ext),
+                    headers=adapter.output_headers(url) if url else None,
+                )
+                outputs.append(rec)
+            if not outputs:
+                raise ProviderError(ErrorKind.terminal, f"{view.provider}: completed without any output image")
+        except ProviderError as err:
+            fails = int(view.fields.get("collect_failures", "0")) + 1
+            self.store.set_fields(view.job_id, collect_failures=str(fails), collect_error=err.reason[:300])
+            if err.kind is ErrorKind.retryable and fails < self.settings.max_attempts + 2:
+                # stays `collecting`; the tick hands it back to `ready` when the lease runs out
+                self.store.reschedule(self.k.collecting, view.job_id, _now() + _backoff(fails, 2.0, 120.0))
+                return
+            await self.finish_failed(view, State.collecting, err.info(view.attempts))
+            return
+        usage = Usage.model_validate(res["usage"]) if res.get("usage") else None
+        manifest = build(view, State.succeeded.value, outputs, usage, None)
+        await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+        moved = self.store.move(
+            view.job_id, [State.collecting], State.succeeded,
+            fields={
+                "outputs": json.dumps([o.model_dump(mode="json") for o in outputs]),
+                "manifest": manifest.model_dump_json(),
+                "result": "",
+            },
+        )
+        if moved.batch_finished:
+            self.drain_finalize()
+
+    # ================================================================ batch
+    def drain_finalize(self) -> None:
+        """Batches whose last job just finished (queued atomically by the state machine)."""
+        while bid := self.r.lpop(self.k.finalize):
+            self.kick.finalize(bid)
+
+    def finalize(self, batch_id: str) -> str:
+        key, _ = write_batch_manifest(self.store, self.storage, batch_id)
+        return key
+
+    # ================================================================ tick (leader-elected, every tick_interval_s)
+    def tick(self) -> dict[str, int]:
+        now = _now()
+        ttl_ms = max(100, int(self.settings.tick_interval_s * 900))
+        if not self.r.set(self.k.tick_lock, os.getpid(), nx=True, px=ttl_ms):
+            return {}
+        stats = {"retried": 0, "recovered": 0, "polled": 0, "recollect": 0}
+        for jid in self.store.due(self.k.retry, now, 1000):
+            if self.store.move(jid, [State.retry_wait], State.queued).ok:
+                stats["retried"] += 1
+        to_poll: dict[str, list[str]] = {}
+        due = self.store.due(self.k.inflight, now, 2000)
+        for view in self.store.get_many(due):
+            if view is None:
+                continue
+            if view.state is State.submitting:
+                stats["recovered"] += self._recover_submitting(view)
+            elif view.state is State.submitted:
+                to_poll.setdefault(view.provider, []).append(view.job_id)
+                self.store.reschedule(self.k.inflight, view.job_id, now + 30)  # the poll task reschedules properly
+        for provider, ids in to_poll.items():
+            for i in range(0, len(ids), 50):
+                self.kick.poll(provider, ids[i : i + 50])
+                stats["polled"] += len(ids[i : i + 50])
+        for jid in self.store.due(self.k.collecting, now, 1000):
+            if self.store.move(jid, [State.collecting], State.ready, note="collect retry").ok:
+                stats["recollect"] += 1
+        for provider in self.r.smembers(self.k.providers):
+            if any(self.r.llen(self.k.pending(provider, lane)) for lane in ("interactive", "bulk")):
+                self.kick.dispatch(provider, get_adapter(provider).synchronous)
+        if self.r.llen(self.k.ready):
+            self.kick.collect()
+        self.drain_finalize()
+        return stats
+
+    def _recover_submitting(self, view: JobView) -> int:
+        """A claim whose lease ran out: the submitting worker died or hung."""
+        if view.request_id:  # it got as far as the provider's answer: re-attach, never resubmit
+            return int(self.store.move(view.job_id, [State.submitting], State.submitted, score=_now(),
+                                       note="re-attached after lost worker").ok)
+        # We cannot know whether the provider received it. Record that, then try again.
+        self.store.set_fields(
+            view.job_id,
+            **{f"req.{view.attempts}": self._req_entry(view, "uncertain",
+                                                       error="worker lost while submitting; may have been billed")},
+        )
+        if view.attempts >= self.settings.max_attempts:
+            info = ErrorInfo(kind="unknown", reason="worker lost while submitting, attempts exhausted",
+                             attempt=view.attempts)
+            aio.run(self.finish_failed(view, State.submitting, info))
+            return 1
+        return int(self.store.move(view.job_id, [State.submitting], State.queued, note="lease expired").ok)
+
+    # ================================================================ cancel
+    async def cancel(self, job_id: str) -> bool:
+        view = self.store.get(job_id)
+        if view is None:
+            return False
+        active = [s for s in (State.queued, State.submitting, State.submitted, State.retry_wait, State.ready)
+                  if s is view.state]
+        if not active:
+            return False
+        moved = self.store.move(job_id, active, State.cancelled, note="cancelled by user")
+        if moved.ok and view.request_id:
+            adapter = get_adapter(view.provider)
+            await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
+        if moved.ok:
+            manifest = build(view, State.cancelled.value, [], None, None)
+            await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+            self.store.set_fields(job_id, manifest=manifest.model_dump_json())
+            if moved.batch_finished:
+                self.drain_finalize()
+        return moved.ok
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    return float(min(cap, base * (2 ** max(0, attempt - 1))) * random.uniform(0.8, 1.2))
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    return {
+        "outputs": [{k: v for k, v in asdict(o).items() if v is not None} for o in result.outputs],
+        "usage": result.usage.model_dump(exclude_none=True) if result.usage else None,
+        "raw": result.raw,
+    }

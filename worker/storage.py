@@ -1,0 +1,215 @@
+"""S3-compatible storage: content-addressed inputs, streamed outputs with hashes, manifests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import httpx
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from schemas.manifest import OutputRecord
+from schemas.settings import Settings, get_settings
+from worker.errors import ErrorKind, ProviderError, kind_for_status
+from worker.netguard import check_url
+
+SPOOL_MEMORY = 8 * 1024 * 1024
+CHUNK = 256 * 1024
+FORMAT_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
+
+
+@dataclass(frozen=True)
+class Probe:
+    format: str  # PIL name: PNG, JPEG, WEBP
+    width: int
+    height: int
+
+    @property
+    def content_type(self) -> str:
+        return FORMAT_CONTENT_TYPES.get(self.format, "application/octet-stream")
+
+    @property
+    def ext(self) -> str:
+        return FORMAT_EXT.get(self.format, self.format.lower())
+
+
+def probe_image(fp: IO[bytes]) -> Probe:
+    """Identify an image by its bytes (header only, nothing decoded). Raises ValueError if not an image."""
+    pos = fp.tell()
+    try:
+        with Image.open(fp) as im:
+            fmt, (w, h) = im.format or "", im.size
+    except Exception as exc:  # PIL raises several types for non-images
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
+    finally:
+        fp.seek(pos)
+    return Probe(fmt, w, h)
+
+
+class Storage:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.bucket = self.settings.s3_bucket
+        cfg = Config(
+            max_pool_connections=64,
+            retries={"max_attempts": 5, "mode": "standard"},
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+        )
+        self.client = boto3.client(
+            "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region, config=cfg
+        )
+        self.transfer = TransferConfig(multipart_threshold=SPOOL_MEMORY, multipart_chunksize=SPOOL_MEMORY,
+                                       max_concurrency=2, use_threads=True)
+
+    # ---- keys -------------------------------------------------------------------------------
+    def input_key(self, sha256: str, ext: str) -> str:
+        return f"{self.settings.s3_inputs_prefix}/{sha256}.{ext}"
+
+    def job_prefix(self, batch_id: str, job_id: str) -> str:
+        return f"{self.settings.s3_prefix}/{batch_id}/{job_id}"
+
+    def output_key(self, batch_id: str, job_id: str, index: int, ext: str) -> str:
+        return f"{self.job_prefix(batch_id, job_id)}/{index}.{ext}"
+
+    def manifest_key(self, batch_id: str, job_id: str) -> str:
+        return f"{self.job_prefix(batch_id, job_id)}/manifest.json"
+
+    def batch_manifest_key(self, batch_id: str) -> str:
+        return f"{self.settings.s3_prefix}/{batch_id}/manifest.jsonl"
+
+    # ---- plain operations ---------------------------------------------------------------------
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str, sha256: str | None = None) -> None:
+        extra: dict[str, Any] = {"ContentType": content_type}
+        if sha256:
+            extra["Metadata"] = {"sha256": sha256}
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+
+    def put_json(self, key: str, obj: Any) -> None:
+        body = json.dumps(obj, indent=2, sort_keys=True).encode()
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
+    def upload_file(self, fp: IO[bytes], key: str, content_type: str, sha256: str) -> None:
+        self.client.upload_fileobj(
+            fp, self.bucket, key, ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": sha256}},
+            Config=self.transfer,
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def presign(self, key: str) -> str:
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.settings.presign_ttl_s
+        )
+        public = self.settings.s3_public_endpoint
+        if public:  # the provider reaches S3 by another name than we do
+            parts, pub = urlsplit(url), urlsplit(public)
+            url = urlunsplit((pub.scheme, pub.netloc, parts.path, parts.query, ""))
+        return url
+
+    def list_keys(self, prefix: str) -> list[str]:
+        out: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    # ---- outputs: provider -> S3, streamed, hashed on the way ---------------------------------------
+    async def store_output(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        url: str | None,
+        b64: str | None,
+        key_for_ext: Any,
+        index: int,
+        headers: dict[str, str] | None = None,
+    ) -> OutputRecord:
+        """Download one output (or decode inline base64) into a spool, hashing as it arrives, then upload.
+
+        `key_for_ext(ext)` names the S3 key once the real format is known from the bytes.
+        The same job and index always map to the same key, so a retry overwrites instead of duplicating.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            if b64 is not None:
+                data = base64.b64decode(b64)
+                digest.update(data)
+                size = len(data)
+                spool.write(data)
+                del data
+            elif url:
+                check_url(url, allow_private=self.settings.allow_private_urls)
+                try:
+                    async with http.stream("GET", url, headers=headers or {}, timeout=60) as resp:
+                        if resp.status_code != 200:
+                            raise ProviderError(
+                                kind_for_status(resp.status_code),
+                                f"output download: HTTP {resp.status_code}",
+                                status_code=resp.status_code,
+                            )
+                        async for chunk in resp.aiter_bytes(CHUNK):
+                            size += len(chunk)
+                            if size > self.settings.max_output_bytes:
+                                raise ProviderError(ErrorKind.terminal, "output larger than max_output_bytes")
+                            digest.update(chunk)
+                            spool.write(chunk)
+                except httpx.TransportError as exc:
+                    raise ProviderError(ErrorKind.retryable, f"output download: {type(exc).__name__}") from None
+            else:
+                raise ProviderError(ErrorKind.unknown, "provider returned an output with neither url nor data")
+            spool.seek(0)
+            try:
+                probe = probe_image(spool)
+            except ValueError as exc:
+                raise ProviderError(ErrorKind.unknown, f"provider output #{index} {exc}") from None
+            sha = digest.hexdigest()
+            key = key_for_ext(probe.ext)
+            await asyncio.to_thread(self.upload_file, spool, key, probe.content_type, sha)
+        return OutputRecord(
+            index=index, key=key, sha256=sha, bytes=size, content_type=probe.content_type,
+            width=probe.width, height=probe.height, source_url=_strip_query(url) if url else None,
+        )
+
+
+def _strip_query(url: str) -> str:
+    p = urlsplit(url)
+    return urlunsplit((p.scheme, p.netloc, p.path, "", ""))
+
+
+@cache
+def get_storage() -> Storage:
+    return Storage()
+
+
+def bytes_io(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)

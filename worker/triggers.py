@@ -1,0 +1,49 @@
+"""Wake-ups for the pipeline's tasks, coalesced so a burst of events sends one task, not thousands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.settings import get_settings
+from worker.redis_client import get_redis
+
+COALESCE_MS = 1000
+
+
+def queue_name(kind: str = "") -> str:
+    qp = get_settings().queue_prefix
+    return f"{qp}.{kind}" if kind else qp
+
+
+class Kicker:
+    """Sends Celery tasks by name (no import of the task modules, so the receiver stays light)."""
+
+    def __init__(self) -> None:
+        from worker.celery_app import app
+
+        self.app = app
+        self.r = get_redis()
+        self.prefix = get_settings().key_prefix
+
+    def _flag(self, name: str) -> str:
+        return f"{self.prefix}:kick:{name}"
+
+    def _coalesced(self, name: str, task: str, args: list[Any], queue: str) -> None:
+        if self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS):
+            self.app.send_task(task, args=args, queue=queue)
+
+    def clear(self, name: str) -> None:
+        self.r.delete(self._flag(name))
+
+    def dispatch(self, provider: str, synchronous: bool = False) -> None:
+        self._coalesced(f"dispatch:{provider}", "editq.dispatch", [provider],
+                        queue_name("sync") if synchronous else queue_name())
+
+    def collect(self) -> None:
+        self._coalesced("collect", "editq.collect", [], queue_name())
+
+    def poll(self, provider: str, job_ids: list[str]) -> None:
+        self.app.send_task("editq.poll", args=[provider, job_ids], queue=queue_name())
+
+    def finalize(self, batch_id: str) -> None:
+        self.app.send_task("editq.finalize", args=[batch_id], queue=queue_name())
