@@ -15,7 +15,7 @@ console = Console()
 def run_demo(batch: Path, dest: Path) -> int:
     t0 = time.monotonic()
     console.print("[bold]editq demo[/bold]: starting what is missing (Redis, S3, sandbox, receiver, worker)…")
-    with LocalStack(sandbox_opts={"latency": 1.0, "jitter": 0.5, "concurrency": 8}, worker_concurrency=16) as stack:
+    with LocalStack(sandbox_opts={"latency_s": 1.0, "jitter_s": 0.5, "concurrency": 8}, worker_concurrency=16) as stack:
         env = stack.env
         console.print(f"  redis     {env['EDITQ_REDIS_URL']}{' (embedded)' if stack._embedded_redis else ''}")
         console.print(f"  s3        {env['EDITQ_S3_ENDPOINT']} bucket {env['EDITQ_S3_BUCKET']}")

@@ -65,7 +65,7 @@ class Pipeline:
         """Claim queued jobs within the global limits and submit them concurrently."""
         adapter = get_adapter(provider)
         cap, reserve, rpm, lease = self.limits(adapter)
-        want = self.settings.submit_batch if not adapter.synchronous else max(1, min(cap, 8))
+        want = adapter.claim_size or (self.settings.submit_batch if not adapter.synchronous else max(1, min(cap, 8)))
         ids = self.store.claim(provider, want, cap, reserve, rpm, lease)
         if not ids:
             return 0
@@ -225,24 +225,19 @@ class Pipeline:
     async def poll(self, provider: str, job_ids: list[str]) -> int:
         adapter = get_adapter(provider)
         views = [v for v in self.store.get_many(job_ids) if v is not None and v.state is State.submitted]
-        sem = asyncio.Semaphore(32)
-
-        async def one(view: JobView) -> None:
-            async with sem:
-                await self._poll_one(adapter, view)
-
-        await asyncio.gather(*(one(v) for v in views))
+        items = [(v.request_id or "", v.json_field("handle") or {}) for v in views]
+        outcomes = await adapter.poll_many(aio.http_client(), items)
+        for view, outcome in zip(views, outcomes, strict=True):
+            await self._after_poll(adapter, view, outcome)
         return len(views)
 
-    async def _poll_one(self, adapter: ProviderAdapter, view: JobView) -> None:
+    async def _after_poll(self, adapter: ProviderAdapter, view: JobView, outcome: Outcome | ProviderError) -> None:
         handle = view.json_field("handle") or {}
         polls = int(view.fields.get("polls", "0")) + 1
-        try:
-            outcome = await adapter.poll(aio.http_client(), view.request_id or "", handle)
-        except ProviderError as err:
-            if err.retry_after_s:
-                self.r.set(self.k.backoff(adapter.name) + ":poll", "1", px=int(err.retry_after_s * 1000))
-            outcome = Outcome.running(error=err.reason)
+        if isinstance(outcome, ProviderError):
+            if outcome.retry_after_s:
+                self.r.set(self.k.backoff(adapter.name) + ":poll", "1", px=int(outcome.retry_after_s * 1000))
+            outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
             await self.complete(view.job_id, outcome)
             return

@@ -104,8 +104,9 @@ class WebhookEvent:
 class ProviderAdapter(ABC):
     name: ClassVar[str]
     settings_cls: ClassVar[type[ProviderSettings]]
-    synchronous: ClassVar[bool] = False  # the submit call itself returns the images
+    synchronous: ClassVar[bool] = False  # the submit call itself returns the images (own queue)
     supports_webhooks: ClassVar[bool] = True
+    claim_size: ClassVar[int | None] = None  # jobs per submit_many call; None = settings.submit_batch
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         self.settings = settings or self.settings_cls()
@@ -142,6 +143,21 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome: ...
+
+    async def poll_many(
+        self, http: httpx.AsyncClient, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[Outcome | ProviderError]:
+        """Poll several requests; adapters whose protocol answers for many at once override this."""
+        sem = asyncio.Semaphore(32)
+
+        async def one(rid: str, handle: dict[str, Any]) -> Outcome | ProviderError:
+            async with sem:
+                try:
+                    return await self.poll(http, rid, handle)
+                except ProviderError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(r, h) for r, h in items)))
 
     async def cancel(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> None:
         return None

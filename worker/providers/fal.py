@@ -89,10 +89,10 @@ class FalAdapter(ProviderAdapter):
                     f"fal: size={job.size} is not allowed ({'; '.join(bad)}); allowed: auto, {presets}, "
                     "or a custom WxH within those rules"
                 )
-        if job.background is not Background.auto:
+        if job.background is Background.transparent:
             problems.append(
-                f"fal: background={job.background.value} is not supported by openai/gpt-image-2/edit on fal; "
-                "allowed values: auto"
+                "fal: background=transparent is not supported by openai/gpt-image-2/edit on fal (it has no "
+                "background parameter; outputs are opaque); allowed values: auto, opaque"
             )
         if job.quality.value not in QUALITIES:
             problems.append(f"fal: quality={job.quality.value} is not allowed; allowed values: {', '.join(QUALITIES)}")
