@@ -24,7 +24,7 @@ from worker import aio
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest
 from worker.providers import get_adapter
-from worker.providers.base import InputUrls, Outcome, ProviderAdapter, Result, Submitted
+from worker.providers.base import InputUrls, Outcome, ProviderAdapter, ProviderRequest, Result, Submitted
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
 from worker.triggers import Kicker
@@ -77,17 +77,31 @@ class Pipeline:
             req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
             self.store.set_fields(view.job_id, **{f"req.{view.attempts}": self._req_entry(view, "sending")})
             items.append((view, req))
-        results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
-        for (view, _), res in zip(items, results, strict=True):
-            if isinstance(res, ProviderError):
-                self._record_failure(provider, res)
-                await self.retry_or_fail(view, res, State.submitting, sent=True)
-            else:
-                self._record_success(provider)
-                await self.submitted(adapter, view, res)
+        if type(adapter).submit_many is ProviderAdapter.submit_many:
+            # one request per job: record each answer the moment it arrives (shortest crash window)
+            await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
+        else:  # the protocol groups jobs into one provider request (OpenAI Batch)
+            results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
+            for (view, _), res in zip(items, results, strict=True):
+                await self._record_submit(adapter, view, res)
         if len(ids) >= want:
             self.kick.dispatch(provider, adapter.synchronous)
         return len(ids)
+
+    async def _submit_one(self, adapter: ProviderAdapter, view: JobView, req: ProviderRequest) -> None:
+        try:
+            res: Submitted | ProviderError = await adapter.submit(aio.http_client(), view.job, req)
+        except ProviderError as exc:
+            res = exc
+        await self._record_submit(adapter, view, res)
+
+    async def _record_submit(self, adapter: ProviderAdapter, view: JobView, res: Submitted | ProviderError) -> None:
+        if isinstance(res, ProviderError):
+            self._record_failure(adapter.name, res)
+            await self.retry_or_fail(view, res, State.submitting, sent=True)
+        else:
+            self._record_success(adapter.name)
+            await self.submitted(adapter, view, res)
 
     def input_urls(self, view: JobView) -> InputUrls:
         job = view.job
