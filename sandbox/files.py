@@ -1,0 +1,130 @@
+"""Generated outputs on disk, served at ``/files/{id}.{ext}`` (a stand-in for a provider CDN).
+
+Writes happen on render worker threads; serving uses Starlette's ``FileResponse`` (streamed, with
+Content-Length and Content-Type).  ``POST /files/upload`` stores raw bytes and answers
+``{"access_url": ...}`` (shape of fal's CDN upload) so inputs can be hosted on the sandbox too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from sandbox.engine import sniff_image_type
+
+MEDIA_TYPES: dict[str, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "avif": "image/avif",
+    "bin": "application/octet-stream",
+}
+_NAME = re.compile(r"^([0-9a-f]{32})\.([a-z]{3,4})$")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    file_id: str
+    ext: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.file_id}.{self.ext}"
+
+    @property
+    def content_type(self) -> str:
+        return MEDIA_TYPES.get(self.ext, "application/octet-stream")
+
+    def url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/files/{self.name}"
+
+
+class FileStore:
+    """Thread-safe store of output files in one directory (a temp dir unless given)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._owned = directory is None
+        self.root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="editq-sandbox-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._cache_dir = self.root / "_cache"
+        self._cache_dir.mkdir(exist_ok=True)
+        self._cache_lock = threading.Lock()
+
+    def put(self, data: bytes, ext: str) -> StoredFile:
+        stored = StoredFile(uuid.uuid4().hex, ext, len(data))
+        tmp = self.root / f".{stored.name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.root / stored.name)
+        return stored
+
+    def put_cached(self, key: str, ext: str, produce: Callable[[], bytes]) -> StoredFile:
+        """A new file with the bytes cached under ``key`` (produced once; hard-linked when possible)."""
+        cached = self._cache_dir / f"{key}.{ext}"
+        with self._cache_lock:
+            if not cached.exists():
+                tmp = self._cache_dir / f".{key}.{ext}.tmp"
+                tmp.write_bytes(produce())
+                os.replace(tmp, cached)
+        stored = StoredFile(uuid.uuid4().hex, ext, cached.stat().st_size)
+        target = self.root / stored.name
+        try:
+            os.link(cached, target)
+        except OSError:
+            shutil.copyfile(cached, target)
+        return stored
+
+    def path_for(self, name: str) -> Path | None:
+        if not _NAME.match(name):
+            return None
+        path = self.root / name
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        if self._owned:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def files_router(
+    store: FileStore, base_url: Callable[[Request], str], max_upload_bytes: Callable[[], int]
+) -> APIRouter:
+    router = APIRouter(tags=["files"])
+
+    @router.api_route("/files/{name}", methods=["GET", "HEAD"], response_model=None)
+    async def get_file(name: str) -> FileResponse:
+        path = store.path_for(name)
+        if path is None:
+            raise HTTPException(status_code=404, detail="File not found")
+        ext = name.rsplit(".", 1)[1]
+        return FileResponse(
+            path,
+            media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    @router.post("/files/upload")
+    async def upload(request: Request) -> JSONResponse:
+        data = await request.body()
+        if len(data) > max_upload_bytes():
+            raise HTTPException(status_code=413, detail="File too large")
+        ext = sniff_image_type(data) or "bin"
+        stored = await anyio.to_thread.run_sync(store.put, data, ext)
+        return JSONResponse({"access_url": stored.url(base_url(request)), "content_type": stored.content_type,
+                             "file_size": stored.size})
+
+    return router

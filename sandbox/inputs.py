@@ -1,0 +1,98 @@
+"""Fetch model inputs the way a provider's runner does: ``http(s)://`` URLs and ``data:`` URIs.
+
+Every failure (unreachable, non-2xx, too large, not an image) raises :class:`InputError`, which a
+provider turns into a job error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import urllib.parse
+from typing import Any
+
+import httpx
+
+from sandbox.engine import sniff_image_type
+
+
+class InputError(Exception):
+    """An input the provider could not use; ``kind`` follows fal's error-type vocabulary."""
+
+    def __init__(self, message: str, *, kind: str = "file_download_error", url: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.url = url
+
+
+def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
+    """Payload of ``data:[<mime>][;base64],<data>``."""
+    header, sep, payload = uri.partition(",")
+    if not sep or not header.startswith("data:"):
+        raise InputError("Malformed data URI.", kind="file_download_error", url=uri[:64])
+    if header.endswith(";base64"):
+        if len(payload) * 3 // 4 > max_bytes + 3:
+            raise InputError("The file is too large.", kind="file_too_large", url=uri[:64])
+        compact = "".join(payload.split())
+        try:
+            return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            try:
+                return base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
+            except (binascii.Error, ValueError) as exc:
+                raise InputError("Malformed base64 in data URI.", url=uri[:64]) from exc
+    data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise InputError("The file is too large.", kind="file_too_large", url=uri[:64])
+    return data
+
+
+async def fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
+    if url.startswith("data:"):
+        return decode_data_uri(url, max_bytes=max_bytes)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InputError(f"Unsupported URL scheme {scheme!r}.", url=url)
+    try:
+        async with client.stream("GET", url, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise InputError(
+                    f"Failed to download the file: HTTP {response.status_code}.", url=url
+                )
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise InputError("The file is too large.", kind="file_too_large", url=url)
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise InputError("The file is too large.", kind="file_too_large", url=url)
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise InputError(f"Failed to download the file: {type(exc).__name__}.", url=url) from exc
+    return b"".join(chunks)
+
+
+async def fetch_image(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
+    """Bytes of an image input; raises :class:`InputError` if unreachable or not an image."""
+    data = await fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout)
+    if sniff_image_type(data) is None:
+        raise InputError("The file is not a supported image.", kind="image_load_error", url=url[:200])
+    return data
+
+
+def summarize_for_log(value: Any, *, max_chars: int = 256) -> Any:
+    """``value`` with big data URIs (and other very long strings) replaced by a short description."""
+    if isinstance(value, str):
+        if value.startswith("data:") and len(value) > max_chars:
+            header = value.partition(",")[0]
+            return f"{header},<{len(value) - len(header) - 1} chars elided>"
+        if len(value) > 8 * max_chars:
+            return value[: 8 * max_chars] + f"...<{len(value) - 8 * max_chars} chars elided>"
+        return value
+    if isinstance(value, dict):
+        return {k: summarize_for_log(v, max_chars=max_chars) for k, v in value.items()}
+    if isinstance(value, list):
+        return [summarize_for_log(v, max_chars=max_chars) for v in value]
+    return value

@@ -1,0 +1,390 @@
+"""fal's queue protocol under ``/fal`` (stands in for ``https://queue.fal.run``).
+
+Routes (``{app}`` = ``owner/app``, the endpoint path such as ``/edit`` is dropped after submit):
+
+- ``POST /fal/{owner}/{app}[/{path}]`` submit (``?fal_webhook=``; ``X-Fal-Queue-Priority``,
+  ``X-Fal-Request-Timeout``, ``X-Fal-No-Retry`` accepted) -> 200 IN_QUEUE envelope.
+- ``GET /fal/{app}/requests/{id}/status[?logs=1|0|true|false]`` -> 202 IN_QUEUE/IN_PROGRESS, 200 COMPLETED.
+- ``GET /fal/{app}/requests/{id}/status/stream`` -> server-sent status events until COMPLETED.
+- ``GET /fal/{app}/requests/{id}`` -> the model's output and status code; **400**
+  ``{"detail": "Request is still in progress"}`` (or "in queue") before completion.
+- ``PUT /fal/{app}/requests/{id}/cancel`` -> 202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED / 404 NOT_FOUND.
+- ``GET /fal/.well-known/jwks.json`` -> the webhook-signing public key.
+
+Sandbox choices where fal's docs are silent: a cancelled request ends COMPLETED with
+``error_type="request_cancelled"`` (result: 400) and gets an ERROR webhook; an injected job failure
+is a 422 ``downstream_service_error``; a start timeout (``X-Fal-Request-Timeout``) is a 504
+``request_timeout`` with ``X-Fal-Request-Timeout-Type: user``; submit faults mimic ingress errors
+(HTML bodies mentioning nginx, no ``x-fal-request-id``) so ``fal_client`` treats them as retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from sandbox.engine import (
+    CONTENT_TYPES,
+    EngineError,
+    image_dimensions,
+    render_edit_images,
+    render_placeholder,
+    resolve_size,
+)
+from sandbox.files import StoredFile
+from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from sandbox.state import ProviderMount, SandboxState
+
+from .fal_schema import GptImage2EditInput, error_detail, validation_detail
+
+NAME = "fal"
+PREFIX = "/fal"
+_AUTH = re.compile(r"^Key\s+\S+", re.IGNORECASE)
+_BIG_BODY = 1 << 20
+
+_NGINX = "<html>\r\n<head><title>{code} {text}</title></head>\r\n<body>\r\n<center><h1>{code} {text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"  # noqa: E501
+
+
+def _nginx(code: int, text: str, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(_NGINX.format(code=code, text=text), status_code=code, headers=headers)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _model_error(loc: list[str | int], msg: str, type_: str) -> JobOutcome:
+    return JobOutcome(False, 422, {"detail": [error_detail(loc, msg, type_)]}, msg, type_, reason="error")
+
+
+@lru_cache(maxsize=64)
+def _placeholder(width: int, height: int, fmt: str) -> bytes:
+    return render_placeholder(width, height, fmt)
+
+
+class FalAdapter(ProviderAdapter):
+    name = NAME
+
+    def __init__(self, signer: FalWebhookSigner) -> None:
+        self.signer = signer
+
+    def webhook_payload(self, job: Job) -> Any:
+        outcome = job.outcome
+        if outcome is None:
+            return None
+        return {
+            "request_id": job.request_id,
+            "gateway_request_id": job.request_id,
+            "status": "OK" if outcome.ok else "ERROR",
+            "payload": outcome.body,
+            "error": None if outcome.ok else f"Invalid status code: {outcome.status_code}",
+        }
+
+    def failure_outcome(self, job: Job) -> JobOutcome:
+        return JobOutcome(
+            False, 422,
+            {"detail": [error_detail(["body"], "The model failed to process the request (sandbox injected "
+                                     "job failure).", "downstream_service_error")]},
+            "The model failed to process the request (sandbox injected job failure).",
+            "downstream_service_error", reason="injected_failure",
+        )
+
+    def cancelled_outcome(self, job: Job) -> JobOutcome:
+        return JobOutcome(False, 400, {"detail": "Request was cancelled.", "error_type": "request_cancelled"},
+                          "Request was cancelled.", "request_cancelled",
+                          headers={"X-Fal-Error-Type": "request_cancelled"}, reason="cancelled")
+
+    def start_timeout_outcome(self, job: Job) -> JobOutcome:
+        return JobOutcome(
+            False, 504,
+            {"detail": "Request timed out before it could start.", "error_type": "request_timeout"},
+            "Request timed out before it could start.", "request_timeout",
+            headers={"X-Fal-Error-Type": "request_timeout", "X-Fal-Request-Timeout-Type": "user"},
+            reason="start_timeout",
+        )
+
+    def crash_outcome(self, job: Job, exc: BaseException) -> JobOutcome:
+        return JobOutcome(False, 500, {"detail": "Internal server error", "error_type": "internal_server_error"},
+                          "Internal server error", "internal_server_error",
+                          headers={"X-Fal-Error-Type": "internal_server_error"}, reason="crash")
+
+
+class FalProvider:
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
+        cfg = state.current
+        self.keys = Ed25519KeyRing(cfg.seed, "fal")
+        self.signer = FalWebhookSigner(self.keys, cfg.fal_user_id)
+        self.adapter = FalAdapter(self.signer)
+        state.config.subscribe(lambda old, new: setattr(self.signer, "user_id", new.fal_user_id))
+        state.runner.register(self.adapter)
+        # endpoint id -> (input model, work function); add more fal endpoints here.
+        self.models: dict[str, tuple[type[BaseModel], Callable[[Job], Awaitable[JobOutcome]]]] = {
+            "openai/gpt-image-2/edit": (GptImage2EditInput, self._gpt_image_2_edit),
+        }
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _unauthorized(request: Request) -> JSONResponse | None:
+        if _AUTH.match(request.headers.get("authorization", "")):
+            return None
+        return _json(401, {"detail": "Missing or invalid credentials. Use 'Authorization: Key <FAL_KEY>'."},
+                     {"WWW-Authenticate": "Key"})
+
+    @staticmethod
+    def _urls(job: Job) -> dict[str, str]:
+        base = f"{job.base_url}{PREFIX}/{job.extra['app']}/requests/{job.request_id}"
+        return {"response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
+
+    def _find(self, owner: str, app: str, request_id: str) -> Job | None:
+        job = self.state.runner.get(NAME, request_id)
+        if job is None or job.extra.get("app") != f"{owner}/{app}":
+            return None
+        return job
+
+    def _status_body(self, job: Job, with_logs: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": job.state.value, "request_id": job.request_id, **self._urls(job),
+                                "logs": list(job.logs) if with_logs else None}
+        if job.state is JobState.IN_QUEUE:
+            body["queue_position"] = self.state.runner.queue_position(job)
+        elif job.state is JobState.COMPLETED:
+            inference = job.inference_time
+            body["metrics"] = {"inference_time": inference} if inference is not None else {}
+            if job.outcome is not None and not job.outcome.ok:
+                body["error"] = job.outcome.error
+                body["error_type"] = job.outcome.error_type
+        return body
+
+    # --- submit -------------------------------------------------------------------------------
+
+    async def submit(self, request: Request, endpoint: str) -> Response:
+        runner, cfg = self.state.runner, self.state.current
+        raw = await request.body()
+        denied = self._unauthorized(request)
+        if denied is not None:
+            runner.reject(NAME, "auth")
+            return denied
+        dice = self.state.dice
+        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
+            runner.reject(NAME, "timeout")
+            await asyncio.sleep(cfg.timeout_hold_s)
+            return _nginx(504, "Gateway Time-out")
+        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
+            runner.reject(NAME, "5xx")
+            return _nginx(503, "Service Temporarily Unavailable")
+        if dice.roll("submit_429", cfg.submit_429_rate):
+            runner.reject(NAME, "429")
+            return _json(429, {"detail": "Too many requests.", "error_type": "rate_limited"},
+                         {"Retry-After": str(math.ceil(cfg.retry_after_s)), "X-Fal-Error-Type": "rate_limited"})
+        endpoint = endpoint.strip("/")
+        model = self.models.get(endpoint)
+        if model is None:
+            runner.reject(NAME, "not_found")
+            return _json(404, {"detail": f"Application '{endpoint}' not found."})
+        input_model, work = model
+        try:
+            data = await asyncio.to_thread(json.loads, raw) if len(raw) > _BIG_BODY else json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            runner.reject(NAME, "validation")
+            return _json(422, {"detail": [error_detail(["body"], f"Invalid JSON: {exc}", "json_invalid")]})
+        try:
+            payload = input_model.model_validate(data)
+        except ValidationError as exc:
+            runner.reject(NAME, "validation")
+            return _json(422, {"detail": validation_detail(exc)})
+        timeout_header = request.headers.get("x-fal-request-timeout")
+        start_timeout: float | None = None
+        if timeout_header is not None:
+            try:
+                start_timeout = float(timeout_header)
+            except ValueError:
+                start_timeout = -1.0
+            if not (start_timeout > 0 and math.isfinite(start_timeout)):
+                runner.reject(NAME, "validation")
+                return _json(400, {"detail": "X-Fal-Request-Timeout must be a positive number of seconds."})
+        webhook = request.query_params.get("fal_webhook") or None
+        priority = request.headers.get("x-fal-queue-priority", "normal").lower()
+        request_id = str(uuid.uuid4())
+        job = Job(
+            provider=NAME,
+            request_id=request_id,
+            model=endpoint,
+            work=work,
+            payload=payload,
+            input_summary=summarize_for_log(data),
+            webhook_url=webhook,
+            base_url=self.state.base_url(request),
+            priority=PRIORITY_LOW if priority == "low" else PRIORITY_NORMAL,
+            start_timeout_s=start_timeout,
+            headers={k: v for k, v in request.headers.items() if k.startswith("x-fal-") or k == "user-agent"},
+            extra={"app": "/".join(endpoint.split("/")[:2])},
+        )
+        runner.submit(job)
+        body: dict[str, Any] = {"status": "IN_QUEUE", "request_id": request_id, **self._urls(job),
+                                "queue_position": runner.queue_position(job)}
+        if webhook:
+            body["gateway_request_id"] = request_id
+        return _json(200, body, {"x-fal-request-id": request_id})
+
+    # --- the model ----------------------------------------------------------------------------
+
+    async def _gpt_image_2_edit(self, job: Job) -> JobOutcome:
+        inp: GptImage2EditInput = job.payload
+        cfg = self.state.current
+        urls = [*inp.image_urls, *([inp.mask_url] if inp.mask_url else [])]
+        job.log(f"Downloading {len(inp.image_urls)} input image(s)" + (" and a mask." if inp.mask_url else "."))
+        client = self.state.http()
+        fetched = await asyncio.gather(
+            *(fetch_image(u, client, max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s) for u in urls),
+            return_exceptions=True,
+        )
+        blobs: list[bytes] = []
+        for index, item in enumerate(fetched):
+            if isinstance(item, InputError):
+                loc: list[str | int] = ["body", "image_urls", index] if index < len(inp.image_urls) else [
+                    "body", "mask_url"]
+                job.log(f"Input {loc[1:]} failed: {item}", "ERROR")
+                return _model_error(loc, str(item), item.kind)
+            if isinstance(item, BaseException):
+                raise item
+            blobs.append(item)
+        images, mask = blobs[: len(inp.image_urls)], (blobs[-1] if inp.mask_url else None)
+        job.log(f"Editing: {inp.num_images} image(s), size={inp.image_size!s}, format={inp.output_format}.")
+        try:
+            entries = await self.state.in_thread(self._render_and_store, inp, images, mask, job)
+        except EngineError as exc:
+            if exc.index is not None:
+                return _model_error(["body", "image_urls", exc.index], str(exc), exc.kind)
+            return _model_error(["body", "mask_url"] if inp.mask_url else ["body"], str(exc), exc.kind)
+        job.log(f"Stored {len(entries)} output image(s).")
+        return JobOutcome(True, 200, {"images": entries})
+
+    def _render_and_store(
+        self, inp: GptImage2EditInput, images: list[bytes], mask: bytes | None, job: Job
+    ) -> list[dict[str, Any]]:
+        """Runs on a render thread."""
+        fmt = inp.output_format
+        files = self.state.files
+        outputs: list[tuple[bytes | StoredFile, int, int]] = []
+        if self.state.current.render == "cached":
+            width, height = resolve_size(image_dimensions(images[0], index=0), inp.target_size())
+            for _ in range(inp.num_images):
+                if inp.sync_mode:
+                    outputs.append((_placeholder(width, height, fmt), width, height))
+                else:
+                    stored = files.put_cached(f"{width}x{height}", fmt, lambda: _placeholder(width, height, fmt))
+                    outputs.append((stored, width, height))
+        else:
+            rendered = render_edit_images(images, inp.prompt, mask, inp.target_size(), fmt, inp.num_images,
+                                          quality=inp.quality)
+            for item in rendered:
+                data_or_file: bytes | StoredFile = item.data if inp.sync_mode else files.put(item.data, fmt)
+                outputs.append((data_or_file, item.width, item.height))
+        entries = []
+        for index, (output, width, height) in enumerate(outputs):
+            if isinstance(output, StoredFile):
+                url, name, size = output.url(job.base_url), output.name, output.size
+            else:
+                url = f"data:{CONTENT_TYPES[fmt]};base64," + base64.b64encode(output).decode("ascii")
+                name, size = f"{job.request_id}_{index}.{fmt}", len(output)
+            entries.append({"url": url, "content_type": CONTENT_TYPES[fmt], "file_name": name,
+                            "file_size": size, "width": width, "height": height})
+        return entries
+
+    # --- queue endpoints -------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=PREFIX, tags=["fal"])
+
+        @router.get("/.well-known/jwks.json")
+        async def jwks() -> JSONResponse:
+            return _json(200, self.keys.jwks(), {"Cache-Control": "public, max-age=3600"})
+
+        @router.get("/{owner}/{app}/requests/{request_id}/status", response_model=None)
+        async def status(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(owner, app, request_id)
+            if job is None:
+                return _json(404, {"detail": "Request not found."})
+            with_logs = request.query_params.get("logs", "").lower() in ("1", "true", "yes")
+            code = 200 if job.state is JobState.COMPLETED else 202
+            return _json(code, self._status_body(job, with_logs), {"x-fal-request-id": job.request_id})
+
+        @router.get("/{owner}/{app}/requests/{request_id}/status/stream", response_model=None)
+        async def status_stream(owner: str, app: str, request_id: str, request: Request) -> Response:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(owner, app, request_id)
+            if job is None:
+                return _json(404, {"detail": "Request not found."})
+            with_logs = request.query_params.get("logs", "").lower() in ("1", "true", "yes")
+
+            async def events(found: Job) -> AsyncIterator[str]:
+                last = ""
+                while True:
+                    body = json.dumps(self._status_body(found, with_logs))
+                    if body != last:
+                        yield f"data: {body}\n\n"
+                        last = body
+                    if found.state is JobState.COMPLETED:
+                        return
+                    await asyncio.sleep(0.1)
+
+            return StreamingResponse(events(job), media_type="text/event-stream",
+                                     headers={"x-fal-request-id": job.request_id, "Cache-Control": "no-cache"})
+
+        @router.get("/{owner}/{app}/requests/{request_id}", response_model=None)
+        async def result(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(owner, app, request_id)
+            if job is None:
+                return _json(404, {"detail": "Request not found."})
+            headers = {"x-fal-request-id": job.request_id}
+            if job.state is not JobState.COMPLETED or job.outcome is None:
+                where = "in queue" if job.state is JobState.IN_QUEUE else "in progress"
+                return _json(400, {"detail": f"Request is still {where}."}, headers)
+            outcome = job.outcome
+            return _json(outcome.status_code, outcome.body, {**outcome.headers, **headers})
+
+        @router.put("/{owner}/{app}/requests/{request_id}/cancel", response_model=None)
+        async def cancel(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(owner, app, request_id)
+            if job is None:
+                return _json(404, {"status": "NOT_FOUND"})
+            if self.state.runner.cancel(job) is CancelResult.ALREADY_COMPLETED:
+                return _json(400, {"status": "ALREADY_COMPLETED"})
+            return _json(202, {"status": "CANCELLATION_REQUESTED"})
+
+        @router.post("/{endpoint:path}", response_model=None)
+        async def submit(endpoint: str, request: Request) -> Response:
+            return await self.submit(request, endpoint)
+
+        return router
+
+
+def build(state: SandboxState) -> ProviderMount:
+    provider = FalProvider(state)
+    return ProviderMount(NAME, PREFIX, provider.router(), provider.adapter,
+                         "fal queue API (https://queue.fal.run)")
