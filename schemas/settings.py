@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     submit_lease_s: float = Field(120.0, description="A claim older than this with no request id is recovered.")
+    sync_lease_margin_s: float = Field(60.0, description="Synchronous providers: claim lease = timeout_s + this.")
     poll_interval_s: float = Field(5.0, description="First poll delay (webhooks off); grows to poll_max_s.")
     poll_interval_webhook_s: float = Field(60.0, description="Safety-net poll delay when webhooks are on.")
     poll_max_s: float = 60.0

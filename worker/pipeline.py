@@ -58,7 +58,8 @@ class Pipeline:
     def limits(self, adapter: ProviderAdapter) -> tuple[int, int, int, float]:
         cap = max(1, adapter.settings.concurrency)
         reserve = int(cap * self.settings.interactive_reserve)
-        lease = adapter.settings.timeout_s + 60 if adapter.synchronous else self.settings.submit_lease_s
+        sync_lease = adapter.settings.timeout_s + self.settings.sync_lease_margin_s
+        lease = sync_lease if adapter.synchronous else self.settings.submit_lease_s
         return cap, reserve, adapter.settings.rpm, lease
 
     async def dispatch(self, provider: str) -> int:
