@@ -1,8 +1,9 @@
 """Generated outputs on disk, served at ``/files/{id}.{ext}`` (a stand-in for a provider CDN).
 
 Writes happen on render worker threads; serving uses Starlette's ``FileResponse`` (streamed, with
-Content-Length and Content-Type).  ``POST /files/upload`` stores raw bytes and answers
-``{"access_url": ...}`` (shape of fal's CDN upload) so inputs can be hosted on the sandbox too.
+Content-Length and Content-Type).  Inputs can be hosted on the sandbox too:
+``POST /files/upload`` (raw bytes) answers ``{"access_url": ...}`` (shape of fal's CDN v3 upload),
+and ``PUT /files/{id}.{ext}`` fills an ``upload_url`` handed out by a provider's storage emulation.
 """
 
 from __future__ import annotations
@@ -67,11 +68,20 @@ class FileStore:
         self._cache_lock = threading.Lock()
 
     def put(self, data: bytes, ext: str) -> StoredFile:
-        stored = StoredFile(uuid.uuid4().hex, ext, len(data))
+        return self.put_named(uuid.uuid4().hex, ext, data)
+
+    def put_named(self, file_id: str, ext: str, data: bytes) -> StoredFile:
+        """Store under a pre-announced id (see :meth:`reserve`)."""
+        stored = StoredFile(file_id, ext, len(data))
         tmp = self.root / f".{stored.name}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.root / stored.name)
         return stored
+
+    @staticmethod
+    def reserve(ext: str) -> StoredFile:
+        """A fresh file id for an upload that will arrive later by PUT."""
+        return StoredFile(uuid.uuid4().hex, ext, 0)
 
     def put_cached(self, key: str, ext: str, produce: Callable[[], bytes]) -> StoredFile:
         """A new file with the bytes cached under ``key`` (produced once; hard-linked when possible)."""
@@ -116,6 +126,18 @@ def files_router(
             media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
             headers={"Cache-Control": "public, max-age=3600"},
         )
+
+    @router.put("/files/{name}", response_model=None)
+    async def put_file(name: str, request: Request) -> JSONResponse:
+        """Target of an ``upload_url`` handed out by a storage emulation (signed-URL style PUT)."""
+        match = _NAME.match(name)
+        if match is None:
+            raise HTTPException(status_code=404, detail="Not found")
+        data = await request.body()
+        if len(data) > max_upload_bytes():
+            raise HTTPException(status_code=413, detail="File too large")
+        stored = await anyio.to_thread.run_sync(store.put_named, match.group(1), match.group(2), data)
+        return JSONResponse({"url": stored.url(base_url(request)), "file_size": stored.size})
 
     @router.post("/files/upload")
     async def upload(request: Request) -> JSONResponse:

@@ -6,6 +6,7 @@ provider turns into a job error.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import urllib.parse
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 
 from sandbox.engine import sniff_image_type
+
+_OFFLOAD_CHARS = 256 * 1024  # decode bigger data URIs off the event loop
 
 
 class InputError(Exception):
@@ -49,6 +52,8 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
 
 async def fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
     if url.startswith("data:"):
+        if len(url) > _OFFLOAD_CHARS:
+            return await asyncio.to_thread(decode_data_uri, url, max_bytes=max_bytes)
         return decode_data_uri(url, max_bytes=max_bytes)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):

@@ -100,3 +100,15 @@ def test_fetch_image_rejects_non_images() -> None:
                 await fetch_image("ftp://example.invalid/x.png", client, max_bytes=100, timeout=1)
 
     asyncio.run(run())
+
+
+def test_running_sandbox_in_thread_serves_real_http() -> None:
+    from sandbox.testing import running_sandbox
+
+    with running_sandbox(SandboxConfig(latency_s=0.0, jitter_s=0.0)) as base_url:
+        health = httpx.get(base_url + "/_sandbox/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        jwks = httpx.get(base_url + "/fal/.well-known/jwks.json").json()
+        assert jwks["keys"][0]["crv"] == "Ed25519"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base_url + "/_sandbox/health")

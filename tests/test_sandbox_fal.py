@@ -720,3 +720,23 @@ def test_fal_client_sdk_contract(client: httpx.Client, sandbox_url: str, monkeyp
     with pytest.raises(fal_client.FalClientHTTPError) as failure:
         failing.get()
     assert failure.value.status_code == 422
+
+
+def test_fal_client_upload_then_edit(client: httpx.Client, sandbox_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fal_client = pytest.importorskip("fal_client")
+    import fal_client.client as fal_impl
+
+    monkeypatch.setattr(fal_impl, "QUEUE_URL_FORMAT", f"{sandbox_url}/fal/")
+    monkeypatch.setattr(fal_impl, "REST_URL", f"{sandbox_url}/fal-rest")
+    monkeypatch.setattr(fal_impl, "CDN_URL", sandbox_url)
+    sdk = fal_client.SyncClient(key="sandbox-test")
+    source = _sample((320, 240))
+    url_v3 = sdk.upload(source, "image/png", file_name="in.png")
+    url_gcs = sdk.upload(source, "image/png", file_name="in.png", repository="fal")
+    for url in (url_v3, url_gcs):
+        assert url.startswith(sandbox_url + "/files/")
+        download = httpx.get(url)
+        assert download.content == source and download.headers["content-type"] == "image/png"
+    handle = sdk.submit(APP, arguments={"prompt": "mirror it", "image_urls": [url_v3, url_gcs]})
+    result = handle.get()
+    assert (result["images"][0]["width"], result["images"][0]["height"]) == (320, 240)

@@ -10,6 +10,10 @@ Routes (``{app}`` = ``owner/app``, the endpoint path such as ``/edit`` is droppe
   ``{"detail": "Request is still in progress"}`` (or "in queue") before completion.
 - ``PUT /fal/{app}/requests/{id}/cancel`` -> 202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED / 404 NOT_FOUND.
 - ``GET /fal/.well-known/jwks.json`` -> the webhook-signing public key.
+- ``POST /fal-rest/storage/auth/token`` and ``POST /fal-rest/storage/upload/initiate`` (stand in for
+  ``https://rest.fal.ai``); uploads land in ``/files`` (stands in for the CDN).  For ``fal_client``:
+  ``client.QUEUE_URL_FORMAT = f"{base}/fal/"``, ``client.REST_URL = f"{base}/fal-rest"``,
+  ``client.CDN_URL = base``.
 
 Sandbox choices where fal's docs are silent: a cancelled request ends COMPLETED with
 ``error_type="request_cancelled"`` (result: 400) and gets an ERROR webhook; an injected job failure
@@ -27,6 +31,7 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -42,7 +47,7 @@ from sandbox.engine import (
     render_placeholder,
     resolve_size,
 )
-from sandbox.files import StoredFile
+from sandbox.files import MEDIA_TYPES, FileStore, StoredFile
 from sandbox.inputs import InputError, fetch_image, summarize_for_log
 from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
@@ -52,6 +57,7 @@ from .fal_schema import GptImage2EditInput, error_detail, validation_detail
 
 NAME = "fal"
 PREFIX = "/fal"
+REST_PREFIX = "/fal-rest"
 _AUTH = re.compile(r"^Key\s+\S+", re.IGNORECASE)
 _BIG_BODY = 1 << 20
 
@@ -68,6 +74,17 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSON
 
 def _model_error(loc: list[str | int], msg: str, type_: str) -> JobOutcome:
     return JobOutcome(False, 422, {"detail": [error_detail(loc, msg, type_)]}, msg, type_, reason="error")
+
+
+def _extension(content_type: Any, file_name: Any) -> str:
+    by_type = {v: k for k, v in MEDIA_TYPES.items() if k != "jpg"}
+    if isinstance(content_type, str) and content_type.split(";")[0].strip().lower() in by_type:
+        return by_type[content_type.split(";")[0].strip().lower()]
+    if isinstance(file_name, str) and "." in file_name:
+        suffix = file_name.rsplit(".", 1)[1].lower()
+        if suffix in MEDIA_TYPES:
+            return "jpeg" if suffix == "jpg" else suffix
+    return "bin"
 
 
 @lru_cache(maxsize=64)
@@ -308,6 +325,41 @@ class FalProvider:
     # --- queue endpoints -------------------------------------------------------------------------
 
     def router(self) -> APIRouter:
+        combined = APIRouter()
+        combined.include_router(self._storage_router())
+        combined.include_router(self._queue_router())
+        return combined
+
+    def _storage_router(self) -> APIRouter:
+        """fal's REST storage endpoints used by ``fal_client.upload`` (stands in for rest.fal.ai)."""
+        router = APIRouter(prefix=REST_PREFIX, tags=["fal storage"])
+
+        @router.post("/storage/auth/token", response_model=None)
+        async def cdn_token(request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            expires = datetime.now(UTC) + timedelta(hours=1)
+            return _json(200, {"token": "sandbox-cdn-token", "token_type": "Bearer",
+                               "base_url": self.state.base_url(request), "expires_at": expires.isoformat()})
+
+        @router.post("/storage/upload/initiate", response_model=None)
+        async def initiate_upload(request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except json.JSONDecodeError:
+                body = {}
+            body = body if isinstance(body, dict) else {}
+            reserved = FileStore.reserve(_extension(body.get("content_type"), body.get("file_name")))
+            url = reserved.url(self.state.base_url(request))
+            return _json(200, {"upload_url": url, "file_url": url})
+
+        return router
+
+    def _queue_router(self) -> APIRouter:
         router = APIRouter(prefix=PREFIX, tags=["fal"])
 
         @router.get("/.well-known/jwks.json")
