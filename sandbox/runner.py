@@ -87,6 +87,7 @@ class Job:
     logs: list[dict[str, Any]] = field(default_factory=list)
     webhook: WebhookRecord | None = None
     task: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # set on COMPLETED (synchronous APIs wait)
 
     def log(self, message: str, level: str = "INFO") -> None:
         self.logs.append(
@@ -375,6 +376,7 @@ class Runner:
         job.outcome = outcome
         job.payload = None
         job.task = None
+        job.finished.set()
         job.log("Request completed." if outcome.ok else f"Request failed: {outcome.error}",
                 "INFO" if outcome.ok else "ERROR")
         stats.completed += 1
