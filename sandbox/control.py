@@ -46,11 +46,17 @@ def control_router(state: SandboxState, mounts: list[ProviderMount]) -> APIRoute
         return JSONResponse(config.model_dump())
 
     @router.get("/requests")
-    async def requests(provider: str | None = None, status: str | None = None) -> dict[str, Any]:
+    async def requests(
+        provider: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The request log, oldest first; ``limit`` keeps the most recent N (count is before limit)."""
         entries = state.runner.log_entries(provider)
         if status:
             entries = [e for e in entries if e["status"] == status.upper()]
-        return {"count": len(entries), "requests": entries}
+        count = len(entries)
+        if limit is not None and limit >= 0:
+            entries = entries[count - limit:] if limit else []
+        return {"count": count, "requests": entries}
 
     @router.get("/requests/{request_id}", response_model=None)
     async def request_entry(request_id: str) -> JSONResponse:

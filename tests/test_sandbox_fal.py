@@ -555,13 +555,29 @@ def test_lost_webhook_is_never_sent(client: httpx.Client, peer: Peer) -> None:
 def test_duplicate_webhook_is_delivered_twice(client: httpx.Client, peer: Peer) -> None:
     client.patch("/_sandbox/config", json={"webhook_duplicate_rate": 1.0})
     sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample())]}, webhook=f"{peer.base}/hook")
-    hooks = wait_for(lambda: len(h := peer.hooks(sub["request_id"])) >= 2 and h, what="two deliveries")
+
+    def two() -> list[Delivery] | None:
+        delivered = peer.hooks(sub["request_id"])
+        return delivered if len(delivered) >= 2 else None
+
+    hooks = wait_for(two, what="two deliveries")
     assert [h.json() for h in hooks[:2]] == [hooks[0].json()] * 2
     assert all(jwks_verify(client, h) for h in hooks)
     wait_for(lambda: stats(client)["webhooks"]["pending"] == 0, what="delivery bookkeeping")
     counts = stats(client)["webhooks"]
     assert (counts["duplicated"], counts["succeeded"], counts["attempted"]) == (1, 2, 2)
     assert len(peer.hooks(sub["request_id"])) == 2
+
+
+def test_delayed_webhook_arrives_after_completion(client: httpx.Client, peer: Peer) -> None:
+    client.patch("/_sandbox/config", json={"webhook_delay_s": 1.5})
+    sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample())]}, webhook=f"{peer.base}/hook")
+    wait_completed(client, sub)
+    held = stats(client)["webhooks"]
+    assert (held["scheduled"], held["pending"], held["attempted"]) == (1, 1, 0)
+    hook = wait_for(lambda: peer.hooks(sub["request_id"]), what="late webhook")[0]
+    assert jwks_verify(client, hook)
+    wait_for(lambda: stats(client)["webhooks"]["pending"] == 0, what="delivery bookkeeping")
 
 
 def test_failed_deliveries_are_retried(client: httpx.Client, peer: Peer) -> None:
@@ -654,6 +670,8 @@ def test_request_log_and_reset(client: httpx.Client, peer: Peer) -> None:
         assert key in first
     assert first["webhook_url"] == f"{peer.base}/hook"
     assert client.get("/_sandbox/requests", params={"provider": "replicate"}).json()["count"] == 0
+    latest = client.get("/_sandbox/requests", params={"limit": 1}).json()
+    assert latest["count"] == 3 and [e["input"]["prompt"] for e in latest["requests"]] == ["p2"]
     assert stats(client)["accepted"] == 3
     assert client.post("/_sandbox/reset").json() == {"status": "ok"}
     assert client.get("/_sandbox/requests").json()["count"] == 0
@@ -669,7 +687,7 @@ def test_control_config_patch(client: httpx.Client) -> None:
     updated = client.patch("/_sandbox/config", json={"jitter_s": 0.25})
     assert updated.status_code == 200 and updated.json()["jitter_s"] == 0.25
     health = client.get("/_sandbox/health").json()
-    assert health["status"] == "ok" and [p["name"] for p in health["providers"]] == ["fal"]
+    assert health["status"] == "ok" and "fal" in [p["name"] for p in health["providers"]]
 
 
 def test_status_stream_ends_with_completed(client: httpx.Client) -> None:
