@@ -217,6 +217,11 @@ def sandbox_provider_env(base: str) -> dict[str, str]:
         "EDITQ_FAL_BASE_URL": f"{base}/fal",
         "EDITQ_FAL_JWKS_URL": f"{base}/fal/.well-known/jwks.json",
         "EDITQ_FAL_KEY": "sandbox-key",
+        "EDITQ_WAVESPEED_BASE_URL": f"{base}/wavespeed",
+        "EDITQ_WAVESPEED_API_KEY": "ws-sandbox-key",
+        "EDITQ_MODELRUNNER_BASE_URL": f"{base}/modelrunner",
+        "EDITQ_MODELRUNNER_REST_URL": f"{base}/modelrunner",
+        "EDITQ_MODELRUNNER_KEY": "mr-sandbox-key",
     }
 
 

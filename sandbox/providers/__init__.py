@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sandbox.providers import fal
+from sandbox.providers import fal, modelrunner, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
 
 PROVIDERS: list[ProviderBuilder] = [
     fal.build,
+    wavespeed.build,
+    modelrunner.build,
 ]
 
 __all__ = ["PROVIDERS", "ProviderBuilder"]

@@ -1,0 +1,358 @@
+"""WaveSpeedAI API v3 for `openai/gpt-image-2/edit` (facts: shared/reference/provider-replicate-wavespeed-oxen.md §5).
+
+Protocol, as documented:
+* submit  `POST {base}/api/v3/openai/gpt-image-2/edit[?webhook=<url>]`, `Authorization: Bearer <key>`,
+  JSON body `{images, prompt, aspect_ratio?, resolution?, quality?, output_format?}`; the answer is HTTP 200
+  with the envelope `{code, message, data: {id, status: "created", urls.get, ...}}`;
+* result  `GET {base}/api/v3/predictions/{id}/result` -> the same envelope; `data.status` is `created`,
+  `processing`, `completed` (then `data.outputs` holds URLs) or `failed` (`data.error`), HTTP 200 either way;
+* webhook the bare `data` object, POSTed once the task is completed or failed, signed with WaveSpeed's own
+  scheme: `webhook-signature: v3,<hex HMAC-SHA256>` over `"{webhook-id}.{webhook-timestamp}.{raw body}"`,
+  keyed with the secret minus `whsec_` taken as raw UTF-8 bytes (NOT base64-decoded), max age 300 s.
+  The secret comes from `EDITQ_WAVESPEED_WEBHOOK_SECRET`, else from `GET /api/v3/webhook/secret` (cached).
+
+Choices where the sources are silent or disagree (safe for the user's money and data):
+* No mask field is documented on gpt-image-2/edit, so a masked job is refused at enqueue (sending the mask
+  under a guessed name could be silently ignored and the whole image repainted and billed).
+* No `num_images` field: only 1 is allowed. No `background` field: `transparent` is refused.
+* `quality=auto` is refused (WaveSpeed allows low/medium/high); the quality is always sent explicitly.
+* `size`: WaveSpeed takes `aspect_ratio` + `resolution`, not pixels, and does not publish the pixel size of each
+  pair. editq maps a canonical `WxH` only when it is in `SIZE_TABLE` below (its assumption: at 1k/2k the short
+  side is 1024/2048 px, at 4k the long side is 3840 px, restricted to pairs whose size is unambiguous); any
+  other size is refused with the list. `auto` omits `aspect_ratio` (WaveSpeed then follows the input image) and
+  sends `resolution: "1k"` explicitly so the price tier is never implicit. The manifest records the real size.
+* `output_format`: the documented value list is cut off; editq passes png/jpeg/webp by default and the setting
+  `EDITQ_WAVESPEED_OUTPUT_FORMATS` narrows it. Outputs are stored by their real, sniffed format anyway.
+* `enable_sync_mode` and `enable_base64_output` are never sent (base64 + webhook is refused by WaveSpeed).
+* Result path: `/predictions/{id}/result` (model docs and SDK) rather than the newer `/predictions/{id}`.
+* Cancel: WaveSpeed documents no cancel endpoint, so `cancel` is a no-op (the task may still be billed).
+* Errors: HTTP 429/5xx and transport errors are retryable; other 4xx terminal. A `failed` task whose error text
+  mentions an upstream `HTTP 5xx`/`429` or a timeout is retryable (as the official SDK re-runs those), every
+  other failure terminal; `cancelled`/`deleted` (undocumented states the SDK knows) are terminal, `timeout`
+  retryable. The 429 body and `Retry-After` are undocumented; `Retry-After` is honoured when present.
+* Usage: WaveSpeed reports no tokens or cost; `Result.usage` stays empty, `timings` and `has_nsfw_contents`
+  are kept in `raw`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from schemas.job import EditJob
+from schemas.params import Background, parse_size
+from worker.errors import ErrorKind, ProviderError, WebhookRejected, kind_for_status, parse_retry_after
+from worker.providers.base import (
+    InputUrls,
+    Outcome,
+    OutputRef,
+    ProviderAdapter,
+    ProviderRequest,
+    ProviderSettings,
+    Result,
+    Submitted,
+    WebhookEvent,
+)
+
+MODEL = "openai/gpt-image-2/edit"
+QUALITIES = ("low", "medium", "high")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+ASPECT_RATIOS = ("1:1", "1:2", "2:1", "1:3", "3:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9",
+                 "9:21", "21:9")
+RESOLUTIONS = ("1k", "2k", "4k")
+DEFAULT_RESOLUTION = "1k"
+
+# canonical size -> (aspect_ratio, resolution). editq's mapping; see the module docstring.
+SIZE_TABLE: dict[tuple[int, int], tuple[str, str]] = {
+    (1024, 1024): ("1:1", "1k"),
+    (1536, 1024): ("3:2", "1k"),
+    (1024, 1536): ("2:3", "1k"),
+    (1280, 1024): ("5:4", "1k"),
+    (1024, 1280): ("4:5", "1k"),
+    (2048, 1024): ("2:1", "1k"),
+    (1024, 2048): ("1:2", "1k"),
+    (2048, 2048): ("1:1", "2k"),
+    (2560, 2048): ("5:4", "2k"),
+    (2048, 2560): ("4:5", "2k"),
+    (3840, 2160): ("16:9", "4k"),
+    (2160, 3840): ("9:16", "4k"),
+    (3840, 1920): ("2:1", "4k"),
+    (1920, 3840): ("1:2", "4k"),
+}
+MAX_IMAGES = 16  # no WaveSpeed limit is documented; this is editq's canonical limit
+WEBHOOK_MAX_AGE_S = 300.0
+SECRET_MIN_REFRESH_S = 60.0
+RETRYABLE_TEXT = re.compile(r"HTTP 5\d\d|HTTP 429|timed? ?out|timeout|rate limit|too many requests", re.IGNORECASE)
+TERMINAL_TEXT = re.compile(r"insufficient|balance|credit|unauthori[sz]ed|invalid api key|forbidden", re.IGNORECASE)
+
+
+class WaveSpeedSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITQ_WAVESPEED_", extra="ignore")
+
+    api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("EDITQ_WAVESPEED_API_KEY", "WAVESPEED_API_KEY")
+    )
+    base_url: str = "https://api.wavespeed.ai"
+    webhook_secret: SecretStr | None = None  # whsec_...; fetched from /api/v3/webhook/secret when unset
+    concurrency: int = 2  # Bronze tier; Silver 300, Gold 3,000, Ultra 10,000 (tasks over it wait at WaveSpeed)
+    output_formats: str = ",".join(OUTPUT_FORMATS)  # narrow if WaveSpeed refuses one
+
+    def allowed_formats(self) -> list[str]:
+        return [f.strip() for f in self.output_formats.split(",") if f.strip()]
+
+
+class WaveSpeedAdapter(ProviderAdapter):
+    name: ClassVar[str] = "wavespeed"
+    settings_cls: ClassVar[type[ProviderSettings]] = WaveSpeedSettings
+    settings: WaveSpeedSettings
+
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        super().__init__(settings)
+        self._secret: bytes | None = None
+        self._secret_at = 0.0
+
+    # ---- pure -------------------------------------------------------------------------------
+    def validate(self, job: EditJob) -> list[str]:
+        problems = []
+        if job.model != MODEL:
+            problems.append(f"wavespeed: model={job.model} is not supported; allowed values: {MODEL}")
+        if job.mask is not None or job.mask_input is not None:
+            problems.append(
+                "wavespeed: mask is not supported by openai/gpt-image-2/edit on WaveSpeed (no mask field is "
+                "documented; the edit would repaint the whole image); allowed values: no mask"
+            )
+        if job.num_images != 1:
+            problems.append(f"wavespeed: num_images={job.num_images} is not allowed; allowed values: 1")
+        if len(job.images) > MAX_IMAGES:
+            problems.append(f"wavespeed: images has {len(job.images)} entries; allowed: 1 to {MAX_IMAGES}")
+        dims = parse_size(job.size)
+        if dims is not None and dims not in SIZE_TABLE:
+            sizes = ", ".join(f"{w}x{h}" for w, h in SIZE_TABLE)
+            problems.append(
+                f"wavespeed: size={job.size} is not allowed (WaveSpeed takes an aspect ratio and a 1k/2k/4k "
+                f"resolution, not pixels); allowed values: auto, {sizes}"
+            )
+        if job.quality.value not in QUALITIES:
+            problems.append(
+                f"wavespeed: quality={job.quality.value} is not allowed; allowed values: {', '.join(QUALITIES)}"
+            )
+        formats = self.settings.allowed_formats()
+        if job.output_format.value not in formats:
+            problems.append(
+                f"wavespeed: output_format={job.output_format.value} is not allowed; "
+                f"allowed values: {', '.join(formats)}"
+            )
+        if job.background is Background.transparent:
+            problems.append(
+                "wavespeed: background=transparent is not supported by openai/gpt-image-2/edit on WaveSpeed (it has "
+                "no background parameter; outputs are opaque); allowed values: auto, opaque"
+            )
+        return problems
+
+    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+        if inputs.mask:
+            raise ValueError("wavespeed: a masked job cannot be sent (validate() refuses it)")
+        body: dict[str, Any] = {"images": list(inputs.images), "prompt": job.prompt}
+        dims = parse_size(job.size)
+        if dims is None:
+            body["resolution"] = DEFAULT_RESOLUTION
+        else:
+            aspect, resolution = SIZE_TABLE[dims]
+            body["aspect_ratio"] = aspect
+            body["resolution"] = resolution
+        body["quality"] = job.quality.value
+        body["output_format"] = job.output_format.value
+        params = {"webhook": webhook_url} if webhook_url else {}
+        return ProviderRequest("POST", f"/api/v3/{MODEL}", json=body, params=params)
+
+    # ---- I/O ----------------------------------------------------------------------------------
+    async def submit(self, http: httpx.AsyncClient, job: EditJob, req: ProviderRequest) -> Submitted:
+        resp = await self.send(http, req)
+        if resp.status_code != 200:
+            raise self._http_error(resp, "submit")
+        envelope = _json(resp)
+        data = envelope.get("data") if isinstance(envelope, dict) else None
+        code = envelope.get("code") if isinstance(envelope, dict) else None
+        if isinstance(code, int) and code != 200:
+            raise self._envelope_error(code, envelope, "submit")
+        rid = data.get("id") if isinstance(data, dict) else None
+        if not rid:
+            # HTTP 200 without an id: the task may exist and be billed, but we cannot follow it
+            raise ProviderError(
+                ErrorKind.unknown, self._scrub(f"wavespeed submit: no data.id in {str(envelope)[:300]}"),
+                maybe_billed=True,
+            )
+        return Submitted(request_id=str(rid), handle={"id": str(rid)})
+
+    async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
+        req = ProviderRequest("GET", f"/api/v3/predictions/{request_id}/result")
+        resp = await self.send(http, req)
+        if resp.status_code != 200:
+            err = self._http_error(resp, "result")
+            if resp.status_code == 404:
+                return Outcome(done=True, error=err)
+            raise err
+        envelope = _json(resp)
+        code = envelope.get("code") if isinstance(envelope, dict) else None
+        if isinstance(code, int) and code != 200:
+            err = self._envelope_error(code, envelope, "result")
+            if err.kind is ErrorKind.retryable:
+                raise err
+            return Outcome(done=True, error=err)
+        data = envelope.get("data") if isinstance(envelope, dict) else None
+        if not isinstance(data, dict):
+            raise ProviderError(ErrorKind.unknown, f"wavespeed result: no data object in {str(envelope)[:200]}")
+        return self._outcome(data)
+
+    async def webhook_outcome(
+        self, http: httpx.AsyncClient, event: WebhookEvent, handle: dict[str, Any]
+    ) -> Outcome:
+        outcome = self._outcome(event.payload)
+        if outcome.done:
+            return outcome
+        return await self.poll(http, event.request_id, handle)  # an intermediate event: ask for the truth
+
+    async def verify_webhook(
+        self, http: httpx.AsyncClient, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> WebhookEvent:
+        h = {k.lower(): v for k, v in headers.items()}
+        try:
+            msg_id, ts, sig_header = h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]
+        except KeyError as exc:
+            raise WebhookRejected(f"missing header {exc.args[0]}") from None
+        try:
+            ts_i = int(ts)
+        except ValueError:
+            raise WebhookRejected("malformed webhook-timestamp") from None
+        if abs(now - ts_i) > WEBHOOK_MAX_AGE_S:
+            raise WebhookRejected("timestamp outside tolerance")
+        given = _v3_signatures(sig_header)
+        if not given:
+            raise WebhookRejected("no v3 signature")
+        message = f"{msg_id}.{ts}.".encode() + body
+        if not await self._verify(http, message, given, now):
+            raise WebhookRejected("signature does not match")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise WebhookRejected("body is not JSON") from None
+        rid = payload.get("id") if isinstance(payload, dict) else None
+        if not rid:
+            raise WebhookRejected("body has no id")
+        return WebhookEvent(delivery_id=msg_id, request_id=str(rid), payload=payload)
+
+    # ---- internals ----------------------------------------------------------------------------------
+    def _outcome(self, data: dict[str, Any]) -> Outcome:
+        status = data.get("status")
+        if status == "completed":
+            outputs = [OutputRef(url=u) for u in data.get("outputs") or [] if isinstance(u, str) and u]
+            raw: dict[str, Any] = {k: data[k] for k in ("id", "model", "timings", "has_nsfw_contents", "created_at",
+                                        "executionTime") if k in data}
+            return Outcome(done=True, result=Result(outputs=outputs, raw=raw))
+        if status in ("failed", "cancelled", "deleted", "timeout"):
+            error = str(data.get("error") or f"task {status}")
+            if status == "timeout" or (status == "failed" and RETRYABLE_TEXT.search(error)
+                                       and not TERMINAL_TEXT.search(error)):
+                kind = ErrorKind.retryable
+            else:
+                kind = ErrorKind.terminal
+            return Outcome(done=True, error=ProviderError(kind, self._scrub(f"wavespeed: task {status}: {error}"),
+                                                          provider_code=status))
+        return Outcome.running(status=status)
+
+    async def _verify(self, http: httpx.AsyncClient, message: bytes, given: list[str], now: float) -> bool:
+        configured = self.settings.webhook_secret
+        if configured is not None:
+            return _matches(_key(configured.get_secret_value()), message, given)
+        if self._secret is None:
+            await self._load_secret(http, now)
+        if self._secret is not None and _matches(self._secret, message, given):
+            return True
+        if now - self._secret_at > SECRET_MIN_REFRESH_S:  # the secret may have been rotated
+            await self._load_secret(http, now)
+            return self._secret is not None and _matches(self._secret, message, given)
+        return False
+
+    async def _load_secret(self, http: httpx.AsyncClient, now: float) -> None:
+        self._secret_at = now
+        try:
+            resp = await self.send(http, ProviderRequest("GET", "/api/v3/webhook/secret"), timeout=10)
+            body = resp.json() if resp.status_code == 200 else None
+        except (ProviderError, ValueError):
+            return  # keep the old secret; a failed refresh must not open the door
+        secret = _find_secret(body)
+        if secret:
+            self._secret = _key(secret)
+
+    def _http_error(self, resp: httpx.Response, what: str) -> ProviderError:
+        body = _json(resp)
+        message = body.get("message") if isinstance(body, dict) else None
+        text = str(message) if message else (resp.text[:500] if not isinstance(body, dict) else str(body)[:500])
+        return ProviderError(
+            kind_for_status(resp.status_code),
+            self._scrub(f"wavespeed {what}: HTTP {resp.status_code}: {text}"),
+            status_code=resp.status_code,
+            provider_code=str(body.get("code")) if isinstance(body, dict) and body.get("code") is not None else None,
+            retry_after_s=parse_retry_after(resp.headers),
+        )
+
+    def _envelope_error(self, code: int, envelope: dict[str, Any], what: str) -> ProviderError:
+        kind = kind_for_status(code) if 400 <= code < 600 else ErrorKind.unknown
+        message = envelope.get("message") or envelope
+        return ProviderError(kind, self._scrub(f"wavespeed {what}: code {code}: {str(message)[:500]}"),
+                             provider_code=str(code))
+
+    def _scrub(self, text: str) -> str:
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        return text.replace(key, "***") if key else text
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _key(secret: str) -> bytes:
+    """WaveSpeed: the text after `whsec_` is the key as UTF-8 bytes (not base64-decoded)."""
+    return secret.removeprefix("whsec_").encode("utf-8")
+
+
+def _v3_signatures(header: str) -> list[str]:
+    out = []
+    for part in header.split():
+        version, _, sig = part.partition(",")
+        if version == "v3" and sig:
+            out.append(sig.strip().lower())
+    return out
+
+
+def _matches(key: bytes, message: bytes, given: list[str]) -> bool:
+    expected = hmac.new(key, message, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, sig) for sig in given)
+
+
+def _find_secret(body: Any) -> str | None:
+    """The secret endpoint's shape is undocumented: accept the envelope or a bare object, any usual key."""
+    if isinstance(body, str) and body.startswith("whsec_"):
+        return body
+    if not isinstance(body, dict):
+        return None
+    data = body.get("data", body)
+    if isinstance(data, str):
+        return data or None
+    if isinstance(data, dict):
+        for key in ("secret", "webhook_secret", "key"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
