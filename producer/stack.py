@@ -222,6 +222,8 @@ def sandbox_provider_env(base: str) -> dict[str, str]:
         "EDITQ_MODELRUNNER_BASE_URL": f"{base}/modelrunner",
         "EDITQ_MODELRUNNER_REST_URL": f"{base}/modelrunner",
         "EDITQ_MODELRUNNER_KEY": "mr-sandbox-key",
+        "EDITQ_REPLICATE_BASE_URL": f"{base}/replicate",
+        "EDITQ_REPLICATE_API_TOKEN": "r8_sandbox-token",
     }
 
 

@@ -128,6 +128,7 @@ class Pipeline:
             if self.webhook_url(adapter, view)
             else self.settings.poll_interval_s
         )
+        delay = min(delay, adapter.poll_cap_s() or delay)
         fields = {
             "request_id": sub.request_id,
             "handle": json.dumps(sub.handle),
@@ -267,6 +268,7 @@ class Pipeline:
         delay = min(self.settings.poll_max_s, base * (1.5 ** min(polls, 12)))
         if self.webhook_url(adapter, view):
             delay = max(delay, self.settings.poll_interval_webhook_s)
+        delay = min(delay, adapter.poll_cap_s() or delay)
         self.store.set_fields(view.job_id, polls=str(polls))
         self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
 

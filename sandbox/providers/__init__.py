@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sandbox.providers import fal, modelrunner, wavespeed
+from sandbox.providers import fal, modelrunner, replicate, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
@@ -17,6 +17,7 @@ PROVIDERS: list[ProviderBuilder] = [
     fal.build,
     wavespeed.build,
     modelrunner.build,
+    replicate.build,
 ]
 
 __all__ = ["PROVIDERS", "ProviderBuilder"]

@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "fal": "worker.providers.fal:FalAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
+    "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 
 

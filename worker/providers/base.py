@@ -174,6 +174,10 @@ class ProviderAdapter(ABC):
         """Turn a verified delivery into an outcome (may fetch the result if the payload lacks it)."""
         return await self.poll(http, event.request_id, handle)
 
+    def poll_cap_s(self) -> float | None:
+        """Longest gap between two polls of one request (outputs that expire); None = global settings."""
+        return None
+
     def output_headers(self, url: str) -> dict[str, str]:
         """Headers needed to download an output (Replicate wants auth; most CDNs do not)."""
         return {}

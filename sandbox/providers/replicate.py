@@ -1,0 +1,619 @@
+"""Replicate's HTTP API under ``/replicate`` (stands in for ``https://api.replicate.com``).
+
+Point the official client at it with ``REPLICATE_BASE_URL=http://127.0.0.1:PORT/replicate`` (or
+``Client(base_url=...)``); it adds ``/v1/...`` itself, as it does for the real host.
+
+Routes (all but the delivery route are under ``/replicate/v1`` and need ``Authorization: Bearer <token>``
+or ``Token <token>``):
+
+- ``POST /models/{owner}/{name}/predictions`` (body ``{input, webhook?, webhook_events_filter?, stream?}``,
+  no other keys) and ``POST /predictions`` (``version`` = ``owner/name``) -> **201** with the prediction
+  (status ``starting``). With ``Prefer: wait[=N]`` (N 1-60, default 60) the answer waits for the end:
+  **201** with the terminal prediction, or, when N runs out, **202** with status ``starting`` (as the API
+  documents; the official client then polls). ``Cancel-After: 30s|5m|1h30m|N`` (>= 5 s): past the deadline
+  a prediction that has not started ends ``aborted``, a running one ``canceled``; the object has ``deadline``.
+- ``GET /predictions/{id}``, ``POST /predictions/{id}/cancel`` (200, the prediction), ``GET /predictions``
+  (``{next, previous, results}``, newest first, 100 a page, ``?cursor=``).
+- ``GET /webhooks/default/secret`` -> ``{"key": "whsec_..."}``.
+- ``POST /files`` (multipart ``content``, ``type``, ``metadata``) -> 201 file object; ``GET /files``,
+  ``GET /files/{id}``, ``DELETE /files/{id}`` (204). A file's ``urls.get`` can be used as a model input.
+- ``GET /replicate/delivery/{file}``: the outputs (stands in for ``replicate.delivery``); needs the
+  Authorization header, like Replicate's outputs of API predictions.
+
+Model ``openai/gpt-image-2``: strict input validation (unknown keys and out-of-range values are refused
+with **422** ``{"title": "Input validation failed", "detail": "- input.<field>: ...", "status": 422,
+"invalid_fields": [...]}``); the value sets follow the widest published schema copy (aspect ratios incl.
+``auto``, 16:9, 9:16 and pixel sizes; 1-10 images; ``background`` incl. ``transparent``). There is no mask
+input. Logs carry the token counts the model prints (``Input text token count: N`` ...).
+
+Webhooks: the prediction JSON (the same body ``GET`` returns), signed Standard-Webhooks style
+(``webhook-id: msg_<prediction id>``, the same on every resend and duplicate). Only the ``completed``
+event is delivered (when ``webhook_events_filter`` is absent or contains it); ``start``/``output``/``logs``
+events are not emulated. Errors use RFC 7807 bodies ``{"title", "detail", "status"}``.
+
+Sandbox choices where Replicate is silent: an injected job failure ends ``failed`` with an error string; a
+429 fault carries ``Retry-After`` and the "resets in ~Ns" text; a 5xx fault is a JSON 503; a submit-timeout
+fault holds the request then answers 504 **after** creating nothing. Outputs (and inputs) are removed one
+hour after completion (``output: null``, ``data_removed: true``), as for API predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import secrets
+import string
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
+from sandbox.files import MEDIA_TYPES, StoredFile
+from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.signing import StandardWebhookSigner
+from sandbox.state import ProviderMount, SandboxState
+
+NAME = "replicate"
+PREFIX = "/replicate"
+MODEL = "openai/gpt-image-2"
+RETENTION_S = 3600.0
+PAGE_SIZE = 100
+_AUTH = re.compile(r"^(Bearer|Token)\s+\S+", re.IGNORECASE)
+_PREFER = re.compile(r"^wait(=([1-9]|[1-9][0-9]|60))?$")
+_DURATION = re.compile(r"^(?:(\d+)|(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?)$")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+BODY_KEYS = {"input", "webhook", "webhook_events_filter", "stream", "webhook_completed"}
+EVENTS = ("start", "output", "logs", "completed")
+
+ASPECT_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024), "3:2": (1536, 1024), "2:3": (1024, 1536), "16:9": (1536, 864), "9:16": (864, 1536),
+}
+PIXEL_SIZES = ("1024x1024", "1536x1024", "1024x1536", "2048x2048", "2048x1152", "1152x2048", "3840x2160",
+               "2160x3840")
+AspectRatio = Literal["1:1", "3:2", "2:3", "16:9", "9:16", "auto", "1024x1024", "1536x1024", "1024x1536",
+                      "2048x2048", "2048x1152", "1152x2048", "3840x2160", "2160x3840"]
+_OUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}  # per 1024x1024 image
+
+
+class GptImage2Input(BaseModel):
+    """Input schema of ``openai/gpt-image-2`` (widest published copy; unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    input_images: list[str] = Field(default_factory=list, max_length=16)
+    aspect_ratio: AspectRatio = "1:1"
+    quality: Literal["low", "medium", "high", "auto"] = "auto"
+    background: Literal["auto", "transparent", "opaque"] = "auto"
+    moderation: Literal["auto", "low"] = "auto"
+    output_format: Literal["webp", "png", "jpeg"] = "webp"
+    output_compression: int = Field(90, ge=0, le=100)
+    number_of_images: int = Field(1, ge=1, le=10)
+    openai_api_key: str | None = None
+    user_id: str | None = None
+
+    @field_validator("input_images")
+    @classmethod
+    def _uris(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.startswith(("http://", "https://", "data:")):
+                raise ValueError("each input image must be an http(s) URL or a data: URI")
+        return value
+
+    def target_size(self) -> tuple[int, int] | None:
+        if self.aspect_ratio == "auto":
+            return None
+        if self.aspect_ratio in ASPECT_SIZES:
+            return ASPECT_SIZES[self.aspect_ratio]
+        w, h = self.aspect_ratio.split("x")
+        return int(w), int(h)
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
+    """An RFC 7807 problem-details answer, Replicate's error shape."""
+    return JSONResponse({"title": title, "detail": detail, "status": status, **extra}, status_code=status,
+                        headers=headers, media_type="application/problem+json")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+
+
+def parse_duration(value: str) -> float | None:
+    """``Cancel-After`` syntax: ``30s``, ``5m``, ``1h30m45s`` or bare seconds; None if malformed."""
+    m = _DURATION.match(value.strip())
+    if not m or not value.strip():
+        return None
+    if m.group(1) is not None:
+        return float(m.group(1))
+    h, mins, s = (int(g) if g else 0 for g in m.groups()[1:])
+    return float(h * 3600 + mins * 60 + s)
+
+
+def _validation_problem(exc: ValidationError) -> JSONResponse:
+    fields = []
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in ("input", *err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            field = str(err["loc"][-1]) if err["loc"] else "value"
+            msg = f"{field} must be one of the following: {err.get('ctx', {}).get('expected', '')}"
+        fields.append({"type": err["type"], "field": loc, "description": msg})
+        lines.append(f"- {loc}: {msg}")
+    return problem(422, "Input validation failed", "\n".join(lines) + "\n", invalid_fields=fields)
+
+
+def _estimate_tokens(inp: GptImage2Input, sizes: list[tuple[int, int]], out_size: tuple[int, int]) -> dict[str, int]:
+    text = max(1, len(inp.prompt) // 4)
+    image_in = 0
+    for w, h in sizes:
+        tiles = math.ceil(w / 512) * math.ceil(h / 512)
+        image_in += 85 + 170 * min(tiles, 16)
+    scale = (out_size[0] * out_size[1]) / (1024 * 1024)
+    out = round(_OUT_TOKENS[inp.quality] * scale) * inp.number_of_images
+    return {"text": text, "image": image_in, "output": out}
+
+
+class ReplicateRunnerAdapter(ProviderAdapter):
+    """Runner hooks: webhook body = the prediction object; outcomes in Replicate's terms."""
+
+    name = NAME
+
+    def __init__(self, provider: ReplicateProvider, signer: StandardWebhookSigner) -> None:
+        self.provider = provider
+        self.signer = signer
+
+    def webhook_payload(self, job: Job) -> Any:
+        events = job.extra.get("events")
+        if events is not None and "completed" not in events:
+            return None
+        return self.provider.prediction(job)
+
+    def failure_outcome(self, job: Job) -> JobOutcome:
+        msg = "Prediction failed: the model raised an error (sandbox injected failure)."
+        return JobOutcome(False, 200, None, msg, "failed", reason="injected_failure")
+
+    def cancelled_outcome(self, job: Job) -> JobOutcome:
+        return JobOutcome(False, 200, None, None, "canceled", reason="cancelled")
+
+    def start_timeout_outcome(self, job: Job) -> JobOutcome:
+        return JobOutcome(False, 200, None, None, "aborted", reason="start_timeout")
+
+    def crash_outcome(self, job: Job, exc: BaseException) -> JobOutcome:
+        return JobOutcome(False, 200, None, "Prediction failed: internal error.", "failed", reason="crash")
+
+
+class ReplicateProvider:
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
+        self.signer = StandardWebhookSigner(state.current.seed, NAME)
+        self.adapter = ReplicateRunnerAdapter(self, self.signer)
+        state.runner.register(self.adapter)
+        self.order: deque[str] = deque(maxlen=100_000)  # prediction ids, oldest first (for the list route)
+        self.files: dict[str, dict[str, Any]] = {}  # Files API objects by id
+
+    # --- shaping ------------------------------------------------------------------------------
+
+    @staticmethod
+    def status(job: Job) -> str:
+        if job.state is JobState.IN_QUEUE:
+            return "starting"
+        if job.state is JobState.IN_PROGRESS:
+            return "processing"
+        outcome = job.outcome
+        if outcome is None:
+            return "processing"
+        if outcome.ok:
+            return "succeeded"
+        return {"cancelled": "canceled", "start_timeout": "aborted"}.get(outcome.reason, "failed")
+
+    def prediction(self, job: Job, *, sync_pending: bool = False) -> dict[str, Any]:
+        base = f"{job.base_url}{PREFIX}/v1/predictions/{job.request_id}"
+        status = "starting" if sync_pending else self.status(job)
+        done = job.state is JobState.COMPLETED and not sync_pending
+        removed = done and job.completed_at is not None and time.time() - job.completed_at > RETENTION_S
+        outcome = job.outcome if done else None
+        output = None
+        if outcome is not None and outcome.ok and not removed:
+            output = [f"{job.base_url}{PREFIX}/delivery/{name}" for name in outcome.body["files"]]
+        metrics: dict[str, Any] = {}
+        if done and job.completed_at is not None:
+            metrics["total_time"] = round(job.completed_at - job.received_at, 6)
+            if job.inference_time is not None:
+                metrics["predict_time"] = job.inference_time
+        logs = "" if job.state is JobState.IN_QUEUE else "\n".join(e["message"] for e in job.logs
+                                                                   if e["message"] != "Request queued.")
+        if outcome is not None and outcome.ok:
+            tokens = outcome.body["tokens"]
+            logs += (f"\nInput text token count: {tokens['text']}\nInput image token count: {tokens['image']}"
+                     f"\nOutput token count: {tokens['output']}")
+        body: dict[str, Any] = {
+            "id": job.request_id,
+            "model": job.model,
+            "version": "hidden",
+            "input": {} if removed else job.extra["input"],
+            "logs": "" if removed else logs,
+            "output": output,
+            "data_removed": removed,
+            "error": outcome.error if outcome is not None and status == "failed" else None,
+            "status": status,
+            "created_at": _iso(job.received_at),
+            "started_at": _iso(job.started_at),
+            "completed_at": _iso(job.completed_at) if done else None,
+            "source": "api",
+            "urls": {"get": base, "cancel": base + "/cancel", "web": f"https://replicate.com/p/{job.request_id}"},
+            "metrics": metrics,
+        }
+        if job.extra.get("deadline") is not None:
+            body["deadline"] = _iso(job.extra["deadline"])
+        return body
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _unauthorized(request: Request) -> JSONResponse | None:
+        if _AUTH.match(request.headers.get("authorization", "")):
+            return None
+        return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+
+    def _find(self, prediction_id: str) -> Job | None:
+        return self.state.runner.get(NAME, prediction_id)
+
+    async def _wait_done(self, job: Job, seconds: float) -> bool:
+        """Bounded wait for a prediction to end (server side of ``Prefer: wait`` and cancel)."""
+        deadline = time.monotonic() + seconds
+        while job.state is not JobState.COMPLETED:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _faults(self) -> JSONResponse | str | None:
+        """Submit-time faults: a response to send, "timeout" to hold then 504, or None."""
+        cfg, dice, runner = self.state.current, self.state.dice, self.state.runner
+        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
+            runner.reject(NAME, "timeout")
+            return "timeout"
+        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
+            runner.reject(NAME, "5xx")
+            return problem(503, "Service Unavailable", "The service is temporarily unavailable. Try again later.")
+        if dice.roll("submit_429", cfg.submit_429_rate):
+            runner.reject(NAME, "429")
+            wait = max(1, math.ceil(cfg.retry_after_s))
+            return problem(429, "Too Many Requests", f"Request was throttled. Your rate limit resets in ~{wait}s.",
+                           {"Retry-After": str(wait)})
+        return None
+
+    # --- create -------------------------------------------------------------------------------
+
+    async def create(self, request: Request, model: str, *, version_route: bool = False) -> Response:
+        runner, cfg = self.state.runner, self.state.current
+        raw = await request.body()
+        denied = self._unauthorized(request)
+        if denied is not None:
+            runner.reject(NAME, "auth")
+            return denied
+        fault = self._faults()
+        if fault == "timeout":
+            await asyncio.sleep(cfg.timeout_hold_s)
+            return problem(504, "Gateway Timeout", "The server did not answer in time.")
+        if isinstance(fault, JSONResponse):
+            return fault
+        try:
+            body = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            runner.reject(NAME, "validation")
+            return problem(400, "Invalid JSON", f"The request body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            runner.reject(NAME, "validation")
+            return problem(422, "Invalid request body", "The request body must be a JSON object.")
+        if version_route:
+            version = body.pop("version", None)
+            if not isinstance(version, str) or not version:
+                runner.reject(NAME, "validation")
+                return problem(422, "Invalid request body", "- version: version is required\n")
+            model = version.split(":")[0] if ":" in version and "/" in version else version
+        if model != MODEL:
+            runner.reject(NAME, "not_found")
+            return problem(404, "Not found", f"Model {model} not found (this sandbox serves {MODEL}).")
+        unknown = sorted(set(body) - BODY_KEYS)
+        if unknown:
+            runner.reject(NAME, "validation")
+            return problem(422, "Invalid request body", "".join(f"- {k}: Additional property {k} is not allowed\n"
+                                                                for k in unknown))
+        inp = body.get("input")
+        if not isinstance(inp, dict):
+            runner.reject(NAME, "validation")
+            return problem(422, "Invalid request body", "- input: input is required and must be an object\n")
+        webhook = body.get("webhook") or body.get("webhook_completed")
+        if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("https://", "http://"))):
+            runner.reject(NAME, "validation")
+            return problem(422, "Invalid request body", "- webhook: webhook must be an HTTPS URL\n")
+        events = body.get("webhook_events_filter")
+        if events is not None and (not isinstance(events, list) or any(e not in EVENTS for e in events)):
+            runner.reject(NAME, "validation")
+            return problem(422, "Invalid request body",
+                           f"- webhook_events_filter: each item must be one of: {', '.join(EVENTS)}\n")
+        if body.get("webhook_completed") and not body.get("webhook"):
+            events = ["completed"]
+        prefer = request.headers.get("prefer")
+        wait_s: float | None = None
+        if prefer is not None:
+            m = _PREFER.match(prefer.strip())
+            if not m:
+                runner.reject(NAME, "validation")
+                return problem(400, "Invalid Prefer header", "Prefer must be 'wait' or 'wait=N' with N from 1 to 60.")
+            wait_s = float(min(60, int(m.group(2)))) if m.group(2) else 60.0
+        cancel_after: float | None = None
+        if request.headers.get("cancel-after") is not None:
+            cancel_after = parse_duration(request.headers["cancel-after"])
+            if cancel_after is None or cancel_after < 5:
+                runner.reject(NAME, "validation")
+                return problem(400, "Invalid Cancel-After header",
+                               "Cancel-After must be a duration such as 30s, 5m or 1h30m, at least 5 seconds.")
+        try:
+            payload = GptImage2Input.model_validate(inp)
+        except ValidationError as exc:
+            runner.reject(NAME, "validation")
+            return _validation_problem(exc)
+        now = time.time()
+        job = Job(
+            provider=NAME,
+            request_id=_new_id(),
+            model=MODEL,
+            work=self._gpt_image_2,
+            payload=payload,
+            input_summary=summarize_for_log(body),
+            webhook_url=webhook,
+            base_url=self.state.base_url(request),
+            start_timeout_s=cancel_after,
+            headers={k: v for k, v in request.headers.items()
+                     if k in ("prefer", "cancel-after", "user-agent")},
+            extra={"input": inp, "events": events, "deadline": now + cancel_after if cancel_after else None},
+        )
+        runner.submit(job)
+        self.order.append(job.request_id)
+        if cancel_after is not None:
+            asyncio.get_running_loop().call_later(cancel_after, self._deadline, job)
+        if wait_s is not None and not await self._wait_done(job, wait_s):
+            return JSONResponse(self.prediction(job, sync_pending=True), status_code=202,
+                                headers={"Location": self.prediction(job)["urls"]["get"]})
+        return JSONResponse(self.prediction(job), status_code=201)
+
+    def _deadline(self, job: Job) -> None:
+        if job.state is JobState.IN_PROGRESS:
+            self.state.runner.cancel(job)
+
+    # --- the model ------------------------------------------------------------------------------
+
+    async def _gpt_image_2(self, job: Job) -> JobOutcome:
+        inp: GptImage2Input = job.payload
+        cfg = self.state.current
+        client = self.state.http()
+        job.log(f"Using {len(inp.input_images)} input image(s).")
+        fetched = await asyncio.gather(
+            *(self._fetch(u, client, cfg.max_input_bytes, cfg.input_timeout_s) for u in inp.input_images),
+            return_exceptions=True,
+        )
+        images: list[bytes] = []
+        for index, item in enumerate(fetched):
+            if isinstance(item, InputError):
+                return JobOutcome(False, 200, None, f"Failed to load input_images[{index}]: {item}", "failed",
+                                  reason="error")
+            if isinstance(item, BaseException):
+                raise item
+            images.append(item)
+        job.log(f"Generating {inp.number_of_images} image(s), aspect_ratio={inp.aspect_ratio}, "
+                f"quality={inp.quality}, format={inp.output_format}.")
+        try:
+            names, tokens = await self.state.in_thread(self._render_and_store, inp, images)
+        except EngineError as exc:
+            where = f"input_images[{exc.index}]" if exc.index is not None else "input"
+            return JobOutcome(False, 200, None, f"Invalid {where}: {exc}", "failed", reason="error")
+        job.log(f"Generated {len(names)} image(s).")
+        return JobOutcome(True, 200, {"files": names, "tokens": tokens})
+
+    async def _fetch(self, url: str, client: Any, max_bytes: int, timeout: float) -> bytes:
+        own = self._own_file(url)
+        if own is not None:
+            path = self.state.files.path_for(own)
+            if path is None:
+                raise InputError("The file does not exist (deleted or expired).", url=url)
+            return await asyncio.to_thread(path.read_bytes)
+        return await fetch_image(url, client, max_bytes=max_bytes, timeout=timeout)
+
+    def _own_file(self, url: str) -> str | None:
+        """Stored name of a Files-API URL of this sandbox, if ``url`` is one."""
+        marker = f"{PREFIX}/v1/files/"
+        if marker not in url:
+            return None
+        file_id = url.split(marker, 1)[1].split("?")[0].strip("/")
+        obj = self.files.get(file_id)
+        return obj["_name"] if obj else f"{file_id}.missing"
+
+    def _render_and_store(self, inp: GptImage2Input, images: list[bytes]) -> tuple[list[str], dict[str, int]]:
+        """Runs on a render thread."""
+        fmt = inp.output_format
+        sizes = [image_dimensions(data, index=i) for i, data in enumerate(images)]
+        target = inp.target_size()
+        if self.state.current.render == "cached" or not images:
+            w, h = target or (sizes[0] if sizes else (1024, 1024))
+            blobs = [render_placeholder(w, h, fmt) for _ in range(inp.number_of_images)]
+            out_size = (w, h)
+        else:
+            rendered = render_edit_images(images, inp.prompt, None, target, fmt, inp.number_of_images,
+                                          quality=inp.quality if inp.quality != "auto" else "high")
+            blobs = [r.data for r in rendered]
+            out_size = (rendered[0].width, rendered[0].height)
+        names = [self.state.files.put(blob, fmt).name for blob in blobs]
+        return names, _estimate_tokens(inp, sizes, out_size)
+
+    # --- files API ----------------------------------------------------------------------------
+
+    def _file_object(self, obj: dict[str, Any], base: str) -> dict[str, Any]:
+        out = {k: v for k, v in obj.items() if not k.startswith("_")}
+        out["urls"] = {"get": f"{base}{PREFIX}/v1/files/{obj['id']}"}
+        return out
+
+    async def upload(self, request: Request) -> Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        form = await request.form()
+        content = form.get("content")
+        if content is None or isinstance(content, str):
+            return problem(422, "Invalid request body", "- content: a file part named 'content' is required\n")
+        data = await content.read()
+        if len(data) >= 100 * 1024 * 1024:
+            return problem(413, "Payload Too Large", "Files must be smaller than 100 MB.")
+        filename = content.filename or "file"
+        if len(filename.encode()) > 255:
+            return problem(422, "Invalid request body", "- content: the filename must be at most 255 bytes\n")
+        ctype = str(form.get("type") or content.content_type or "application/octet-stream")
+        try:
+            metadata = json.loads(str(form.get("metadata") or "{}"))
+        except json.JSONDecodeError:
+            return problem(422, "Invalid request body", "- metadata: must be JSON\n")
+        ext = next((k for k, v in MEDIA_TYPES.items() if v == ctype.split(";")[0] and k != "jpg"), "bin")
+        stored: StoredFile = await asyncio.to_thread(self.state.files.put, data, ext)
+        now = time.time()
+        obj = {
+            "id": stored.file_id, "name": filename, "content_type": ctype, "size": len(data),
+            "etag": hashlib.md5(data).hexdigest(), "checksums": {"sha256": hashlib.sha256(data).hexdigest()},
+            "metadata": metadata, "created_at": _iso(now), "expires_at": _iso(now + RETENTION_S),
+            "_name": stored.name,
+        }
+        self.files[stored.file_id] = obj
+        return JSONResponse(self._file_object(obj, self.state.base_url(request)), status_code=201)
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=PREFIX, tags=["replicate"])
+
+        @router.post("/v1/models/{owner}/{name}/predictions", response_model=None)
+        async def create_model(owner: str, name: str, request: Request) -> Response:
+            return await self.create(request, f"{owner}/{name}")
+
+        @router.post("/v1/predictions", response_model=None)
+        async def create_version(request: Request) -> Response:
+            return await self.create(request, "", version_route=True)
+
+        @router.get("/v1/predictions/{prediction_id}", response_model=None)
+        async def get(prediction_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(prediction_id)
+            if job is None:
+                return problem(404, "Not found", "The requested prediction does not exist.")
+            return JSONResponse(self.prediction(job))
+
+        @router.post("/v1/predictions/{prediction_id}/cancel", response_model=None)
+        async def cancel(prediction_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            job = self._find(prediction_id)
+            if job is None:
+                return problem(404, "Not found", "The requested prediction does not exist.")
+            if self.state.runner.cancel(job) is CancelResult.CANCELLATION_REQUESTED:
+                await self._wait_done(job, 2.0)
+            return JSONResponse(self.prediction(job))
+
+        @router.get("/v1/predictions", response_model=None)
+        async def list_predictions(request: Request, cursor: str | None = None) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            ids = [i for i in reversed(self.order) if self._find(i) is not None]
+            start = int(cursor) if cursor and cursor.isdigit() else 0
+            page = ids[start:start + PAGE_SIZE]
+            base = f"{self.state.base_url(request)}{PREFIX}/v1/predictions"
+            nxt = f"{base}?cursor={start + PAGE_SIZE}" if start + PAGE_SIZE < len(ids) else None
+            prev = f"{base}?cursor={max(0, start - PAGE_SIZE)}" if start > 0 else None
+            results = []
+            for pid in page:
+                job = self._find(pid)
+                if job is not None:
+                    results.append(self.prediction(job))
+            return JSONResponse({"next": nxt, "previous": prev, "results": results})
+
+        @router.get("/v1/webhooks/default/secret", response_model=None)
+        async def webhook_secret(request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            return JSONResponse({"key": self.signer.secret})
+
+        @router.post("/v1/files", response_model=None)
+        async def files_create(request: Request) -> Response:
+            return await self.upload(request)
+
+        @router.get("/v1/files", response_model=None)
+        async def files_list(request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            base = self.state.base_url(request)
+            results = [self._file_object(o, base) for o in reversed(self.files.values())]
+            return JSONResponse({"next": None, "previous": None, "results": results})
+
+        @router.get("/v1/files/{file_id}", response_model=None)
+        async def files_get(file_id: str, request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            obj = self.files.get(file_id)
+            if obj is None:
+                return problem(404, "Not found", "The requested file does not exist.")
+            return JSONResponse(self._file_object(obj, self.state.base_url(request)))
+
+        @router.delete("/v1/files/{file_id}", response_model=None)
+        async def files_delete(file_id: str, request: Request) -> Response:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            if self.files.pop(file_id, None) is None:
+                return problem(404, "Not found", "The requested file does not exist.")
+            return Response(status_code=204)
+
+        @router.api_route("/delivery/{name}", methods=["GET", "HEAD"], response_model=None)
+        async def delivery(name: str, request: Request) -> Response:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            path = self.state.files.path_for(name)
+            if path is None or time.time() - path.stat().st_mtime > RETENTION_S:
+                return problem(404, "Not found", "The file does not exist or has been deleted.")
+            ext = name.rsplit(".", 1)[1]
+            media = CONTENT_TYPES.get(ext) or MEDIA_TYPES.get(ext, "application/octet-stream")
+            return FileResponse(path, media_type=media)
+
+        return router
+
+
+def build(state: SandboxState) -> ProviderMount:
+    provider = ReplicateProvider(state)
+    return ProviderMount(NAME, PREFIX, provider.router(), provider.adapter,
+                         "Replicate HTTP API (https://api.replicate.com), model openai/gpt-image-2")
+
+
+__all__ = ["MODEL", "GptImage2Input", "ReplicateProvider", "build", "parse_duration"]

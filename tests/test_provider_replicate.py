@@ -1,0 +1,477 @@
+"""Replicate adapter: pure translation (validate, build_request, answers -> Outcome, errors, webhook
+verification, output auth) and its I/O against the real sandbox over HTTP (a `python -m sandbox` process)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from schemas.job import EditJob, InputRecord
+from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.providers.base import InputUrls, Outcome
+from worker.providers.replicate import ReplicateAdapter, ReplicateSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+KEY = "r8_TopSecretToken123"
+SECRET_BYTES = b"0123456789abcdef01234567"
+SECRET = "whsec_" + base64.b64encode(SECRET_BYTES).decode()
+T = TypeVar("T")
+
+
+def _record(name: str = "a") -> InputRecord:
+    return InputRecord(ref=f"{name}.png", sha256=hashlib.sha256(name.encode()).hexdigest(), bytes=10, format="png",
+                       width=512, height=512, s3_key=f"inputs/{name}.png")
+
+
+def make_job(**kw: Any) -> EditJob:
+    data: dict[str, Any] = {
+        "prompt": "Put the mug on a table", "images": ["a.png"], "job_id": "job_1", "batch_id": "batch_1",
+        "inputs": [_record()], "idempotency_key": "k1", "provider": "replicate",
+    }
+    data.update(kw)
+    return EditJob(**data)
+
+
+def adapter(**kw: Any) -> ReplicateAdapter:
+    settings = ReplicateSettings(api_key=SecretStr(KEY), base_url="https://api.replicate.com", **kw)
+    return ReplicateAdapter(settings)
+
+
+# ================================================================ validate
+def test_validate_accepts_the_supported_job() -> None:
+    a = adapter()
+    assert a.validate(make_job()) == []
+    for size in ("auto", "1024x1024", "1536x1024", "1024x1536"):
+        assert a.validate(make_job(size=size, output_format="jpeg", quality="high", background="opaque")) == []
+    assert a.validate(make_job(model="openai/gpt-image-2")) == []
+
+
+def test_validate_refuses_mask_with_a_precise_message() -> None:
+    job = make_job(mask="mask.png", mask_input=_record("m"))
+    assert adapter().validate(job) == [
+        "replicate: mask is not supported: openai/gpt-image-2 on Replicate has no mask input; "
+        "remove the mask or route the job to a provider that accepts masks (e.g. fal)"
+    ]
+
+
+def test_validate_refuses_other_values_naming_field_and_allowed_values() -> None:
+    a = adapter()
+    assert a.validate(make_job(num_images=2)) == ["replicate: num_images=2 is not allowed; allowed values: 1"]
+    assert a.validate(make_job(size="2048x2048")) == [
+        "replicate: size=2048x2048 is not allowed; allowed values: auto, 1024x1024 (1:1), 1536x1024 (3:2), "
+        "1024x1536 (2:3)"
+    ]
+    assert a.validate(make_job(background="transparent")) == [
+        "replicate: background=transparent is not allowed; allowed values: auto, opaque"
+    ]
+    assert a.validate(make_job(model="black-forest-labs/flux-kontext")) == [
+        "replicate: model=black-forest-labs/flux-kontext is not available; allowed values: "
+        "openai/gpt-image-2/edit, openai/gpt-image-2"
+    ]
+    problems = a.validate(make_job(num_images=3, size="1024x768", mask="m.png", mask_input=_record("m")))
+    assert len(problems) == 3 and all(p.startswith("replicate: ") for p in problems)
+
+
+def test_max_num_images_is_a_setting() -> None:
+    a = adapter(max_num_images=4)
+    assert a.validate(make_job(num_images=4)) == []
+    assert a.validate(make_job(num_images=5)) == ["replicate: num_images=5 is not allowed; allowed values: 1 to 4"]
+
+
+# ================================================================ build_request
+def test_build_request_exact_body_with_webhook() -> None:
+    job = make_job(size="1536x1024", quality="low", output_format="jpeg", background="opaque",
+                   inputs=[_record("a"), _record("b"), _record("c")], images=["a.png", "b.png", "c.png"])
+    urls = InputUrls(images=["https://s3/a?sig", "https://s3/b?sig", "https://s3/c?sig"])
+    req = adapter().build_request(job, urls, "https://hooks.example/webhooks/replicate?job=job_1")
+    assert (req.method, req.path, req.params, req.headers) == (
+        "POST", "/v1/models/openai/gpt-image-2/predictions", {}, {})
+    assert req.json == {
+        "input": {
+            "prompt": "Put the mug on a table",
+            "input_images": ["https://s3/a?sig", "https://s3/b?sig", "https://s3/c?sig"],
+            "aspect_ratio": "3:2",
+            "quality": "low",
+            "output_format": "jpeg",
+            "background": "opaque",
+            "number_of_images": 1,
+        },
+        "webhook": "https://hooks.example/webhooks/replicate?job=job_1",
+        "webhook_events_filter": ["completed"],
+    }
+    assert KEY not in json.dumps(req.json)
+
+
+def test_build_request_without_webhook_and_auto_size() -> None:
+    req = adapter(cancel_after="45m").build_request(make_job(), InputUrls(images=["https://s3/a"]), None)
+    assert req.json is not None
+    assert "webhook" not in req.json and "webhook_events_filter" not in req.json
+    assert req.json["input"]["aspect_ratio"] == "auto"
+    assert req.json["input"]["output_format"] == "png" and req.json["input"]["quality"] == "medium"
+    assert req.headers == {"Cancel-After": "45m"}
+
+
+def test_cancel_after_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="cancel_after"):
+        ReplicateSettings(cancel_after="soon")
+    assert ReplicateSettings(cancel_after="1h30m").cancel_after == "1h30m"
+
+
+# ================================================================ answers -> Outcome
+def _pred(status: str, **kw: Any) -> dict[str, Any]:
+    return {"id": "p1", "model": "openai/gpt-image-2", "version": "hidden", "status": status, "input": {},
+            "output": None, "error": None, "logs": "", "metrics": {}, "data_removed": False,
+            "created_at": "2026-01-01T00:00:00Z", "urls": {}, **kw}
+
+
+def test_outcome_running_and_succeeded_with_usage() -> None:
+    a = adapter()
+    assert a.outcome(_pred("starting")).done is False
+    assert a.outcome(_pred("processing")).done is False
+    logs = "Generating...\nInput text token count: 100\nInput image token count: 1000\nOutput token count: 2000"
+    out = a.outcome(_pred("succeeded", output=["https://replicate.delivery/x/out-0.png"], logs=logs,
+                          metrics={"predict_time": 12.5}))
+    assert out.done and out.result is not None and out.error is None
+    assert [o.url for o in out.result.outputs] == ["https://replicate.delivery/x/out-0.png"]
+    usage = out.result.usage
+    assert usage is not None
+    assert (usage.input_text_tokens, usage.input_image_tokens, usage.output_tokens) == (100, 1000, 2000)
+    assert usage.cost_usd == pytest.approx((100 * 5 + 1000 * 8 + 2000 * 30) / 1e6)
+    assert usage.cost_source == "tokens"
+    assert out.result.raw["metrics"] == {"predict_time": 12.5}
+    single = a.outcome(_pred("succeeded", output="https://replicate.delivery/y.webp"))
+    assert single.result is not None and [o.url for o in single.result.outputs] == ["https://replicate.delivery/y.webp"]
+
+
+def _err(out: Outcome) -> ProviderError:
+    assert out.done and out.result is None and out.error is not None
+    return out.error
+
+
+def test_outcome_terminal_failures_are_classified() -> None:
+    a = adapter()
+    gone = _err(a.outcome(_pred("succeeded", output=None, data_removed=True)))
+    assert gone.kind is ErrorKind.terminal and gone.provider_code == "data_removed"
+    assert "deleted (data_removed) before editq collected them" in gone.reason
+    mod = _err(a.outcome(_pred("failed", error="Your request was rejected by the safety system (moderation)")))
+    assert mod.kind is ErrorKind.terminal and "safety system" in mod.reason
+    assert _err(a.outcome(_pred("failed", error="OpenAI request timed out"))).kind is ErrorKind.retryable
+    assert _err(a.outcome(_pred("failed", error="something odd"))).kind is ErrorKind.unknown
+    aborted = _err(a.outcome(_pred("aborted")))
+    assert aborted.kind is ErrorKind.retryable and aborted.provider_code == "aborted" and not aborted.maybe_billed
+    assert _err(a.outcome(_pred("canceled"))).kind is ErrorKind.terminal
+    assert _err(a.outcome(_pred("canceled", deadline="2026-01-01T00:05:00Z"))).kind is ErrorKind.retryable
+    assert _err(a.outcome(_pred("exploded"))).kind is ErrorKind.unknown
+
+
+# ================================================================ HTTP errors
+def test_error_429_keeps_retry_after_from_header_or_body() -> None:
+    a = adapter()
+    body = {"title": "Too Many Requests", "detail": "Request was throttled. Your rate limit resets in ~30s.",
+            "status": 429}
+    with_header = a.error(httpx.Response(429, json=body, headers={"Retry-After": "7"}), "create")
+    assert with_header.kind is ErrorKind.retryable and with_header.retry_after_s == 7.0
+    assert not with_header.maybe_billed and with_header.provider_code == "rate_limited"
+    from_body = a.error(httpx.Response(429, json=body), "create")
+    assert from_body.retry_after_s == 30.0
+    assert from_body.reason == ("replicate create: HTTP 429 Too Many Requests: Request was throttled. "
+                                "Your rate limit resets in ~30s.")
+
+
+def test_error_classes_and_no_key_in_messages() -> None:
+    a = adapter()
+    r422 = a.error(httpx.Response(422, json={"title": "Input validation failed", "status": 422,
+                                             "detail": "- input.aspect_ratio: must be one of 1:1"}), "create")
+    assert r422.kind is ErrorKind.terminal and r422.provider_code == "invalid_input"
+    assert "input.aspect_ratio" in r422.reason
+    r401 = a.error(httpx.Response(401, json={"title": "Unauthenticated", "status": 401,
+                                             "detail": f"Invalid token {KEY}"}), "create")
+    assert r401.kind is ErrorKind.terminal and KEY not in r401.reason and "[redacted]" in r401.reason
+    r402 = a.error(httpx.Response(402, json={"detail": "Insufficient credit", "status": 402}), "create")
+    assert r402.kind is ErrorKind.terminal and r402.provider_code == "insufficient_credit"
+    assert a.error(httpx.Response(504, text="gateway"), "create").maybe_billed is True
+    r503 = a.error(httpx.Response(503, text="<html>down</html>"), "create")
+    assert r503.kind is ErrorKind.retryable and r503.maybe_billed is False
+
+
+# ================================================================ webhook verification (pure, configured secret)
+def _sign(body: bytes, msg_id: str, ts: int, secret_bytes: bytes = SECRET_BYTES) -> dict[str, str]:
+    mac = hmac.new(secret_bytes, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts),
+            "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+
+
+def _verify(a: ReplicateAdapter, headers: dict[str, str], body: bytes, now: float) -> Any:
+    async def go() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await a.verify_webhook(http, headers, body, now=now)
+
+    return asyncio.run(go())
+
+
+def test_verify_webhook_accepts_valid_and_refuses_forgeries() -> None:
+    a = adapter(webhook_secret=SecretStr(SECRET))
+    now = 1_800_000_000
+    body = json.dumps(_pred("succeeded", output=["https://replicate.delivery/o.png"])).encode()
+    event = _verify(a, _sign(body, "msg_abc", now), body, now + 3)
+    assert (event.delivery_id, event.request_id, event.payload["status"]) == ("msg_abc", "p1", "succeeded")
+    rotated = _sign(body, "msg_abc", now)
+    rotated["webhook-signature"] = "v1,bm90LXRoaXMtb25l " + rotated["webhook-signature"]
+    assert _verify(a, rotated, body, now).request_id == "p1"
+
+    cases = {
+        "tampered": (_sign(body, "msg_abc", now), body.replace(b"o.png", b"evil.png")),
+        "wrong key": (_sign(body, "msg_abc", now, b"another-secret-key-bytes"), body),
+        "stale": (_sign(body, "msg_abc", now - 301), body),
+        "future": (_sign(body, "msg_abc", now + 301), body),
+        "other id": ({**_sign(body, "msg_abc", now), "webhook-id": "msg_other"}, body),
+        "missing": ({k: v for k, v in _sign(body, "msg_abc", now).items() if k != "webhook-signature"}, body),
+        "v2 only": ({**_sign(body, "msg_abc", now),
+                     "webhook-signature": _sign(body, "msg_abc", now)["webhook-signature"].replace("v1,", "v2,")},
+                    body),
+    }
+    for what, (headers, sent) in cases.items():
+        with pytest.raises(WebhookRejected):
+            _verify(a, headers, sent, now)
+            pytest.fail(what)
+
+
+def test_output_headers_only_for_trusted_hosts() -> None:
+    a = adapter()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert a.output_headers("https://replicate.delivery/xezq/abc/out-0.png") == auth
+    assert a.output_headers("https://pbxt.replicate.delivery/abc/out-0.webp") == auth
+    assert a.output_headers("https://api.replicate.com/v1/files/abc") == auth
+    assert a.output_headers("https://replicate.delivery.evil.com/x.png") == {}
+    assert a.output_headers("https://evil.com/replicate.delivery/x.png") == {}
+    assert a.output_headers("http://replicate.delivery/x.png") == {}
+    # a urls.get on another host is never trusted with the token
+    assert a._api_url("https://evil.com/v1/predictions/p1", "/v1/predictions/p1") == \
+        "https://api.replicate.com/v1/predictions/p1"
+
+
+# ================================================================ I/O against the real sandbox
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+BASELINE = {"latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8, "submit_5xx_rate": 0.0, "submit_429_rate": 0.0,
+            "submit_timeout_rate": 0.0, "job_failure_rate": 0.0, "webhook_lost_rate": 0.0, "retry_after_s": 2.0,
+            "webhook_retry_backoff_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
+                             "--latency", "0.05", "--jitter", "0", "--seed", "3"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(base + "/_sandbox/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "sandbox")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sb(sandbox: str) -> Iterator[str]:
+    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
+    yield sandbox
+    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
+
+
+def _data_uri(name: str = "mug.png") -> str:
+    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+
+
+def _live(base: str, **kw: Any) -> ReplicateAdapter:
+    return ReplicateAdapter(ReplicateSettings(api_key=SecretStr(KEY), base_url=base + "/replicate", **kw))
+
+
+async def _run_to_end(a: ReplicateAdapter, http: httpx.AsyncClient, job: EditJob, webhook: str | None = None,
+                      timeout: float = 20) -> tuple[str, Outcome]:
+    req = a.build_request(job, InputUrls(images=[_data_uri()]), webhook)
+    sub = await a.submit(http, job, req)
+    deadline = time.monotonic() + timeout
+    while True:
+        out = await a.poll(http, sub.request_id, sub.handle)
+        if out.done or time.monotonic() > deadline:
+            return sub.request_id, out
+        await asyncio.sleep(0.02)
+
+
+def test_submit_poll_and_authenticated_output_download(sb: str) -> None:
+    a = _live(sb)
+
+    async def go() -> None:
+        async with httpx.AsyncClient() as http:
+            rid, out = await _run_to_end(a, http, make_job(output_format="jpeg", size="1024x1024"))
+            assert out.done and out.result is not None, out
+            (ref,) = out.result.outputs
+            assert ref.url and ref.url.startswith(f"{sb}/replicate/delivery/")
+            assert out.result.usage is not None and out.result.usage.output_tokens
+            assert (await http.get(ref.url)).status_code == 401  # outputs need the token
+            got = await http.get(ref.url, headers=a.output_headers(ref.url))
+            assert got.status_code == 200 and got.content[:3] == b"\xff\xd8\xff"
+            log = httpx.get(f"{sb}/_sandbox/requests/{rid}").json()
+            assert log["input"]["input"]["aspect_ratio"] == "1:1"
+
+    asyncio.run(go())
+
+
+class _Hooks:
+    """A local receiver that records deliveries (headers + raw body)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        hooks = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_sandbox_webhook_verifies_with_fetched_and_cached_secret(sb: str) -> None:
+    hooks = _Hooks()
+    a = _live(sb)  # no secret configured: fetched from GET /v1/webhooks/default/secret
+    try:
+        async def go() -> None:
+            async with httpx.AsyncClient() as http:
+                rid, out = await _run_to_end(a, http, make_job(), hooks.url)
+                assert out.done and out.result is not None
+                headers, body = wait_for(lambda: hooks.got[0] if hooks.got else None, what="webhook")
+                now = time.time()
+                event = await a.verify_webhook(http, headers, body, now=now)
+                assert event.request_id == rid and event.delivery_id == f"msg_{rid}"
+                assert json.loads(body)["status"] == "succeeded"
+                polled = await a.webhook_outcome(http, event, {})
+                assert polled.result is not None
+                assert [o.url for o in polled.result.outputs] == [o.url for o in out.result.outputs]
+                with pytest.raises(WebhookRejected):
+                    await a.verify_webhook(http, headers, body.replace(b"succeeded", b"succeedes"), now=now)
+
+        asyncio.run(go())
+    finally:
+        hooks.close()
+
+
+def test_create_429_is_not_retried_and_creates_nothing(sb: str) -> None:
+    httpx.patch(sb + "/_sandbox/config", json={"submit_429_rate": 1.0, "retry_after_s": 2.0}).raise_for_status()
+    before = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]
+    a = _live(sb)
+
+    async def go() -> ProviderError:
+        async with httpx.AsyncClient() as http:
+            job = make_job()
+            with pytest.raises(ProviderError) as info:
+                await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+            return info.value
+
+    err = asyncio.run(go())
+    after = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]
+    assert err.kind is ErrorKind.retryable and err.status_code == 429 and err.retry_after_s == 2.0
+    assert err.maybe_billed is False
+    assert after["accepted"] == before["accepted"]
+    assert after["rejected"].get("429", 0) == before["rejected"].get("429", 0) + 1  # exactly one POST
+
+
+def test_create_timeout_is_maybe_billed_and_bad_token_is_terminal(sb: str) -> None:
+    httpx.patch(sb + "/_sandbox/config", json={"submit_timeout_rate": 1.0, "timeout_hold_s": 2.0}).raise_for_status()
+    job = make_job()
+
+    async def go(a: ReplicateAdapter) -> ProviderError:
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(ProviderError) as info:
+                await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+            return info.value
+
+    slow = asyncio.run(go(_live(sb, timeout_s=0.3)))
+    assert slow.kind is ErrorKind.retryable and slow.maybe_billed is True
+    httpx.patch(sb + "/_sandbox/config", json={"submit_timeout_rate": 0.0}).raise_for_status()
+    anonymous = ReplicateAdapter(ReplicateSettings(api_key=None, base_url=sb + "/replicate"))
+    denied = asyncio.run(go(anonymous))
+    assert denied.kind is ErrorKind.terminal and denied.status_code == 401
+    assert denied.reason.startswith("replicate create: HTTP 401 Unauthenticated")
+
+
+def test_cancel_running_and_cancel_after_aborts_a_queued_prediction(sb: str) -> None:
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 30.0, "concurrency": 1}).raise_for_status()
+    a = _live(sb)
+    deadline_adapter = _live(sb, cancel_after="5s")
+
+    async def go() -> None:
+        async with httpx.AsyncClient() as http:
+            job = make_job()
+            blocker = await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+            queued = await deadline_adapter.submit(
+                http, job, deadline_adapter.build_request(job, InputUrls(images=[_data_uri()]), None))
+            assert (await a.poll(http, queued.request_id, queued.handle)).info["status"] == "starting"
+            end = time.monotonic() + 15
+            while True:  # Cancel-After is at least 5 s
+                out = await a.poll(http, queued.request_id, queued.handle)
+                if out.done or time.monotonic() > end:
+                    break
+                await asyncio.sleep(0.05)
+            err = out.error
+            assert out.done and err is not None and err.provider_code == "aborted", out
+            assert err.kind is ErrorKind.retryable and not err.maybe_billed
+            assert (await a.poll(http, blocker.request_id, blocker.handle)).info["status"] == "processing"
+            await a.cancel(http, blocker.request_id, blocker.handle)
+            out = await a.poll(http, blocker.request_id, blocker.handle)
+            err = out.error
+            assert out.done and err is not None and err.provider_code == "canceled"
+            assert err.kind is ErrorKind.terminal
+
+    asyncio.run(go())
