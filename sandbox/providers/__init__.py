@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sandbox.providers import fal, modelrunner, replicate, wavespeed
+from sandbox.providers import fal, modelrunner, openai, oxen, replicate, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
 
 PROVIDERS: list[ProviderBuilder] = [
     fal.build,
+    openai.build,
+    oxen.build,
     wavespeed.build,
     modelrunner.build,
     replicate.build,

@@ -10,6 +10,8 @@ from worker.providers.base import ProviderAdapter
 # name -> "module:Class". Adding a provider = one module + one line here.
 REGISTRY: dict[str, str] = {
     "fal": "worker.providers.fal:FalAdapter",
+    "openai": "worker.providers.openai:OpenAIAdapter",
+    "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",

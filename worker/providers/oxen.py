@@ -1,0 +1,307 @@
+"""Oxen.ai hub AI API, synchronous `POST /api/ai/images/edit` (facts: provider-replicate-wavespeed-oxen.md §6).
+
+Protocol: one JSON request per job, Bearer auth, base `https://hub.oxen.ai/api/ai`. The request
+blocks until the edit is done; the answer is `{"model", "created", "images": [{"url"} | {"b64_json"}]}`
+(URLs are temporary: the pipeline stores them in S3 right away). No job id, no webhooks, no polling,
+no cancel, no usage or cost in the answer. Errors come as
+`{"error": {"type", "title", "detail"}, "status": "error", "status_message"}` or `{"error": {"message"}}`.
+
+Model and fields: the current Oxen page for GPT Image 2 (model id `gpt-image-2`, since Jul 2026)
+takes `prompt`, `input_image` (array of URLs), `mask_url`, `aspect_ratio` (auto, 1:1, 16:9, 9:16, 4:3,
+3:4, 3:2, 2:3, 21:9, 9:21), `resolution` (1K, 2K, 4K), `quality` (low, medium, high),
+`output_format` (png, jpeg, webp), plus the common `response_format` and `target_namespace`. The
+older `gpt-image-2-edit` id (with `num_images`, pixel `resolution`s) was removed from the docs; the
+model id is configurable (`EDITQ_OXEN_MODEL`) in case Oxen renames it again.
+
+Choices where the sources are silent or conflict (safe for the user's money and data):
+* No `num_images`: a job asking for more than one image is refused at enqueue (not fanned out).
+* No pixel sizes: `size=auto` sends `aspect_ratio=auto` (the first image's shape) and the
+  resolution tier `EDITQ_OXEN_RESOLUTION` (default 1K, the cheapest; Oxen's own default is 2K).
+  A `WxH` size is refused unless `EDITQ_OXEN_SIZE_MAPPING=1` asks for mapping, and then only when
+  W:H is exactly one of Oxen's ratios (tier by the longest edge: <=1536 1K, <=2560 2K, else 4K).
+* `quality=auto` is refused (Oxen has low/medium/high only); `background=transparent` is refused
+  (there is no background parameter).
+* Mask convention: Oxen documents `mask_url` as white = edit, black = keep, the opposite of the
+  canonical (OpenAI) convention, alpha 0 = edit. `submit` converts the mask (alpha 0 -> white,
+  anything else -> black), stores it content-addressed in S3 and sends its presigned URL. The mask
+  must be a PNG with an alpha channel and the first image's size.
+* Timeouts and dropped connections after sending are `maybe_billed` (the pipeline records an
+  `uncertain` request), as for OpenAI's synchronous API. Input-download failures reported by Oxen
+  ("403 Client Error ... for url") are `unknown` (retried once with freshly presigned URLs).
+* Output URLs are downloaded without the API key (they are presigned; the key never leaves for
+  another host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from schemas.job import EditJob
+from schemas.params import Background, parse_size
+from worker.errors import ErrorKind, ProviderError, parse_retry_after
+from worker.providers.base import (
+    InputUrls,
+    Outcome,
+    OutputRef,
+    ProviderAdapter,
+    ProviderRequest,
+    ProviderSettings,
+    Result,
+    Submitted,
+)
+from worker.providers.openai_common import mask_alpha_problem, redact
+
+EDIT_PATH = "/images/edit"
+MODEL_ALIASES = ("openai/gpt-image-2/edit", "openai/gpt-image-2", "gpt-image-2")
+ASPECT_RATIOS = ("auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
+RESOLUTIONS = ("1K", "2K", "4K")
+QUALITIES = ("low", "medium", "high")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_IMAGES = 16
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class OxenSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITQ_OXEN_", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("EDITQ_OXEN_API_KEY", "OXEN_API_KEY"))
+    base_url: str = "https://hub.oxen.ai/api/ai"
+    model: str = "gpt-image-2"  # Oxen's model id for GPT Image 2 (was gpt-image-2-edit until Jul 2026)
+    resolution: Literal["1K", "2K", "4K"] = "1K"  # tier sent for size=auto
+    size_mapping: bool = False  # map WxH to (aspect_ratio, tier); off = refuse WxH at enqueue
+    response_format: Literal["url", "b64_json"] = "url"
+    target_namespace: str | None = None  # user or organisation billed and storing the results
+    convert_mask: bool = True  # canonical alpha-0 mask -> Oxen's white-is-edit mask
+    concurrency: int = 4
+    webhooks: bool = False
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
+
+
+def aspect_and_tier(width: int, height: int) -> tuple[str, str] | None:
+    """(aspect_ratio, resolution) for a WxH whose ratio is exactly one of Oxen's, else None."""
+    g = math.gcd(width, height)
+    ratio = f"{width // g}:{height // g}"
+    if ratio not in ASPECT_RATIOS:
+        return None
+    edge = max(width, height)
+    return ratio, "1K" if edge <= 1536 else "2K" if edge <= 2560 else "4K"
+
+
+def white_is_edit(mask: bytes) -> bytes:
+    """Canonical mask (alpha 0 = edit) -> an opaque grayscale PNG where white = edit, black = keep."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(mask)) as im:
+        alpha = im.convert("RGBA").getchannel("A")
+    out = alpha.point(lambda a: 255 if a == 0 else 0)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class OxenAdapter(ProviderAdapter):
+    name: ClassVar[str] = "oxen"
+    settings_cls: ClassVar[type[ProviderSettings]] = OxenSettings
+    synchronous: ClassVar[bool] = True
+    supports_webhooks: ClassVar[bool] = False
+    settings: OxenSettings
+
+    # ---- pure -------------------------------------------------------------------------------------
+    def validate(self, job: EditJob) -> list[str]:
+        p: list[str] = []
+        if job.model not in MODEL_ALIASES:
+            p.append(f"oxen: model={job.model} is not allowed; allowed values: {', '.join(MODEL_ALIASES)} "
+                     f"(sent to Oxen as {self.settings.model})")
+        if job.num_images != 1:
+            p.append(f"oxen: num_images={job.num_images} is not allowed; allowed values: 1")
+        dims = parse_size(job.size)
+        if dims is not None:
+            if not self.settings.size_mapping:
+                p.append(f"oxen: size={job.size} is not allowed; allowed values: auto (Oxen's gpt-image-2 takes an "
+                         "aspect ratio and a 1K/2K/4K tier, not pixels; EDITQ_OXEN_SIZE_MAPPING=1 maps WxH sizes "
+                         "whose ratio is one of Oxen's)")
+            elif aspect_and_tier(*dims) is None:
+                p.append(f"oxen: size={job.size} is not allowed; allowed values: auto, or WxH with a ratio of "
+                         f"{', '.join(ASPECT_RATIOS[1:])}")
+        if job.quality.value not in QUALITIES:
+            p.append(f"oxen: quality={job.quality.value} is not allowed; allowed values: {', '.join(QUALITIES)}")
+        if job.output_format.value not in OUTPUT_FORMATS:
+            p.append(f"oxen: output_format={job.output_format.value} is not allowed; allowed values: "
+                     f"{', '.join(OUTPUT_FORMATS)}")
+        if job.background is Background.transparent:
+            p.append("oxen: background=transparent is not allowed (Oxen's gpt-image-2 has no background parameter); "
+                     "allowed values: auto, opaque")
+        if len(job.inputs) > MAX_IMAGES:
+            p.append(f"oxen: images has {len(job.inputs)} entries; allowed: 1 to {MAX_IMAGES}")
+        for i, rec in enumerate(job.inputs):
+            if rec.format not in INPUT_FORMATS:
+                p.append(f"oxen: images[{i}] is {rec.format}; allowed formats: png, jpeg, webp")
+        if job.mask_input is not None:
+            m = job.mask_input
+            if m.format != "PNG":
+                p.append(f"oxen: mask is {m.format}; allowed format: png (with an alpha channel, transparent = edit)")
+            if job.inputs and (m.width, m.height) != (job.inputs[0].width, job.inputs[0].height):
+                first = job.inputs[0]
+                p.append(f"oxen: mask is {m.width}x{m.height}; allowed: the first image's size "
+                         f"{first.width}x{first.height}")
+        return p
+
+    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+        """The JSON body. With a mask, `submit` replaces `mask_url` by the converted (white = edit) mask."""
+        dims = parse_size(job.size)
+        mapped = ("auto", self.settings.resolution) if dims is None else aspect_and_tier(*dims)
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "prompt": job.prompt,
+            "input_image": list(inputs.images),
+        }
+        if mapped is not None:  # else validate() refused it at enqueue, and submit refuses it: never guess
+            body["aspect_ratio"], body["resolution"] = mapped
+        body |= {
+            "quality": job.quality.value,
+            "output_format": job.output_format.value,
+            "response_format": self.settings.response_format,
+        }
+        if inputs.mask:
+            body["mask_url"] = inputs.mask
+        if self.settings.target_namespace:
+            body["target_namespace"] = self.settings.target_namespace
+        return ProviderRequest("POST", EDIT_PATH, json=body)
+
+    def result_from_response(self, body: Mapping[str, Any], fmt: str) -> Result:
+        outputs = []
+        for item in body.get("images") or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("url"):
+                outputs.append(OutputRef(url=item["url"], content_type=f"image/{fmt}"))
+            elif item.get("b64_json"):
+                outputs.append(OutputRef(b64=item["b64_json"], content_type=f"image/{fmt}"))
+        raw = {k: v for k, v in body.items() if k != "images"}
+        return Result(outputs=outputs, usage=None, raw=raw)
+
+    # ---- I/O ----------------------------------------------------------------------------------------
+    async def submit(self, http: httpx.AsyncClient, job: EditJob, req: ProviderRequest) -> Submitted:
+        body = dict(req.json or {})
+        if "aspect_ratio" not in body:
+            raise ProviderError(ErrorKind.terminal, f"oxen: size={job.size} has no Oxen aspect ratio; "
+                                "allowed values: auto")
+        if job.mask_input is not None and body.get("mask_url") and self.settings.convert_mask:
+            body["mask_url"] = await self.converted_mask_url(job)
+        url = self.settings.base_url.rstrip("/") + req.path
+        timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
+        try:
+            resp = await http.post(url, json=body, headers={**self.auth_headers(), **req.headers}, timeout=timeout)
+        except NOT_SENT as exc:
+            raise ProviderError(ErrorKind.retryable, f"oxen edit: not sent ({type(exc).__name__})") from None
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                ErrorKind.retryable, f"oxen edit: no answer within {self.settings.timeout_s:.0f}s "
+                f"({type(exc).__name__}); the request may have been processed and billed", maybe_billed=True,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                ErrorKind.retryable, f"oxen edit: connection lost before the answer ({type(exc).__name__}); "
+                "the request may have been processed and billed", maybe_billed=True,
+            ) from None
+        request_id = resp.headers.get("x-request-id") or f"oxen-{uuid.uuid4()}"
+        if resp.status_code >= 300:
+            raise self.error(resp, request_id)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ProviderError(ErrorKind.retryable, f"oxen edit: HTTP {resp.status_code} with a body that is not "
+                                "JSON; it was probably billed", status_code=resp.status_code,
+                                maybe_billed=True) from None
+        result = self.result_from_response(data, job.output_format.value)
+        return Submitted(request_id=request_id, handle={"sync": True, "created": data.get("created")},
+                         outcome=Outcome(done=True, result=result))
+
+    async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
+        """Only reached when a worker died between recording the answer and handing it on."""
+        return Outcome(done=True, error=ProviderError(
+            ErrorKind.retryable, f"oxen: the synchronous answer of request {request_id} was lost before it was "
+            "stored (worker stopped); it was billed and will be redone", maybe_billed=True,
+        ))
+
+    async def converted_mask_url(self, job: EditJob) -> str:
+        """Convert the canonical mask, store it content-addressed next to the inputs, presign it."""
+        from worker.storage import get_storage
+
+        assert job.mask_input is not None
+        storage, rec = get_storage(), job.mask_input
+        try:
+            blob = await asyncio.to_thread(storage.get_bytes, rec.s3_key)
+        except Exception as exc:  # boto raises several types
+            raise ProviderError(ErrorKind.retryable, f"oxen: could not read the mask from storage "
+                                f"({type(exc).__name__})") from None
+        if hashlib.sha256(blob).hexdigest() != rec.sha256:
+            raise ProviderError(ErrorKind.terminal, f"oxen: mask {rec.s3_key} does not match its sha256")
+        if problem := mask_alpha_problem(blob, self.name):
+            raise ProviderError(ErrorKind.terminal, problem, provider_code="invalid_mask")
+        converted = white_is_edit(blob)
+        digest = hashlib.sha256(converted).hexdigest()
+        key = storage.input_key(digest, "png")
+        try:
+            if not await asyncio.to_thread(storage.exists, key):
+                await asyncio.to_thread(storage.put_bytes, key, converted, "image/png", digest)
+        except Exception as exc:
+            raise ProviderError(ErrorKind.retryable, f"oxen: could not store the converted mask "
+                                f"({type(exc).__name__})") from None
+        return storage.presign(key)
+
+    def error(self, resp: httpx.Response, request_id: str) -> ProviderError:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text[:500]
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        return classify_oxen_error(resp.status_code, body, resp.headers, request_id=request_id, secrets=[key])
+
+
+def classify_oxen_error(
+    status: int, body: Any, headers: Mapping[str, str], *, request_id: str = "", secrets: list[str] | None = None,
+) -> ProviderError:
+    """An Oxen error answer -> ProviderError (pure)."""
+    etype: str | None = None
+    message = body if isinstance(body, str) else repr(body)[:500]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        etype = err.get("type") or body.get("status_message")
+        parts = [str(err[k]) for k in ("title", "detail", "message") if err.get(k)]
+        message = ": ".join(parts) or message
+    elif isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+    message = redact(message, secrets or [])
+    lowered = message.lower()
+    kind: ErrorKind
+    if "insufficient credits" in lowered or status == 402 or etype in ("insufficient_credits",):
+        kind = ErrorKind.terminal
+    elif status == 429 or status >= 500:
+        kind = ErrorKind.retryable
+    elif "client error" in lowered and "for url" in lowered:
+        kind = ErrorKind.unknown  # Oxen could not download an input (an expired presign?): retried once
+    elif status in (400, 401, 403, 404, 405, 413, 415, 422):
+        kind = ErrorKind.terminal
+    else:
+        kind = ErrorKind.unknown
+    reason = f"oxen edit: HTTP {status}: " + (f"{etype}: " if etype else "") + message
+    if request_id:
+        reason += f" (request {request_id})"
+    return ProviderError(
+        kind, reason[:2000], status_code=status, provider_code=etype,
+        retry_after_s=parse_retry_after(headers) if kind is ErrorKind.retryable else None,
+        maybe_billed=status in (502, 504),
+    )
