@@ -142,7 +142,7 @@ def output_size(aspect: str, resolution: str, first: tuple[int, int]) -> tuple[i
         w, h = edge, edge * rh / rw
     else:
         w, h = edge * rw / rh, edge
-    return max(16, int(round(w / 16)) * 16), max(16, int(round(h / 16)) * 16)
+    return max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
 
 
 def white_mask_to_alpha(mask: bytes, size: tuple[int, int]) -> bytes:
