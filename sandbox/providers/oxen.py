@@ -138,10 +138,7 @@ def output_size(aspect: str, resolution: str, first: tuple[int, int]) -> tuple[i
         a, b = aspect.split(":")
         rw, rh = int(a), int(b)
     edge = RESOLUTIONS[resolution]
-    if rw >= rh:
-        w, h = edge, edge * rh / rw
-    else:
-        w, h = edge * rw / rh, edge
+    w, h = (float(edge), edge * rh / rw) if rw >= rh else (edge * rw / rh, float(edge))
     return max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
 
 
