@@ -9,7 +9,7 @@ from rich.console import Console
 
 from producer.stack import LocalStack
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def run_demo(batch: Path, dest: Path) -> int:

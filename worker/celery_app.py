@@ -47,8 +47,12 @@ app = make_app()
 def reconfigure() -> None:
     """Re-read settings (tests and the local stack change the environment after import)."""
     s = get_settings()
-    app.conf.broker_url = s.broker_url or s.redis_url
     app.conf.task_default_queue = s.queue_prefix
+    url = s.broker_url or s.redis_url
+    if app.conf.broker_url == url:
+        return
+    app.conf.broker_url = url
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
+    app.amqp._producer_pool = None
