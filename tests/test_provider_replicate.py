@@ -366,7 +366,7 @@ class _Hooks:
         hooks = self
 
         class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)

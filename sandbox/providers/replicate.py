@@ -49,6 +49,8 @@ import string
 import time
 from collections import deque
 from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -152,12 +154,31 @@ def _validation_problem(exc: ValidationError) -> JSONResponse:
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in ("input", *err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "literal_error":
+        if err["type"] == "extra_forbidden":
+            msg = f"Additional property {err['loc'][-1]} is not allowed"
+        elif err["type"] == "literal_error":
             field = str(err["loc"][-1]) if err["loc"] else "value"
             msg = f"{field} must be one of the following: {err.get('ctx', {}).get('expected', '')}"
         fields.append({"type": err["type"], "field": loc, "description": msg})
         lines.append(f"- {loc}: {msg}")
     return problem(422, "Input validation failed", "\n".join(lines) + "\n", invalid_fields=fields)
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, str | None, bytes]]:
+    """multipart/form-data -> {field: (filename, content type, bytes)} (stdlib email parser)."""
+    message = BytesParser(policy=email_policy).parsebytes(
+        f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode() + body)
+    parts: dict[str, tuple[str | None, str | None, bytes]] = {}
+    if not message.is_multipart():
+        return parts
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        ctype = part.get_content_type() if part.get("content-type") else None
+        parts[name] = (part.get_filename(), ctype, payload if isinstance(payload, bytes) else b"")
+    return parts
 
 
 def _estimate_tokens(inp: GptImage2Input, sizes: list[tuple[int, int]], out_size: tuple[int, int]) -> dict[str, int]:
@@ -278,11 +299,10 @@ class ReplicateProvider:
 
     async def _wait_done(self, job: Job, seconds: float) -> bool:
         """Bounded wait for a prediction to end (server side of ``Prefer: wait`` and cancel)."""
-        deadline = time.monotonic() + seconds
-        while job.state is not JobState.COMPLETED:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(job.finished.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
         return True
 
     def _faults(self) -> JSONResponse | str | None:
@@ -476,19 +496,21 @@ class ReplicateProvider:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        form = await request.form()
-        content = form.get("content")
-        if content is None or isinstance(content, str):
+        ctype_header = request.headers.get("content-type", "")
+        if not ctype_header.startswith("multipart/form-data"):
+            return problem(415, "Unsupported Media Type", "Upload files as multipart/form-data.")
+        parts = _multipart(ctype_header, await request.body())
+        if "content" not in parts or parts["content"][0] is None:
             return problem(422, "Invalid request body", "- content: a file part named 'content' is required\n")
-        data = await content.read()
+        filename, part_type, data = parts["content"]
         if len(data) >= 100 * 1024 * 1024:
             return problem(413, "Payload Too Large", "Files must be smaller than 100 MB.")
-        filename = content.filename or "file"
+        filename = filename or "file"
         if len(filename.encode()) > 255:
             return problem(422, "Invalid request body", "- content: the filename must be at most 255 bytes\n")
-        ctype = str(form.get("type") or content.content_type or "application/octet-stream")
+        ctype = parts["type"][2].decode() if "type" in parts else (part_type or "application/octet-stream")
         try:
-            metadata = json.loads(str(form.get("metadata") or "{}"))
+            metadata = json.loads(parts["metadata"][2] or b"{}") if "metadata" in parts else {}
         except json.JSONDecodeError:
             return problem(422, "Invalid request body", "- metadata: must be JSON\n")
         ext = next((k for k, v in MEDIA_TYPES.items() if v == ctype.split(";")[0] and k != "jpg"), "bin")

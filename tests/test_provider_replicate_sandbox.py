@@ -1,0 +1,330 @@
+"""The sandbox's Replicate API under /replicate, over real HTTP against `python -m sandbox` in a subprocess,
+and the official `replicate` 1.0.7 client pointed at it by base URL only (the SDK contract)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import replicate
+from PIL import Image
+from replicate.exceptions import ReplicateError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TOKEN = "r8_sdk-contract-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = "openai/gpt-image-2"
+SDK_STATUSES = {"starting", "processing", "succeeded", "failed", "canceled"}
+T = TypeVar("T")
+
+BASELINE: dict[str, Any] = {
+    "latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8, "submit_5xx_rate": 0.0, "submit_429_rate": 0.0,
+    "submit_timeout_rate": 0.0, "job_failure_rate": 0.0, "webhook_lost_rate": 0.0, "webhook_duplicate_rate": 0.0,
+    "webhook_bad_signature_rate": 0.0, "webhook_retry": True, "webhook_retry_attempts": 3,
+    "webhook_retry_backoff_s": 0.05, "retry_after_s": 3.0, "render": "real",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
+                             "--latency", "0.05", "--jitter", "0", "--seed", "11"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(base + "/_sandbox/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "sandbox")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sb(sandbox: str) -> Iterator[str]:
+    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
+    yield sandbox
+    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
+
+
+def _data_uri(name: str = "mug.png") -> str:
+    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+
+
+class Hooks:
+    """A local webhook receiver; `fail_first` answers 500 to the first N deliveries."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.got: list[tuple[dict[str, str], bytes, int]] = []
+        self.fail_first = fail_first
+        hooks = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                code = 500 if len(hooks.got) < hooks.fail_first else 200
+                hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?job=j1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    h = Hooks()
+    yield h
+    h.close()
+
+
+def _image(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+# ================================================================ the SDK contract
+def test_official_client_create_get_wait_webhook_and_outputs(sb: str, hooks: Hooks) -> None:
+    client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
+    pred = client.predictions.create(
+        model=MODEL,
+        input={"prompt": "make it sepia", "input_images": [_data_uri()], "aspect_ratio": "1:1",
+               "output_format": "png", "quality": "low"},
+        webhook=hooks.url,
+        webhook_events_filter=["completed"],
+    )
+    assert pred.status in ("starting", "processing") and pred.model == MODEL and pred.version == "hidden"
+    assert pred.urls["get"] == f"{sb}/replicate/v1/predictions/{pred.id}"
+    got = client.predictions.get(pred.id)
+    assert got.id == pred.id and got.status in SDK_STATUSES
+    pred.wait()
+    assert pred.status == "succeeded" and pred.error is None
+    assert isinstance(pred.output, list) and len(pred.output) == 1
+    assert pred.metrics and pred.metrics["predict_time"] > 0 and "Output token count:" in (pred.logs or "")
+    url = pred.output[0]
+    assert httpx.get(url).status_code == 401
+    out = httpx.get(url, headers=AUTH)
+    assert out.status_code == 200 and out.headers["content-type"] == "image/png"
+    assert _image(out.content).size == (1024, 1024)
+
+    headers, body, _ = wait_for(lambda: hooks.got[0] if hooks.got else None, what="completed webhook")
+    secret = client.webhooks.default.secret()
+    assert secret.key.startswith("whsec_")
+    assert client.webhooks.validate(headers=headers, body=body.decode(), secret=secret, tolerance=300) is None
+    delivered = json.loads(body)
+    assert delivered["id"] == pred.id and delivered["status"] == "succeeded" and delivered["output"] == pred.output
+    assert headers["webhook-id"] == f"msg_{pred.id}"
+    assert len(hooks.got) == 1
+
+
+def test_official_client_run_and_cancel(sb: str) -> None:
+    client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
+    output = client.run(MODEL, input={"prompt": "brighter", "input_images": [_data_uri("bottle.png")],
+                                      "output_format": "jpeg", "aspect_ratio": "3:2"})
+    assert isinstance(output, list) and len(output) == 1  # http:// URLs stay plain strings in rp107
+    img = _image(httpx.get(str(output[0]), headers=AUTH).content)
+    assert (img.format, img.size) == ("JPEG", (1536, 1024))
+    # a model failure surfaces as ModelError from run()
+    httpx.patch(sb + "/_sandbox/config", json={"job_failure_rate": 1.0}).raise_for_status()
+    with pytest.raises(replicate.exceptions.ModelError, match="sandbox injected failure"):
+        client.run(MODEL, input={"prompt": "x", "input_images": [_data_uri()]})
+    httpx.patch(sb + "/_sandbox/config", json={"job_failure_rate": 0.0, "latency_s": 30.0}).raise_for_status()
+    pred = client.predictions.create(model=MODEL, input={"prompt": "slow", "input_images": [_data_uri()]})
+    pred.cancel()
+    pred.reload()
+    assert pred.status == "canceled" and pred.output is None
+    # a queued prediction cancelled by the user is `canceled`, never `aborted` (which rp107 cannot parse)
+    httpx.patch(sb + "/_sandbox/config", json={"concurrency": 1}).raise_for_status()
+    running = client.predictions.create(model=MODEL, input={"prompt": "a", "input_images": [_data_uri()]})
+    queued = client.predictions.create(model=MODEL, input={"prompt": "b", "input_images": [_data_uri()]})
+    assert queued.status == "starting"
+    client.predictions.cancel(queued.id)
+    assert client.predictions.get(queued.id).status == "canceled"
+    running.cancel()
+    assert client.predictions.get(running.id).status == "canceled"
+
+
+def test_official_client_files_upload_as_input(sb: str, tmp_path: Path) -> None:
+    client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
+    uploaded = client.files.create(EXAMPLES / "watch.png")
+    assert uploaded.urls["get"] == f"{sb}/replicate/v1/files/{uploaded.id}" and uploaded.size > 0
+    assert client.files.get(uploaded.id).checksums["sha256"] == uploaded.checksums["sha256"]
+    out = client.run(MODEL, input={"prompt": "x", "input_images": [uploaded.urls["get"]], "output_format": "webp"})
+    assert _image(httpx.get(str(out[0]), headers=AUTH).content).format == "WEBP"
+    # a file handle as input: the client uploads it through /v1/files itself
+    with open(EXAMPLES / "mug.png", "rb") as fh:
+        out = client.run(MODEL, input={"prompt": "y", "input_images": [fh], "output_format": "png"})
+    assert _image(httpx.get(str(out[0]), headers=AUTH).content).size == (1024, 1024)
+    client.files.delete(uploaded.id)
+    with pytest.raises(ReplicateError) as info:
+        client.files.get(uploaded.id)
+    assert info.value.status == 404
+
+
+def test_module_level_run_configured_by_environment_only(sb: str) -> None:
+    code = (
+        "import json, replicate\n"
+        f"out = replicate.run({MODEL!r}, input={{'prompt': 'p', 'input_images': [{_data_uri()!r}]}})\n"
+        "print(json.dumps([str(o) for o in out]))\n"
+    )
+    env = {**os.environ, "REPLICATE_BASE_URL": f"{sb}/replicate", "REPLICATE_API_TOKEN": TOKEN,
+           "REPLICATE_POLL_INTERVAL": "0.05"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (url,) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert url.startswith(f"{sb}/replicate/delivery/") and url.endswith(".webp")  # the model's default format
+
+
+def test_official_client_sees_429_on_create_without_retrying(sb: str) -> None:
+    httpx.patch(sb + "/_sandbox/config", json={"submit_429_rate": 1.0}).raise_for_status()
+    before = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]["rejected"].get("429", 0)
+    client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
+    with pytest.raises(ReplicateError) as info:
+        client.predictions.create(model=MODEL, input={"prompt": "x"})
+    assert info.value.status == 429 and "resets in ~3s" in (info.value.detail or "")
+    after = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]["rejected"].get("429", 0)
+    assert after == before + 1
+
+
+# ================================================================ protocol details
+def _post(sb: str, body: Any, headers: dict[str, str] | None = None, path: str = f"/v1/models/{MODEL}/predictions",
+          ) -> httpx.Response:
+    return httpx.post(f"{sb}/replicate{path}", content=json.dumps(body), timeout=30,
+                      headers={**AUTH, "Content-Type": "application/json", **(headers or {})})
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "path", "status", "title", "detail"),
+    [
+        ({"input": {"prompt": "x"}}, {"Authorization": ""}, None, 401, "Unauthenticated", "authentication token"),
+        ({"input": {"prompt": "x"}, "webhook_url": "https://x"}, None, None, 422, "Invalid request body",
+         "- webhook_url: Additional property webhook_url is not allowed"),
+        ({"webhook": "https://x/h"}, None, None, 422, "Invalid request body", "- input: input is required"),
+        ({"input": {}}, None, None, 422, "Input validation failed", "- input.prompt: Field required"),
+        ({"input": {"prompt": "x", "aspect_ratio": "4:3"}}, None, None, 422, "Input validation failed",
+         "- input.aspect_ratio: aspect_ratio must be one of the following: '1:1', '3:2'"),
+        ({"input": {"prompt": "x", "mask": "https://m.png"}}, None, None, 422, "Input validation failed",
+         "- input.mask: Additional property mask is not allowed"),
+        ({"input": {"prompt": "x", "number_of_images": 11}}, None, None, 422, "Input validation failed",
+         "- input.number_of_images: Input should be less than or equal to 10"),
+        ({"input": {"prompt": "x"}, "webhook_events_filter": ["done"]}, None, None, 422, "Invalid request body",
+         "- webhook_events_filter: each item must be one of: start, output, logs, completed"),
+        ({"input": {"prompt": "x"}}, {"Prefer": "wait=0"}, None, 400, "Invalid Prefer header", "1 to 60"),
+        ({"input": {"prompt": "x"}}, {"Cancel-After": "3s"}, None, 400, "Invalid Cancel-After header",
+         "at least 5 seconds"),
+        ({"input": {"prompt": "x"}}, None, "/v1/models/openai/dall-e-3/predictions", 404, "Not found",
+         "Model openai/dall-e-3 not found"),
+        ({"version": "someone/else", "input": {"prompt": "x"}}, None, "/v1/predictions", 404, "Not found",
+         "Model someone/else not found"),
+    ],
+)
+def test_strict_validation_with_problem_details(
+    sb: str, body: Any, headers: dict[str, str] | None, path: str | None, status: int, title: str, detail: str
+) -> None:
+    resp = _post(sb, body, headers, path or f"/v1/models/{MODEL}/predictions")
+    assert resp.status_code == status
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    data = resp.json()
+    assert data["status"] == status and data["title"] == title and detail in data["detail"]
+    if title == "Input validation failed":
+        assert data["invalid_fields"] and data["invalid_fields"][0]["field"].startswith("input.")
+
+
+def test_prediction_object_prefer_wait_and_version_route(sb: str) -> None:
+    sync = _post(sb, {"input": {"prompt": "x", "input_images": [_data_uri()]}}, {"Prefer": "wait=30"})
+    assert sync.status_code == 201
+    p = sync.json()
+    required = {"id", "model", "version", "input", "output", "error", "status", "created_at", "urls",
+                "data_removed", "logs", "metrics"}
+    assert required <= set(p) and set(p["urls"]) == {"get", "cancel", "web"}
+    assert p["status"] == "succeeded" and p["completed_at"] and len(p["output"]) == 1
+    assert p["input"] == {"prompt": "x", "input_images": [_data_uri()]} and p["source"] == "api"
+    via_version = _post(sb, {"version": MODEL, "input": {"prompt": "x", "input_images": [_data_uri()]}},
+                        {"Prefer": "wait"}, path="/v1/predictions")
+    assert via_version.status_code == 201 and via_version.json()["status"] == "succeeded"
+
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 30.0}).raise_for_status()
+    slow = _post(sb, {"input": {"prompt": "x", "input_images": [_data_uri()]}}, {"Prefer": "wait=1"})
+    assert slow.status_code == 202 and slow.json()["status"] == "starting" and slow.json()["output"] is None
+    assert slow.headers["location"] == slow.json()["urls"]["get"]
+    async_create = _post(sb, {"input": {"prompt": "x", "input_images": [_data_uri()]}})
+    assert async_create.status_code == 201 and async_create.json()["status"] in ("starting", "processing")
+    for pid in (slow.json()["id"], async_create.json()["id"]):
+        cancelled = httpx.post(f"{sb}/replicate/v1/predictions/{pid}/cancel", headers=AUTH)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "canceled"
+    listing = httpx.get(f"{sb}/replicate/v1/predictions", headers=AUTH).json()
+    assert set(listing) == {"next", "previous", "results"}
+    ids = [r["id"] for r in listing["results"]]
+    assert ids[:2] == [async_create.json()["id"], slow.json()["id"]]  # newest first
+    missing = httpx.get(f"{sb}/replicate/v1/predictions/nope", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+
+
+def test_webhook_resend_keeps_webhook_id_and_filter_is_honoured(sb: str) -> None:
+    flaky = Hooks(fail_first=1)
+    quiet = Hooks()
+    try:
+        client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
+        secret = client.webhooks.default.secret()
+        p = client.predictions.create(model=MODEL, input={"prompt": "x", "input_images": [_data_uri()]},
+                                      webhook=flaky.url, webhook_events_filter=["completed"])
+        wait_for(lambda: len(flaky.got) >= 2, what="a resend after a 500")
+        (h1, b1, c1), (h2, b2, c2) = flaky.got[:2]
+        assert (c1, c2) == (500, 200) and b1 == b2
+        assert h1["webhook-id"] == h2["webhook-id"] == f"msg_{p.id}"
+        for h, b, _ in flaky.got[:2]:
+            client.webhooks.validate(headers=h, body=b.decode(), secret=secret, tolerance=300)
+        q = client.predictions.create(model=MODEL, input={"prompt": "x", "input_images": [_data_uri()]},
+                                      webhook=quiet.url, webhook_events_filter=["start"])
+        q.wait()
+        entry = httpx.get(f"{sb}/_sandbox/requests/{q.id}").json()
+        assert q.status == "succeeded" and entry["webhook"]["attempts"] == 0 and quiet.got == []
+    finally:
+        flaky.close()
+        quiet.close()
