@@ -219,6 +219,7 @@ def sandbox_provider_env(base: str) -> dict[str, str]:
         "EDITQ_FAL_KEY": "sandbox-key",
         "EDITQ_OPENAI_BASE_URL": f"{base}/openai/v1",
         "EDITQ_OPENAI_API_KEY": "sk-sandbox-key",
+        "EDITQ_OPENAI_BATCH_BASE_URL": f"{base}/openai/v1", "EDITQ_OPENAI_BATCH_API_KEY": "sk-sandbox-batch-key",
         "EDITQ_OXEN_BASE_URL": f"{base}/oxen/api/ai",
         "EDITQ_OXEN_API_KEY": "oxen-sandbox-key",
         "EDITQ_WAVESPEED_BASE_URL": f"{base}/wavespeed",

@@ -79,6 +79,9 @@ class SandboxConfig(BaseModel):
 
     # --- provider identities -------------------------------------------------------------------
     fal_user_id: str = Field(default="sandbox-user", min_length=1, description="X-Fal-Webhook-User-Id.")
+    openai_batch_expire_after_lines: int = Field(
+        default=-1, ge=-1, description="OpenAI Batch: run only the first N lines, then end `expired` (-1: never)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SandboxConfig:

@@ -258,9 +258,9 @@ class Pipeline:
             await self.complete(view.job_id, outcome)
             return
         submitted_at = float(view.fields.get("submitted_at", "0") or 0)
-        if submitted_at and _now() - submitted_at > self.settings.provider_deadline_s:
+        limit = getattr(adapter.settings, "deadline_s", None) or self.settings.provider_deadline_s  # per-provider
+        if submitted_at and _now() - submitted_at > limit:
             await adapter.cancel(aio.http_client(), view.request_id or "", handle)
-            limit = self.settings.provider_deadline_s
             late = ProviderError(ErrorKind.retryable, f"{adapter.name}: no result within {limit:.0f}s")
             await self.retry_or_fail(view, late, State.submitted, sent=False)
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sandbox.providers import fal, modelrunner, openai, oxen, replicate, wavespeed
+from sandbox.providers import fal, modelrunner, openai, openai_batch, oxen, replicate, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
@@ -16,6 +16,7 @@ ProviderBuilder = Callable[[SandboxState], ProviderMount]
 PROVIDERS: list[ProviderBuilder] = [
     fal.build,
     openai.build,
+    openai_batch.build,
     oxen.build,
     wavespeed.build,
     modelrunner.build,

@@ -11,6 +11,7 @@ from worker.providers.base import ProviderAdapter
 REGISTRY: dict[str, str] = {
     "fal": "worker.providers.fal:FalAdapter",
     "openai": "worker.providers.openai:OpenAIAdapter",
+    "openai_batch": "worker.providers.openai_batch:OpenAIBatchAdapter",
     "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
