@@ -1,0 +1,56 @@
+"""A worker killed with SIGKILL right after submitting: the job finishes exactly once when a worker
+comes back (one provider submission, one set of outputs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from producer.api import status, submit, wait
+from producer.stack import LocalStack
+from tests.conftest import EXAMPLES, SANDBOX_SEED, sandbox_requests, unique, wait_for
+from worker.state import State
+from worker.storage import get_storage
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[LocalStack]:
+    """A stack with no worker running: the test starts and kills workers itself."""
+    with LocalStack(
+        workers=0,
+        sandbox_opts={"latency_s": 1.0, "jitter_s": 0.0, "concurrency": 4, "seed": SANDBOX_SEED},
+    ) as s:
+        yield s
+
+
+def test_sigkill_after_submit_finishes_exactly_once(bare: LocalStack) -> None:
+    bare.apply_env()
+    tag = unique("crash")
+    job_id = submit({"custom_id": tag, "prompt": f"{tag} on marble", "images": [str(EXAMPLES / "watch.png")],
+                     "quality": "low", "num_images": 2})
+    assert status(job_id)["state"] == State.queued
+
+    # this worker records the provider's request id, then dies with SIGKILL before acking its task
+    bare.start_worker("doomed", extra_env={"EDITQ_FAULT_CRASH_AFTER_SUBMIT": "1"})
+    doomed = bare.procs["doomed"]
+    wait_for(lambda: doomed.poll() is not None, 60, "the doomed worker to kill itself")
+    assert doomed.returncode == -9
+    st = status(job_id)
+    assert st["state"] in (State.submitted, State.ready) and st["request_id"]
+    request_id = st["request_id"]
+
+    bare.start_worker("phoenix")
+    final = wait(job_id, timeout=90)
+    assert final["state"] == State.succeeded and final["request_id"] == request_id
+
+    mine = [r for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
+    assert [r["request_id"] for r in mine] == [request_id], "the job was submitted more than once"
+
+    storage = get_storage()
+    keys = storage.list_keys(f"{storage.settings.s3_prefix}/{final['batch_id']}/{job_id}/")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["0.png", "1.png", "manifest.json"]
+    manifest = json.loads(storage.get_bytes(storage.manifest_key(final["batch_id"], job_id)))
+    assert manifest["attempts"] == 1
+    assert [(r["status"], r.get("request_id")) for r in manifest["provider_requests"]] == [("accepted", request_id)]

@@ -1,0 +1,116 @@
+"""The receiver verifies before it acts: bad signature, stale timestamp, unknown key and missing headers
+are refused and change no state; a valid delivery is applied once; a duplicate changes nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from producer.api import submit
+from producer.stack import LocalStack
+from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
+from worker.state import JobStore, State
+
+USER = "sandbox-user"
+
+
+@pytest.fixture(scope="module")
+def receiver_stack() -> Iterator[LocalStack]:
+    """Receiver + sandbox (for its JWKS) and no worker, so nothing moves a job but the deliveries."""
+    with LocalStack(workers=0, sandbox_opts={"seed": SANDBOX_SEED}) as s:
+        yield s
+
+
+@pytest.fixture
+def submitted_job(receiver_stack: LocalStack) -> tuple[str, str]:
+    receiver_stack.apply_env()
+    store = JobStore()
+    job_id = submit({"prompt": unique("wh"), "images": [str(EXAMPLES / "mug.png")]})
+    assert store.claim("fal", 100, 100, 0, 0, 60) == [job_id]
+    request_id = unique("req")
+    store.r.set(store.k.request("fal", request_id), job_id)
+    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
+                      fields={"request_id": request_id, "handle": "{}"}).ok
+    return job_id, request_id
+
+
+def _payload(request_id: str) -> bytes:
+    return json.dumps({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
+                       "payload": {"images": [{"url": "http://127.0.0.1:1/x.png", "content_type": "image/png"}]},
+                       "error": None}).encode()
+
+
+def _post(stack: LocalStack, job_id: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{stack.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/fal", params={"job": job_id},
+                      content=body, headers={**headers, "content-type": "application/json"}, timeout=10)
+
+
+def _state(job_id: str) -> tuple[str, str]:
+    view = JobStore().get(job_id)
+    assert view is not None
+    return view.state.value, view.fields.get("h", "")
+
+
+def test_refused_deliveries_change_nothing(receiver_stack: LocalStack, submitted_job: tuple[str, str]) -> None:
+    job_id, rid = submitted_job
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    body = _payload(rid)
+    before = _state(job_id)
+    now = int(time.time())
+
+    tampered = _post(receiver_stack, job_id, body.replace(b"x.png", b"y.png"),
+                     signer.sign(body, request_id=rid, timestamp=now))
+    unknown_key = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now, valid=False))
+    stale = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now - 3600))
+    future = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now + 3600))
+    headers = signer.sign(body, request_id=rid, timestamp=now)
+    headers.pop("X-Fal-Webhook-Signature")
+    missing = _post(receiver_stack, job_id, body, headers)
+    other_user = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), "someone-else")
+    swapped = _post(receiver_stack, job_id, body, {
+        **other_user.sign(body, request_id=rid, timestamp=now),
+        "X-Fal-Webhook-User-Id": USER,  # header edited after signing
+    })
+
+    for resp, why in [(tampered, "signature"), (unknown_key, "signature"), (stale, "timestamp"),
+                      (future, "timestamp"), (missing, "missing header"), (swapped, "signature")]:
+        assert resp.status_code == 401, resp.text
+        assert why in resp.json()["error"]
+    assert _state(job_id) == before
+
+
+def test_valid_delivery_applies_once(receiver_stack: LocalStack, submitted_job: tuple[str, str]) -> None:
+    job_id, rid = submitted_job
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    body = _payload(rid)
+    headers = signer.sign(body, request_id=rid, timestamp=int(time.time()))
+
+    first = _post(receiver_stack, job_id, body, headers)
+    assert first.status_code == 200 and first.json() == {"status": "accepted"}
+    state, history = _state(job_id)
+    assert state == State.ready
+    result = JobStore().get(job_id).json_field("result")  # type: ignore[union-attr]
+    assert result["outputs"] == [{"url": "http://127.0.0.1:1/x.png", "content_type": "image/png"}]
+
+    replay = _post(receiver_stack, job_id, body, headers)
+    assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
+    # the provider's own retry (new timestamp, new signature) is a no-op too
+    retry = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time()) + 1))
+    assert retry.status_code == 200 and retry.json() == {"status": "already-done"}
+    assert _state(job_id) == (state, history)
+    assert history.count("ready\t") == 1
+
+
+def test_delivery_for_unknown_request_is_acknowledged_and_ignored(receiver_stack: LocalStack) -> None:
+    receiver_stack.apply_env()
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    rid = unique("nobody")
+    body = _payload(rid)
+    headers = signer.sign(body, request_id=rid, timestamp=int(time.time()))
+    resp = _post(receiver_stack, "job_does_not_exist", body, headers)
+    assert resp.status_code == 200 and resp.json() == {"status": "unknown-request"}

