@@ -245,7 +245,8 @@ class WaveSpeedProvider:
             # past the wait WaveSpeed answers with the task still processing; the client fetches it by id
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.finished.wait(), SYNC_WAIT_S)
-        return _envelope(200, "success", task_data(job))
+            return _envelope(200, "success", task_data(job))
+        return _envelope(200, "success", {**task_data(job), "status": "created"})  # as WaveSpeed answers a submit
 
     # --- the model ----------------------------------------------------------------------------------
 

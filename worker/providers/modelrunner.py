@@ -90,7 +90,7 @@ FIELDS = ("prompt", "image_urls", "mask_url", "image_size", "quality", "num_imag
 
 
 class ModelRunnerSettings(ProviderSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_MODELRUNNER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_MODELRUNNER_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("EDITQ_MODELRUNNER_KEY", "EDITQ_MODELRUNNER_API_KEY", "MODELRUNNER_KEY")

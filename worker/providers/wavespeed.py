@@ -95,7 +95,7 @@ TERMINAL_TEXT = re.compile(r"insufficient|balance|credit|unauthori[sz]ed|invalid
 
 
 class WaveSpeedSettings(ProviderSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_WAVESPEED_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_WAVESPEED_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("EDITQ_WAVESPEED_API_KEY", "WAVESPEED_API_KEY")

@@ -1,0 +1,462 @@
+"""WaveSpeedAI: pure translation, error classification, the sandbox emulator over real HTTP, the official
+`wavespeed` SDK (2.0.5) against it, and the adapter's webhook verification on real sandbox deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from schemas.job import EditJob, InputRecord
+from schemas.params import size_problems
+from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.providers.base import InputUrls, WebhookEvent
+from worker.providers.wavespeed import SIZE_TABLE, WaveSpeedAdapter, WaveSpeedSettings
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+MODEL = "openai/gpt-image-2/edit"
+KEY = "ws-secret-key-123"
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def record(name: str = "mug.png", w: int = 512, h: int = 512) -> InputRecord:
+    return InputRecord(ref=name, sha256="0" * 64, bytes=1, format="png", width=w, height=h, s3_key=f"inputs/{name}")
+
+
+def make_job(**over: Any) -> EditJob:
+    data: dict[str, Any] = {
+        "prompt": "make it sepia", "images": ["mug.png"], "provider": "wavespeed", "job_id": "job_1",
+        "batch_id": "batch_1", "inputs": [record()], "idempotency_key": "k", "quality": "low",
+    }
+    data.update(over)
+    return EditJob.model_validate(data)
+
+
+def adapter(**settings: Any) -> WaveSpeedAdapter:
+    base = {"api_key": KEY, "base_url": "https://api.wavespeed.test"}
+    return WaveSpeedAdapter(WaveSpeedSettings(**{**base, **settings}))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def data_uri(path: Path) -> str:
+    mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def sign_v3(secret: str, msg_id: str, ts: int, body: bytes) -> str:
+    key = secret.removeprefix("whsec_").encode()
+    return "v3," + hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ validate
+def test_valid_job_has_no_problems() -> None:
+    assert adapter().validate(make_job(images=["a.png", "b.png", "c.png"], size="1536x1024")) == []
+
+
+def test_masked_job_is_refused_with_a_precise_message() -> None:
+    job = make_job(mask="mask.png", mask_input=record("mask.png"))
+    assert adapter().validate(job) == [
+        "wavespeed: mask is not supported by openai/gpt-image-2/edit on WaveSpeed (no mask field is documented; "
+        "the edit would repaint the whole image); allowed values: no mask"
+    ]
+
+
+def test_num_images_above_one_is_refused() -> None:
+    assert adapter().validate(make_job(num_images=2)) == [
+        "wavespeed: num_images=2 is not allowed; allowed values: 1"
+    ]
+
+
+def test_size_outside_the_table_is_refused_with_the_list() -> None:
+    (msg,) = adapter().validate(make_job(size="1536x864"))
+    assert msg.startswith("wavespeed: size=1536x864 is not allowed")
+    assert msg.endswith("allowed values: auto, " + ", ".join(f"{w}x{h}" for w, h in SIZE_TABLE))
+
+
+def test_quality_auto_transparent_and_narrowed_formats_are_refused() -> None:
+    job = make_job(quality="auto", background="transparent", output_format="webp")
+    assert adapter(output_formats="png,jpeg").validate(job) == [
+        "wavespeed: quality=auto is not allowed; allowed values: low, medium, high",
+        "wavespeed: output_format=webp is not allowed; allowed values: png, jpeg",
+        "wavespeed: background=transparent is not supported by openai/gpt-image-2/edit on WaveSpeed (it has no "
+        "background parameter; outputs are opaque); allowed values: auto, opaque",
+    ]
+
+
+def test_other_models_are_refused() -> None:
+    assert adapter().validate(make_job(model="openai/gpt-image-1")) == [
+        "wavespeed: model=openai/gpt-image-1 is not supported; allowed values: openai/gpt-image-2/edit"
+    ]
+
+
+def test_size_table_entries_are_valid_gpt_image_2_sizes_and_match_the_sandbox() -> None:
+    from sandbox.providers.wavespeed import output_size
+
+    for (w, h), (aspect, resolution) in SIZE_TABLE.items():
+        assert size_problems(w, h) == [], (w, h)
+        aw, ah = (int(x) for x in aspect.split(":"))
+        assert w * ah == h * aw, (w, h, aspect)
+        assert output_size(aspect, resolution) == (w, h)
+
+
+# ------------------------------------------------------------------------------------------------ build_request
+def test_build_request_auto_size_sends_resolution_and_no_aspect_ratio() -> None:
+    job = make_job(images=["a.png", "b.png"], output_format="jpeg", quality="high")
+    req = adapter().build_request(job, InputUrls(images=["https://s3/a", "https://s3/b"]),
+                                  "https://hooks.example/webhooks/wavespeed?job=job_1")
+    assert (req.method, req.path) == ("POST", "/api/v3/openai/gpt-image-2/edit")
+    assert req.json == {
+        "images": ["https://s3/a", "https://s3/b"], "prompt": "make it sepia", "resolution": "1k",
+        "quality": "high", "output_format": "jpeg",
+    }
+    assert req.params == {"webhook": "https://hooks.example/webhooks/wavespeed?job=job_1"}
+    assert req.headers == {}  # auth is added at send time, never stored in the request
+
+
+def test_build_request_maps_size_to_aspect_ratio_and_resolution() -> None:
+    req = adapter().build_request(make_job(size="3840x2160"), InputUrls(images=["https://s3/a"]), None)
+    assert req.json is not None
+    assert (req.json["aspect_ratio"], req.json["resolution"]) == ("16:9", "4k")
+    assert req.params == {}
+    assert "num_images" not in req.json and "enable_base64_output" not in req.json
+
+
+def test_build_request_never_drops_a_mask_silently() -> None:
+    with pytest.raises(ValueError, match="masked job"):
+        adapter().build_request(make_job(), InputUrls(images=["https://s3/a"], mask="https://s3/m"), None)
+
+
+# ------------------------------------------------------------------------------------------------ errors (in-process)
+def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderError:
+    a = adapter()
+    job = make_job()
+    req = a.build_request(job, InputUrls(images=["https://s3/a"]), None)
+    async with mock_client(handler) as http:
+        with pytest.raises(ProviderError) as info:
+            await a.submit(http, job, req)
+    return info.value
+
+
+def test_auth_error_is_terminal_and_never_contains_the_key() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == f"Bearer {KEY}"
+        return httpx.Response(401, json={"code": 401, "message": f"invalid api key {KEY}", "data": None})
+
+    err = run(_submit_with(handler))
+    assert err.kind is ErrorKind.terminal and err.status_code == 401
+    assert KEY not in err.reason and "invalid api key ***" in err.reason
+    assert KEY not in repr(err) and KEY not in err.info().model_dump_json()
+
+
+def test_rate_limit_is_retryable_with_retry_after() -> None:
+    err = run(_submit_with(lambda r: httpx.Response(429, json={"code": 429, "message": "slow down"},
+                                                   headers={"Retry-After": "7"})))
+    assert err.kind is ErrorKind.retryable and err.retry_after_s == 7.0
+    assert err.reason == "wavespeed submit: HTTP 429: slow down"
+
+
+def test_server_error_and_timeout_are_retryable() -> None:
+    assert run(_submit_with(lambda r: httpx.Response(502, text="bad gateway"))).kind is ErrorKind.retryable
+
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    err = run(_submit_with(boom))
+    assert err.kind is ErrorKind.retryable and err.maybe_billed
+
+
+def test_envelope_without_id_is_unknown_and_maybe_billed() -> None:
+    err = run(_submit_with(lambda r: httpx.Response(200, json={"code": 200, "message": "success", "data": {}})))
+    assert err.kind is ErrorKind.unknown and err.maybe_billed
+
+
+async def _poll_with(data: dict[str, Any], status: int = 200) -> Any:
+    a = adapter()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v3/predictions/abc/result"
+        return httpx.Response(status, json={"code": status, "message": "x", "data": data})
+
+    async with mock_client(handler) as http:
+        return await a.poll(http, "abc", {"id": "abc"})
+
+
+def test_poll_outcomes() -> None:
+    running = run(_poll_with({"id": "abc", "status": "processing", "outputs": []}))
+    assert not running.done
+    done = run(_poll_with({"id": "abc", "status": "completed", "outputs": ["https://cdn/x.png"],
+                           "has_nsfw_contents": [False], "timings": {"inference": 1200}}))
+    assert done.done and [o.url for o in done.result.outputs] == ["https://cdn/x.png"]
+    assert done.result.raw["timings"] == {"inference": 1200}
+    transient = run(_poll_with({"id": "abc", "status": "failed", "error": "upstream HTTP 503 Service Unavailable"}))
+    assert transient.done and transient.error.kind is ErrorKind.retryable
+    policy = run(_poll_with({"id": "abc", "status": "failed", "error": "content policy violation"}))
+    assert policy.error.kind is ErrorKind.terminal
+    assert policy.error.reason == "wavespeed: task failed: content policy violation"
+    missing = run(_poll_with({}, status=404))
+    assert missing.done and missing.error.kind is ErrorKind.terminal
+
+
+# ------------------------------------------------------------------------------------------------ the sandbox
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_SANDBOX_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port), "--latency", "0.05",
+         "--jitter", "0", "--seed", "11", "--render-workers", "4"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, "sandbox exited early"
+        try:
+            return httpx.get(url + "/_sandbox/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=30, what="sandbox")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Peer:
+    """A webhook receiver that records raw deliveries."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with peer.lock:
+                    peer.deliveries.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_id(self, rid: str) -> list[tuple[str, dict[str, str], bytes]]:
+        with self.lock:
+            return [d for d in self.deliveries if json.loads(d[2]).get("id") == rid]
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Peer]:
+    p = Peer()
+    yield p
+    p.server.shutdown()
+
+
+@pytest.fixture()
+def http(sandbox_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox_url + "/wavespeed", headers={"Authorization": "Bearer test"}, timeout=30) as c:
+        assert c.patch(sandbox_url + "/_sandbox/config", json={
+            "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "submit_429_rate": 0.0,
+            "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"}).status_code == 200
+        yield c
+
+
+def _submit(http: httpx.Client, body: dict[str, Any], **params: str) -> httpx.Response:
+    return http.post(f"/api/v3/{MODEL}", json=body, params=params or None)
+
+
+def _wait_done(http: httpx.Client, rid: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        data = http.get(f"/api/v3/predictions/{rid}/result").json()["data"]
+        return data if data["status"] in ("completed", "failed") else None
+
+    return wait_for(done, what=f"task {rid}")
+
+
+def test_sandbox_submit_envelope_and_result(http: httpx.Client) -> None:
+    resp = _submit(http, {"images": [data_uri(EXAMPLES / "mug.png")], "prompt": "sepia", "aspect_ratio": "3:2",
+                          "output_format": "jpeg", "quality": "low"})
+    assert resp.status_code == 200
+    env = resp.json()
+    assert (env["code"], env["message"]) == (200, "success")
+    data = env["data"]
+    assert data["status"] == "created" and data["outputs"] == [] and data["error"] == ""
+    assert data["urls"]["get"].endswith(f"/wavespeed/api/v3/predictions/{data['id']}/result")
+    done = _wait_done(http, data["id"])
+    assert done["status"] == "completed" and len(done["outputs"]) == 1 and done["has_nsfw_contents"] == [False]
+    img = Image.open(io.BytesIO(httpx.get(done["outputs"][0]).content))
+    assert (img.format, img.size) == ("JPEG", (1536, 1024))
+    # the newer path without /result answers the same
+    assert http.get(f"/api/v3/predictions/{data['id']}").json()["data"]["outputs"] == done["outputs"]
+
+
+@pytest.mark.parametrize(("body", "params", "code", "message"), [
+    ({"prompt": "x"}, {}, 400, "images is required and must be a non-empty array of image URLs"),
+    ({"images": ["https://x/a.png"]}, {}, 400, "prompt is required"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": "7:5"}, {}, 400,
+     "aspect_ratio must be one of 1:1, 1:2, 2:1, 1:3, 3:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9; "
+     "got '7:5'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "resolution": "8k"}, {}, 400,
+     "resolution must be one of 1k, 2k, 4k; got '8k'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "enable_base64_output": True}, {"webhook": "http://h/x"}, 400,
+     "enable_base64_output cannot be used together with a webhook"),
+])
+def test_sandbox_refuses_what_wavespeed_refuses(http: httpx.Client, body: dict[str, Any], params: dict[str, str],
+                                                 code: int, message: str) -> None:
+    resp = _submit(http, body, **params)
+    assert resp.status_code == code
+    assert resp.json() == {"code": code, "message": message, "data": None}
+
+
+def test_sandbox_auth_and_unknown_ids(http: httpx.Client, sandbox_url: str) -> None:
+    resp = httpx.post(f"{sandbox_url}/wavespeed/api/v3/{MODEL}", json={"images": ["a"], "prompt": "x"})
+    assert resp.status_code == 401 and resp.json()["code"] == 401
+    assert http.get("/api/v3/predictions/nope/result").status_code == 404
+    assert _submit(http, {"images": ["a"], "prompt": "x"}).status_code == 200  # (fails later: not an image)
+    other = http.post("/api/v3/openai/gpt-image-9/edit", json={"images": ["a"], "prompt": "x"})
+    assert other.status_code == 404
+
+
+def test_sandbox_base64_output_and_unusable_input(http: httpx.Client) -> None:
+    sub = _submit(http, {"images": [data_uri(EXAMPLES / "mug.png")], "prompt": "x", "enable_base64_output": True,
+                         "output_format": "png", "resolution": "1k"}).json()["data"]
+    done = _wait_done(http, sub["id"])
+    img = Image.open(io.BytesIO(base64.b64decode(done["outputs"][0])))
+    assert (img.format, img.size) == ("PNG", (1024, 1024))
+    bad = _submit(http, {"images": ["data:image/png;base64,AAAA"], "prompt": "x"}).json()["data"]
+    failed = _wait_done(http, bad["id"])
+    assert failed["status"] == "failed" and failed["outputs"] == []
+    assert failed["error"].startswith("failed to load images[0]")
+
+
+def test_wavespeed_sdk_contract(sandbox_url: str, http: httpx.Client) -> None:
+    """The official SDK, pointed at the sandbox by base URL only, runs the edit flow unmodified."""
+    import wavespeed
+
+    client = wavespeed.Client(api_key="sdk-key", base_url=f"{sandbox_url}/wavespeed")
+    inputs = {"images": [data_uri(EXAMPLES / "mug.png"), data_uri(EXAMPLES / "bottle.png")],
+              "prompt": "put the mug on a table", "aspect_ratio": "2:3", "resolution": "1k", "quality": "low",
+              "output_format": "png"}
+    out = client.run(MODEL, inputs, timeout=60, poll_interval=0.05)
+    assert list(out) == ["outputs"] and len(out["outputs"]) == 1
+    img = Image.open(io.BytesIO(httpx.get(out["outputs"][0]).content))
+    assert (img.format, img.size) == ("PNG", (1024, 1536))
+    sync = client.run(MODEL, {**inputs, "aspect_ratio": "1:1"}, timeout=60, enable_sync_mode=True)
+    assert Image.open(io.BytesIO(httpx.get(sync["outputs"][0]).content)).size == (1024, 1024)
+    entries = httpx.get(f"{sandbox_url}/_sandbox/requests", params={"provider": "wavespeed"}).json()["requests"]
+    assert entries[-1]["headers"]["x-client-name"] == "wavespeed-python"
+    # a failed task: HTTP 200 with data.status failed; the SDK raises with the task's error
+    assert http.patch(f"{sandbox_url}/_sandbox/config", json={"job_failure_rate": 1.0}).status_code == 200
+    with pytest.raises(RuntimeError, match="sandbox injected job failure"):
+        client.run(MODEL, inputs, timeout=60, poll_interval=0.05, max_retries=0)
+
+
+# ------------------------------------------------------------------------------------------------ adapter <-> sandbox
+def test_adapter_submits_polls_and_verifies_a_real_delivery(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
+    a = WaveSpeedAdapter(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
+    job = make_job(images=["a.png", "b.png", "c.png"], inputs=[record(), record("b.png"), record("c.png")],
+                   output_format="jpeg", size="1024x1536")
+    urls = [data_uri(EXAMPLES / n) for n in ("mug.png", "bottle.png", "backpack.png")]
+    hook = f"{peer.url}/webhooks/wavespeed?job=job_1"
+
+    async def flow() -> tuple[Any, Any, WebhookEvent, list[str]]:
+        async with httpx.AsyncClient() as client:
+            sub = await a.submit(client, job, a.build_request(job, InputUrls(images=urls), hook))
+            outcome = await a.poll(client, sub.request_id, sub.handle)
+            while not outcome.done:
+                await asyncio.sleep(0.02)
+                outcome = await a.poll(client, sub.request_id, sub.handle)
+            path, headers, body = await asyncio.to_thread(
+                wait_for, lambda: next(iter(peer.for_id(sub.request_id)), None), 20.0, "webhook")
+            event = await a.verify_webhook(client, headers, body, now=time.time())
+            rejected = []
+            for hdrs, raw, now in (
+                (headers, body.replace(b'"completed"', b'"failed"', 1), time.time()),  # tampered body
+                ({**headers, "webhook-signature": sign_v3("whsec_wrong", headers["webhook-id"],
+                                                          int(headers["webhook-timestamp"]), body)}, body, time.time()),
+                (headers, body, time.time() + 301),  # stale
+            ):
+                try:
+                    await a.verify_webhook(client, hdrs, raw, now=now)
+                except WebhookRejected as exc:
+                    rejected.append(str(exc))
+            assert path == "/webhooks/wavespeed?job=job_1"
+            return sub, outcome, event, rejected
+
+    sub, outcome, event, rejected = run(flow())
+    assert outcome.done and len(outcome.result.outputs) == 1
+    assert event.request_id == sub.request_id and event.payload["status"] == "completed"
+    assert event.payload["outputs"] == [o.url for o in outcome.result.outputs]
+    assert event.payload["input"]["aspect_ratio"] == "2:3"
+    assert rejected == ["signature does not match", "signature does not match", "timestamp outside tolerance"]
+    same = run(a.webhook_outcome(httpx.AsyncClient(), event, sub.handle))
+    assert [o.url for o in same.result.outputs] == [o.url for o in outcome.result.outputs]
+    img = Image.open(io.BytesIO(httpx.get(outcome.result.outputs[0].url).content))
+    assert (img.format, img.size) == ("JPEG", (1024, 1536))
+
+
+def test_configured_secret_is_used_as_raw_utf8_not_base64() -> None:
+    secret = "whsec_QUJD"  # base64 of "ABC": WaveSpeed keys with the text "QUJD" itself
+    a = adapter(webhook_secret=secret)
+    body = json.dumps({"id": "t1", "status": "completed", "outputs": []}).encode()
+    ts = int(time.time())
+    good = {"webhook-id": "m1", "webhook-timestamp": str(ts), "webhook-signature": sign_v3(secret, "m1", ts, body)}
+    event = run(a.verify_webhook(httpx.AsyncClient(), good, body, now=ts))
+    assert (event.delivery_id, event.request_id) == ("m1", "t1")
+    b64_keyed = "v3," + hmac.new(b"ABC", f"m1.{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    with pytest.raises(WebhookRejected):
+        run(a.verify_webhook(httpx.AsyncClient(), {**good, "webhook-signature": b64_keyed}, body, now=ts))
+    with pytest.raises(WebhookRejected, match="missing header webhook-id"):
+        run(a.verify_webhook(httpx.AsyncClient(), {"webhook-timestamp": str(ts)}, body, now=ts))
