@@ -67,7 +67,7 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.U
 
 
 class OpenAISettings(OpenAIPriceSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_OPENAI_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_OPENAI_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("EDITQ_OPENAI_API_KEY", "OPENAI_API_KEY"))
     base_url: str = Field(

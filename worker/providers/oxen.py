@@ -73,7 +73,7 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.U
 
 
 class OxenSettings(ProviderSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_OXEN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_OXEN_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("EDITQ_OXEN_API_KEY", "OXEN_API_KEY"))
     base_url: str = "https://hub.oxen.ai/api/ai"
