@@ -5,15 +5,19 @@ PIP := $(VENV)/bin/pip
 
 .PHONY: install demo test lint typecheck bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.base: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -U pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.base
 	$(VENV)/bin/editq demo --out ./out
 
 test: install
