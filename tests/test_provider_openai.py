@@ -34,7 +34,7 @@ BASELINE: dict[str, Any] = {"latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8
                             "retry_after_s": 1.0, "render": "real"}
 
 
-def rec(name: str, fmt: str = "PNG") -> InputRecord:
+def rec(name: str, fmt: str = "png") -> InputRecord:
     with Image.open(EXAMPLES / name) as im:
         w, h = im.size
     data = (EXAMPLES / name).read_bytes()
@@ -97,8 +97,8 @@ def test_validate_refuses_with_provider_field_and_allowed_values() -> None:
         "openai: background=transparent is not allowed for gpt-image-2 (OpenAI rejected it at launch and lists it "
         "only as a preview since 2026-08); allowed values: auto, opaque"
     ]
-    assert a.validate(job(mask="m", mask_input=rec("sneaker.jpg", "JPEG"))) == [
-        "openai: mask is JPEG; allowed format: png (with an alpha channel)",
+    assert a.validate(job(mask="m", mask_input=rec("sneaker.jpg", "jpeg"))) == [
+        "openai: mask is jpeg; allowed format: png (with an alpha channel)",
         "openai: mask is 768x512; allowed: the first image's size 512x512",
     ]
 

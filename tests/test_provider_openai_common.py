@@ -22,7 +22,7 @@ from worker.providers.openai_common import (
 )
 
 
-def rec(i: int, fmt: str = "PNG", w: int = 512, h: int = 512, size: int = 1000) -> InputRecord:
+def rec(i: int, fmt: str = "png", w: int = 512, h: int = 512, size: int = 1000) -> InputRecord:
     return InputRecord(ref=f"img{i}.png", sha256=f"{i:064x}", bytes=size, format=fmt, width=w, height=h,
                        s3_key=f"inputs/{i}.png")
 
@@ -49,7 +49,7 @@ def test_json_body_exact() -> None:
 
 
 def test_multipart_form_exact() -> None:
-    data, files = multipart_form(edit_fields(job(num_images=3)), [(b"A", "PNG"), (b"B", "JPEG")], b"M")
+    data, files = multipart_form(edit_fields(job(num_images=3)), [(b"A", "png"), (b"B", "jpeg")], b"M")
     assert data == {"model": "gpt-image-2", "prompt": "make it blue", "n": "3", "size": "auto",
                     "quality": "medium", "background": "auto", "output_format": "png"}
     assert files == [
@@ -57,19 +57,19 @@ def test_multipart_form_exact() -> None:
         ("image[]", ("image_1.jpg", b"B", "image/jpeg")),
         ("mask", ("mask.png", b"M", "image/png")),
     ]
-    with pytest.raises(ValueError, match="images\\[0\\] has format GIF"):
+    with pytest.raises(ValueError, match="images\\[0\\] has format gif"):
         multipart_form({}, [(b"G", "GIF")], None)
 
 
 def test_validate_messages() -> None:
     assert validate_edit(job()) == []
     j = job(model="flux-kontext", background="transparent", size="3840x2176",
-            images=["a", "b"], inputs=[rec(0), rec(1, fmt="GIF")], mask="m", mask_input=rec(9, fmt="JPEG", w=256))
+            images=["a", "b"], inputs=[rec(0), rec(1, fmt="gif")], mask="m", mask_input=rec(9, fmt="jpeg", w=256))
     msgs = validate_edit(j)
     assert "openai: model=flux-kontext is not allowed; allowed values: gpt-image-2, gpt-image-2-2026-04-21, " \
            "openai/gpt-image-2, openai/gpt-image-2/edit" in msgs
-    assert "openai: images[1] is GIF; allowed formats: png, jpeg, webp" in msgs
-    assert "openai: mask is JPEG; allowed format: png (with an alpha channel)" in msgs
+    assert "openai: images[1] is gif; allowed formats: png, jpeg, webp" in msgs
+    assert "openai: mask is jpeg; allowed format: png (with an alpha channel)" in msgs
     assert "openai: mask is 256x512; allowed: the first image's size 512x512" in msgs
     assert any(m.startswith("openai: background=transparent is not allowed") for m in msgs)
     assert "openai: size=3840x2176 is not allowed (total pixels must be between 655,360 and 8,294,400); allowed: " \

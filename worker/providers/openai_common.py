@@ -61,7 +61,7 @@ STANDARD_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 QUALITIES = ("auto", "low", "medium", "high")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 BACKGROUNDS = ("auto", "opaque")  # transparent: refused for gpt-image-2 (see module docstring)
-# PIL format name (InputRecord.format) -> the content type OpenAI accepts for an input part
+# PIL format name (InputRecord.format, any case) -> the content type OpenAI accepts for an input part
 INPUT_CONTENT_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 INPUT_EXT: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
@@ -84,16 +84,14 @@ def validate_edit(job: EditJob, provider: str = "openai") -> list[str]:
     if not 1 <= len(job.inputs) <= MAX_IMAGES:
         p.append(f"{provider}: images has {len(job.inputs)} entries; allowed: 1 to {MAX_IMAGES}")
     for i, rec in enumerate(job.inputs):
-        if rec.format not in INPUT_CONTENT_TYPES:
-            p.append(
-                f"{provider}: images[{i}] is {rec.format}; allowed formats: png, jpeg, webp"
-            )
+        if rec.format.upper() not in INPUT_CONTENT_TYPES:
+            p.append(f"{provider}: images[{i}] is {rec.format.lower()}; allowed formats: png, jpeg, webp")
         if rec.bytes >= MAX_IMAGE_BYTES:
             p.append(f"{provider}: images[{i}] is {rec.bytes} bytes; allowed: under {MAX_IMAGE_BYTES} bytes (50 MB)")
     if job.mask_input is not None:
         m = job.mask_input
-        if m.format != "PNG":
-            p.append(f"{provider}: mask is {m.format}; allowed format: png (with an alpha channel)")
+        if m.format.upper() != "PNG":
+            p.append(f"{provider}: mask is {m.format.lower()}; allowed format: png (with an alpha channel)")
         if m.bytes >= MAX_MASK_BYTES:
             p.append(f"{provider}: mask is {m.bytes} bytes; allowed: under {MAX_MASK_BYTES} bytes (4 MB)")
         if job.inputs and (m.width, m.height) != (job.inputs[0].width, job.inputs[0].height):
@@ -183,15 +181,16 @@ def multipart_form(
 ) -> tuple[dict[str, str], list[FilePart]]:
     """The multipart form of `/v1/images/edits`: (form fields, file parts) as `httpx` takes them.
 
-    `images` are (bytes, PIL format name) in job order; each becomes an `image[]` part named
-    `image_<i>.<ext>` with its image content type. The mask goes out as `mask` (`mask.png`, image/png).
+    `images` are (bytes, format name such as InputRecord.format, any case) in job order; each becomes
+    an `image[]` part named `image_<i>.<ext>` with its image content type. The mask goes out as
+    `mask` (`mask.png`, image/png).
     """
     data = {k: str(v) for k, v in fields.items() if v is not None and k not in ("images", "mask")}
     files: list[FilePart] = []
     for i, (blob, fmt) in enumerate(images):
         ctype = INPUT_CONTENT_TYPES.get(fmt.upper())
         if ctype is None:
-            raise ValueError(f"images[{i}] has format {fmt}; allowed formats: png, jpeg, webp")
+            raise ValueError(f"images[{i}] has format {fmt.lower()}; allowed formats: png, jpeg, webp")
         files.append(("image[]", (f"image_{i}.{INPUT_EXT[fmt.upper()]}", blob, ctype)))
     if mask is not None:
         files.append(("mask", ("mask.png", mask, "image/png")))

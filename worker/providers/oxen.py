@@ -146,12 +146,13 @@ class OxenAdapter(ProviderAdapter):
         if len(job.inputs) > MAX_IMAGES:
             p.append(f"oxen: images has {len(job.inputs)} entries; allowed: 1 to {MAX_IMAGES}")
         for i, rec in enumerate(job.inputs):
-            if rec.format not in INPUT_FORMATS:
-                p.append(f"oxen: images[{i}] is {rec.format}; allowed formats: png, jpeg, webp")
+            if rec.format.upper() not in INPUT_FORMATS:
+                p.append(f"oxen: images[{i}] is {rec.format.lower()}; allowed formats: png, jpeg, webp")
         if job.mask_input is not None:
             m = job.mask_input
-            if m.format != "PNG":
-                p.append(f"oxen: mask is {m.format}; allowed format: png (with an alpha channel, transparent = edit)")
+            if m.format.upper() != "PNG":
+                p.append(f"oxen: mask is {m.format.lower()}; allowed format: png (with an alpha channel, "
+                         "transparent = edit)")
             if job.inputs and (m.width, m.height) != (job.inputs[0].width, job.inputs[0].height):
                 first = job.inputs[0]
                 p.append(f"oxen: mask is {m.width}x{m.height}; allowed: the first image's size "

@@ -1,0 +1,101 @@
+"""OpenAI (synchronous images/edits) end to end: Redis, moto S3 over HTTP, the sandbox, a Celery worker,
+all real processes. The API has no webhooks (and nothing to poll), so one stack with webhooks off."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from producer.api import submit_file, wait
+from producer.stack import LocalStack, reset_caches
+from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, write_jsonl
+from worker.storage import get_storage
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    saved = dict(os.environ)
+    try:
+        with LocalStack(sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8}, webhooks=False,
+                        worker_concurrency=4) as s:
+            yield s
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_caches()
+
+
+def _manifests(batch_id: str) -> list[dict]:  # type: ignore[type-arg]
+    storage = get_storage()
+    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def test_canonical_batch_on_openai(stack: LocalStack, tmp_path: Path) -> None:
+    stack.apply_env()
+    for name in ("mug.png", "mask_mug.png", "bottle.png", "backpack.png"):
+        (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
+    tag = unique("oai")
+    rows: list[dict | str] = [  # type: ignore[type-arg]
+        {"custom_id": f"{tag}-masked", "provider": "openai", "prompt": f"{tag}: a lemon label", "images": ["mug.png"],
+         "mask": "mask_mug.png", "quality": "low"},
+        {"custom_id": f"{tag}-refs", "provider": "openai", "prompt": f"{tag}: flat-lay of all three",
+         "images": ["mug.png", "bottle.png", "backpack.png"], "num_images": 2, "output_format": "jpeg",
+         "quality": "low"},
+        {"custom_id": f"{tag}-transparent", "provider": "openai", "prompt": "cut out", "images": ["mug.png"],
+         "background": "transparent"},
+    ]
+    report = submit_file(write_jsonl(tmp_path / "batch.jsonl", rows))
+    assert report.enqueued == 2, report.invalid
+    assert [(e.line, e.error) for e in report.invalid] == [(3, (
+        "openai: background=transparent is not allowed for gpt-image-2 (OpenAI rejected it at launch and lists it "
+        "only as a preview since 2026-08); allowed values: auto, opaque"))]
+    final = wait(report.batch_id, timeout=60)
+    assert final["counts"] == {"succeeded": 2}
+
+    storage = get_storage()
+    manifests = {m["custom_id"]: m for m in _manifests(report.batch_id)}
+    sent = {r["request_id"]: r for r in sandbox_requests(stack, "openai") if tag in json.dumps(r["input"])}
+    assert len(sent) == 2  # exactly one request per job
+    for m in manifests.values():
+        assert m["state"] == "succeeded" and m["provider"] == "openai"
+        assert m["provider_request_id"] in sent
+        assert [(p["attempt"], p["status"], p.get("request_id")) for p in m["provider_requests"]] == [
+            (1, "accepted", m["provider_request_id"])]
+        usage = m["usage"]
+        assert usage["cost_source"] == "tokens" and usage["cost_usd"] > 0 and usage["output_image_tokens"] > 0
+        assert len(m["outputs"]) == m["job"]["num_images"]
+        for out in m["outputs"]:
+            body = storage.get_bytes(out["key"])
+            assert sha256(body) == out["sha256"] and len(body) == out["bytes"]
+            assert out["source_url"] is None  # inline base64, nothing to fetch
+        keys = storage.list_keys(f"{storage.settings.s3_prefix}/{report.batch_id}/{m['job_id']}/")
+        assert len(keys) == len(m["outputs"]) + 1
+
+    refs = manifests[f"{tag}-refs"]
+    assert [o["content_type"] for o in refs["outputs"]] == ["image/jpeg", "image/jpeg"]
+    assert len(refs["inputs"]) == 3
+    entry = sent[refs["provider_request_id"]]["input"]
+    assert [(i["field"], i["content_type"]) for i in entry["image"]] == [("image[]", "image/png")] * 3
+    assert entry["n"] == "2" and entry["output_format"] == "jpeg" and "mask" not in entry
+    assert refs["usage"]["input_image_tokens"] == 3 * (85 + 170)
+
+    # the masked edit: OpenAI's convention (alpha 0 = edit); every pixel outside the mask is unchanged
+    masked = manifests[f"{tag}-masked"]
+    assert sent[masked["provider_request_id"]]["input"]["mask"]["content_type"] == "image/png"
+    src = Image.open(EXAMPLES / "mug.png").convert("RGB")
+    alpha = Image.open(EXAMPLES / "mask_mug.png").convert("RGBA").getchannel("A").tobytes()
+    out = Image.open(io.BytesIO(storage.get_bytes(masked["outputs"][0]["key"]))).convert("RGB")
+    assert out.size == src.size
+    s_px, o_px = src.tobytes(), out.tobytes()
+    outside = [i for i, a in enumerate(alpha) if a != 0]
+    inside = [i for i, a in enumerate(alpha) if a == 0]
+    assert outside and inside
+    assert all(s_px[3 * i : 3 * i + 3] == o_px[3 * i : 3 * i + 3] for i in outside)
+    assert sum(s_px[3 * i : 3 * i + 3] != o_px[3 * i : 3 * i + 3] for i in inside) > len(inside) // 2
