@@ -111,7 +111,7 @@ _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 class OpenAIBatchSettings(OpenAIPriceSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_OPENAI_BATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_OPENAI_BATCH_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
         None,
