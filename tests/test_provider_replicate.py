@@ -475,3 +475,48 @@ def test_cancel_running_and_cancel_after_aborts_a_queued_prediction(sb: str) -> 
             assert err.kind is ErrorKind.terminal
 
     asyncio.run(go())
+
+
+# ================================================================ the poll safety net stays far under the retention
+def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With webhooks on and a global safety-net interval of 50 min, a Replicate prediction is still polled
+    within `poll_safety_net_s` (outputs are deleted 1 h after completion); fal keeps the global interval."""
+    import secrets
+    from types import SimpleNamespace
+
+    from schemas.settings import Settings, get_settings
+    from worker.pipeline import Pipeline
+    from worker.providers.base import Submitted
+    from worker.providers.fal import FalAdapter
+    from worker.state import JobStore, State
+
+    monkeypatch.setenv("EDITQ_KEY_PREFIX", f"editq-rcap-{secrets.token_hex(4)}")
+    get_settings.cache_clear()
+    try:
+        settings = Settings(  # type: ignore[call-arg]
+            webhook_base_url="http://hooks.local", poll_interval_webhook_s=3000, poll_max_s=3000)
+        store = JobStore()
+        kick = SimpleNamespace(collect=lambda: None, dispatch=lambda *a: None, poll=lambda *a: None)
+        pipe = Pipeline(store=store, storage=object(), settings=settings, kick=kick)  # type: ignore[arg-type]
+        rep = adapter(poll_safety_net_s=120)
+        fal = FalAdapter()
+        scores = {}
+        for name, adp in (("replicate", rep), ("fal", fal)):
+            job = make_job(job_id=f"job_{name}", idempotency_key=f"k_{name}", provider=name)
+            store.create(job)
+            assert store.move(job.job_id, [State.queued], State.submitting, score=time.time() + 60).ok
+            view = store.get(job.job_id)
+            assert view is not None
+            t0 = time.time()
+            asyncio.run(pipe.submitted(adp, view, Submitted(request_id=f"rid_{name}", handle={})))
+            first = store.r.zscore(store.k.inflight, job.job_id) - t0
+            view = store.get(job.job_id)
+            assert view is not None and view.state is State.submitted
+            t1 = time.time()
+            asyncio.run(pipe._after_poll(adp, view, Outcome.running()))
+            scores[name] = (first, store.r.zscore(store.k.inflight, job.job_id) - t1)
+        assert all(0 < s <= 121 for s in scores["replicate"]), scores
+        assert all(s >= 2999 for s in scores["fal"]), scores
+        store.r.delete(*store.r.keys(store.k.prefix + ":*"))
+    finally:
+        get_settings.cache_clear()

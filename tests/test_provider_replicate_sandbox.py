@@ -140,7 +140,7 @@ def test_official_client_create_get_wait_webhook_and_outputs(sb: str, hooks: Hoo
         webhook_events_filter=["completed"],
     )
     assert pred.status in ("starting", "processing") and pred.model == MODEL and pred.version == "hidden"
-    assert pred.urls["get"] == f"{sb}/replicate/v1/predictions/{pred.id}"
+    assert pred.urls is not None and pred.urls["get"] == f"{sb}/replicate/v1/predictions/{pred.id}"
     got = client.predictions.get(pred.id)
     assert got.id == pred.id and got.status in SDK_STATUSES
     pred.wait()
@@ -195,7 +195,8 @@ def test_official_client_files_upload_as_input(sb: str, tmp_path: Path) -> None:
     uploaded = client.files.create(EXAMPLES / "watch.png")
     assert uploaded.urls["get"] == f"{sb}/replicate/v1/files/{uploaded.id}" and uploaded.size > 0
     assert client.files.get(uploaded.id).checksums["sha256"] == uploaded.checksums["sha256"]
-    out = client.run(MODEL, input={"prompt": "x", "input_images": [uploaded.urls["get"]], "output_format": "webp"})
+    out: Any = client.run(MODEL, input={"prompt": "x", "input_images": [uploaded.urls["get"]],
+                                        "output_format": "webp"})
     assert _image(httpx.get(str(out[0]), headers=AUTH).content).format == "WEBP"
     # a file handle as input: the client uploads it through /v1/files itself
     with open(EXAMPLES / "mug.png", "rb") as fh:

@@ -104,7 +104,7 @@ class ReplicateSettings(ProviderSettings):
     model_config = SettingsConfigDict(env_prefix="EDITQ_REPLICATE_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
-        None,
+        default=None,
         validation_alias=AliasChoices("EDITQ_REPLICATE_API_TOKEN", "EDITQ_REPLICATE_API_KEY", "REPLICATE_API_TOKEN"),
     )
     base_url: str = "https://api.replicate.com"  # no /v1: paths carry it, as in the official client
@@ -112,9 +112,9 @@ class ReplicateSettings(ProviderSettings):
     webhook_tolerance_s: float = 300.0
     concurrency: int = 32
     rpm: int = 600  # Replicate's documented create limit per account
-    max_num_images: int = Field(1, ge=1, le=10)
-    cancel_after: str | None = Field(None, description="Cancel-After header, e.g. '45m'; unset = none.")
-    poll_safety_net_s: float = Field(300.0, gt=0, description="Longest gap between polls of one prediction.")
+    max_num_images: int = Field(default=1, ge=1, le=10)
+    cancel_after: str | None = Field(default=None, description="Cancel-After header, e.g. '45m'; unset = none.")
+    poll_safety_net_s: float = Field(default=300.0, gt=0, description="Longest gap between polls of one prediction.")
     output_auth_hosts: list[str] = Field(
         default_factory=lambda: ["replicate.delivery"],
         description="Output hosts (and their subdomains) that get the Authorization header.",
