@@ -1,0 +1,249 @@
+"""Oxen.ai images/edit: pure translation, error classification, the emulator's strictness, and the adapter
+against the real sandbox (`python -m sandbox` in a subprocess, real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from schemas.job import EditJob, InputRecord
+from worker.errors import ErrorKind, ProviderError
+from worker.providers.base import InputUrls
+from worker.providers.oxen import OxenAdapter, OxenSettings, aspect_and_tier, classify_oxen_error, white_is_edit
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+KEY = "oxen-secret-key-42424242"
+
+
+def rec(name: str, fmt: str = "png") -> InputRecord:
+    data = (EXAMPLES / name).read_bytes()
+    with Image.open(EXAMPLES / name) as im:
+        w, h = im.size
+    return InputRecord(ref=name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), format=fmt, width=w,
+                       height=h, s3_key=f"inputs/{name}")
+
+
+def job(**kw: Any) -> EditJob:
+    base: dict[str, Any] = dict(job_id="j1", batch_id="b1", provider="oxen", prompt="make it sepia",
+                                images=["mug.png"], inputs=[rec("mug.png")], idempotency_key="k", quality="low")
+    base.update(kw)
+    return EditJob(**base)
+
+
+def adapter(base_url: str = "http://oxen.invalid/api/ai", **kw: Any) -> OxenAdapter:
+    return OxenAdapter(OxenSettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
+
+
+# ---- pure ---------------------------------------------------------------------------------------------
+def test_build_request_is_the_exact_body() -> None:
+    j = job(images=["mug.png", "bottle.png", "backpack.png"],
+            inputs=[rec("mug.png"), rec("bottle.png"), rec("backpack.png")], output_format="jpeg",
+            mask="m", mask_input=rec("mask_mug.png"))
+    req = adapter(target_namespace="acme").build_request(j, InputUrls(images=["u1", "u2", "u3"], mask="m1"), None)
+    assert (req.method, req.path) == ("POST", "/images/edit")
+    assert req.json == {"model": "gpt-image-2", "prompt": "make it sepia", "input_image": ["u1", "u2", "u3"],
+                        "aspect_ratio": "auto", "resolution": "1K", "quality": "low", "output_format": "jpeg",
+                        "response_format": "url", "mask_url": "m1", "target_namespace": "acme"}
+    mapped = adapter(size_mapping=True, model="gpt-image-2-edit").build_request(
+        job(size="1536x1024"), InputUrls(images=["u"]), None)
+    assert mapped.json is not None
+    assert (mapped.json["model"], mapped.json["aspect_ratio"], mapped.json["resolution"]) == (
+        "gpt-image-2-edit", "3:2", "1K")
+    assert aspect_and_tier(3840, 2160) == ("16:9", "4K") and aspect_and_tier(2048, 2048) == ("1:1", "2K")
+    assert aspect_and_tier(1024, 1008) is None
+
+
+def test_validate_refuses_what_oxen_cannot_do() -> None:
+    a = adapter()
+    assert a.validate(job()) == []
+    assert a.validate(job(num_images=2, size="1536x1024", quality="auto", background="transparent")) == [
+        "oxen: num_images=2 is not allowed; allowed values: 1",
+        "oxen: size=1536x1024 is not allowed; allowed values: auto (Oxen's gpt-image-2 takes an aspect ratio and a "
+        "1K/2K/4K tier, not pixels; EDITQ_OXEN_SIZE_MAPPING=1 maps WxH sizes whose ratio is one of Oxen's)",
+        "oxen: quality=auto is not allowed; allowed values: low, medium, high",
+        "oxen: background=transparent is not allowed (Oxen's gpt-image-2 has no background parameter); allowed "
+        "values: auto, opaque",
+    ]
+    assert adapter(size_mapping=True).validate(job(size="1024x1008")) == [
+        "oxen: size=1024x1008 is not allowed; allowed values: auto, or WxH with a ratio of 1:1, 16:9, 9:16, 4:3, "
+        "3:4, 3:2, 2:3, 21:9, 9:21"
+    ]
+    assert adapter(size_mapping=True).validate(job(size="1536x1024")) == []
+    assert a.validate(job(model="flux-2-dev")) == [
+        "oxen: model=flux-2-dev is not allowed; allowed values: openai/gpt-image-2/edit, openai/gpt-image-2, "
+        "gpt-image-2 (sent to Oxen as gpt-image-2)"
+    ]
+    assert a.validate(job(mask="m", mask_input=rec("sneaker.jpg", "jpeg"))) == [
+        "oxen: mask is jpeg; allowed format: png (with an alpha channel, transparent = edit)",
+        "oxen: mask is 768x512; allowed: the first image's size 512x512",
+    ]
+
+
+def test_mask_conversion_white_is_edit() -> None:
+    canonical = (EXAMPLES / "mask_mug.png").read_bytes()
+    out = Image.open(io.BytesIO(white_is_edit(canonical)))
+    alpha = Image.open(io.BytesIO(canonical)).convert("RGBA").getchannel("A")
+    assert out.mode == "L" and out.size == alpha.size
+    assert [255 if a == 0 else 0 for a in alpha.tobytes()] == list(out.tobytes())
+    assert 0 < sum(1 for v in out.tobytes() if v == 255) < out.size[0] * out.size[1]
+
+
+def test_error_classification() -> None:
+    invalid = {"error": {"type": "invalid_params", "title": "Invalid parameters supplied, please check your request "
+                         "and try again.", "detail": "quality must be one of: low, medium, high"},
+               "status": "error", "status_message": "invalid_params"}
+    e = classify_oxen_error(400, invalid, {}, request_id="r1")
+    assert (e.kind, e.provider_code, e.status_code) == (ErrorKind.terminal, "invalid_params", 400)
+    assert e.reason == ("oxen edit: HTTP 400: invalid_params: Invalid parameters supplied, please check your request "
+                        "and try again.: quality must be one of: low, medium, high (request r1)")
+    assert classify_oxen_error(404, {"error": {"message": "Model not found: x"}}, {}).kind is ErrorKind.terminal
+    limited = classify_oxen_error(429, {"error": {"type": "rate_limit_exceeded"}},
+                                  httpx.Headers({"Retry-After": "7"}))
+    assert limited.kind is ErrorKind.retryable and limited.retry_after_s == 7.0
+    assert classify_oxen_error(402, {"error": {"title": "Insufficient credits"}}, {}).kind is ErrorKind.terminal
+    fetch = classify_oxen_error(400, {"error": {"type": "invalid_params", "detail": "403 Client Error: Forbidden for "
+                                                "url: https://s3/x"}}, {})
+    assert fetch.kind is ErrorKind.unknown
+    assert classify_oxen_error(504, "gateway", {}).maybe_billed
+    leaked = classify_oxen_error(401, {"error": {"detail": f"bad key {KEY}"}}, {}, secrets=[KEY])
+    assert KEY not in leaked.reason and leaked.kind is ErrorKind.terminal
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith(("EDITQ_OXEN_", "OXEN_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("OXEN_API_KEY", "k1")
+    monkeypatch.setenv("EDITQ_OXEN_MODEL", "gpt-image-2-edit")
+    monkeypatch.setenv("EDITQ_OXEN_RESOLUTION", "2K")
+    s = OxenSettings()
+    assert s.api_key is not None and s.api_key.get_secret_value() == "k1"
+    assert (s.base_url, s.model, s.resolution, s.timeout_s) == ("https://hub.oxen.ai/api/ai", "gpt-image-2-edit",
+                                                                "2K", 300.0)
+    assert OxenAdapter.synchronous and not OxenAdapter.supports_webhooks
+
+
+def test_transport_failures_after_sending_are_maybe_billed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            a = adapter()
+            await a.submit(http, job(), a.build_request(job(), InputUrls(images=["u"]), None))
+
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(go())
+    assert info.value.kind is ErrorKind.retryable and info.value.maybe_billed and KEY not in info.value.reason
+
+
+# ---- against the real sandbox ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_SANDBOX_")}
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
+                             "--latency", "0.05", "--jitter", "0"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/_sandbox/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "sandbox did not start"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _uri(name: str) -> str:
+    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+
+
+def test_adapter_edits_three_references_as_jpeg_against_the_sandbox(sandbox: str) -> None:
+    a = adapter(sandbox + "/oxen/api/ai")
+    j = job(images=["mug.png", "bottle.png", "backpack.png"],
+            inputs=[rec("mug.png"), rec("bottle.png"), rec("backpack.png")], output_format="jpeg")
+
+    async def go() -> Any:
+        async with httpx.AsyncClient() as http:
+            req = a.build_request(j, InputUrls(images=[_uri("mug.png"), _uri("bottle.png"), _uri("backpack.png")]),
+                                  None)
+            sub = await a.submit(http, j, req)
+            assert sub.outcome is not None and sub.outcome.result is not None
+            out = sub.outcome.result.outputs
+            assert len(out) == 1 and out[0].url and out[0].content_type == "image/jpeg"
+            body = (await http.get(out[0].url)).content
+            return sub, body
+
+    sub, body = asyncio.run(go())
+    assert sub.request_id.startswith("oxen-")
+    assert sub.outcome.result.raw["model"] == "gpt-image-2"
+    with Image.open(io.BytesIO(body)) as im:
+        assert (im.format, im.size) == ("JPEG", (1024, 1024))  # aspect auto (1:1 input), tier 1K
+    log = httpx.get(sandbox + "/_sandbox/requests", params={"provider": "oxen"}).json()["requests"]
+    assert log[-1]["input"]["aspect_ratio"] == "auto" and len(log[-1]["input"]["input_image"]) == 3
+    assert KEY not in str(log)
+
+
+@pytest.mark.parametrize(("body", "status", "expected"), [
+    ({"model": "gpt-image-2", "prompt": "p", "input_image": ["x"], "num_images": 2}, 400,
+     {"error": {"type": "invalid_params", "title": "Invalid parameters supplied, please check your request and try "
+                "again.", "detail": "Unknown parameter(s) for gpt-image-2: num_images."}, "status": "error",
+      "status_message": "invalid_params"}),
+    ({"model": "gpt-image-2", "prompt": "p", "input_image": ["x"], "quality": "auto"}, 400,
+     {"error": {"type": "invalid_params", "title": "Invalid parameters supplied, please check your request and try "
+                "again.", "detail": "quality must be one of: low, medium, high (got 'auto')."}, "status": "error",
+      "status_message": "invalid_params"}),
+    ({"model": "gpt-image-2-edit", "prompt": "p", "input_image": ["x"]}, 404,
+     {"error": {"message": "Model not found: gpt-image-2-edit"}}),
+    ({"model": "gpt-image-2", "prompt": "p", "input_image": []}, 400,
+     {"error": {"type": "invalid_params", "title": "Invalid parameters supplied, please check your request and try "
+                "again.", "detail": "input_image must be a non-empty array of image URLs for images/edit."},
+      "status": "error", "status_message": "invalid_params"}),
+])
+def test_sandbox_refuses_what_oxen_refuses(sandbox: str, body: dict[str, Any], status: int,
+                                           expected: dict[str, Any]) -> None:
+    r = httpx.post(sandbox + "/oxen/api/ai/images/edit", json=body, headers={"Authorization": "Bearer k"})
+    assert (r.status_code, r.json()) == (status, expected)
+
+
+def test_sandbox_auth_credits_and_bad_input_url(sandbox: str) -> None:
+    url = sandbox + "/oxen/api/ai/images/edit"
+    ok = {"model": "gpt-image-2", "prompt": "p", "input_image": [_uri("mug.png")]}
+    r = httpx.post(url, json=ok)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "unauthenticated"
+    r = httpx.post(url, json=ok, headers={"Authorization": "Bearer oxen-no-credits"})
+    assert r.status_code == 402 and r.json()["error"]["title"] == "Insufficient credits"
+    missing = {**ok, "input_image": [sandbox + "/files/00000000000000000000000000000000.png"]}
+    r = httpx.post(url, json=missing, headers={"Authorization": "Bearer k"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["detail"].startswith("404 Client Error: ")
+    assert classify_oxen_error(r.status_code, r.json(), r.headers).kind is ErrorKind.unknown
+    r = httpx.post(url, json={**ok, "response_format": "b64_json", "aspect_ratio": "16:9"},
+                   headers={"Authorization": "Bearer k"}, timeout=20)
+    assert r.status_code == 200
+    with Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["b64_json"]))) as im:
+        assert im.size == (2048, 1152)  # Oxen's default tier is 2K
