@@ -6,11 +6,12 @@ Precedence: field defaults < ``EDITQ_SANDBOX_<FIELD>`` environment variables < C
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "EDITQ_SANDBOX_"
 
@@ -59,6 +60,11 @@ class SandboxConfig(BaseModel):
 
     # --- job faults ---------------------------------------------------------------------------
     job_failure_rate: Rate = _rate("Fraction of accepted jobs that complete with a provider error.")
+    provider_faults: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Per-provider overrides of *_rate faults, e.g. {"replicate": {"submit_5xx_rate": 0}} (JSON on '
+        "CLI/env); honoured by providers that read rates through rate().",
+    )
 
     # --- webhook faults -------------------------------------------------------------------------
     webhook_lost_rate: Rate = _rate("Fraction of webhooks never sent.")
@@ -82,6 +88,20 @@ class SandboxConfig(BaseModel):
     openai_batch_expire_after_lines: int = Field(
         default=-1, ge=-1, description="OpenAI Batch: run only the first N lines, then end `expired` (-1: never)."
     )
+
+    @field_validator("provider_faults", mode="before")
+    @classmethod
+    def _provider_faults(cls, value: Any) -> Any:
+        value = json.loads(value) if isinstance(value, str) else value
+        for rates in value.values() if isinstance(value, dict) else ():
+            for name, rate in rates.items() if isinstance(rates, dict) else ():
+                if not name.endswith("_rate") or name not in cls.model_fields or not 0.0 <= float(rate) <= 1.0:
+                    raise ValueError(f"{name}={rate!r}: expected a *_rate field name and a rate from 0 to 1")
+        return value
+
+    def rate(self, provider: str, name: str) -> float:
+        """Fault rate ``name`` for ``provider``: its ``provider_faults`` override if set, else the global field."""
+        return float(self.provider_faults.get(provider, {}).get(name, getattr(self, name)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SandboxConfig:

@@ -328,7 +328,7 @@ class Runner:
         job.state = JobState.IN_PROGRESS
         job.started_at, job.started_mono = time.time(), time.monotonic()
         job.planned_duration_s = cfg.latency_s + self._dice.uniform("jitter", 0.0, cfg.jitter_s)
-        fail = self._dice.roll("job_failure", cfg.job_failure_rate)
+        fail = self._dice.roll("job_failure", cfg.rate(job.provider, "job_failure_rate"))
         job.log("Request started.")
         job.task = asyncio.get_running_loop().create_task(self._run(job, fail))
 

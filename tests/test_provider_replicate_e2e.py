@@ -99,6 +99,7 @@ def check_canonical(stack: LocalStack, report: BatchReport, tag: str) -> dict[st
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     saved = dict(os.environ)
+    os.environ["EDITQ_RETRY_BASE_S"] = "0.2"  # quick retries for the fallback test
     try:
         with LocalStack(sandbox_opts=SANDBOX, worker_concurrency=8) as s:
             yield s
@@ -189,6 +190,37 @@ def test_receiver_refuses_forged_deliveries_and_accepts_one_valid_once(live: Loc
     after = status(job_id)
     assert after["state"] == "succeeded" and [h["state"] for h in after["history"]] == history
     assert history == ["queued", "submitting", "submitted", "ready", "collecting", "succeeded"]
+
+
+def test_route_falls_back_from_failing_fal_to_replicate(live: LocalStack, tmp_path: Path) -> None:
+    """`provider: "fal,replicate"`: every fal submit answers 503 (a sandbox fault that replicate is exempt
+    from through the per-provider override), so after its attempts the job runs on replicate."""
+    sandbox = live.env["EDITQ_SANDBOX_URL"]
+    faults = {"submit_5xx_rate": 1.0, "provider_faults": {"replicate": {"submit_5xx_rate": 0.0}}}
+    httpx.patch(f"{sandbox}/_sandbox/config", json=faults).raise_for_status()
+    try:
+        before = httpx.get(f"{sandbox}/_sandbox/stats").json()["providers"]
+        tag = f"rfall{int(time.time() * 1000) % 100000}"
+        report = submit_rows(tmp_path, [{"custom_id": tag, "prompt": tag, "images": [str(EXAMPLES / "mug.png")],
+                                         "provider": "fal,replicate", "quality": "low"}])
+        assert report.enqueued == 1, report.invalid
+        final = wait(report.batch_id, timeout=60)
+        assert final["counts"] == {"succeeded": 1}
+        after = httpx.get(f"{sandbox}/_sandbox/stats").json()["providers"]
+    finally:
+        httpx.patch(f"{sandbox}/_sandbox/config", json={"submit_5xx_rate": 0.0, "provider_faults": {}})
+    (m,) = manifests(report.batch_id)
+    assert m["provider"] == "replicate" and m["state"] == "succeeded"
+    tried = [(r["provider"], r["status"]) for r in m["provider_requests"]]
+    assert tried[-1] == ("replicate", "accepted") and ("fal", "failed") in tried
+    assert all(p == "fal" for p, _ in tried[:-1])
+    fal_503 = after["fal"]["rejected"].get("5xx", 0) - before["fal"]["rejected"].get("5xx", 0)
+    assert fal_503 == len(tried) - 1 >= 1
+    assert after["fal"]["accepted"] == before["fal"]["accepted"]
+    assert after["replicate"]["accepted"] == before["replicate"]["accepted"] + 1
+    assert [h["state"] for h in m["history"]].count("queued") >= 2  # re-queued for the next provider
+    (out,) = m["outputs"]
+    assert hashlib.sha256(get_storage().get_bytes(out["key"])).hexdigest() == out["sha256"]
 
 
 @pytest.fixture(scope="module")

@@ -329,3 +329,17 @@ def test_webhook_resend_keeps_webhook_id_and_filter_is_honoured(sb: str) -> None
     finally:
         flaky.close()
         quiet.close()
+
+
+def test_per_provider_fault_overrides() -> None:
+    from pydantic import ValidationError
+
+    from sandbox.config import SandboxConfig
+
+    cfg = SandboxConfig.from_env({}, submit_5xx_rate=1.0, provider_faults='{"replicate": {"submit_5xx_rate": 0}}')
+    assert cfg.rate("replicate", "submit_5xx_rate") == 0.0 and cfg.rate("fal", "submit_5xx_rate") == 1.0
+    assert cfg.rate("replicate", "submit_429_rate") == 0.0
+    for bad in ({"replicate": {"latency_s": 0.5}}, {"replicate": {"submit_5xx_rate": 2}},
+                {"replicate": {"submit_typo_rate": 0.1}}):
+        with pytest.raises(ValidationError):
+            cfg.updated({"provider_faults": bad})

@@ -308,13 +308,13 @@ class ReplicateProvider:
     def _faults(self) -> JSONResponse | str | None:
         """Submit-time faults: a response to send, "timeout" to hold then 504, or None."""
         cfg, dice, runner = self.state.current, self.state.dice, self.state.runner
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
+        if dice.roll("submit_timeout", cfg.rate(NAME, "submit_timeout_rate")):
             runner.reject(NAME, "timeout")
             return "timeout"
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
+        if dice.roll("submit_5xx", cfg.rate(NAME, "submit_5xx_rate")):
             runner.reject(NAME, "5xx")
             return problem(503, "Service Unavailable", "The service is temporarily unavailable. Try again later.")
-        if dice.roll("submit_429", cfg.submit_429_rate):
+        if dice.roll("submit_429", cfg.rate(NAME, "submit_429_rate")):
             runner.reject(NAME, "429")
             wait = max(1, math.ceil(cfg.retry_after_s))
             return problem(429, "Too Many Requests", f"Request was throttled. Your rate limit resets in ~{wait}s.",
