@@ -78,6 +78,9 @@ def test_canonical_batch_on_openai(stack: LocalStack, tmp_path: Path) -> None:
         keys = storage.list_keys(f"{storage.settings.s3_prefix}/{report.batch_id}/{m['job_id']}/")
         assert len(keys) == len(m["outputs"]) + 1
 
+    key = stack.env["EDITQ_OPENAI_API_KEY"]
+    assert key not in json.dumps(manifests) and key not in stack.log("worker0")
+
     refs = manifests[f"{tag}-refs"]
     assert [o["content_type"] for o in refs["outputs"]] == ["image/jpeg", "image/jpeg"]
     assert len(refs["inputs"]) == 3
