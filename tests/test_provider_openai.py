@@ -434,3 +434,13 @@ def test_request_form_round_trips_through_the_sandbox_parser() -> None:
         "gpt-image-2", 2, "auto", "jpeg", "low")
     assert params.images == [(EXAMPLES / n).read_bytes() for n in ("mug.png", "bottle.png", "backpack.png")]
     assert params.mask == (EXAMPLES / "mask_mug.png").read_bytes()
+
+
+@pytest.mark.parametrize(("patch", "status"), [({"submit_5xx_rate": 1.0}, 500), ({"job_failure_rate": 1.0}, 500)])
+def test_server_errors_are_retryable_and_not_billed(sb: str, patch: dict[str, float], status: int) -> None:
+    httpx.patch(sb + "/_sandbox/config", json=patch).raise_for_status()
+    with pytest.raises(ProviderError) as info:
+        run(_submit(adapter(sb + "/openai/v1"), job()))
+    err = info.value
+    assert (err.kind, err.status_code, err.maybe_billed) == (ErrorKind.retryable, status, False)
+    assert err.reason.startswith("openai edit: HTTP 500: server_error: The server had an error")
