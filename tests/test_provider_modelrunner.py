@@ -429,3 +429,30 @@ def test_configured_secret_and_rotation_list() -> None:
                 "webhook-signature": sign_v1(old, "msg_1", ts, body)}
     with pytest.raises(WebhookRejected, match="signature does not match"):
         run(a.verify_webhook(httpx.AsyncClient(), only_old, body, now=ts))
+
+
+# ------------------------------------------------------------------------------------------------ official SDK
+def test_modelrunner_ai_sdk_contract(sandbox_url: str, http: httpx.Client, peer: Peer,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`modelrunner-ai` (0.6.0; optional, not a project dependency), pointed at the sandbox by its URL constants
+    only, submits, polls, fetches the result and verifies a delivery unmodified."""
+    sdk = pytest.importorskip("modelrunner_ai")
+    import modelrunner_ai.client as sdk_client
+
+    monkeypatch.setattr(sdk_client, "QUEUE_URL_FORMAT", f"{sandbox_url}/modelrunner/")
+    monkeypatch.setattr(sdk_client, "WEBHOOK_SECRET_URL", f"{sandbox_url}/modelrunner/webhooks/default/secret")
+    client = sdk.SyncClient(key="sdk-key")
+    handle = client.submit(MODEL, {"prompt": "sepia", "image_urls": [data_uri(EXAMPLES / "watch.png")],
+                                   "num_images": 2, "output_format": "webp", "quality": "low"},
+                           priority="low", metadata={"sku": "W1"}, webhook_url=f"{peer.url}/hooks/sdk",
+                           webhook_events=["completed"])
+    result = handle.get()
+    assert (result["id"], result["status"], result["billingStatus"]) == (handle.request_id, "COMPLETED", "charged")
+    assert result["metadata"] == {"sku": "W1"} and len(result["output"]["images"]) == 2
+    assert Image.open(io.BytesIO(httpx.get(result["output"]["images"][0]["url"]).content)).format == "WEBP"
+    handle.cancel()  # accepted (a no-op on model endpoints)
+    _, headers, body = wait_for(lambda: next(iter(peer.for_id(handle.request_id)), None), what="webhook")
+    payload = sdk.verify_webhook(client.get_webhook_secret(), headers, body)
+    assert payload["event"] == "completed" and payload["output"] == result["output"]
+    entry = httpx.get(f"{sandbox_url}/_sandbox/requests/{handle.request_id}").json()
+    assert entry["headers"]["user-agent"].startswith("modelrunner-ai/") and entry["priority"] == "low"
