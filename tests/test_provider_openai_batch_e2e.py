@@ -1,0 +1,198 @@
+"""openai_batch end to end on real parts: Redis, S3 over HTTP (moto), the sandbox, a Celery worker. Polling only
+(OpenAI Batch has no per-job webhooks), so the stack runs with webhooks off.
+
+Jobs are enqueued while no worker runs, then a worker is started: its first dispatch claims them all, so they
+share one provider batch (what an overnight run looks like).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from producer.api import submit_file, wait
+from producer.stack import LocalStack
+from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, wait_for, write_jsonl
+from worker.storage import get_storage
+
+WORKER_ENV = {
+    "EDITQ_POLL_INTERVAL_S": "0.2",
+    "EDITQ_POLL_MAX_S": "0.4",
+    "EDITQ_TICK_INTERVAL_S": "0.2",
+    "EDITQ_RETRY_BASE_S": "3",
+    "EDITQ_OPENAI_BATCH_STATUS_TTL_S": "0.2",
+}
+SANDBOX_KEY = "sk-sandbox-batch-key"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(workers=0, webhooks=False,
+                    sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8, "seed": 5}) as s:
+        yield s
+
+
+@pytest.fixture
+def live(stack: LocalStack) -> Iterator[LocalStack]:
+    import os
+
+    from producer.stack import reset_caches
+
+    saved = dict(os.environ)
+    stack.apply_env()
+    yield stack
+    for name in [n for n in stack.procs if n.startswith("batchworker")]:
+        stack.stop_proc(name)
+    os.environ.clear()
+    os.environ.update(saved)
+    reset_caches()
+
+
+def _sandbox(stack: LocalStack, patch: dict[str, Any]) -> None:
+    httpx.patch(f"{stack.env['EDITQ_SANDBOX_URL']}/_sandbox/config", json=patch, timeout=10).raise_for_status()
+
+
+def _provider_batches(stack: LocalStack) -> list[dict[str, Any]]:
+    r = httpx.get(f"{stack.env['EDITQ_SANDBOX_URL']}/openai/v1/batches", params={"limit": 100},
+                  headers={"Authorization": f"Bearer {SANDBOX_KEY}"}, timeout=10)
+    r.raise_for_status()
+    return list(r.json()["data"])
+
+
+def _manifests(batch_id: str) -> dict[str, dict[str, Any]]:
+    storage = get_storage()
+    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
+    rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return {m["custom_id"]: m for m in rows}
+
+
+def _copy_inputs(dest: Path) -> None:
+    for name in ("mug.png", "bottle.png", "watch.png", "mask_mug.png"):
+        shutil.copy(EXAMPLES / name, dest / name)
+
+
+def _start_worker(stack: LocalStack, tag: str, **extra: str) -> None:
+    stack.start_worker(f"batchworker-{tag}", extra_env={**WORKER_ENV, **extra})
+
+
+def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_path: Path) -> None:
+    tag = unique("oaib")
+    _copy_inputs(tmp_path)
+    rows = [
+        {"custom_id": f"{tag}-canon", "provider": "openai_batch", "model": "gpt-image-2",
+         "prompt": f'{tag}: redesign only the label with the words "FRESH BREW"',
+         "images": ["mug.png", "bottle.png", "watch.png"], "mask": "mask_mug.png", "num_images": 2,
+         "output_format": "jpeg", "quality": "low"},
+        {"custom_id": f"{tag}-plain", "provider": "openai_batch", "prompt": f"{tag}: black and white studio shot",
+         "images": ["bottle.png"], "quality": "medium"},
+    ]
+    report = submit_file(write_jsonl(tmp_path / "batch.jsonl", rows))
+    assert report.enqueued == 2 and not report.invalid
+    _start_worker(live, "canon")
+    final = wait(report.batch_id, timeout=90)
+    assert final["counts"] == {"succeeded": 2}
+
+    storage = get_storage()
+    manifests = _manifests(report.batch_id)
+    provider_batches = {m["provider_request_id"].split(":")[0] for m in manifests.values()}
+    assert len(provider_batches) == 1, "both jobs were claimed by one dispatch and share one provider batch"
+    (pbid,) = provider_batches
+    assert pbid.startswith("batch_")
+    canon = manifests[f"{tag}-canon"]
+    assert canon["provider"] == "openai_batch" and canon["provider_request_id"] == f"{pbid}:{canon['job_id']}"
+    assert [h["state"] for h in canon["history"]] == ["queued", "submitting", "submitted", "ready", "collecting",
+                                                      "succeeded"]
+    assert [(r["status"], r.get("request_id")) for r in canon["provider_requests"]] == [
+        ("accepted", canon["provider_request_id"])]
+    assert len(canon["inputs"]) == 3 and canon["mask"]["format"] == "png"
+    assert len(canon["outputs"]) == 2
+    for out in canon["outputs"]:
+        body = storage.get_bytes(out["key"])
+        assert sha256(body) == out["sha256"] and len(body) == out["bytes"]
+        with Image.open(io.BytesIO(body)) as im:
+            assert (im.format, im.size) == ("JPEG", (512, 512)) == ("JPEG", (out["width"], out["height"]))
+        assert out["content_type"] == "image/jpeg" and out["key"].endswith(".jpg")
+    # cost: the line's usage priced at 50% of gpt-image-2's sync token prices
+    u = canon["usage"]
+    assert u["cost_source"] == "tokens" and u["input_image_tokens"] == 3 * (85 + 170)
+    sync = (u["input_text_tokens"] * 5 + u["input_image_tokens"] * 8 + u["output_image_tokens"] * 30) / 1e6
+    assert u["cost_usd"] == pytest.approx(sync / 2, abs=1e-6)
+    # exactly one provider line per job; the decoded outputs were staged once under the provider batch id
+    mine = [r for r in sandbox_requests(live, "openai_batch") if tag in json.dumps(r.get("input"))]
+    assert sorted(r["input"]["custom_id"] for r in mine) == sorted(m["job_id"] for m in manifests.values())
+    staged = storage.list_keys(f"staging/openai_batch/{pbid}/")
+    assert sorted(k.split("/", 3)[3] for k in staged) == sorted(
+        [f"{canon['job_id']}/0.jpg", f"{canon['job_id']}/1.jpg", f"{manifests[f'{tag}-plain']['job_id']}/0.png"])
+    assert SANDBOX_KEY not in json.dumps(manifests)
+
+
+def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_path: Path) -> None:
+    tag = unique("oaibx")
+    _copy_inputs(tmp_path)
+    rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
+             "images": ["mug.png"], "quality": "low"} for i in range(5)]
+    report = submit_file(write_jsonl(tmp_path / "x.jsonl", rows))
+    assert report.enqueued == 5
+    started = time.time() - 1
+    _sandbox(live, {"openai_batch_expire_after_lines": 2})
+    try:
+        _start_worker(live, "expiry")
+        expired = wait_for(lambda: [b for b in _provider_batches(live) if b["status"] == "expired"
+                                    and b["created_at"] >= started and b["request_counts"]["total"] == 5],
+                           60, "the first provider batch to expire", interval=0.02)
+    finally:
+        _sandbox(live, {"openai_batch_expire_after_lines": -1})  # the retries' window does not run out
+    first = expired[0]
+    assert first["request_counts"] == {"total": 5, "completed": 2, "failed": 3}
+
+    final = wait(report.batch_id, timeout=90)
+    assert final["counts"] == {"succeeded": 5}
+    manifests = _manifests(report.batch_id)
+    once = [m for m in manifests.values() if m["attempts"] == 1]
+    twice = [m for m in manifests.values() if m["attempts"] == 2]
+    assert len(once) == 2 and len(twice) == 3
+    for m in once:
+        assert m["provider_request_id"].startswith(first["id"] + ":")
+        assert [r["status"] for r in m["provider_requests"]] == ["accepted"]
+    for m in twice:
+        first_try, second_try = m["provider_requests"]
+        assert first_try["status"] == "failed" and first_try["request_id"] == f"{first['id']}:{m['job_id']}"
+        assert first_try["error"].startswith(f"openai_batch: not run: batch_expired in batch {first['id']} "
+                                             "(not billed; back to the queue)")
+        assert second_try["status"] == "accepted" and not m["provider_request_id"].startswith(first["id"])
+        assert "retry_wait" in [h["state"] for h in m["history"]] and len(m["outputs"]) == 1
+    mine = [r for r in sandbox_requests(live, "openai_batch") if tag in json.dumps(r.get("input"))]
+    assert len(mine) == 5, "the expired lines never ran; each job ran exactly once"
+
+
+def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, tmp_path: Path) -> None:
+    tag = unique("oaibf")
+    _copy_inputs(tmp_path)
+    rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
+             "images": ["bottle.png"], "quality": "low"} for i in range(3)]
+    report = submit_file(write_jsonl(tmp_path / "f.jsonl", rows))
+    _sandbox(live, {"openai_batch_expire_after_lines": 1})
+    try:
+        _start_worker(live, "failpolicy", EDITQ_OPENAI_BATCH_UNRUN_POLICY="fail")
+        final = wait(report.batch_id, timeout=90)
+    finally:
+        _sandbox(live, {"openai_batch_expire_after_lines": -1})
+    assert final["counts"] == {"succeeded": 1, "failed": 2}
+    manifests = _manifests(report.batch_id)
+    failed = [m for m in manifests.values() if m["state"] == "failed"]
+    assert len(failed) == 2
+    for m in failed:
+        assert m["attempts"] == 1 and m["outputs"] == []
+        assert m["error"]["kind"] == "terminal" and m["error"]["provider_code"] == "batch_expired"
+        assert "(not billed; failed by unrun_policy=fail)" in m["error"]["reason"]
+    [ok] = [m for m in manifests.values() if m["state"] == "succeeded"]
+    assert len(ok["outputs"]) == 1 and ok["usage"]["cost_usd"] > 0
