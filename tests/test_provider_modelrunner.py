@@ -164,6 +164,24 @@ def test_submit_errors_are_classified_and_never_leak_the_key() -> None:
     assert missing.kind is ErrorKind.terminal and "EDITQ_MODELRUNNER_MODEL_PATH" in missing.reason
 
 
+def test_returned_urls_are_followed_only_on_the_api_origin() -> None:
+    a = adapter()
+    job = make_job()
+    req = a.build_request(job, InputUrls(images=["https://s3/a"]), None)
+    own = "https://queue.modelrunner.test/openai/gpt-image-2/edit/requests/" + "r" * 21
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"status": "IN_QUEUE", "request_id": "r" * 21, "status_url": own + "/status",
+                                         "response_url": "https://evil.example/steal", "cancel_url": own + "/cancel"})
+
+    async def go() -> Any:
+        async with mock_client(handler) as http:
+            return await a.submit(http, job, req)
+
+    sub = run(go())
+    assert sub.handle == {"status_url": own + "/status", "response_url": own, "cancel_url": own + "/cancel"}
+
+
 def _routes(status: tuple[int, dict[str, Any]], result: tuple[int, dict[str, Any]] | None = None) -> Any:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/status"):

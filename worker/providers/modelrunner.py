@@ -48,6 +48,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr
@@ -195,11 +196,9 @@ class ModelRunnerAdapter(ProviderAdapter):
             reason = self._scrub(f"modelrunner submit: no request_id in {str(data)[:200]}")
             raise ProviderError(ErrorKind.unknown, reason, maybe_billed=True)
         base = f"{self.settings.base_url.rstrip('/')}{req.path}/requests/{rid}"
-        handle = {
-            "status_url": data.get("status_url") or f"{base}/status",
-            "response_url": data.get("response_url") or base,
-            "cancel_url": data.get("cancel_url") or f"{base}/cancel",
-        }
+        fallback = {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel"}
+        # the key goes with every status/result call: follow the returned URLs only on the configured API origin
+        handle = {k: data[k] if _same_origin(data.get(k), self.settings.base_url) else v for k, v in fallback.items()}
         return Submitted(request_id=str(rid), handle=handle)
 
     async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
@@ -373,6 +372,13 @@ def _json(resp: httpx.Response) -> Any:
         return resp.json()
     except ValueError:
         return None
+
+
+def _same_origin(url: Any, base: str) -> bool:
+    if not isinstance(url, str):
+        return False
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
 def _outputs(output: Any) -> list[OutputRef]:
