@@ -99,11 +99,12 @@ class FakeRedis:
 
 class _Client:
     def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int) -> str:
-        return f"http://s3.test/{Params['Bucket']}/{Params['Key']}?sig=1"
+        return f"http://s3.test/{Params['Bucket']}/{Params['Key']}?sig=1&ttl={ExpiresIn}"
 
 
 class _StorageSettings:
     presign_ttl_s = 3600
+    s3_public_endpoint: str | None = None
 
 
 class MemoryStorage:
@@ -119,6 +120,7 @@ class MemoryStorage:
 
 
 def adapter(base_url: str = "http://openai.test/v1", **kw: Any) -> OpenAIBatchAdapter:
+    kw.setdefault("input_url_ttl_s", 0)  # keep the URLs the tests give (inline data URIs for the sandbox)
     settings = OpenAIBatchSettings(api_key=KEY, base_url=base_url, **kw)
     return OpenAIBatchAdapter(settings, redis=FakeRedis(), storage=MemoryStorage(), key_prefix="t")
 
@@ -180,6 +182,22 @@ def test_settings_hooks_claim_size_and_deadline() -> None:
     assert a.auth_headers() == {"Authorization": f"Bearer {KEY}"}
     b = OpenAIBatchAdapter(OpenAIBatchSettings(api_key=KEY, organization="org-1", project="proj-1"))
     assert b.auth_headers()["OpenAI-Organization"] == "org-1" and b.auth_headers()["OpenAI-Project"] == "proj-1"
+
+
+def test_input_urls_are_resigned_to_outlive_the_24h_window() -> None:
+    a = adapter(input_url_ttl_s=26 * 3600)
+    assert OpenAIBatchSettings().input_url_ttl_s == 26 * 3600  # the default
+    a.storage.settings.s3_public_endpoint = "https://files.example.com"
+    j = canonical()
+    [(same_job, req)] = a._resign_all([(j, a.build_request(j, URLS, None))])
+    assert same_job is j
+    body = req.json["body"]  # type: ignore[index]
+    assert [i["image_url"] for i in body["images"]] == [
+        f"https://files.example.com/editq/inputs/{i}.png?sig=1&ttl=93600" for i in range(3)]
+    assert body["mask"] == {"image_url": "https://files.example.com/editq/inputs/9.png?sig=1&ttl=93600"}
+    assert {k: v for k, v in body.items() if k not in ("images", "mask")} == {
+        "model": "gpt-image-2", "prompt": "make it sepia", "n": 2, "size": "auto", "quality": "low",
+        "background": "auto", "output_format": "jpeg"}
 
 
 def test_chunking_respects_line_and_byte_limits() -> None:
@@ -250,8 +268,8 @@ def test_success_line_stages_images_and_prices_at_half() -> None:
     out = a._outcome("batch_x", rec_)
     assert out.done and out.result is not None and out.result.usage is not None
     assert [o.url for o in out.result.outputs] == [
-        "http://s3.test/editq/staging/openai_batch/batch_x/job_1/0.jpg?sig=1",
-        "http://s3.test/editq/staging/openai_batch/batch_x/job_1/1.jpg?sig=1"]
+        "http://s3.test/editq/staging/openai_batch/batch_x/job_1/0.jpg?sig=1&ttl=3600",
+        "http://s3.test/editq/staging/openai_batch/batch_x/job_1/1.jpg?sig=1&ttl=3600"]
     assert out.result.raw["batch_id"] == "batch_x" and out.result.raw["size"] == "32x16"
 
 

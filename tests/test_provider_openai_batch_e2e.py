@@ -129,6 +129,9 @@ def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_pa
     # exactly one provider line per job; the decoded outputs were staged once under the provider batch id
     mine = [r for r in sandbox_requests(live, "openai_batch") if tag in json.dumps(r.get("input"))]
     assert sorted(r["input"]["custom_id"] for r in mine) == sorted(m["job_id"] for m in manifests.values())
+    line = next(r["input"]["body"] for r in mine if r["input"]["custom_id"] == canon["job_id"])
+    urls = [i["image_url"] for i in line["images"]] + [line["mask"]["image_url"]]
+    assert len(urls) == 4 and all("X-Amz-Expires=93600" in u for u in urls), "inputs must outlive the 24 h window"
     staged = storage.list_keys(f"staging/openai_batch/{pbid}/")
     assert sorted(k.split("/", 3)[3] for k in staged) == sorted(
         [f"{canon['job_id']}/0.jpg", f"{canon['job_id']}/1.jpg", f"{manifests[f'{tag}-plain']['job_id']}/0.png"])

@@ -30,6 +30,10 @@ How the adapter maps that onto the pipeline's hooks:
   Disk: none. S3 holds the staged copy until a lifecycle rule on `staging_prefix` removes it (document: 7 days).
   An interrupted ingest (worker killed, `ingest_budget_s` reached) is resumed by the next poll: lines whose
   custom_id already has a record are skipped without decoding.
+* Input URLs: a line may start up to 24 h after the upload, longer than the pipeline's presigned URLs last
+  (`EDITQ_PRESIGN_TTL_S`, 6 h), so `submit_many` re-signs every input for `input_url_ttl_s` (26 h) on the host
+  providers use (`EDITQ_S3_PUBLIC_ENDPOINT`). With temporary (STS) credentials a URL dies with the session
+  whatever its lifetime: sign with long-lived credentials for this provider.
 * Cost: `usage` of each line priced with gpt-image-2 token prices x `discount` (0.5: Batch is half price;
   the reference marks "images get the same 50%" as inferred).
 
@@ -71,6 +75,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr
@@ -138,6 +143,11 @@ class OpenAIBatchSettings(OpenAIPriceSettings):
     discount: float = Field(0.5, ge=0, le=1, description="Batch price multiplier applied to the token prices.")
     unrun_policy: Literal["retry", "fail"] = Field(
         "retry", description="Lines a batch never ran (expired/cancelled/failed): back to the queue, or fail."
+    )
+    input_url_ttl_s: int = Field(
+        26 * 3600, ge=0, le=7 * 86400,
+        description="Lifetime of the presigned input URLs written into batch lines (a line may run up to 24 h "
+        "after the upload); 0 keeps the pipeline's URLs (they last EDITQ_PRESIGN_TTL_S).",
     )
     output_expires_after_s: int | None = Field(
         None, ge=3600, le=2_592_000, description="output_expires_after.seconds for the output/error files."
@@ -251,6 +261,8 @@ class OpenAIBatchAdapter(ProviderAdapter):
         self, http: httpx.AsyncClient, items: Sequence[tuple[EditJob, ProviderRequest]]
     ) -> list[Submitted | ProviderError]:
         out: list[Submitted | ProviderError | None] = [None] * len(items)
+        if self.settings.input_url_ttl_s:
+            items = await asyncio.to_thread(self._resign_all, items)
         chunks, too_big = self.chunk_lines(items)
         for i, reason in too_big.items():
             out[i] = ProviderError(ErrorKind.terminal, reason)
@@ -269,6 +281,34 @@ class OpenAIBatchAdapter(ProviderAdapter):
                           "input_file_id": batch.get("input_file_id")}
                 out[line.index] = Submitted(request_id=f"{bid}:{line.job_id}", handle=handle)
         return [r if r is not None else ProviderError(ErrorKind.unknown, f"{NAME}: not submitted") for r in out]
+
+    def _resign_all(
+        self, items: Sequence[tuple[EditJob, ProviderRequest]]
+    ) -> list[tuple[EditJob, ProviderRequest]]:
+        """Lines whose input URLs last `input_url_ttl_s` (the pipeline's last `presign_ttl_s`, 6 h by default,
+        but OpenAI may start a line up to 24 h after the upload)."""
+        out = []
+        for job, req in items:
+            line = dict(req.json or {})
+            body = dict(line.get("body") or {})
+            body["images"] = [{"image_url": self._presign_input(rec.s3_key)} for rec in job.inputs]
+            if job.mask_input is not None:
+                body["mask"] = {"image_url": self._presign_input(job.mask_input.s3_key)}
+            line["body"] = body
+            out.append((job, ProviderRequest(req.method, req.path, json=line)))
+        return out
+
+    def _presign_input(self, key: str) -> str:
+        """Like Storage.presign (the host providers reach S3 by), with this adapter's lifetime."""
+        s = self.storage
+        url: str = s.client.generate_presigned_url(
+            "get_object", Params={"Bucket": s.bucket, "Key": key}, ExpiresIn=self.settings.input_url_ttl_s
+        )
+        public = getattr(s.settings, "s3_public_endpoint", None)
+        if public:
+            parts, pub = urlsplit(url), urlsplit(public)
+            url = urlunsplit((pub.scheme, pub.netloc, parts.path, parts.query, ""))
+        return url
 
     async def _create_batch(self, http: httpx.AsyncClient, chunk: list[_Line]) -> dict[str, Any]:
         body = b"".join(line.data for line in chunk)
