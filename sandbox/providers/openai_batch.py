@@ -20,9 +20,11 @@ A batch moves ``validating -> in_progress -> finalizing -> completed`` (or ``fai
   the first line ends the batch ``failed`` with ``errors.data[{code, line, message, param}]`` and runs nothing.
 * in_progress: every line is one job of the shared runner (provider ``openai_batch`` in ``/_sandbox/requests`` and
   ``/_sandbox/stats``): it waits under the ``concurrency`` cap and takes ``latency_s + U(0, jitter_s)`` **per line**.
-  The line's ``body`` is validated like the synchronous JSON edit form (unknown parameters, types, ranges, sizes
-  per model, mask rules) and rendered with ``sandbox.engine``; a bad body, an unreachable input or a moderation
-  trigger fails that line only (a 4xx ``response`` in the error file), as the real service does.
+  The line's ``body`` goes through the sync emulator's JSON edit form (``sandbox.providers.openai.params_from_json``
+  and ``execute_edit``: unknown parameters, types, ranges, sizes per model, mask rules, rendering with
+  ``sandbox.engine``, simulated ``usage``); a bad body, an unreachable input or a moderation trigger fails that
+  line only (a 4xx ``response`` in the error file), as the real service does. ``{"file_id"}`` image references
+  resolve to files uploaded here with purpose ``vision`` / ``user_data``.
   ``job_failure_rate`` fails a line with a 500 ``server_error`` response.
 * finalizing: lasts ``latency_s``; then ``completed``. Output lines are appended in completion order (not input
   order). ``output_file_id`` / ``error_file_id`` are set only when that file has at least one line.
@@ -30,9 +32,7 @@ A batch moves ``validating -> in_progress -> finalizing -> completed`` (or ``fai
   run; the batch then ends ``expired`` and every other line is in the error file with
   ``error.code = "batch_expired"`` (``response: null``). A cancel marks unfinished lines ``batch_cancelled``.
   ``request_counts.failed`` includes those lines.
-* A prompt containing ``sandbox:moderation_blocked`` fails its line with OpenAI's 400 ``moderation_blocked``.
-* ``usage`` is simulated: text tokens = ceil(chars / 4); each input image 85 + 170 per 512 px tile; output image
-  tokens 200 / 1770 / 7030 (low / medium or auto / high) per 1024x1024, scaled by pixel count, times ``n``.
+* A prompt containing ``sandbox:moderation`` fails its line with OpenAI's 400 ``moderation_blocked``.
 * Keys starting with ``sk-invalid`` are refused with 401 ``invalid_api_key`` (the key masked, as OpenAI does).
 * ``submit_429_rate`` / ``submit_5xx_rate`` apply to ``POST /v1/batches`` (429 ``rate_limit_exceeded`` with
   ``Retry-After``; 500 ``server_error``); nothing is created then.
@@ -296,7 +296,7 @@ class OpenAIBatchProvider:
         filename, data = parts["file"]
         if purpose == "batch" and len(data) > MAX_BATCH_FILE_BYTES:
             raise OpenAIError(400, "File is too large: batch input files may be at most 200 MB.", param="file")
-        if purpose in IMAGE_PURPOSES and purpose == "vision" and sniff_image_type(data) not in ("png", "jpeg", "webp"):
+        if purpose == "vision" and sniff_image_type(data) not in ("png", "jpeg", "webp"):
             raise OpenAIError(400, "Invalid file format for purpose 'vision'. Supported formats: png, jpeg, webp.",
                            param="file")
         expires_at = None
