@@ -474,3 +474,17 @@ def test_modelrunner_ai_sdk_contract(sandbox_url: str, http: httpx.Client, peer:
     assert payload["event"] == "completed" and payload["output"] == result["output"]
     entry = httpx.get(f"{sandbox_url}/_sandbox/requests/{handle.request_id}").json()
     assert entry["headers"]["user-agent"].startswith("modelrunner-ai/") and entry["priority"] == "low"
+
+
+def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
+    assert http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 1.0}).status_code == 200
+    try:
+        sub = http.post(f"/{MODEL}", json={"prompt": "x", "image_urls": [data_uri(EXAMPLES / "mug.png")],
+                                           "webhook": f"{peer.url}/bad"}).json()
+        _, headers, body = wait_for(lambda: next(iter(peer.for_id(sub["request_id"])), None), what="webhook")
+    finally:
+        http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 0.0})
+    a = ModelRunnerAdapter(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
+                                               rest_url=f"{sandbox_url}/modelrunner"))
+    with pytest.raises(WebhookRejected, match="signature does not match"):
+        run(a.verify_webhook(httpx.AsyncClient(), headers, body, now=time.time()))

@@ -460,3 +460,16 @@ def test_configured_secret_is_used_as_raw_utf8_not_base64() -> None:
         run(a.verify_webhook(httpx.AsyncClient(), {**good, "webhook-signature": b64_keyed}, body, now=ts))
     with pytest.raises(WebhookRejected, match="missing header webhook-id"):
         run(a.verify_webhook(httpx.AsyncClient(), {"webhook-timestamp": str(ts)}, body, now=ts))
+
+
+def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
+    assert http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 1.0}).status_code == 200
+    try:
+        sub = _submit(http, {"images": [data_uri(EXAMPLES / "mug.png")], "prompt": "x"},
+                      webhook=f"{peer.url}/bad").json()["data"]
+        _, headers, body = wait_for(lambda: next(iter(peer.for_id(sub["id"])), None), what="webhook")
+    finally:
+        http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 0.0})
+    a = WaveSpeedAdapter(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
+    with pytest.raises(WebhookRejected, match="signature does not match"):
+        run(a.verify_webhook(httpx.AsyncClient(), headers, body, now=time.time()))
