@@ -65,6 +65,7 @@ class LocalStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _embedded_redis: Any = None
     _tmp: Path | None = None
+    _saved_env: dict[str, str] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> LocalStack:
@@ -79,6 +80,7 @@ class LocalStack:
         self.stop()
 
     def start(self) -> None:
+        self._saved_env = dict(os.environ)
         self._tmp = Path(tempfile.mkdtemp(prefix="editq-stack-"))
         self.log_dir = self.log_dir or self._tmp
         self.env = {
@@ -114,6 +116,11 @@ class LocalStack:
             self._embedded_redis = None
         if self._tmp and self.log_dir != self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._saved_env is not None:  # this process stops pointing at services that are gone
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
+            reset_caches()
 
     def apply_env(self) -> None:
         """Configure this process like the children (settings and adapters are re-read)."""
