@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     submit_batch: int = Field(64, description="Jobs one dispatch task submits concurrently.")
     collect_batch: int = Field(32, description="Jobs one collect task stores concurrently.")
     interactive_reserve: float = Field(
-        0.1, description="Share of each provider's concurrency cap that bulk jobs may not take."
+        0.1, description="Share of each provider's concurrency cap that bulk jobs may not take "
+        "(while the interactive lane is in use, see interactive_reserve_hold_s)."
+    )
+    interactive_reserve_hold_s: float = Field(
+        600.0, description="The reserve is held while interactive jobs are queued and for this long after one "
+        "was claimed; otherwise bulk may use the whole cap. inf: always held."
     )
     max_input_bytes: int = 50 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024

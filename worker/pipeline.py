@@ -67,7 +67,7 @@ class Pipeline:
         adapter = get_adapter(provider)
         cap, reserve, rpm, lease = self.limits(adapter)
         want = adapter.claim_size or (self.settings.submit_batch if not adapter.synchronous else max(1, min(cap, 8)))
-        ids = self.store.claim(provider, want, cap, reserve, rpm, lease)
+        ids = self.store.claim(provider, want, cap, reserve, rpm, lease, self.settings.interactive_reserve_hold_s)
         if not ids:
             return 0
         views = [v for v in self.store.get_many(ids) if v is not None]

@@ -123,17 +123,25 @@ local finished = move(prefix, jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(
 return {1, cur, finished}
 """
 
-# ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s
+# ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms
 # Claims up to `want` queued jobs of one provider, interactive lane first, within the global
 # concurrency cap (bulk may not use the last `reserve` slots) and the requests-per-minute budget.
+# hold_ms < 0: the reserve is always held. hold_ms >= 0: it is held only while interactive jobs are
+# queued or one was claimed in the last hold_ms, so a bulk-only workload can use the whole cap.
 _LUA_CLAIM = _LUA_MOVE + r"""
 local prefix, provider = ARGV[1], ARGV[2]
 local now, want, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local reserve, rpm, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local hold_ms = tonumber(ARGV[9] or '-1')
 if redis.call('EXISTS', prefix .. ':backoff:' .. provider) == 1 then return {} end
 local slots = prefix .. ':slots:' .. provider
 local free = cap - redis.call('ZCARD', slots)
 if free <= 0 then return {} end
+local mark = prefix .. ':interactive:' .. provider
+if reserve > 0 and hold_ms >= 0 and redis.call('EXISTS', mark) == 0
+   and redis.call('LLEN', prefix .. ':pending:' .. provider .. ':interactive') == 0 then
+  reserve = 0
+end
 local budget = want
 local rk = prefix .. ':rpm:' .. provider
 if rpm > 0 then
@@ -156,6 +164,7 @@ for _, lane in ipairs({'interactive', 'bulk'}) do
       if rpm > 0 then redis.call('ZADD', rk, now, jid .. ':' .. now) end
       move(prefix, jid, 'queued', 'submitting', ARGV[3], now + lease, '', 0)
       table.insert(out, jid)
+      if lane == 'interactive' and hold_ms > 0 then redis.call('SET', mark, '1', 'PX', hold_ms) end
     end
   end
 end
@@ -287,9 +296,15 @@ class JobStore:
         )
         return Moved(bool(res[0]), res[1] or "", bool(res[2]))
 
-    def claim(self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float) -> list[str]:
+    def claim(
+        self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
+        reserve_hold_s: float | None = None,
+    ) -> list[str]:
+        """`reserve_hold_s` None: the interactive reserve is always held; else only while interactive
+        jobs are queued or one was claimed in the last `reserve_hold_s` seconds."""
+        hold_ms = -1 if reserve_hold_s is None or reserve_hold_s == float("inf") else int(reserve_hold_s * 1000)
         res = self._claim(
-            keys=[], args=[self.k.prefix, provider, repr(time.time()), want, cap, reserve, rpm, lease_s]
+            keys=[], args=[self.k.prefix, provider, repr(time.time()), want, cap, reserve, rpm, lease_s, hold_ms]
         )
         return list(res)
 
