@@ -53,6 +53,8 @@ class Pipeline:
         self.kick = kick or Kicker()
         self.r = self.store.r
         self.k = self.store.k
+        # a released slot with work waiting starts the next submit now, not at the next tick
+        self.store.on_slot_freed = lambda provider: self.kick.dispatch(provider, get_adapter(provider).synchronous)
 
     # ================================================================ dispatch (submit)
     def limits(self, adapter: ProviderAdapter) -> tuple[int, int, int, float]:

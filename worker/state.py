@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -116,11 +116,16 @@ if not allowed then return {0, cur, 0} end
 local old_provider = redis.call('HGET', jk, 'provider')
 local n = tonumber(ARGV[9])
 for i = 0, n - 1 do redis.call('HSET', jk, ARGV[10 + 2 * i], ARGV[11 + 2 * i]) end
+local freed = ''
 if to ~= 'submitting' and to ~= 'submitted' and old_provider then
-  redis.call('ZREM', prefix .. ':slots:' .. old_provider, jid)
+  if redis.call('ZREM', prefix .. ':slots:' .. old_provider, jid) == 1
+     and (redis.call('LLEN', prefix .. ':pending:' .. old_provider .. ':interactive') > 0
+          or redis.call('LLEN', prefix .. ':pending:' .. old_provider .. ':bulk') > 0) then
+    freed = old_provider
+  end
 end
 local finished = move(prefix, jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
-return {1, cur, finished}
+return {1, cur, finished, freed}
 """
 
 # ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms
@@ -214,6 +219,7 @@ class Moved:
     ok: bool
     previous: str
     batch_finished: bool = False
+    freed: str = ""  # provider whose slot this move released while it has queued jobs
 
 
 @dataclass
@@ -249,6 +255,8 @@ class JobStore:
     def __init__(self, r: Any = None, k: Keys | None = None) -> None:
         self.r: Any = r or get_redis()
         self.k = k or keys()
+        # called with the provider when a move frees one of its slots while it has queued jobs
+        self.on_slot_freed: Callable[[str], None] | None = None
         self._transition = self.r.register_script(_LUA_TRANSITION)
         self._claim = self.r.register_script(_LUA_CLAIM)
         self._create = self.r.register_script(_LUA_CREATE)
@@ -294,7 +302,10 @@ class JobStore:
                 note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat,
             ],
         )
-        return Moved(bool(res[0]), res[1] or "", bool(res[2]))
+        moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "")
+        if moved.freed and self.on_slot_freed is not None:
+            self.on_slot_freed(moved.freed)
+        return moved
 
     def claim(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
