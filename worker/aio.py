@@ -45,7 +45,7 @@ def http_client() -> httpx.AsyncClient:
     client = _state.get("http")
     if client is None or _state["http_pid"] != os.getpid():
         client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
             timeout=httpx.Timeout(30.0, connect=10.0),
             follow_redirects=False,
         )
