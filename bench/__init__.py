@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.throughput`, `bench.enqueue`, `bench.priority` (see docs/benchmarks.md)."""
