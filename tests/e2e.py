@@ -1,0 +1,107 @@
+"""Helpers for provider end-to-end tests: the canonical batch, stacks with webhooks on or off."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from producer.stack import LocalStack, reset_caches
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PROMPT = "Place this product on a rustic oak table in soft morning light."
+# the canonical batch of issue 4: a masked edit, three reference images, num_images=2, jpeg output
+CANONICAL: list[dict[str, Any]] = [
+    {"custom_id": "masked", "prompt": "Redesign only the label.", "images": ["mug.png"], "mask": "mask_mug.png"},
+    {"custom_id": "three-refs", "prompt": "Arrange the three products in one flat-lay.",
+     "images": ["mug.png", "bottle.png", "backpack.png"]},
+    {"custom_id": "two-images", "prompt": PROMPT, "images": ["sneaker.jpg"], "num_images": 2},
+    {"custom_id": "jpeg", "prompt": PROMPT, "images": ["bottle.png"], "output_format": "jpeg"},
+]
+
+
+@contextmanager
+def env(extra: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_caches()
+
+
+def start(webhooks: bool, extra: dict[str, str], seed: int = 5) -> Iterator[LocalStack]:
+    """A stack whose child processes see `extra`; this process's environment is restored afterwards."""
+    stack = LocalStack(sandbox_opts={"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 8, "seed": seed},
+                       webhooks=webhooks, worker_concurrency=8)
+    with env(extra):
+        if not webhooks:
+            os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
+        stack.__enter__()
+    try:
+        yield stack
+    finally:
+        stack.__exit__(None, None, None)
+
+
+@contextmanager
+def using(stack: LocalStack) -> Iterator[LocalStack]:
+    with env({}):
+        stack.apply_env()
+        yield stack
+
+
+def sandbox_log(stack: LocalStack, provider: str) -> list[dict[str, Any]]:
+    resp = httpx.get(stack.env["EDITQ_SANDBOX_URL"] + "/_sandbox/requests", params={"provider": provider}, timeout=15)
+    return list(resp.json()["requests"])
+
+
+def accepted_webhooks(stack: LocalStack, provider: str) -> float:
+    metrics = httpx.get(stack.env["EDITQ_WEBHOOK_BASE_URL"] + "/metrics", timeout=10).text
+    found = re.search(rf'editq_webhook_deliveries_total\{{outcome="accepted",provider="{provider}"\}} (\S+)', metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+def verify_batch(batch_id: str, job_ids: list[str], provider: str) -> dict[str, dict[str, Any]]:
+    """Every output's sha256 in the batch manifest matches the bytes in S3; returns manifests by custom_id."""
+    from worker.storage import get_storage
+
+    storage = get_storage()
+    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
+    manifests = {m["custom_id"]: m for m in (json.loads(line) for line in raw.splitlines() if line.strip())}
+    assert sorted(m["job_id"] for m in manifests.values()) == sorted(job_ids)
+    for m in manifests.values():
+        assert m["state"] == "succeeded" and m["provider"] == provider and m["provider_request_id"]
+        assert len(m["outputs"]) == m["job"].get("num_images", 1)
+        for out in m["outputs"]:
+            body = storage.get_bytes(out["key"])
+            assert hashlib.sha256(body).hexdigest() == out["sha256"] and len(body) == out["bytes"]
+            with Image.open(io.BytesIO(body)) as im:
+                assert (im.width, im.height) == (out["width"], out["height"])
+                assert (im.format or "").lower() == out["content_type"].split("/")[1]
+    return manifests
+
+
+def assert_mask_respected(output_key: str) -> None:
+    """Every pixel outside the canonical mask's transparent area is unchanged; most inside changed."""
+    from worker.storage import get_storage
+
+    out = Image.open(io.BytesIO(get_storage().get_bytes(output_key))).convert("RGB")
+    src = Image.open(EXAMPLES / "mug.png").convert("RGB")
+    alpha = Image.open(EXAMPLES / "mask_mug.png").getchannel("A").tobytes()
+    a, b = src.tobytes(), out.tobytes()
+    kept = [i for i, v in enumerate(alpha) if v != 0]
+    edit = [i for i, v in enumerate(alpha) if v == 0]
+    assert kept and all(a[3 * i : 3 * i + 3] == b[3 * i : 3 * i + 3] for i in kept)
+    assert sum(a[3 * i : 3 * i + 3] != b[3 * i : 3 * i + 3] for i in edit) > len(edit) // 2

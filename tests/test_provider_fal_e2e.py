@@ -1,0 +1,62 @@
+"""fal end to end: the canonical batch through verified webhooks, and through polling with webhooks off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from producer.api import submit_batch, wait
+from producer.stack import LocalStack
+from tests.e2e import (
+    CANONICAL,
+    EXAMPLES,
+    accepted_webhooks,
+    assert_mask_respected,
+    sandbox_log,
+    start,
+    using,
+    verify_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def hooked() -> Iterator[LocalStack]:
+    # the safety-net poll is pushed out of the test's reach: completions can only come by webhook
+    yield from start(True, {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600"})
+
+
+@pytest.fixture(scope="module")
+def polled() -> Iterator[LocalStack]:
+    yield from start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5"})
+
+
+def _run(stack: LocalStack) -> list[dict[str, Any]]:
+    lines = [{**row, "provider": "fal", "quality": "low"} for row in CANONICAL]
+    report = submit_batch(lines, base_dir=EXAMPLES)
+    assert report.invalid == [] and report.enqueued == 4
+    assert wait(report.batch_id, timeout=90, interval=0.1)["counts"] == {"succeeded": 4}
+    manifests = verify_batch(report.batch_id, report.job_ids, "fal")
+    assert [o["content_type"] for o in manifests["jpeg"]["outputs"]] == ["image/jpeg"]
+    assert len(manifests["two-images"]["outputs"]) == 2 and len(manifests["three-refs"]["inputs"]) == 3
+    assert_mask_respected(manifests["masked"]["outputs"][0]["key"])
+    mine = {m["provider_request_id"] for m in manifests.values()}
+    found = [e for e in sandbox_log(stack, "fal") if e["request_id"] in mine]
+    assert len(found) == 4  # one provider submission per job
+    return found
+
+
+def test_canonical_batch_through_webhooks(hooked: LocalStack) -> None:
+    with using(hooked):
+        before = accepted_webhooks(hooked, "fal")
+        entries = _run(hooked)
+        assert all(e["webhook_url"].startswith(hooked.env["EDITQ_WEBHOOK_BASE_URL"] + "/webhooks/fal?job=")
+                   for e in entries)
+        assert accepted_webhooks(hooked, "fal") == before + 4  # every job completed by a verified delivery
+
+
+def test_canonical_batch_through_polling(polled: LocalStack) -> None:
+    with using(polled):
+        entries = _run(polled)
+        assert all(not e["webhook_url"] for e in entries)
