@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 
 T = TypeVar("T")
@@ -40,12 +42,73 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     return asyncio.run_coroutine_threadsafe(coro, get_loop()).result(timeout)
 
 
+MAX_CONNECTIONS = 128
+
+
+class _Pool(httpcore.AsyncConnectionPool):
+    """httpcore 1.0's pool, without its per-request O(n^2) bookkeeping.
+
+    Upstream, every request start and end runs `_assign_requests_to_connections`, which (a) for each
+    idle connection rebuilds a list of all connections just to take its length, and (b) polls every
+    idle socket for a server-side close. Both were the top of the worker's CPU profile (py-spy --gil)
+    at a few hundred requests/s. Here: the keep-alive limit uses len(); a connection about to be reused
+    is checked for expiry right then; the full expiry sweep runs at most once a second.
+    """
+
+    _swept = 0.0
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing = []
+        now = time.monotonic()
+        sweep = now - self._swept >= 1.0
+        if sweep:
+            self._swept = now
+        for connection in list(self._connections):
+            if connection.is_closed():
+                self._connections.remove(connection)
+            elif (sweep and connection.has_expired()) or (
+                connection.is_idle() and len(self._connections) > self._max_keepalive_connections
+            ):
+                self._connections.remove(connection)
+                closing.append(connection)
+        for pool_request in [r for r in self._requests if r.is_queued()]:
+            origin = pool_request.request.url.origin
+            chosen = idle = None
+            for connection in list(self._connections):
+                if connection.can_handle_request(origin) and connection.is_available():
+                    if connection.is_idle() and connection.has_expired():
+                        self._connections.remove(connection)
+                        closing.append(connection)
+                        continue
+                    chosen = connection
+                    break
+                if idle is None and connection.is_idle():
+                    idle = connection
+            if chosen is None:
+                if len(self._connections) >= self._max_connections:
+                    if idle is None:
+                        continue  # stays queued until a connection frees up
+                    self._connections.remove(idle)
+                    closing.append(idle)
+                chosen = self.create_connection(origin)
+                self._connections.append(chosen)
+            pool_request.assign_to_connection(chosen)
+        return closing
+
+
 def http_client() -> httpx.AsyncClient:
     """The process-wide async client (call from inside the loop)."""
     client = _state.get("http")
     if client is None or _state["http_pid"] != os.getpid():
+        transport = httpx.AsyncHTTPTransport()
+        transport._pool = _Pool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=5.0,
+        )
         client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            transport=transport,
             timeout=httpx.Timeout(30.0, connect=10.0),
             follow_redirects=False,
         )
