@@ -107,6 +107,7 @@ class ProviderAdapter(ABC):
     synchronous: ClassVar[bool] = False  # the submit call itself returns the images (own queue)
     supports_webhooks: ClassVar[bool] = True
     claim_size: ClassVar[int | None] = None  # jobs per submit_many call; None = settings.submit_batch
+    auth_scheme: ClassVar[str] = "Bearer"  # the Authorization scheme (fal and ModelRunner: "Key")
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         self.settings = settings or self.settings_cls()
@@ -121,8 +122,16 @@ class ProviderAdapter(ABC):
         """Canonical job -> provider request. Pure: no I/O, no clock, no secrets."""
 
     def auth_headers(self) -> dict[str, str]:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return {"Authorization": f"Bearer {key}"}
+        return {"Authorization": f"{self.auth_scheme} {self.secret_key()}"}
+
+    def secret_key(self) -> str:
+        """The API key's text, "" when none is configured."""
+        return self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key replaced by `***` (for reasons that quote provider answers)."""
+        key = self.secret_key()
+        return text.replace(key, "***") if key else text
 
     # ---- I/O --------------------------------------------------------------------------------
     @abstractmethod

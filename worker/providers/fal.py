@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,17 +32,11 @@ from worker.providers.base import (
     Submitted,
     WebhookEvent,
 )
+from worker.providers.common import FAL_MAX_NUM_IMAGES as MAX_NUM_IMAGES
+from worker.providers.common import FAL_PRESETS as PRESETS
+from worker.providers.common import FAL_QUALITIES as QUALITIES
+from worker.providers.common import fal_image_size, webhook_json
 
-PRESETS: dict[tuple[int, int], str] = {
-    (1024, 1024): "square_hd",
-    (512, 512): "square",
-    (768, 1024): "portrait_4_3",
-    (576, 1024): "portrait_16_9",
-    (1024, 768): "landscape_4_3",
-    (1024, 576): "landscape_16_9",
-}
-QUALITIES = ("auto", "low", "medium", "high")
-MAX_NUM_IMAGES = 4
 JWKS_TTL_S = 24 * 3600
 JWKS_MIN_REFRESH_S = 60
 
@@ -65,15 +58,12 @@ class FalAdapter(ProviderAdapter):
     name: ClassVar[str] = "fal"
     settings_cls: ClassVar[type[ProviderSettings]] = FalSettings
     settings: FalSettings
+    auth_scheme: ClassVar[str] = "Key"
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
         self._jwks: list[VerifyKey] = []
         self._jwks_at = 0.0
-
-    def auth_headers(self) -> dict[str, str]:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return {"Authorization": f"Key {key}"}
 
     # ---- pure -------------------------------------------------------------------------------
     def validate(self, job: EditJob) -> list[str]:
@@ -102,7 +92,7 @@ class FalAdapter(ProviderAdapter):
         body: dict[str, Any] = {
             "prompt": job.prompt,
             "image_urls": list(inputs.images),
-            "image_size": _image_size(job.size),
+            "image_size": fal_image_size(job.size),
             "quality": job.quality.value,
             "num_images": job.num_images,
             "output_format": job.output_format.value,
@@ -189,10 +179,7 @@ class FalAdapter(ProviderAdapter):
         message = "\n".join([rid, uid, ts, hashlib.sha256(body).hexdigest()]).encode()
         if not await self._verify(http, message, sig, now):
             raise WebhookRejected("signature does not match any fal key")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise WebhookRejected("body is not JSON") from None
+        payload = webhook_json(body)
         if payload.get("request_id") not in (None, rid):
             raise WebhookRejected("body request_id differs from the signed header")
         return WebhookEvent(delivery_id=f"{rid}:{ts}:{sig_hex[:16]}", request_id=rid, payload=payload)
@@ -252,13 +239,6 @@ class FalAdapter(ProviderAdapter):
         }
         kind = ErrorKind.retryable if retryable else ErrorKind.terminal
         return ProviderError(kind, f"fal: {message}"[:2000], provider_code=error_type)
-
-
-def _image_size(size: str) -> str | dict[str, int]:
-    dims = parse_size(size)
-    if dims is None:
-        return "auto"
-    return PRESETS.get(dims) or {"width": dims[0], "height": dims[1]}
 
 
 def _result(payload: dict[str, Any]) -> Result:

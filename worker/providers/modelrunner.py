@@ -40,11 +40,6 @@ Choices where the sources are silent or disagree:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -69,17 +64,20 @@ from worker.providers.base import (
     Submitted,
     WebhookEvent,
 )
+from worker.providers.common import FAL_MAX_NUM_IMAGES as MAX_NUM_IMAGES
+from worker.providers.common import FAL_PRESETS as PRESETS
+from worker.providers.common import FAL_QUALITIES as QUALITIES
+from worker.providers.common import (
+    WebhookSecret,
+    fal_image_size,
+    json_or_none,
+    standard_webhook_key,
+    v1_matches,
+    v1_signatures,
+    webhook_headers,
+    webhook_json,
+)
 
-PRESETS: dict[tuple[int, int], str] = {
-    (1024, 1024): "square_hd",
-    (512, 512): "square",
-    (768, 1024): "portrait_4_3",
-    (576, 1024): "portrait_16_9",
-    (1024, 768): "landscape_4_3",
-    (1024, 576): "landscape_16_9",
-}
-QUALITIES = ("auto", "low", "medium", "high")
-MAX_NUM_IMAGES = 4
 MAX_IMAGES = 16
 TOLERANCE_S = 300.0
 SECRET_MIN_REFRESH_S = 60.0
@@ -108,15 +106,12 @@ class ModelRunnerAdapter(ProviderAdapter):
     name: ClassVar[str] = "modelrunner"
     settings_cls: ClassVar[type[ProviderSettings]] = ModelRunnerSettings
     settings: ModelRunnerSettings
+    auth_scheme: ClassVar[str] = "Key"
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
-        self._secret: bytes | None = None
-        self._secret_at = 0.0
-
-    def auth_headers(self) -> dict[str, str]:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return {"Authorization": f"Key {key}"}
+        # refetched on a mismatch (rotated: the old secret verifies for 24 h anyway)
+        self._secret = WebhookSecret(standard_webhook_key, min_refresh_s=SECRET_MIN_REFRESH_S)
 
     # ---- pure -------------------------------------------------------------------------------
     def validate(self, job: EditJob) -> list[str]:
@@ -156,14 +151,10 @@ class ModelRunnerAdapter(ProviderAdapter):
         return self.settings.model_path.strip("/") if model == DEFAULT_MODEL else model
 
     def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
-        dims = parse_size(job.size)
-        image_size: str | dict[str, int] = "auto" if dims is None else (
-            PRESETS.get(dims) or {"width": dims[0], "height": dims[1]}
-        )
         fields: dict[str, Any] = {
             "prompt": job.prompt,
             "image_urls": list(inputs.images),
-            "image_size": image_size,
+            "image_size": fal_image_size(job.size),
             "quality": job.quality.value,
             "num_images": job.num_images,
             "output_format": job.output_format.value,
@@ -185,15 +176,15 @@ class ModelRunnerAdapter(ProviderAdapter):
         if resp.status_code >= 300:
             err = self._error(resp, "submit")
             if resp.status_code == 404:
-                err.reason = self._scrub(
+                err.reason = self.scrub(
                     f"{err.reason} (model path {req.path.lstrip('/')!r}; ModelRunner's catalogue is not confirmed to "
                     "serve it: set EDITQ_MODELRUNNER_MODEL_PATH)"
                 )
             raise err
-        data = _json(resp)
+        data = json_or_none(resp)
         rid = data.get("request_id") if isinstance(data, dict) else None
         if not rid:
-            reason = self._scrub(f"modelrunner submit: no request_id in {str(data)[:200]}")
+            reason = self.scrub(f"modelrunner submit: no request_id in {str(data)[:200]}")
             raise ProviderError(ErrorKind.unknown, reason, maybe_billed=True)
         base = f"{self.settings.base_url.rstrip('/')}{req.path}/requests/{rid}"
         fallback = {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel"}
@@ -203,12 +194,12 @@ class ModelRunnerAdapter(ProviderAdapter):
 
     async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
         resp = await self._get(http, handle["status_url"])
-        data = _json(resp)
+        data = json_or_none(resp)
         status = data.get("status") if isinstance(data, dict) else None
         if resp.status_code == 400 and status == "FAILED":
             assert isinstance(data, dict)
             reason = f"modelrunner: request FAILED: {str(data.get('error') or 'no error text')[:500]}"
-            return Outcome(done=True, error=ProviderError(ErrorKind.unknown, self._scrub(reason), status_code=400,
+            return Outcome(done=True, error=ProviderError(ErrorKind.unknown, self.scrub(reason), status_code=400,
                                                           provider_code="FAILED"))
         if resp.status_code >= 300:
             err = self._error(resp, "status")
@@ -239,27 +230,14 @@ class ModelRunnerAdapter(ProviderAdapter):
     async def verify_webhook(
         self, http: httpx.AsyncClient, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> WebhookEvent:
-        h = {k.lower(): v for k, v in headers.items()}
-        try:
-            msg_id, ts, sig_header = h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]
-        except KeyError as exc:
-            raise WebhookRejected(f"missing header {exc.args[0]}") from None
-        try:
-            ts_i = int(ts)
-        except ValueError:
-            raise WebhookRejected("malformed webhook-timestamp") from None
-        if abs(now - ts_i) > TOLERANCE_S:
-            raise WebhookRejected("timestamp outside tolerance")
-        given = _v1_signatures(sig_header)
+        msg_id, message, sig_header = webhook_headers(headers, body, now=now, tolerance_s=TOLERANCE_S)
+        given = v1_signatures(sig_header)
         if not given:
             raise WebhookRejected("no v1 signature")
-        message = f"{msg_id}.{ts}.".encode() + body
-        if not await self._verify(http, message, given, now):
+        if not await self._secret.verify(self.settings.webhook_secret, lambda: self._fetch_secret(http),
+                                         lambda key: v1_matches(key, message, given), now):
             raise WebhookRejected("signature does not match")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise WebhookRejected("body is not JSON") from None
+        payload = webhook_json(body)
         rid = (payload.get("id") or payload.get("request_id")) if isinstance(payload, dict) else None
         if not rid:
             raise WebhookRejected("body has no request id")
@@ -268,14 +246,14 @@ class ModelRunnerAdapter(ProviderAdapter):
     # ---- internals ----------------------------------------------------------------------------------
     async def _fetch_result(self, http: httpx.AsyncClient, handle: dict[str, Any]) -> Outcome:
         resp = await self._get(http, handle["response_url"])
-        data = _json(resp)
+        data = json_or_none(resp)
         if resp.status_code == 200 and isinstance(data, dict):
             return self._result_outcome(data)
         if resp.status_code == 422 and isinstance(data, dict):
             details = data.get("details")
             if isinstance(details, dict) and details.get("code") == "INVALID_OUTPUT":
                 reason = f"modelrunner: invalid output from the provider (not billed): {data.get('error')}"
-                return Outcome(done=True, error=ProviderError(ErrorKind.unknown, self._scrub(reason)[:2000],
+                return Outcome(done=True, error=ProviderError(ErrorKind.unknown, self.scrub(reason)[:2000],
                                                               status_code=422, provider_code="INVALID_OUTPUT"))
             return self._result_outcome({**data, "billingStatus": data.get("billingStatus") or "failed"})
         if resp.status_code == 409 or (resp.status_code == 400 and NOT_COMPLETED.search(str(data))):
@@ -293,7 +271,7 @@ class ModelRunnerAdapter(ProviderAdapter):
             kind = ErrorKind.retryable if RETRYABLE_TEXT.search(error) else ErrorKind.terminal
             if status == "FAILED":
                 kind = ErrorKind.unknown
-            return Outcome(done=True, error=ProviderError(kind, self._scrub(f"modelrunner: {error}")[:2000],
+            return Outcome(done=True, error=ProviderError(kind, self.scrub(f"modelrunner: {error}")[:2000],
                                                           provider_code=f"{status}/{billing}"))
         if status == "CANCELLED":
             return Outcome(done=True, error=ProviderError(ErrorKind.terminal, "modelrunner: request CANCELLED",
@@ -316,35 +294,18 @@ class ModelRunnerAdapter(ProviderAdapter):
         except httpx.TransportError as exc:
             raise ProviderError(ErrorKind.retryable, f"modelrunner: connection error ({type(exc).__name__})") from None
 
-    async def _verify(self, http: httpx.AsyncClient, message: bytes, given: list[bytes], now: float) -> bool:
-        configured = self.settings.webhook_secret
-        if configured is not None:
-            key = _key(configured.get_secret_value())
-            return key is not None and _matches(key, message, given)
-        if self._secret is None:
-            await self._load_secret(http, now)
-        if self._secret is not None and _matches(self._secret, message, given):
-            return True
-        if now - self._secret_at > SECRET_MIN_REFRESH_S:  # rotated: the old secret verifies for 24 h anyway
-            await self._load_secret(http, now)
-            return self._secret is not None and _matches(self._secret, message, given)
-        return False
-
-    async def _load_secret(self, http: httpx.AsyncClient, now: float) -> None:
-        self._secret_at = now
+    async def _fetch_secret(self, http: httpx.AsyncClient) -> str | None:
         url = self.settings.rest_url.rstrip("/") + "/webhooks/default/secret"
         try:
             resp = await http.get(url, headers=self.auth_headers(), timeout=10)
             body = resp.json() if resp.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
-            return  # keep the old secret; a failed refresh must not open the door
+            return None
         secret = body.get("key") or body.get("secret") if isinstance(body, dict) else None
-        key = _key(secret) if isinstance(secret, str) else None
-        if key is not None:
-            self._secret = key
+        return secret if isinstance(secret, str) else None
 
     def _error(self, resp: httpx.Response, what: str) -> ProviderError:
-        body = _json(resp)
+        body = json_or_none(resp)
         if isinstance(body, dict):
             text: Any = body.get("error") or body.get("message") or body
             if isinstance(text, list):  # zod issues: [{path, message, ...}]
@@ -356,22 +317,11 @@ class ModelRunnerAdapter(ProviderAdapter):
             body.get("details"), dict) else None
         return ProviderError(
             kind_for_status(resp.status_code),
-            self._scrub(f"modelrunner {what}: HTTP {resp.status_code}: {str(text)[:500]}"),
+            self.scrub(f"modelrunner {what}: HTTP {resp.status_code}: {str(text)[:500]}"),
             status_code=resp.status_code,
             provider_code=code,
             retry_after_s=parse_retry_after(resp.headers),
         )
-
-    def _scrub(self, text: str) -> str:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return text.replace(key, "***") if key else text
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        return None
 
 
 def _same_origin(url: Any, base: str) -> bool:
@@ -402,28 +352,3 @@ def _usage(data: dict[str, Any]) -> Usage | None:
     except (TypeError, ValueError):
         cost = None
     return Usage(cost_usd=cost, cost_source="provider") if cost is not None else None
-
-
-def _key(secret: str) -> bytes | None:
-    """Standard Webhooks: the text after `whsec_` is base64; the key is the decoded bytes."""
-    try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _v1_signatures(header: str) -> list[bytes]:
-    out = []
-    for part in header.split():
-        version, _, sig = part.partition(",")
-        if version == "v1" and sig:
-            try:
-                out.append(base64.b64decode(sig, validate=True))
-            except (binascii.Error, ValueError):
-                continue
-    return out
-
-
-def _matches(key: bytes, message: bytes, given: list[bytes]) -> bool:
-    expected = hmac.new(key, message, hashlib.sha256).digest()
-    return any(hmac.compare_digest(expected, sig) for sig in given)

@@ -52,6 +52,7 @@ from worker.providers.base import (
     Result,
     Submitted,
 )
+from worker.providers.common import json_or_text, lost_sync_answer, post_sync
 from worker.providers.openai_common import (
     OpenAIPriceSettings,
     classify_error,
@@ -63,7 +64,6 @@ from worker.providers.openai_common import (
 )
 
 EDITS_PATH = "/images/edits"
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class OpenAISettings(OpenAIPriceSettings):
@@ -122,27 +122,10 @@ class OpenAIAdapter(ProviderAdapter):
             raise ProviderError(ErrorKind.terminal, problem, provider_code="invalid_mask")
         _, files = multipart_form({}, [(blob, rec.format) for blob, rec in zip(images, job.inputs, strict=True)], mask)
         url = self.settings.base_url.rstrip("/") + req.path
-        timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
-        try:
-            resp = await http.post(
-                url, data=req.data, files=files, headers={**self.auth_headers(), **req.headers}, timeout=timeout
-            )
-        except NOT_SENT as exc:
-            raise ProviderError(ErrorKind.retryable, f"openai edit: not sent ({type(exc).__name__})") from None
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                ErrorKind.retryable,
-                f"openai edit: no answer within {self.settings.timeout_s:.0f}s ({type(exc).__name__}); "
-                "the request may have been processed and billed",
-                maybe_billed=True,
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                ErrorKind.retryable,
-                f"openai edit: connection lost before the answer ({type(exc).__name__}); "
-                "the request may have been processed and billed",
-                maybe_billed=True,
-            ) from None
+        resp = await post_sync(
+            http, self.name, url, timeout_s=self.settings.timeout_s, connect_timeout_s=self.settings.connect_timeout_s,
+            data=req.data, files=files, headers={**self.auth_headers(), **req.headers},
+        )
         request_id = resp.headers.get("x-request-id") or f"local-{uuid.uuid4()}"
         if resp.status_code >= 300:
             raise self.error(resp, request_id)
@@ -160,12 +143,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
         """Only reached when a worker died between recording the answer and handing it on."""
-        return Outcome(done=True, error=ProviderError(
-            ErrorKind.retryable,
-            f"openai: the synchronous answer of request {request_id} was lost before it was stored "
-            "(worker stopped); it was billed and will be redone",
-            maybe_billed=True,
-        ))
+        return lost_sync_answer(self.name, request_id)
 
     async def load_inputs(self, records: Sequence[InputRecord | None]) -> list[bytes]:
         """Input bytes from our own S3 (by key), each checked against the sha256 taken at enqueue."""
@@ -188,11 +166,7 @@ class OpenAIAdapter(ProviderAdapter):
         return list(await asyncio.gather(*(one(r) for r in records if r is not None)))
 
     def error(self, resp: httpx.Response, request_id: str) -> ProviderError:
-        try:
-            body: Any = resp.json()
-        except ValueError:
-            body = resp.text[:500]
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        err = classify_error(resp.status_code, body, resp.headers, provider=self.name, secrets=[key])
+        err = classify_error(resp.status_code, json_or_text(resp), resp.headers, provider=self.name,
+                             secrets=[self.secret_key()])
         err.reason = f"{err.reason} (x-request-id {request_id})"[:2000]
         return err

@@ -59,6 +59,7 @@ from worker.providers.base import (
     Result,
     Submitted,
 )
+from worker.providers.common import json_or_text, lost_sync_answer, post_sync
 from worker.providers.openai_common import mask_alpha_problem, redact
 
 EDIT_PATH = "/images/edit"
@@ -69,7 +70,6 @@ QUALITIES = ("low", "medium", "high")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_IMAGES = 16
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class OxenSettings(ProviderSettings):
@@ -202,21 +202,10 @@ class OxenAdapter(ProviderAdapter):
         if job.mask_input is not None and body.get("mask_url") and self.settings.convert_mask:
             body["mask_url"] = await self.converted_mask_url(job)
         url = self.settings.base_url.rstrip("/") + req.path
-        timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
-        try:
-            resp = await http.post(url, json=body, headers={**self.auth_headers(), **req.headers}, timeout=timeout)
-        except NOT_SENT as exc:
-            raise ProviderError(ErrorKind.retryable, f"oxen edit: not sent ({type(exc).__name__})") from None
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                ErrorKind.retryable, f"oxen edit: no answer within {self.settings.timeout_s:.0f}s "
-                f"({type(exc).__name__}); the request may have been processed and billed", maybe_billed=True,
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                ErrorKind.retryable, f"oxen edit: connection lost before the answer ({type(exc).__name__}); "
-                "the request may have been processed and billed", maybe_billed=True,
-            ) from None
+        resp = await post_sync(
+            http, self.name, url, timeout_s=self.settings.timeout_s, connect_timeout_s=self.settings.connect_timeout_s,
+            json=body, headers={**self.auth_headers(), **req.headers},
+        )
         request_id = resp.headers.get("x-request-id") or f"oxen-{uuid.uuid4()}"
         if resp.status_code >= 300:
             raise self.error(resp, request_id)
@@ -232,10 +221,7 @@ class OxenAdapter(ProviderAdapter):
 
     async def poll(self, http: httpx.AsyncClient, request_id: str, handle: dict[str, Any]) -> Outcome:
         """Only reached when a worker died between recording the answer and handing it on."""
-        return Outcome(done=True, error=ProviderError(
-            ErrorKind.retryable, f"oxen: the synchronous answer of request {request_id} was lost before it was "
-            "stored (worker stopped); it was billed and will be redone", maybe_billed=True,
-        ))
+        return lost_sync_answer(self.name, request_id)
 
     async def converted_mask_url(self, job: EditJob) -> str:
         """Convert the canonical mask, store it content-addressed next to the inputs, presign it."""
@@ -264,12 +250,8 @@ class OxenAdapter(ProviderAdapter):
         return storage.presign(key)
 
     def error(self, resp: httpx.Response, request_id: str) -> ProviderError:
-        try:
-            body: Any = resp.json()
-        except ValueError:
-            body = resp.text[:500]
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return classify_oxen_error(resp.status_code, body, resp.headers, request_id=request_id, secrets=[key])
+        return classify_oxen_error(resp.status_code, json_or_text(resp), resp.headers, request_id=request_id,
+                                   secrets=[self.secret_key()])
 
 
 def classify_oxen_error(

@@ -46,9 +46,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -73,6 +70,7 @@ from worker.providers.base import (
     Submitted,
     WebhookEvent,
 )
+from worker.providers.common import WebhookSecret, v1_matches, v1_signatures, webhook_headers, webhook_json
 
 REPLICATE_MODEL = "openai/gpt-image-2"
 # canonical model names editq accepts for this provider -> Replicate model ref
@@ -138,11 +136,12 @@ class ReplicateAdapter(ProviderAdapter):
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
-        self._secret: bytes | None = None
-        self._secret_at = 0.0
+        # refetched after a day, and on a mismatch (rotated) at most once a minute; a failed fetch does not count
+        self._secret = WebhookSecret(_secret_bytes, min_refresh_s=SECRET_REFRESH_S, max_age_s=24 * 3600,
+                                     throttle_failures=False)
 
     def auth_headers(self) -> dict[str, str]:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        key = self.secret_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     # ---- pure -------------------------------------------------------------------------------
@@ -247,27 +246,14 @@ class ReplicateAdapter(ProviderAdapter):
     async def verify_webhook(
         self, http: httpx.AsyncClient, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> WebhookEvent:
-        h = {k.lower(): v for k, v in headers.items()}
-        try:
-            msg_id, ts, sigs = h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]
-        except KeyError as exc:
-            raise WebhookRejected(f"missing header {exc.args[0]}") from None
-        try:
-            ts_i = int(ts)
-        except ValueError:
-            raise WebhookRejected("malformed webhook-timestamp") from None
-        if abs(now - ts_i) > self.settings.webhook_tolerance_s:
-            raise WebhookRejected("timestamp outside tolerance")
-        signed = f"{msg_id}.{ts}.".encode() + body
-        candidates = _signatures(sigs)
+        msg_id, signed, sigs = webhook_headers(headers, body, now=now, tolerance_s=self.settings.webhook_tolerance_s)
+        candidates = v1_signatures(sigs)
         if not candidates:
             raise WebhookRejected("no v1 signature in webhook-signature")
-        if not await self._check(http, signed, candidates, now):
+        if not await self._secret.verify(self.settings.webhook_secret, lambda: self._fetch_secret(http),
+                                         lambda key: v1_matches(key, signed, candidates), now):
             raise WebhookRejected("signature does not match the webhook secret")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise WebhookRejected("body is not JSON") from None
+        payload = webhook_json(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
             raise WebhookRejected("body is not a prediction")
         return WebhookEvent(delivery_id=msg_id, request_id=payload["id"], payload=payload)
@@ -375,30 +361,14 @@ class ReplicateAdapter(ProviderAdapter):
             return given
         return base + path
 
-    async def _check(self, http: httpx.AsyncClient, signed: bytes, candidates: list[bytes], now: float) -> bool:
-        configured = self.settings.webhook_secret
-        if configured is not None:
-            key = _secret_bytes(configured.get_secret_value())
-            return key is not None and _matches(key, signed, candidates)
-        if self._secret is None or now - self._secret_at > 24 * 3600:
-            await self._load_secret(http, now)
-        if self._secret is not None and _matches(self._secret, signed, candidates):
-            return True
-        if now - self._secret_at > SECRET_REFRESH_S:  # the secret may have been rotated
-            await self._load_secret(http, now)
-            return self._secret is not None and _matches(self._secret, signed, candidates)
-        return False
-
-    async def _load_secret(self, http: httpx.AsyncClient, now: float) -> None:
+    async def _fetch_secret(self, http: httpx.AsyncClient) -> str | None:
         url = self.settings.base_url.rstrip("/") + "/v1/webhooks/default/secret"
         try:
             resp = await http.get(url, headers=self.auth_headers(), timeout=10)
             resp.raise_for_status()
-            key = _secret_bytes(str(resp.json().get("key", "")))
+            return str(resp.json().get("key", ""))
         except (httpx.HTTPError, ValueError, AttributeError):
-            return  # keep the old secret; a failed refresh must not open the door
-        if key is not None:
-            self._secret, self._secret_at = key, now
+            return None
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -420,24 +390,6 @@ def _secret_bytes(secret: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return key or None
-
-
-def _signatures(header: str) -> list[bytes]:
-    out = []
-    for entry in header.split():
-        version, _, sig = entry.partition(",")
-        if version != "v1" or not sig:
-            continue
-        try:
-            out.append(base64.b64decode(sig, validate=True))
-        except (binascii.Error, ValueError):
-            continue
-    return out
-
-
-def _matches(key: bytes, signed: bytes, candidates: list[bytes]) -> bool:
-    expected = hmac.new(key, signed, hashlib.sha256).digest()
-    return any(hmac.compare_digest(expected, c) for c in candidates)
 
 
 def _outputs(output: Any) -> list[OutputRef]:

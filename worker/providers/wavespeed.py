@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -61,6 +60,7 @@ from worker.providers.base import (
     Submitted,
     WebhookEvent,
 )
+from worker.providers.common import WebhookSecret, json_or_none, webhook_headers, webhook_json
 
 MODEL = "openai/gpt-image-2/edit"
 QUALITIES = ("low", "medium", "high")
@@ -116,8 +116,8 @@ class WaveSpeedAdapter(ProviderAdapter):
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
-        self._secret: bytes | None = None
-        self._secret_at = 0.0
+        # refetched on a mismatch: the secret may have been rotated
+        self._secret = WebhookSecret(_key, min_refresh_s=SECRET_MIN_REFRESH_S)
 
     # ---- pure -------------------------------------------------------------------------------
     def validate(self, job: EditJob) -> list[str]:
@@ -178,7 +178,7 @@ class WaveSpeedAdapter(ProviderAdapter):
         resp = await self.send(http, req)
         if resp.status_code != 200:
             raise self._http_error(resp, "submit")
-        envelope = _json(resp)
+        envelope = json_or_none(resp)
         data = envelope.get("data") if isinstance(envelope, dict) else None
         code = envelope.get("code") if isinstance(envelope, dict) else None
         if isinstance(code, int) and code != 200:
@@ -187,7 +187,7 @@ class WaveSpeedAdapter(ProviderAdapter):
         if not rid:
             # HTTP 200 without an id: the task may exist and be billed, but we cannot follow it
             raise ProviderError(
-                ErrorKind.unknown, self._scrub(f"wavespeed submit: no data.id in {str(envelope)[:300]}"),
+                ErrorKind.unknown, self.scrub(f"wavespeed submit: no data.id in {str(envelope)[:300]}"),
                 maybe_billed=True,
             )
         return Submitted(request_id=str(rid), handle={"id": str(rid)})
@@ -200,7 +200,7 @@ class WaveSpeedAdapter(ProviderAdapter):
             if resp.status_code == 404:
                 return Outcome(done=True, error=err)
             raise err
-        envelope = _json(resp)
+        envelope = json_or_none(resp)
         code = envelope.get("code") if isinstance(envelope, dict) else None
         if isinstance(code, int) and code != 200:
             err = self._envelope_error(code, envelope, "result")
@@ -223,27 +223,14 @@ class WaveSpeedAdapter(ProviderAdapter):
     async def verify_webhook(
         self, http: httpx.AsyncClient, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> WebhookEvent:
-        h = {k.lower(): v for k, v in headers.items()}
-        try:
-            msg_id, ts, sig_header = h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]
-        except KeyError as exc:
-            raise WebhookRejected(f"missing header {exc.args[0]}") from None
-        try:
-            ts_i = int(ts)
-        except ValueError:
-            raise WebhookRejected("malformed webhook-timestamp") from None
-        if abs(now - ts_i) > WEBHOOK_MAX_AGE_S:
-            raise WebhookRejected("timestamp outside tolerance")
+        msg_id, message, sig_header = webhook_headers(headers, body, now=now, tolerance_s=WEBHOOK_MAX_AGE_S)
         given = _v3_signatures(sig_header)
         if not given:
             raise WebhookRejected("no v3 signature")
-        message = f"{msg_id}.{ts}.".encode() + body
-        if not await self._verify(http, message, given, now):
+        if not await self._secret.verify(self.settings.webhook_secret, lambda: self._fetch_secret(http),
+                                         lambda key: _matches(key, message, given), now):
             raise WebhookRejected("signature does not match")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise WebhookRejected("body is not JSON") from None
+        payload = webhook_json(body)
         rid = payload.get("id") if isinstance(payload, dict) else None
         if not rid:
             raise WebhookRejected("body has no id")
@@ -264,41 +251,25 @@ class WaveSpeedAdapter(ProviderAdapter):
                 kind = ErrorKind.retryable
             else:
                 kind = ErrorKind.terminal
-            return Outcome(done=True, error=ProviderError(kind, self._scrub(f"wavespeed: task {status}: {error}"),
+            return Outcome(done=True, error=ProviderError(kind, self.scrub(f"wavespeed: task {status}: {error}"),
                                                           provider_code=status))
         return Outcome.running(status=status)
 
-    async def _verify(self, http: httpx.AsyncClient, message: bytes, given: list[str], now: float) -> bool:
-        configured = self.settings.webhook_secret
-        if configured is not None:
-            return _matches(_key(configured.get_secret_value()), message, given)
-        if self._secret is None:
-            await self._load_secret(http, now)
-        if self._secret is not None and _matches(self._secret, message, given):
-            return True
-        if now - self._secret_at > SECRET_MIN_REFRESH_S:  # the secret may have been rotated
-            await self._load_secret(http, now)
-            return self._secret is not None and _matches(self._secret, message, given)
-        return False
-
-    async def _load_secret(self, http: httpx.AsyncClient, now: float) -> None:
-        self._secret_at = now
+    async def _fetch_secret(self, http: httpx.AsyncClient) -> str | None:
         try:
             resp = await self.send(http, ProviderRequest("GET", "/api/v3/webhook/secret"), timeout=10)
             body = resp.json() if resp.status_code == 200 else None
         except (ProviderError, ValueError):
-            return  # keep the old secret; a failed refresh must not open the door
-        secret = _find_secret(body)
-        if secret:
-            self._secret = _key(secret)
+            return None
+        return _find_secret(body) or None
 
     def _http_error(self, resp: httpx.Response, what: str) -> ProviderError:
-        body = _json(resp)
+        body = json_or_none(resp)
         message = body.get("message") if isinstance(body, dict) else None
         text = str(message) if message else (resp.text[:500] if not isinstance(body, dict) else str(body)[:500])
         return ProviderError(
             kind_for_status(resp.status_code),
-            self._scrub(f"wavespeed {what}: HTTP {resp.status_code}: {text}"),
+            self.scrub(f"wavespeed {what}: HTTP {resp.status_code}: {text}"),
             status_code=resp.status_code,
             provider_code=str(body.get("code")) if isinstance(body, dict) and body.get("code") is not None else None,
             retry_after_s=parse_retry_after(resp.headers),
@@ -307,19 +278,9 @@ class WaveSpeedAdapter(ProviderAdapter):
     def _envelope_error(self, code: int, envelope: dict[str, Any], what: str) -> ProviderError:
         kind = kind_for_status(code) if 400 <= code < 600 else ErrorKind.unknown
         message = envelope.get("message") or envelope
-        return ProviderError(kind, self._scrub(f"wavespeed {what}: code {code}: {str(message)[:500]}"),
+        return ProviderError(kind, self.scrub(f"wavespeed {what}: code {code}: {str(message)[:500]}"),
                              provider_code=str(code))
 
-    def _scrub(self, text: str) -> str:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        return text.replace(key, "***") if key else text
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        return None
 
 
 def _key(secret: str) -> bytes:
