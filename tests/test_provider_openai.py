@@ -8,8 +8,6 @@ import asyncio
 import base64
 import io
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from PIL import Image
 
 from schemas.job import EditJob, InputRecord
+from tests import sandbox_proc
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.base import InputUrls, ProviderRequest
 from worker.providers.openai import OpenAIAdapter, OpenAISettings
@@ -210,41 +209,13 @@ def test_lost_answer_is_reported_by_poll_as_billed_and_retryable() -> None:
 
 # ---- against the real sandbox -------------------------------------------------------------------------
 def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return sandbox_proc.wait_for(check, timeout, what, interval=0.02)
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_SANDBOX_")}
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
-                             "--latency", "0.05", "--jitter", "0", "--seed", "5"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(base + "/_sandbox/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "sandbox")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with sandbox_proc.sandbox_process("--seed", "5") as url:
+        yield url
 
 
 @pytest.fixture

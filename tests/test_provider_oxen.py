@@ -8,10 +8,6 @@ import base64
 import hashlib
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ import pytest
 from PIL import Image
 
 from schemas.job import EditJob, InputRecord
+from tests.sandbox_proc import sandbox_process
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.base import InputUrls
 from worker.providers.oxen import OxenAdapter, OxenSettings, aspect_and_tier, classify_oxen_error, white_is_edit
@@ -155,28 +152,8 @@ def test_transport_failures_after_sending_are_maybe_billed() -> None:
 # ---- against the real sandbox ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_SANDBOX_")}
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
-                             "--latency", "0.05", "--jitter", "0"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/_sandbox/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "sandbox did not start"
-        time.sleep(0.05)
-    try:
+    with sandbox_process() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _uri(name: str) -> str:

@@ -8,12 +8,9 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.job import EditJob, InputRecord
+from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 from worker.providers.base import InputUrls, Outcome
 from worker.providers.replicate import ReplicateAdapter, ReplicateSettings
@@ -268,23 +266,6 @@ def test_output_headers_only_for_trusted_hosts() -> None:
 
 
 # ================================================================ I/O against the real sandbox
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 BASELINE = {"latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8, "submit_5xx_rate": 0.0, "submit_429_rate": 0.0,
             "submit_timeout_rate": 0.0, "job_failure_rate": 0.0, "webhook_lost_rate": 0.0, "retry_after_s": 2.0,
             "webhook_retry_backoff_s": 0.05}
@@ -292,24 +273,8 @@ BASELINE = {"latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8, "submit_5xx_ra
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
-                             "--latency", "0.05", "--jitter", "0", "--seed", "3"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(base + "/_sandbox/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "sandbox")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with sandbox_process("--seed", "3", keep_sandbox_env=True) as url:
+        yield url
 
 
 @pytest.fixture

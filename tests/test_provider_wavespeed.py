@@ -9,10 +9,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +23,7 @@ from pydantic import SecretStr
 
 from schemas.job import EditJob, InputRecord
 from schemas.params import size_problems
+from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 from worker.providers.base import InputUrls, WebhookEvent
 from worker.providers.wavespeed import SIZE_TABLE, WaveSpeedAdapter, WaveSpeedSettings
@@ -59,17 +56,6 @@ def adapter(**settings: Any) -> WaveSpeedAdapter:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def data_uri(path: Path) -> str:
@@ -236,36 +222,10 @@ def test_poll_outcomes() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the sandbox
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sandbox_url() -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_SANDBOX_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port), "--latency", "0.05",
-         "--jitter", "0", "--seed", "11", "--render-workers", "4"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, "sandbox exited early"
-        try:
-            return httpx.get(url + "/_sandbox/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=30, what="sandbox")
+    with sandbox_process("--seed", "11", "--render-workers", "4") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class Peer:

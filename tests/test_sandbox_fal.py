@@ -10,10 +10,6 @@ import base64
 import hashlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +23,8 @@ import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from PIL import Image, ImageDraw
+
+from tests import sandbox_proc
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "openai/gpt-image-2/edit"
@@ -55,22 +53,8 @@ BASELINE: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns a truthy value (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return sandbox_proc.wait_for(check, timeout, what, interval=0.01)
 
 
 def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -184,35 +168,8 @@ def peer() -> Iterator[Peer]:
 
 @pytest.fixture(scope="module")
 def sandbox_url() -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env = {k: v for k, v in env.items() if not k.startswith("EDITQ_SANDBOX_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port), "--latency", "0.05",
-         "--jitter", "0", "--seed", "7", "--render-workers", "4"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"sandbox exited early ({proc.returncode}): {out}")
-        try:
-            return httpx.get(url + "/_sandbox/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=30, what="sandbox health")
+    with sandbox_proc.sandbox_process("--seed", "7", "--render-workers", "4", what="sandbox health") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture()
@@ -434,7 +391,7 @@ def test_unusable_image_fails_the_job_on_completion(client: httpx.Client, peer: 
 
 
 def test_unreachable_host_fails_the_job(client: httpx.Client) -> None:
-    sub = submit(client, {"prompt": "x", "image_urls": [f"http://127.0.0.1:{_free_port()}/gone.png"]})
+    sub = submit(client, {"prompt": "x", "image_urls": [f"http://127.0.0.1:{sandbox_proc.free_port()}/gone.png"]})
     done = wait_completed(client, sub)
     assert done["error_type"] == "file_download_error"
     assert client.get(sub["response_url"]).status_code == 422
