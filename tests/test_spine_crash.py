@@ -54,3 +54,47 @@ def test_sigkill_after_submit_finishes_exactly_once(bare: LocalStack) -> None:
     manifest = json.loads(storage.get_bytes(storage.manifest_key(final["batch_id"], job_id)))
     assert manifest["attempts"] == 1
     assert [(r["status"], r.get("request_id")) for r in manifest["provider_requests"]] == [("accepted", request_id)]
+
+
+def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(bare: LocalStack) -> None:
+    """The worker dies after the provider accepted request A but before recording A's id. The lease runs
+    out, the attempt is recorded `uncertain` and the job is submitted again (B). When A's signed webhook
+    arrives it is matched to the job through its per-job URL and adopted; B is cancelled."""
+    import httpx
+
+    bare.apply_env()
+    for name in [n for n in bare.procs if n.startswith("phoenix")]:
+        bare.stop_proc(name)  # only the doomed worker may take this job
+    sandbox = bare.env["EDITQ_SANDBOX_URL"]
+    assert httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 6.0}, timeout=10).status_code == 200
+    fast_lease = {"EDITQ_SUBMIT_LEASE_S": "0.5"}
+    try:
+        tag = unique("lost")
+        job_id = submit({"custom_id": tag, "prompt": f"{tag} on slate", "images": [str(EXAMPLES / "bottle.png")],
+                         "quality": "low"})
+        bare.start_worker("doomed2", extra_env={"EDITQ_FAULT_CRASH_BEFORE_RECORD": "1", **fast_lease})
+        wait_for(lambda: bare.procs["doomed2"].poll() is not None, 60, "the doomed worker to kill itself")
+        assert status(job_id)["request_id"] is None  # the provider has request A; we do not know its id
+        bare.start_worker("phoenix2", extra_env=fast_lease)
+        final = wait(job_id, timeout=90)
+    finally:
+        httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 1.0}, timeout=10)
+    assert final["state"] == State.succeeded
+
+    mine = [r for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
+    assert len(mine) == 2, "expected the lost request A and the resubmitted B"
+    first, second = sorted(mine, key=lambda r: r["received_at"])
+    assert final["request_id"] == first["request_id"]  # A's result was adopted
+
+    storage = get_storage()
+    manifest = json.loads(storage.get_bytes(storage.manifest_key(final["batch_id"], job_id)))
+    reqs = [(r["attempt"], r["status"], r.get("request_id")) for r in manifest["provider_requests"]]
+    assert (1, "uncertain", None) in reqs
+    assert (2, "accepted", second["request_id"]) in reqs
+    assert (2, "adopted", first["request_id"]) in reqs
+    assert manifest["provider_request_id"] == first["request_id"]
+    keys = storage.list_keys(f"{storage.settings.s3_prefix}/{final['batch_id']}/{job_id}/")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["0.png", "manifest.json"]
+    # B was cancelled at the provider once A's answer was adopted
+    b = httpx.get(f"{sandbox}/_sandbox/requests/{second['request_id']}", timeout=10).json()
+    assert b["status"] in ("CANCELLED", "COMPLETED") and (b["status"] == "CANCELLED" or b["error_type"])

@@ -123,6 +123,8 @@ class Pipeline:
 
     async def submitted(self, adapter: ProviderAdapter, view: JobView, sub: Submitted) -> None:
         """Record the provider's request id before anything else happens to the job."""
+        if os.environ.get("EDITQ_FAULT_CRASH_BEFORE_RECORD") == "1":  # fault injection: answer lost in a crash
+            os.kill(os.getpid(), signal.SIGKILL)
         provider = adapter.name
         self.r.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
         delay = (

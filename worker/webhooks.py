@@ -7,6 +7,7 @@ poller uses, answer 200. Webhook and poller race to one terminal state; whicheve
 
 from __future__ import annotations
 
+import json
 import time
 from functools import cache
 
@@ -16,11 +17,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from worker import aio
-from worker.errors import WebhookRejected
+from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
 from worker.providers import get_adapter
-from worker.providers.base import WebhookEvent
-from worker.state import State
+from worker.providers.base import ProviderAdapter, WebhookEvent
+from worker.state import JobView, State
 
 log = structlog.get_logger("editq.webhooks")
 
@@ -78,24 +79,50 @@ def create_app() -> FastAPI:
 async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str | None) -> str:
     adapter = get_adapter(provider)
     job_id = p.r.get(p.k.request(provider, event.request_id))
-    early = False
+    adopt = False
     if job_id is None and job_hint:
-        # The provider finished before our submit recorded the request id (latency ~0). The URL is ours
-        # and per job; accept it only while that job is still waiting on its submit answer.
+        # A request whose id we never recorded: the provider answered before our submit did (latency ~0),
+        # or a worker died between the provider's answer and recording it (the attempt is `uncertain`,
+        # and the job may have been resubmitted since). The URL is ours and per job; the delivery is
+        # signed by the provider for this request id. Adopt its result rather than pay for another run.
         view = p.store.get(job_hint)
-        if view is not None and view.state is State.submitting and view.provider == provider:
-            job_id, early = job_hint, True
+        if view is not None and view.provider == provider and view.state in (State.submitting, State.submitted) and (
+            not view.request_id or any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
+        ):
+            job_id, adopt = job_hint, True
     if job_id is None:
         return "unknown-request"
     view = p.store.get(job_id)
     if view is None or view.state not in (State.submitted, State.submitting):
         return "already-done"
-    if view.request_id and view.request_id != event.request_id:
+    if not adopt and view.request_id and view.request_id != event.request_id:
         return "stale-request"
-    outcome = await adapter.webhook_outcome(aio.http_client(), event, view.json_field("handle") or {})
-    frm = (State.submitting, State.submitted) if early else (State.submitted,)
-    ok = await p.complete(job_id, outcome, frm=frm, request_id=event.request_id)
+    handle = {} if adopt else (view.json_field("handle") or {})
+    try:
+        outcome = await adapter.webhook_outcome(aio.http_client(), event, handle)
+    except (KeyError, ProviderError):
+        if adopt:
+            return "stale-request"  # nothing usable in the delivery itself; the job's own request goes on
+        raise
+    if adopt and outcome.result is None:
+        return "stale-request"  # only a late success is adopted; a late failure changes nothing
+    ok = await p.complete(job_id, outcome, frm=(State.submitting, State.submitted) if adopt else (State.submitted,),
+                          request_id=event.request_id)
+    if ok and adopt:
+        await _adopted(p, adapter, view, event.request_id)
     return "accepted" if ok else "already-done"
+
+
+async def _adopted(p: Pipeline, adapter: ProviderAdapter, view: JobView, request_id: str) -> None:
+    """Record the adopted request; cancel the job's newer request, if any (it may still be billed)."""
+    p.r.set(p.k.request(adapter.name, request_id), view.job_id, ex=p.settings.job_ttl_s)
+    note = "late answer of a request whose id was lost; result used"
+    if view.request_id and view.request_id != request_id:
+        note += f"; request {view.request_id} cancelled"
+        await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
+    entry = {"attempt": view.attempts, "provider": adapter.name, "status": "adopted", "request_id": request_id,
+             "at": time.time(), "note": note}
+    p.store.set_fields(view.job_id, **{f"req.adopted.{request_id}": json.dumps(entry)})
 
 
 app = create_app()
