@@ -23,7 +23,7 @@ from schemas.settings import Settings, get_settings
 from worker import aio
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest
-from worker.providers import get_adapter
+from worker.providers import REGISTRY, get_adapter
 from worker.providers.base import InputUrls, Outcome, ProviderAdapter, ProviderRequest, Result, Submitted
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
@@ -370,7 +370,8 @@ class Pipeline:
             if self.store.move(jid, [State.collecting], State.ready, note="collect retry").ok:
                 stats["recollect"] += 1
         for provider in self.r.smembers(self.k.providers):
-            if any(self.r.llen(self.k.pending(provider, lane)) for lane in ("interactive", "bulk")):
+            waiting = any(self.r.llen(self.k.pending(provider, lane)) for lane in ("interactive", "bulk"))
+            if waiting and provider in REGISTRY:
                 self.kick.dispatch(provider, get_adapter(provider).synchronous)
         if self.r.llen(self.k.ready):
             self.kick.collect()
