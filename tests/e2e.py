@@ -7,15 +7,16 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
 
 from producer.stack import LocalStack, reset_caches
+from tests import sandbox_proc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPT = "Place this product on a rustic oak table in soft morning light."
@@ -27,6 +28,12 @@ CANONICAL: list[dict[str, Any]] = [
     {"custom_id": "two-images", "prompt": PROMPT, "images": ["sneaker.jpg"], "num_images": 2},
     {"custom_id": "jpeg", "prompt": PROMPT, "images": ["bottle.png"], "output_format": "jpeg"},
 ]
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
+    return sandbox_proc.wait_for(check, timeout, what, interval=0.05)
 
 
 @contextmanager

@@ -9,88 +9,29 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
 from producer.api import status, submit_batch, wait
-from producer.stack import LocalStack, reset_caches
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-T = TypeVar("T")
-
-PROMPT = "Place this product on a rustic oak table in soft morning light."
-CANONICAL: list[dict[str, Any]] = [
-    {"custom_id": "masked", "prompt": "Redesign only the label.", "images": ["mug.png"], "mask": "mask_mug.png"},
-    {"custom_id": "three-refs", "prompt": "Arrange the three products in one flat-lay.",
-     "images": ["mug.png", "bottle.png", "backpack.png"]},
-    {"custom_id": "two-images", "prompt": PROMPT, "images": ["sneaker.jpg"], "num_images": 2},
-    {"custom_id": "jpeg", "prompt": PROMPT, "images": ["bottle.png"], "output_format": "jpeg"},
-]
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def _env(extra: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
-
-
-def _start(webhooks: bool, extra: dict[str, str]) -> Iterator[LocalStack]:
-    """A stack whose child processes see `extra`; this process's environment is restored once they run."""
-    stack = LocalStack(sandbox_opts={"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 8, "seed": 5},
-                       webhooks=webhooks, worker_concurrency=8)
-    with _env(extra):
-        if not webhooks:  # nothing inherited may point the workers at some receiver
-            os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
-        stack.__enter__()
-    try:
-        yield stack
-    finally:
-        stack.__exit__(None, None, None)
+from producer.stack import LocalStack
+from tests.e2e import CANONICAL, EXAMPLES, PROMPT, accepted_webhooks, sandbox_log, start, using, wait_for
 
 
 @pytest.fixture(scope="module")
 def hooked() -> Iterator[LocalStack]:
     # the webhook-mode safety-net poll is pushed out of the test's reach: completions can only come by webhook
-    yield from _start(True, {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600", "EDITQ_MODELRUNNER_CONCURRENCY": "8"})
+    yield from start(True, {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600", "EDITQ_MODELRUNNER_CONCURRENCY": "8"})
 
 
 @pytest.fixture(scope="module")
 def polled() -> Iterator[LocalStack]:
-    yield from _start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5",
-                              "EDITQ_MODELRUNNER_CONCURRENCY": "8"})
-
-
-@contextmanager
-def using(stack: LocalStack) -> Iterator[LocalStack]:
-    with _env({}):
-        stack.apply_env()
-        yield stack
+    yield from start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5",
+                             "EDITQ_MODELRUNNER_CONCURRENCY": "8"})
 
 
 def sandbox(stack: LocalStack, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -140,7 +81,7 @@ def _run_canonical(stack: LocalStack) -> list[dict[str, Any]]:
     final = wait(report.batch_id, timeout=60, interval=0.1)
     assert final["counts"] == {"succeeded": 4}
     manifests = _verify_manifests(report.batch_id, report.job_ids)
-    entries = sandbox(stack, "GET", "/_sandbox/requests", params={"provider": "modelrunner"}).json()["requests"]
+    entries = sandbox_log(stack, "modelrunner")
     mine = {m["provider_request_id"] for m in manifests.values()}
     found = [e for e in entries if e["request_id"] in mine]
     assert len(found) == 4
@@ -149,20 +90,15 @@ def _run_canonical(stack: LocalStack) -> list[dict[str, Any]]:
     return found
 
 
-def _accepted(stack: LocalStack) -> float:
-    metrics = httpx.get(stack.env["EDITQ_WEBHOOK_BASE_URL"] + "/metrics", timeout=10).text
-    found = re.search(r'editq_webhook_deliveries_total\{outcome="accepted",provider="modelrunner"\} (\S+)', metrics)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_canonical_batch_through_webhooks(hooked: LocalStack) -> None:
     with using(hooked):
-        accepted = _accepted(hooked)
+        accepted = accepted_webhooks(hooked, "modelrunner")
         entries = _run_canonical(hooked)
         for entry in entries:
             assert entry["webhook_url"].startswith(hooked.env["EDITQ_WEBHOOK_BASE_URL"] + "/webhooks/modelrunner?job=")
             assert entry["webhook"]["delivered"] == 1
-        assert _accepted(hooked) == accepted + 4  # every job was completed by a verified delivery
+        # every job was completed by a verified delivery
+        assert accepted_webhooks(hooked, "modelrunner") == accepted + 4
 
 
 def test_canonical_batch_through_polling(polled: LocalStack) -> None:
