@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,11 @@ def _run(stack: LocalStack) -> list[dict[str, Any]]:
     assert [o["content_type"] for o in manifests["jpeg"]["outputs"]] == ["image/jpeg"]
     assert len(manifests["two-images"]["outputs"]) == 2 and len(manifests["three-refs"]["inputs"]) == 3
     assert_mask_respected(manifests["masked"]["outputs"][0]["key"])
+    key = stack.env["EDITQ_FAL_KEY"]
+    assert key not in json.dumps(manifests), "the API key leaked into a manifest"
+    assert "editq.dispatch" in stack.log("worker0")  # the worker log has the task lines (ids only)...
+    for name in ("worker0", "webhooks", "sandbox"):
+        assert key not in stack.log(name), f"the API key leaked into the {name} log"  # ...and never the key
     mine = {m["provider_request_id"] for m in manifests.values()}
     found = [e for e in sandbox_log(stack, "fal") if e["request_id"] in mine]
     assert len(found) == 4  # one provider submission per job
