@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from functools import cache
 
 import structlog
@@ -15,6 +16,7 @@ from schemas.settings import get_settings
 from worker import aio
 from worker.celery_app import app
 from worker.pipeline import Pipeline
+from worker.providers import get_adapter
 
 log = structlog.get_logger("editq.tasks")
 
@@ -24,11 +26,50 @@ def pipeline() -> Pipeline:
     return Pipeline()
 
 
+PUMP_MAX_S = 20.0  # a pump hands over to a fresh task after this long, so every task stays short
+
+
+def _pump(flag: str, step: Callable[[], int], more: Callable[[], bool], again: Callable[[], None]) -> int:
+    """Run `step` round after round while it finds work, holding the kick flag meanwhile, so the
+    thousands of wake-ups of a burst (each completion kicks collect and dispatch) are absorbed by
+    this task instead of each sending a task that finds one job. No wake-up is lost: once the flag
+    is released, work that arrived meanwhile (`more`) is taken here or by the kick that wins the flag."""
+    kick = pipeline().kick
+    deadline = time.monotonic() + PUMP_MAX_S
+    total = 0
+    kick.hold(flag)
+    idle_rounds = 0
+    while True:
+        n = step()
+        total += n
+        if n:
+            idle_rounds = 0
+            if time.monotonic() > deadline:
+                kick.clear(flag)
+                again()
+                return total
+            kick.hold(flag)
+            continue
+        kick.clear(flag)
+        idle_rounds += 1
+        # one more round if work arrived while we held the flag (bounded: a provider in backoff or a
+        # reserved slot can leave `more` true while nothing is claimable; the tick retries those)
+        if idle_rounds > 1 or not more() or not kick.take(flag):
+            return total
+
+
 @app.task(name="editq.dispatch")
 def dispatch(provider: str) -> int:
     p = pipeline()
-    p.kick.clear(f"dispatch:{provider}")
-    return aio.run(p.dispatch(provider))
+    adapter = get_adapter(provider)
+
+    def more() -> bool:
+        cap = max(1, adapter.settings.concurrency)
+        pending = p.r.llen(p.k.pending(provider, "interactive")) + p.r.llen(p.k.pending(provider, "bulk"))
+        return bool(pending) and p.r.zcard(p.k.slots(provider)) < cap
+
+    return _pump(f"dispatch:{provider}", lambda: aio.run(p.dispatch(provider)), more,
+                 lambda: p.kick.dispatch(provider, adapter.synchronous))
 
 
 @app.task(name="editq.poll")
@@ -39,8 +80,7 @@ def poll(provider: str, job_ids: list[str]) -> int:
 @app.task(name="editq.collect")
 def collect() -> int:
     p = pipeline()
-    p.kick.clear("collect")
-    return aio.run(p.collect())
+    return _pump("collect", lambda: aio.run(p.collect()), lambda: bool(p.r.llen(p.k.ready)), p.kick.collect)
 
 
 @app.task(name="editq.finalize")

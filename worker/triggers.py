@@ -8,6 +8,7 @@ from schemas.settings import get_settings
 from worker.redis_client import get_redis
 
 COALESCE_MS = 1000
+PUMP_HOLD_MS = 15_000  # a running pump holds its flag this long (refreshed each round; expires if it dies)
 
 
 def queue_name(kind: str = "") -> str:
@@ -34,6 +35,14 @@ class Kicker:
 
     def clear(self, name: str) -> None:
         self.r.delete(self._flag(name))
+
+    def hold(self, name: str) -> None:
+        """A pump for `name` is running: kicks are absorbed by it instead of sending tasks."""
+        self.r.set(self._flag(name), "1", px=PUMP_HOLD_MS)
+
+    def take(self, name: str) -> bool:
+        """Hold the flag unless someone else did (then their kick already sent a task)."""
+        return bool(self.r.set(self._flag(name), "1", nx=True, px=PUMP_HOLD_MS))
 
     def dispatch(self, provider: str, synchronous: bool = False) -> None:
         self._coalesced(f"dispatch:{provider}", "editq.dispatch", [provider],
