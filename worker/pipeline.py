@@ -32,6 +32,7 @@ from worker.triggers import Kicker
 log = structlog.get_logger("editq.pipeline")
 
 CIRCUIT_FAILURES = 5
+COLLECT_WHILE_DISPATCHING = 4
 CIRCUIT_OPEN_S = 60
 
 
@@ -277,8 +278,15 @@ class Pipeline:
         self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
 
     # ================================================================ collect (store outputs + manifest)
+    def dispatching(self) -> bool:
+        """A dispatch pump is refilling freed provider slots right now (it holds its kick flag)."""
+        providers = list(self.r.smembers(self.k.providers))
+        return bool(providers) and bool(self.r.exists(*(self.kick.flag(f"dispatch:{p}") for p in providers)))
+
     async def collect(self, limit: int | None = None) -> int:
-        limit = limit or self.settings.collect_batch
+        # Submitting is on the critical path (a free slot earns nothing); storing outputs is not. While a
+        # dispatch pump works, collect takes small rounds so the CPU goes to refilling slots first.
+        limit = limit or (COLLECT_WHILE_DISPATCHING if self.dispatching() else self.settings.collect_batch)
         ids = self.r.lpop(self.k.ready, limit) or []
         claimed = []
         for jid in ids:

@@ -29,6 +29,10 @@ class Kicker:
     def _flag(self, name: str) -> str:
         return f"{self.prefix}:kick:{name}"
 
+    def flag(self, name: str) -> str:
+        """The Redis key of a kick flag (held while a task for `name` is queued or pumping)."""
+        return self._flag(name)
+
     def _coalesced(self, name: str, task: str, args: list[Any], queue: str) -> None:
         if self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS):
             self.app.send_task(task, args=args, queue=queue)
