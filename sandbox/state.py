@@ -23,8 +23,10 @@ from fastapi import APIRouter, Request
 from sandbox.config import ConfigHolder, SandboxConfig
 from sandbox.faults import Dice
 from sandbox.files import FileStore
+from sandbox.inputs import set_input_cache
 from sandbox.runner import ProviderAdapter, Runner
 from sandbox.webhooks import WebhookDispatcher
+from worker.aio import pooled_transport
 
 T = TypeVar("T")
 
@@ -41,6 +43,8 @@ class ProviderMount:
 class SandboxState:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = ConfigHolder(config)
+        set_input_cache(config.render == "cached")
+        self.config.subscribe(lambda old, new: set_input_cache(new.render == "cached"))
         self.dice = Dice(config.seed)
         self.files = FileStore(config.files_dir)
         self.webhooks = WebhookDispatcher(self.config, self.dice, self.http)
@@ -56,8 +60,9 @@ class SandboxState:
     def http(self) -> httpx.AsyncClient:
         """Shared client for input downloads and webhook deliveries (created on first use)."""
         if self._http is None:
+            # the same O(n) connection pool as editq's workers (httpcore's own is O(n^2) per request)
             self._http = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+                transport=pooled_transport(256),
                 timeout=httpx.Timeout(15.0),
                 follow_redirects=False,
             )

@@ -96,19 +96,24 @@ class _Pool(httpcore.AsyncConnectionPool):
         return closing
 
 
+def pooled_transport(max_connections: int, keepalive_expiry: float = 5.0) -> httpx.AsyncHTTPTransport:
+    """An httpx transport on the O(n) pool above (also used by the sandbox's client)."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = _Pool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry,
+    )
+    return transport
+
+
 def http_client() -> httpx.AsyncClient:
     """The process-wide async client (call from inside the loop)."""
     client = _state.get("http")
     if client is None or _state["http_pid"] != os.getpid():
-        transport = httpx.AsyncHTTPTransport()
-        transport._pool = _Pool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=MAX_CONNECTIONS,
-            max_keepalive_connections=MAX_CONNECTIONS,
-            keepalive_expiry=5.0,
-        )
         client = httpx.AsyncClient(
-            transport=transport,
+            transport=pooled_transport(MAX_CONNECTIONS),
             timeout=httpx.Timeout(30.0, connect=10.0),
             follow_redirects=False,
         )
