@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import urllib.parse
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -50,7 +51,45 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
     return data
 
 
+# With render=cached the sandbox stands in for a provider on the same (small) machine as the system
+# under test; then it keeps the bytes of each input by URL without its query (editq's inputs are
+# content-addressed S3 keys; the query is only the presigned signature), so each distinct input is
+# downloaded once instead of once per job. render=real downloads every input every time.
+_INPUT_CACHE: OrderedDict[str, bytes] = OrderedDict()
+_INPUT_CACHE_MAX_BYTES = 64 * 1024 * 1024
+_input_cache = {"on": False, "bytes": 0}
+
+
+def set_input_cache(enabled: bool) -> None:
+    _input_cache["on"] = enabled
+    if not enabled:
+        _INPUT_CACHE.clear()
+        _input_cache["bytes"] = 0
+
+
+def _cache_put(key: str, data: bytes) -> None:
+    if len(data) > _INPUT_CACHE_MAX_BYTES // 8:
+        return
+    _INPUT_CACHE[key] = data
+    _input_cache["bytes"] += len(data)
+    while _input_cache["bytes"] > _INPUT_CACHE_MAX_BYTES:
+        _, old = _INPUT_CACHE.popitem(last=False)
+        _input_cache["bytes"] -= len(old)
+
+
 async def fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
+    if _input_cache["on"] and not url.startswith("data:"):
+        key = url.split("?", 1)[0]
+        hit = _INPUT_CACHE.get(key)
+        if hit is not None and len(hit) <= max_bytes:
+            return hit
+        data = await _fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout)
+        _cache_put(key, data)
+        return data
+    return await _fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout)
+
+
+async def _fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
     if url.startswith("data:"):
         if len(url) > _OFFLOAD_CHARS:
             return await asyncio.to_thread(decode_data_uri, url, max_bytes=max_bytes)
