@@ -45,6 +45,7 @@ class BatchReport:
     duplicates: list[tuple[int, str]] = field(default_factory=list)
     invalid: list[LineError] = field(default_factory=list)
     refused: bool = False
+    keep_ids: bool = True
 
     @property
     def ok(self) -> bool:
@@ -116,7 +117,8 @@ class Enqueuer:
             created, jid = int(res[0]), res[1]
             if created:
                 report.enqueued += 1
-                report.job_ids.append(jid)
+                if report.keep_ids:
+                    report.job_ids.append(jid)
                 providers.add(job.route[0])
             else:
                 report.duplicates.append((lineno, jid))
@@ -165,12 +167,15 @@ def submit_batch(
     defaults: dict[str, Any] | None = None,
     source: str | None = None,
     on_progress: Callable[[BatchReport], None] | None = None,
+    keep_ids: bool = True,
 ) -> BatchReport:
     """Enqueue a batch. With `strict`, every line is checked first and any bad line refuses the whole batch
-    (pass a callable returning a fresh iterator so the lines can be read twice without holding them)."""
+    (pass a callable returning a fresh iterator so the lines can be read twice without holding them).
+    `keep_ids=False` leaves `report.job_ids` empty, so memory stays flat however long the batch is
+    (the ids are in Redis under the batch, and in its manifest)."""
     batch_id = batch_id or new_id("batch")
     enq = Enqueuer(batch_id, Path(base_dir))
-    report = BatchReport(batch_id=batch_id)
+    report = BatchReport(batch_id=batch_id, keep_ids=keep_ids)
     source_fn = lines if callable(lines) else (lambda: lines)
     if strict:
         for n, raw in _numbered(source_fn()):

@@ -29,7 +29,7 @@ def submit(
     from producer.api import submit_file
 
     defaults = {"provider": provider} if provider else None
-    report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults)
+    report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False)
     for err in report.invalid:
         console.print(f"[red]line {err.line}[/red]{f' ({err.custom_id})' if err.custom_id else ''}: {err.error}")
     if report.refused:
