@@ -4,6 +4,7 @@ comes back (one provider submission, one set of outputs)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -62,11 +63,15 @@ def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(
     arrives it is matched to the job through its per-job URL and adopted; B is cancelled."""
     import httpx
 
+    from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+
     bare.apply_env()
     for name in [n for n in bare.procs if n.startswith("phoenix")]:
         bare.stop_proc(name)  # only the doomed worker may take this job
     sandbox = bare.env["EDITQ_SANDBOX_URL"]
-    assert httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 6.0}, timeout=10).status_code == 200
+    # deliveries are dropped, so the test itself delivers A's webhook, at the moment it chooses
+    patch = {"latency_s": 0.3, "webhook_lost_rate": 1.0}
+    assert httpx.patch(f"{sandbox}/_sandbox/config", json=patch, timeout=10).status_code == 200
     fast_lease = {"EDITQ_SUBMIT_LEASE_S": "0.5"}
     try:
         tag = unique("lost")
@@ -75,26 +80,38 @@ def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(
         bare.start_worker("doomed2", extra_env={"EDITQ_FAULT_CRASH_BEFORE_RECORD": "1", **fast_lease})
         wait_for(lambda: bare.procs["doomed2"].poll() is not None, 60, "the doomed worker to kill itself")
         assert status(job_id)["request_id"] is None  # the provider has request A; we do not know its id
+        (a,) = [r for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
+
         bare.start_worker("phoenix2", extra_env=fast_lease)
-        final = wait(job_id, timeout=90)
+        b_id = wait_for(lambda: status(job_id)["request_id"], 60, "the resubmission B")
+        assert b_id != a["request_id"] and status(job_id)["state"] == State.submitted
+
+        auth = {"Authorization": "Key sandbox-key"}
+        result_url = f"{sandbox}/fal/openai/gpt-image-2/requests/{a['request_id']}"
+        result = wait_for(lambda: (r := httpx.get(result_url, headers=auth, timeout=10)).status_code == 200 and r,
+                          30, "request A to finish at the provider").json()
+        body = json.dumps({"request_id": a["request_id"], "gateway_request_id": a["request_id"], "status": "OK",
+                           "payload": result, "error": None}).encode()
+        signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), "sandbox-user")
+        headers = signer.sign(body, request_id=a["request_id"], timestamp=int(time.time()))
+        resp = httpx.post(f"{bare.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/fal", params={"job": job_id}, content=body,
+                          headers={**headers, "content-type": "application/json"}, timeout=10)
+        assert resp.json() == {"status": "accepted"}
+        final = wait(job_id, timeout=60)
     finally:
-        httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 1.0}, timeout=10)
-    assert final["state"] == State.succeeded
+        httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 1.0, "webhook_lost_rate": 0.0}, timeout=10)
+    assert final["state"] == State.succeeded and final["request_id"] == a["request_id"]  # A's result was adopted
 
-    mine = [r for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
-    assert len(mine) == 2, "expected the lost request A and the resubmitted B"
-    first, second = sorted(mine, key=lambda r: r["received_at"])
-    assert final["request_id"] == first["request_id"]  # A's result was adopted
-
+    mine = [r["request_id"] for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
+    assert sorted(mine) == sorted([a["request_id"], b_id])
     storage = get_storage()
     manifest = json.loads(storage.get_bytes(storage.manifest_key(final["batch_id"], job_id)))
     reqs = [(r["attempt"], r["status"], r.get("request_id")) for r in manifest["provider_requests"]]
     assert (1, "uncertain", None) in reqs
-    assert (2, "accepted", second["request_id"]) in reqs
-    assert (2, "adopted", first["request_id"]) in reqs
-    assert manifest["provider_request_id"] == first["request_id"]
+    assert (2, "accepted", b_id) in reqs
+    assert (2, "adopted", a["request_id"]) in reqs
+    assert manifest["provider_request_id"] == a["request_id"]
     keys = storage.list_keys(f"{storage.settings.s3_prefix}/{final['batch_id']}/{job_id}/")
     assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["0.png", "manifest.json"]
-    # B was cancelled at the provider once A's answer was adopted
-    b = httpx.get(f"{sandbox}/_sandbox/requests/{second['request_id']}", timeout=10).json()
-    assert b["status"] in ("CANCELLED", "COMPLETED") and (b["status"] == "CANCELLED" or b["error_type"])
+    b = httpx.get(f"{sandbox}/_sandbox/requests/{b_id}", timeout=10).json()
+    assert b["error_type"] == "request_cancelled" or b["status"] == "CANCELLED"  # B was cancelled at the provider

@@ -50,12 +50,13 @@ ACTIVE = frozenset(State) - TERMINAL
 
 # The only moves the pipeline makes. Anything else is a bug and is refused.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.queued: frozenset({State.submitting, State.cancelled, State.failed}),
+    # queued/retry_wait -> ready: the late, signed answer of an earlier request that was lost in a crash
+    State.queued: frozenset({State.submitting, State.ready, State.cancelled, State.failed}),
     State.submitting: frozenset(
         {State.submitted, State.ready, State.retry_wait, State.queued, State.failed, State.cancelled}
     ),
     State.submitted: frozenset({State.ready, State.retry_wait, State.queued, State.failed, State.cancelled}),
-    State.retry_wait: frozenset({State.queued, State.failed, State.cancelled}),
+    State.retry_wait: frozenset({State.queued, State.ready, State.failed, State.cancelled}),
     State.ready: frozenset({State.collecting, State.cancelled}),
     State.collecting: frozenset({State.succeeded, State.ready, State.failed, State.retry_wait}),
     State.succeeded: frozenset(),

@@ -20,12 +20,13 @@ from worker import aio
 from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
 from worker.providers import get_adapter
-from worker.providers.base import ProviderAdapter, WebhookEvent
+from worker.providers.base import WebhookEvent
 from worker.state import JobView, State
 
 log = structlog.get_logger("editq.webhooks")
 
 DELIVERIES = Counter("editq_webhook_deliveries_total", "Webhook deliveries by outcome", ["provider", "outcome"])
+ADOPTABLE = (State.queued, State.retry_wait, State.submitting, State.submitted)
 SEEN_TTL_S = 3 * 3600  # longer than any provider's retry window (fal: 10 tries over ~2 h)
 
 
@@ -86,14 +87,14 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         # and the job may have been resubmitted since). The URL is ours and per job; the delivery is
         # signed by the provider for this request id. Adopt its result rather than pay for another run.
         view = p.store.get(job_hint)
-        if view is not None and view.provider == provider and view.state in (State.submitting, State.submitted) and (
+        if view is not None and view.provider == provider and view.state in ADOPTABLE and (
             not view.request_id or any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
         ):
             job_id, adopt = job_hint, True
     if job_id is None:
         return "unknown-request"
     view = p.store.get(job_id)
-    if view is None or view.state not in (State.submitted, State.submitting):
+    if view is None or view.state not in (ADOPTABLE if adopt else (State.submitted, State.submitting)):
         return "already-done"
     if not adopt and view.request_id and view.request_id != event.request_id:
         return "stale-request"
@@ -106,23 +107,29 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         raise
     if adopt and outcome.result is None:
         return "stale-request"  # only a late success is adopted; a late failure changes nothing
-    ok = await p.complete(job_id, outcome, frm=(State.submitting, State.submitted) if adopt else (State.submitted,),
-                          request_id=event.request_id)
-    if ok and adopt:
-        await _adopted(p, adapter, view, event.request_id)
+    if adopt:  # recorded before the move: the collector may write the manifest right after it
+        field = _record_adoption(p, provider, view, event.request_id)
+    ok = await p.complete(job_id, outcome, frm=ADOPTABLE if adopt else (State.submitted,), request_id=event.request_id)
+    if adopt and not ok:
+        p.r.hdel(p.k.job(job_id), field)
+    elif adopt and view.request_id and view.request_id != event.request_id and view.state is State.submitted:
+        await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
     return "accepted" if ok else "already-done"
 
 
-async def _adopted(p: Pipeline, adapter: ProviderAdapter, view: JobView, request_id: str) -> None:
-    """Record the adopted request; cancel the job's newer request, if any (it may still be billed)."""
-    p.r.set(p.k.request(adapter.name, request_id), view.job_id, ex=p.settings.job_ttl_s)
-    note = "late answer of a request whose id was lost; result used"
-    if view.request_id and view.request_id != request_id:
+def _record_adoption(p: Pipeline, provider: str, view: JobView, request_id: str) -> str:
+    """Note the adopted request in the job's request log; a newer request in flight gets cancelled."""
+    p.r.set(p.k.request(provider, request_id), view.job_id, ex=p.settings.job_ttl_s)
+    lost = any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
+    note = ("late answer of a request whose id was lost; result used" if lost
+            else "completion arrived before the submit answer was recorded")
+    if view.request_id and view.request_id != request_id and view.state is State.submitted:
         note += f"; request {view.request_id} cancelled"
-        await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
-    entry = {"attempt": view.attempts, "provider": adapter.name, "status": "adopted", "request_id": request_id,
+    entry = {"attempt": view.attempts, "provider": provider, "status": "adopted", "request_id": request_id,
              "at": time.time(), "note": note}
-    p.store.set_fields(view.job_id, **{f"req.adopted.{request_id}": json.dumps(entry)})
+    field = f"req.adopted.{request_id}"
+    p.store.set_fields(view.job_id, **{field: json.dumps(entry)})
+    return field
 
 
 app = create_app()
