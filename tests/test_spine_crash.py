@@ -81,6 +81,8 @@ def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(
         wait_for(lambda: bare.procs["doomed2"].poll() is not None, 60, "the doomed worker to kill itself")
         assert status(job_id)["request_id"] is None  # the provider has request A; we do not know its id
         (a,) = [r for r in sandbox_requests(bare) if tag in json.dumps(r.get("input"))]
+        # B must still be running when A's answer is adopted, so that cancelling it is observable
+        assert httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 60.0}, timeout=10).status_code == 200
 
         bare.start_worker("phoenix2", extra_env=fast_lease)
         b_id = wait_for(lambda: status(job_id)["request_id"], 60, "the resubmission B")

@@ -31,7 +31,7 @@ def submitted_job(receiver_stack: LocalStack) -> tuple[str, str]:
     receiver_stack.apply_env()
     store = JobStore()
     job_id = submit({"prompt": unique("wh"), "images": [str(EXAMPLES / "mug.png")]})
-    assert store.claim("fal", 100, 100, 0, 0, 60) == [job_id]
+    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)  # (plus any job an earlier failed test left queued)
     request_id = unique("req")
     store.r.set(store.k.request("fal", request_id), job_id)
     assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,

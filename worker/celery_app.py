@@ -52,7 +52,6 @@ def reconfigure() -> None:
     if app.conf.broker_url == url:
         return
     app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # drop (do not close) the cached pools: producers handed out earlier may still be in use
+    app._pool = None
     app.amqp._producer_pool = None
