@@ -28,7 +28,6 @@ import asyncio
 import base64
 import json
 import math
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -48,17 +47,27 @@ from sandbox.engine import (
     resolve_size,
 )
 from sandbox.files import MEDIA_TYPES, FileStore, StoredFile
-from sandbox.inputs import InputError, fetch_image, summarize_for_log
-from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.inputs import summarize_for_log
+from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
 from sandbox.state import ProviderMount, SandboxState
 
+from .common import (
+    KEY_AUTH,
+    InputFailed,
+    authorization_matches,
+    fetch_inputs,
+    kept_headers,
+    queue_priority,
+    queue_urls,
+    retry_after,
+    submit_fault,
+)
 from .fal_schema import GptImage2EditInput, error_detail, validation_detail
 
 NAME = "fal"
 PREFIX = "/fal"
 REST_PREFIX = "/fal-rest"
-_AUTH = re.compile(r"^Key\s+\S+", re.IGNORECASE)
 _BIG_BODY = 1 << 20
 
 _NGINX = "<html>\r\n<head><title>{code} {text}</title></head>\r\n<body>\r\n<center><h1>{code} {text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"  # noqa: E501
@@ -157,15 +166,14 @@ class FalProvider:
 
     @staticmethod
     def _unauthorized(request: Request) -> JSONResponse | None:
-        if _AUTH.match(request.headers.get("authorization", "")):
+        if authorization_matches(request, KEY_AUTH):
             return None
         return _json(401, {"detail": "Missing or invalid credentials. Use 'Authorization: Key <FAL_KEY>'."},
                      {"WWW-Authenticate": "Key"})
 
     @staticmethod
     def _urls(job: Job) -> dict[str, str]:
-        base = f"{job.base_url}{PREFIX}/{job.extra['app']}/requests/{job.request_id}"
-        return {"response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
+        return queue_urls(f"{job.base_url}{PREFIX}/{job.extra['app']}/requests/{job.request_id}")
 
     def _find(self, owner: str, app: str, request_id: str) -> Job | None:
         job = self.state.runner.get(NAME, request_id)
@@ -195,18 +203,14 @@ class FalProvider:
         if denied is not None:
             runner.reject(NAME, "auth")
             return denied
-        dice = self.state.dice
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
-            runner.reject(NAME, "timeout")
-            await asyncio.sleep(cfg.timeout_hold_s)
+        fault = await submit_fault(self.state, NAME)
+        if fault == "timeout":
             return _nginx(504, "Gateway Time-out")
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            runner.reject(NAME, "5xx")
+        if fault == "5xx":
             return _nginx(503, "Service Temporarily Unavailable")
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            runner.reject(NAME, "429")
+        if fault == "429":
             return _json(429, {"detail": "Too many requests.", "error_type": "rate_limited"},
-                         {"Retry-After": str(math.ceil(cfg.retry_after_s)), "X-Fal-Error-Type": "rate_limited"})
+                         {**retry_after(cfg), "X-Fal-Error-Type": "rate_limited"})
         endpoint = endpoint.strip("/")
         model = self.models.get(endpoint)
         if model is None:
@@ -234,7 +238,6 @@ class FalProvider:
                 runner.reject(NAME, "validation")
                 return _json(400, {"detail": "X-Fal-Request-Timeout must be a positive number of seconds."})
         webhook = request.query_params.get("fal_webhook") or None
-        priority = request.headers.get("x-fal-queue-priority", "normal").lower()
         request_id = str(uuid.uuid4())
         job = Job(
             provider=NAME,
@@ -245,9 +248,9 @@ class FalProvider:
             input_summary=summarize_for_log(data),
             webhook_url=webhook,
             base_url=self.state.base_url(request),
-            priority=PRIORITY_LOW if priority == "low" else PRIORITY_NORMAL,
+            priority=queue_priority(request, "x-fal-queue-priority"),
             start_timeout_s=start_timeout,
-            headers={k: v for k, v in request.headers.items() if k.startswith("x-fal-") or k == "user-agent"},
+            headers=kept_headers(request, prefix="x-fal-"),
             extra={"app": "/".join(endpoint.split("/")[:2])},
         )
         runner.submit(job)
@@ -261,25 +264,13 @@ class FalProvider:
 
     async def _gpt_image_2_edit(self, job: Job) -> JobOutcome:
         inp: GptImage2EditInput = job.payload
-        cfg = self.state.current
-        urls = [*inp.image_urls, *([inp.mask_url] if inp.mask_url else [])]
         job.log(f"Downloading {len(inp.image_urls)} input image(s)" + (" and a mask." if inp.mask_url else "."))
-        client = self.state.http()
-        fetched = await asyncio.gather(
-            *(fetch_image(u, client, max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s) for u in urls),
-            return_exceptions=True,
-        )
-        blobs: list[bytes] = []
-        for index, item in enumerate(fetched):
-            if isinstance(item, InputError):
-                loc: list[str | int] = ["body", "image_urls", index] if index < len(inp.image_urls) else [
-                    "body", "mask_url"]
-                job.log(f"Input {loc[1:]} failed: {item}", "ERROR")
-                return _model_error(loc, str(item), item.kind)
-            if isinstance(item, BaseException):
-                raise item
-            blobs.append(item)
-        images, mask = blobs[: len(inp.image_urls)], (blobs[-1] if inp.mask_url else None)
+        try:
+            images, mask = await fetch_inputs(self.state, inp.image_urls, inp.mask_url)
+        except InputFailed as failed:
+            loc: list[str | int] = ["body", "mask_url"] if failed.mask else ["body", "image_urls", failed.index]
+            job.log(f"Input {loc[1:]} failed: {failed.error}", "ERROR")
+            return _model_error(loc, str(failed.error), failed.error.kind)
         job.log(f"Editing: {inp.num_images} image(s), size={inp.image_size!s}, format={inp.output_format}.")
         try:
             entries = await self.state.in_thread(self._render_and_store, inp, images, mask, job)

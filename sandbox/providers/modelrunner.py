@@ -30,12 +30,7 @@ a per-image sandbox price by quality; the ``start`` webhook event (best effort o
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
-import re
-import secrets
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,11 +39,24 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
-from sandbox.inputs import InputError, fetch_image, summarize_for_log
-from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.inputs import summarize_for_log
+from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import StandardWebhookSigner
 from sandbox.state import ProviderMount, SandboxState
 
+from .common import (
+    KEY_AUTH,
+    InputFailed,
+    authorization_matches,
+    fetch_inputs,
+    iso_utc,
+    kept_headers,
+    queue_priority,
+    queue_urls,
+    random_id,
+    retry_after,
+    submit_fault,
+)
 from .fal_schema import GptImage2EditInput
 
 NAME = "modelrunner"
@@ -57,18 +65,11 @@ MODELS = ("openai/gpt-image-2/edit",)
 RESERVED = ("webhook", "webhook_events_filter", "metadata")
 EVENTS = ("completed", "start")
 PRICES = {"low": "0.01", "medium": "0.06", "high": "0.22", "auto": "0.22"}  # sandbox price per image (USD)
-_AUTH = re.compile(r"^Key\s+\S+", re.IGNORECASE)
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(21))
+    return random_id(_ID_ALPHABET, 21)
 
 
 def _error(status: int, error: Any, *, request_id: str | None = None, details: Any = None,
@@ -169,8 +170,8 @@ def result_object(job: Job) -> dict[str, Any]:
         "metadata": job.extra.get("metadata") or {},
         "inferenceTime": round((job.inference_time or 0) * 1000) if job.inference_time is not None else None,
         "delayTime": round((started - job.received_at) * 1000) if started is not None else None,
-        "createdAt": _iso(job.received_at),
-        "updatedAt": _iso(job.completed_at or job.started_at or job.received_at),
+        "createdAt": iso_utc(job.received_at),
+        "updatedAt": iso_utc(job.completed_at or job.started_at or job.received_at),
         "totalPrice": job.extra.get("price") if ok else "0",
     }
 
@@ -184,14 +185,13 @@ class ModelRunnerProvider:
 
     @staticmethod
     def _unauthorized(request: Request) -> JSONResponse | None:
-        if _AUTH.match(request.headers.get("authorization", "")):
+        if authorization_matches(request, KEY_AUTH):
             return None
         return _error(401, "Missing or invalid Authorization header. Use 'Authorization: Key <your_key>'.")
 
     @staticmethod
     def _urls(job: Job) -> dict[str, str]:
-        base = f"{job.base_url}{PREFIX}/{job.model}/requests/{job.request_id}"
-        return {"response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
+        return queue_urls(f"{job.base_url}{PREFIX}/{job.model}/requests/{job.request_id}")
 
     def _envelope(self, job: Job) -> dict[str, Any]:
         body: dict[str, Any] = {"status": _status(job), "request_id": job.request_id, **self._urls(job),
@@ -211,22 +211,19 @@ class ModelRunnerProvider:
     # --- submit -----------------------------------------------------------------------------------
 
     async def submit(self, request: Request, endpoint: str) -> Response:
-        runner, cfg, dice = self.state.runner, self.state.current, self.state.dice
+        runner, cfg = self.state.runner, self.state.current
         raw = await request.body()
         denied = self._unauthorized(request)
         if denied is not None:
             runner.reject(NAME, "auth")
             return denied
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
-            runner.reject(NAME, "timeout")
-            await asyncio.sleep(cfg.timeout_hold_s)
+        fault = await submit_fault(self.state, NAME)
+        if fault == "timeout":
             return _error(504, "Gateway timeout")
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            runner.reject(NAME, "5xx")
+        if fault == "5xx":
             return _error(500, "Internal server error")
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            runner.reject(NAME, "429")
-            return _error(429, "Too many requests", headers={"Retry-After": str(math.ceil(cfg.retry_after_s))})
+        if fault == "429":
+            return _error(429, "Too many requests", headers=retry_after(cfg))
         endpoint = endpoint.strip("/")
         if endpoint not in MODELS:
             runner.reject(NAME, "not_found")
@@ -249,7 +246,6 @@ class ModelRunnerProvider:
         except ValidationError as exc:
             runner.reject(NAME, "validation")
             return _error(400, _issues(exc), details={"code": "VALIDATION_ERROR"})
-        priority = request.headers.get("x-modelrunner-queue-priority", "normal").lower()
         request_id = _new_id()
         job = Job(
             provider=NAME,
@@ -260,8 +256,8 @@ class ModelRunnerProvider:
             input_summary=summarize_for_log(data),
             webhook_url=reserved.get("webhook"),
             base_url=self.state.base_url(request),
-            priority=PRIORITY_LOW if priority == "low" else PRIORITY_NORMAL,
-            headers={k: v for k, v in request.headers.items() if k.startswith("x-modelrunner-") or k == "user-agent"},
+            priority=queue_priority(request, "x-modelrunner-queue-priority"),
+            headers=kept_headers(request, prefix="x-modelrunner-"),
             extra={
                 "input": summarize_for_log(model_input),
                 "metadata": reserved.get("metadata") or {},
@@ -283,23 +279,12 @@ class ModelRunnerProvider:
 
     async def _edit(self, job: Job) -> JobOutcome:
         inp: GptImage2EditInput = job.payload
-        cfg = self.state.current
-        urls = [*inp.image_urls, *([inp.mask_url] if inp.mask_url else [])]
-        client = self.state.http()
-        fetched = await asyncio.gather(
-            *(fetch_image(u, client, max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s) for u in urls),
-            return_exceptions=True,
-        )
-        blobs: list[bytes] = []
-        for index, item in enumerate(fetched):
-            if isinstance(item, InputError):
-                where = f"image_urls[{index}]" if index < len(inp.image_urls) else "mask_url"
-                return JobOutcome(False, 422, None, f"Provider error: {where}: {item}", "provider_error",
-                                  reason="error")
-            if isinstance(item, BaseException):
-                raise item
-            blobs.append(item)
-        images, mask = blobs[: len(inp.image_urls)], (blobs[-1] if inp.mask_url else None)
+        try:
+            images, mask = await fetch_inputs(self.state, inp.image_urls, inp.mask_url)
+        except InputFailed as failed:
+            where = "mask_url" if failed.mask else f"image_urls[{failed.index}]"
+            return JobOutcome(False, 422, None, f"Provider error: {where}: {failed.error}", "provider_error",
+                              reason="error")
         try:
             entries = await self.state.in_thread(self._render, inp, images, mask, job)
         except EngineError as exc:

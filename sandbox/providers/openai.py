@@ -40,7 +40,6 @@ Reusable by other OpenAI emulators (e.g. Batch): :func:`params_from_json`, :func
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -56,9 +55,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from sandbox.engine import EngineError, render_edit_images, render_placeholder, sniff_image_type
-from sandbox.inputs import InputError, fetch_image
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
+
+from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
 
 NAME = "openai"
 PREFIX = "/openai/v1"
@@ -107,9 +107,52 @@ def _bad(message: str, param: str | None, code: str | None = "invalid_value") ->
     return OpenAIError(400, message, param=param, code=code)
 
 
+def _quote_list(values: tuple[str, ...] | list[str]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
+def invalid_value(param: str, value: Any, allowed: tuple[str, ...] | list[str]) -> OpenAIError:
+    return _bad(f"Invalid value: '{value}'. Supported values are: {_quote_list(allowed)}.", param)
+
+
+def missing(param: str) -> OpenAIError:
+    return _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+
+
+def invalid_type(param: str, expected: str, value: Any) -> OpenAIError:
+    got = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array",
+           dict: "an object", type(None): "null"}.get(type(value), "a value")
+    return _bad(f"Invalid type for '{param}': expected {expected}, but got {got} instead.", param, "invalid_type")
+
+
+def server_error() -> OpenAIError:
+    return OpenAIError(500, "The server had an error while processing your request. Sorry about that!",
+                       type_="server_error")
+
+
 def _server_error() -> dict[str, Any]:
-    return {"error": {"message": "The server had an error while processing your request. Sorry about that!",
-                      "type": "server_error", "param": None, "code": None}}
+    return server_error().body()
+
+
+def no_api_key() -> OpenAIError:
+    return OpenAIError(401, "You didn't provide an API key. You need to provide your API key in an Authorization "
+                       "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+
+
+def incorrect_api_key(masked: str) -> OpenAIError:
+    return OpenAIError(401, f"Incorrect API key provided: {masked}. You can find your API key at "
+                       "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+
+
+def moderation_blocked(request_id: str) -> OpenAIError:
+    """What the safety system answers to a prompt with :data:`MODERATION_TRIGGER` (a sandbox trigger)."""
+    return OpenAIError(
+        400, "Your request was rejected by the safety system. If you believe this is an error, contact "
+        f"us at help.openai.com and include the request ID {request_id}. safety_violations=[other].",
+        type_="image_generation_user_error", code="moderation_blocked",
+        extra={"moderation_details": {"moderation_stage": "input", "categories": ["other"]}},
+    )
 
 
 # ---- multipart ---------------------------------------------------------------------------------------
@@ -184,11 +227,10 @@ class EditParams:
 
 def _int_field(raw: Any, name: str, low: int, high: int) -> int:
     if isinstance(raw, bool):
-        raise _bad(f"Invalid type for '{name}': expected an integer, but got a boolean instead.", name, "invalid_type")
+        raise invalid_type(name, "an integer", raw)
     if isinstance(raw, str):
         if not re.fullmatch(r"-?\d+", raw.strip()):
-            raise _bad(f"Invalid type for '{name}': expected an integer, but got a string instead.", name,
-                       "invalid_type")
+            raise invalid_type(name, "an integer", raw)
         raw = int(raw.strip())
     if not isinstance(raw, int):
         raise _bad(f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
@@ -204,8 +246,7 @@ def _int_field(raw: Any, name: str, low: int, high: int) -> int:
 def _choice(raw: Any, name: str, allowed: tuple[str, ...]) -> str:
     value = str(raw)
     if value not in allowed:
-        listed = ", ".join(f"'{a}'" for a in allowed[:-1]) + f", and '{allowed[-1]}'"
-        raise _bad(f"Invalid value: '{value}'. Supported values are: {listed}.", name)
+        raise invalid_value(name, value, allowed)
     return value
 
 
@@ -233,7 +274,7 @@ def check_scalars(fields: dict[str, Any]) -> dict[str, Any]:
                           param="model", code="model_not_found")
     prompt = fields.get("prompt")
     if prompt is None or str(prompt) == "":
-        raise _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        raise missing("prompt")
     prompt = str(prompt)
     if len(prompt) > MAX_PROMPT:
         raise _bad(f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT}, but "
@@ -335,7 +376,7 @@ def params_from_form(parts: list[Part]) -> EditParams:
             fields[part.name] = part.data.decode("utf-8", "replace")
     scalars = check_scalars(fields)
     if not images:
-        raise _bad("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+        raise missing("image")
     if len(images) > MAX_IMAGES:
         raise _bad(f"Invalid 'image': too many images. Expected at most {MAX_IMAGES}, but got {len(images)}.",
                    "image", "array_above_max_length")
@@ -376,30 +417,19 @@ async def params_from_json(state: SandboxState, body: Any) -> EditParams:
     scalars = check_scalars({k: v for k, v in body.items() if k not in ("images", "mask")})
     refs = body.get("images")
     if not isinstance(refs, list) or not refs:
-        raise _bad("Missing required parameter: 'images'.", "images", "missing_required_parameter")
+        raise missing("images")
     if len(refs) > MAX_IMAGES:
         raise _bad(f"Invalid 'images': array too long. Expected at most {MAX_IMAGES}, but got {len(refs)}.",
                    "images", "array_above_max_length")
     urls = [_image_url(r, f"images[{i}]") for i, r in enumerate(refs)]
     mask_url = _image_url(body["mask"], "mask") if body.get("mask") is not None else None
-    cfg = state.current
-    fetched = await asyncio.gather(
-        *(fetch_image(u, state.http(), max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s)
-          for u in [*urls, *([mask_url] if mask_url else [])]),
-        return_exceptions=True,
-    )
-    blobs: list[bytes] = []
-    for i, item in enumerate(fetched):
-        param = f"images[{i}]" if i < len(urls) else "mask"
-        if isinstance(item, InputError):
-            raise _bad(f"Error while downloading {param}.image_url: {item}", param, "invalid_image_url")
-        if isinstance(item, BaseException):
-            raise item
-        blobs.append(item)
-    images = blobs[: len(urls)]
+    try:
+        images, mask = await fetch_inputs(state, urls, mask_url)
+    except InputFailed as failed:
+        param = "mask" if failed.mask else f"images[{failed.index}]"
+        raise _bad(f"Error while downloading {param}.image_url: {failed.error}", param, "invalid_image_url") from None
     for i, data in enumerate(images):
         _check_image(data, None, f"images[{i}]", i)
-    mask = blobs[-1] if mask_url else None
     if mask is not None:
         _check_mask(mask, None, images[0])
     summary = {**{k: v for k, v in body.items() if k not in ("images", "mask", "prompt")},
@@ -493,33 +523,25 @@ class OpenAIProvider:
         state.runner.register(self.adapter)
 
     def _auth(self, request: Request) -> OpenAIError | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            return OpenAIError(401, "You didn't provide an API key. You need to provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        key = bearer_key(request)
+        if key is None:
+            return no_api_key()
         if key.startswith("sk-invalid"):
-            return OpenAIError(401, f"Incorrect API key provided: {_masked_key(key)}. You can find your API key at "
-                               "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+            return incorrect_api_key(_masked_key(key))
         if key == NO_QUOTA_KEY:
             return OpenAIError(429, "You exceeded your current quota, please check your plan and billing details.",
                                type_="insufficient_quota", code="insufficient_quota")
         return None
 
     async def _faults(self, model: str) -> Response | OpenAIError | None:
-        cfg, dice = self.state.current, self.state.dice
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
-            self.state.runner.reject(NAME, "timeout")
-            await asyncio.sleep(cfg.timeout_hold_s)
+        fault = await submit_fault(self.state, NAME)
+        if fault == "timeout":
             return HTMLResponse("<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 "
                                 "Gateway Time-out</h1></center></body></html>", status_code=504)
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            self.state.runner.reject(NAME, "5xx")
-            return OpenAIError(500, _server_error()["error"]["message"], type_="server_error")
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            self.state.runner.reject(NAME, "429")
-            wait = max(cfg.retry_after_s, 0.0)
+        if fault == "5xx":
+            return server_error()
+        if fault == "429":
+            wait = max(self.state.current.retry_after_s, 0.0)
             return OpenAIError(
                 429, f"Rate limit reached for {model} in organization org-sandbox on images per min (IPM): Limit 5, "
                 f"Used 5, Requested 1. Please try again in {wait:g}s.", type_="requests", code="rate_limit_exceeded",
@@ -551,12 +573,7 @@ class OpenAIProvider:
                 raise _bad(f"Invalid Content-Type header ({ctype or 'missing'}); expected multipart/form-data or "
                            "application/json.", None, None)
             if MODERATION_TRIGGER in params.prompt:
-                raise OpenAIError(
-                    400, "Your request was rejected by the safety system. If you believe this is an error, contact "
-                    f"us at help.openai.com and include the request ID {request_id}. safety_violations=[other].",
-                    type_="image_generation_user_error", code="moderation_blocked",
-                    extra={"moderation_details": {"moderation_stage": "input", "categories": ["other"]}},
-                )
+                raise moderation_blocked(request_id)
             fault = await self._faults(params.model)
         except OpenAIError as exc:
             runner.reject(NAME, "validation" if exc.status < 500 else "5xx")
@@ -567,8 +584,7 @@ class OpenAIProvider:
             return fault
         job = Job(provider=NAME, request_id=request_id, model=params.model, work=self._work, payload=params,
                   input_summary=params.summary, base_url=self.state.base_url(request),
-                  headers={k: v for k, v in request.headers.items()
-                           if k in ("user-agent", "openai-organization", "openai-project")})
+                  headers=kept_headers(request, names=("user-agent", "openai-organization", "openai-project")))
         runner.submit(job)
         await job.finished.wait()
         outcome = job.outcome

@@ -62,12 +62,20 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sandbox.engine import sniff_image_type
 from sandbox.inputs import summarize_for_log
+from sandbox.providers.common import bearer_key, submit_fault
 from sandbox.providers.openai import (
     MODERATION_TRIGGER,
     OpenAIError,
     execute_edit,
+    incorrect_api_key,
+    invalid_type,
+    invalid_value,
+    missing,
+    moderation_blocked,
+    no_api_key,
     params_from_json,
     parse_multipart,
+    server_error,
 )
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
@@ -94,33 +102,6 @@ JSON_EDIT_PARAMS = frozenset({
 })
 _OUT_TOKENS = {"low": 200, "medium": 1770, "auto": 1770, "high": 7030}
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
-
-
-# ---- OpenAI-shaped errors (the envelope of sandbox.providers.openai) -----------------------------------------
-def _quote_list(values: tuple[str, ...] | list[str]) -> str:
-    quoted = [f"'{v}'" for v in values]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
-
-
-def invalid_value(param: str, value: Any, allowed: tuple[str, ...] | list[str]) -> OpenAIError:
-    return OpenAIError(400, f"Invalid value: '{value}'. Supported values are: {_quote_list(allowed)}.",
-                       param=param, code="invalid_value")
-
-
-def missing(param: str) -> OpenAIError:
-    return OpenAIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-
-
-def invalid_type(param: str, expected: str, value: Any) -> OpenAIError:
-    got = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array",
-           dict: "an object", type(None): "null"}.get(type(value), "a value")
-    return OpenAIError(400, f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
-                       param=param, code="invalid_type")
-
-
-def _server_error() -> OpenAIError:
-    return OpenAIError(500, "The server had an error while processing your request. Sorry about that!",
-                       type_="server_error")
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
@@ -236,7 +217,7 @@ class OpenAIBatchLineAdapter(ProviderAdapter):
         return None
 
     def failure_outcome(self, job: Job) -> JobOutcome:
-        return _error_outcome(_server_error(), reason="injected_failure")
+        return _error_outcome(server_error(), reason="injected_failure")
 
     def cancelled_outcome(self, job: Job) -> JobOutcome:
         return JobOutcome(False, 0, None, "cancelled", "batch_cancelled", reason="cancelled")
@@ -244,7 +225,7 @@ class OpenAIBatchLineAdapter(ProviderAdapter):
     def crash_outcome(self, job: Job, exc: BaseException) -> JobOutcome:
         if isinstance(exc, OpenAIError):
             return _error_outcome(exc)
-        return _error_outcome(_server_error(), reason="crash")
+        return _error_outcome(server_error(), reason="crash")
 
 
 def _error_outcome(err: OpenAIError, reason: str = "error") -> JobOutcome:
@@ -262,18 +243,13 @@ class OpenAIBatchProvider:
 
     # --- auth -----------------------------------------------------------------------------------------
     def _auth(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = bearer_key(request)
+        if key is None:
             self.state.runner.reject(NAME, "auth")
-            raise OpenAIError(401, "You didn't provide an API key. You need to provide your API key in an "
-                                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+            raise no_api_key()
         if key.startswith("sk-invalid"):
             self.state.runner.reject(NAME, "auth")
-            masked = key[:3] + "*" * max(4, len(key) - 7) + key[-4:]
-            raise OpenAIError(401, f"Incorrect API key provided: {masked}. You can find your API key at "
-                                "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+            raise incorrect_api_key(key[:3] + "*" * max(4, len(key) - 7) + key[-4:])
 
     # --- files ------------------------------------------------------------------------------------------
     async def upload(self, request: Request) -> dict[str, Any]:
@@ -324,7 +300,6 @@ class OpenAIBatchProvider:
     # --- batches ----------------------------------------------------------------------------------------
     async def create(self, request: Request) -> dict[str, Any]:
         self._auth(request)
-        runner, cfg, dice = self.state.runner, self.state.current, self.state.dice
         try:
             data = json.loads(await request.body() or b"null")
         except ValueError:
@@ -366,15 +341,13 @@ class OpenAIBatchProvider:
         if obj.purpose != "batch":
             raise OpenAIError(400, f"The input file must have purpose 'batch', but {fid} has purpose '{obj.purpose}'.",
                            param="input_file_id", code="invalid_value")
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            runner.reject(NAME, "429")
-            wait = max(1, math.ceil(cfg.retry_after_s))
+        fault = await submit_fault(self.state, NAME, ("429", "5xx"))  # nothing is created then
+        if fault == "429":
+            wait = max(1, math.ceil(self.state.current.retry_after_s))
             raise OpenAIError(429, f"Rate limit reached for batch creation. Please try again in {wait}s.",
                            type_="requests", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            runner.reject(NAME, "5xx")
-            raise OpenAIError(500, "The server had an error while processing your request. Sorry about that!",
-                           type_="server_error")
+        if fault == "5xx":
+            raise server_error()
         batch = Batch(id="batch_" + secrets.token_hex(16), endpoint=data["endpoint"], input_file_id=fid,
                       metadata=metadata, output_expires_after=oea, base_url=self.state.base_url(request))
         self.batches[batch.id] = batch
@@ -500,12 +473,7 @@ class OpenAIBatchProvider:
             body = await self._resolve_file_ids(line.body)
             params = await params_from_json(self.state, body)
             if MODERATION_TRIGGER in params.prompt:
-                raise OpenAIError(
-                    400, "Your request was rejected by the safety system. If you believe this is an error, contact "
-                    f"us at help.openai.com and include the request ID {line.request_id}. safety_violations=[other].",
-                    type_="image_generation_user_error", code="moderation_blocked",
-                    extra={"moderation_details": {"moderation_stage": "input", "categories": ["other"]}},
-                )
+                raise moderation_blocked(line.request_id)
             result = await self.state.in_thread(execute_edit, params, self.state.current.render, int(time.time()))
         except OpenAIError as err:
             return _error_outcome(err)

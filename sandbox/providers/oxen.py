@@ -23,11 +23,9 @@ a held request answered 504, and ``job_failure_rate`` -> 500 ``unknown_error``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,9 +37,11 @@ from PIL import Image
 
 from sandbox.engine import EngineError, render_edit_images, render_placeholder
 from sandbox.files import StoredFile
-from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.inputs import summarize_for_log
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
+
+from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
 
 NAME = "oxen"
 PREFIX = "/oxen/api/ai"
@@ -176,28 +176,24 @@ class OxenProvider:
 
     @staticmethod
     def _auth(request: Request) -> OxenError | None:
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = bearer_key(request)
+        if key is None:
             return OxenError(401, "unauthenticated", "Unauthenticated",
                              "A valid API key is required: Authorization: Bearer <OXEN_API_KEY>.")
-        if key.strip() == NO_CREDITS_KEY:
+        if key == NO_CREDITS_KEY:
             return OxenError(402, "insufficient_credits", "Insufficient credits",
                              "Insufficient credits to run this model. Add credits to your account.")
         return None
 
     async def _faults(self) -> Response | None:
-        cfg, dice, runner = self.state.current, self.state.dice, self.state.runner
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
-            runner.reject(NAME, "timeout")
-            await asyncio.sleep(cfg.timeout_hold_s)
+        fault = await submit_fault(self.state, NAME)
+        if fault == "timeout":
             return HTMLResponse("<html><body><h1>504 Gateway Time-out</h1></body></html>", status_code=504)
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            runner.reject(NAME, "5xx")
+        if fault == "5xx":
             return JSONResponse(_unknown_error(), status_code=500)
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            runner.reject(NAME, "429")
+        if fault == "429":
             return OxenError(429, "rate_limit_exceeded", "Rate limit exceeded", "Too many requests, slow down.",
-                             {"Retry-After": str(math.ceil(cfg.retry_after_s))}).response()
+                             retry_after(self.state.current)).response()
         return None
 
     async def edit(self, request: Request) -> Response:
@@ -224,7 +220,7 @@ class OxenProvider:
         request_id = str(uuid.uuid4())
         job = Job(provider=NAME, request_id=request_id, model=params.model, work=self._work, payload=params,
                   input_summary=summarize_for_log(data), base_url=self.state.base_url(request),
-                  headers={k: v for k, v in request.headers.items() if k == "user-agent"})
+                  headers=kept_headers(request))
         runner.submit(job)
         await job.finished.wait()
         outcome = job.outcome
@@ -233,25 +229,14 @@ class OxenProvider:
 
     async def _work(self, job: Job) -> JobOutcome:
         params: OxenParams = job.payload
-        cfg = self.state.current
-        urls = [*params.input_image, *([params.mask_url] if params.mask_url else [])]
-        fetched = await asyncio.gather(
-            *(fetch_image(u, self.state.http(), max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s)
-              for u in urls),
-            return_exceptions=True,
-        )
-        blobs: list[bytes] = []
-        for url, item in zip(urls, fetched, strict=True):
-            if isinstance(item, InputError):
-                code = item.args[0].rsplit("HTTP ", 1)[-1].rstrip(".") if "HTTP " in str(item) else "400"
-                raise _invalid(f"{code} Client Error: {item} for url: {url[:200]}")
-            if isinstance(item, BaseException):
-                raise item
-            blobs.append(item)
-        images = blobs[: len(params.input_image)]
+        try:
+            images, mask = await fetch_inputs(self.state, params.input_image, params.mask_url)
+        except InputFailed as failed:
+            item = failed.error
+            code = item.args[0].rsplit("HTTP ", 1)[-1].rstrip(".") if "HTTP " in str(item) else "400"
+            raise _invalid(f"{code} Client Error: {item} for url: {failed.url[:200]}") from None
         job.log(f"Editing {len(images)} image(s): aspect_ratio={params.aspect_ratio}, resolution={params.resolution}.")
-        entry = await self.state.in_thread(self._render, params, images, blobs[-1] if params.mask_url else None,
-                                           job)
+        entry = await self.state.in_thread(self._render, params, images, mask, job)
         return JobOutcome(True, 200, {"model": params.model, "created": int(time.time()), "images": [entry]})
 
     def _render(self, params: OxenParams, images: list[bytes], mask: bytes | None, job: Job) -> dict[str, Any]:

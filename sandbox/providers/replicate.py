@@ -44,11 +44,9 @@ import hashlib
 import json
 import math
 import re
-import secrets
 import string
 import time
 from collections import deque
-from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from typing import Any, Literal
@@ -63,6 +61,8 @@ from sandbox.inputs import InputError, fetch_image, summarize_for_log
 from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import StandardWebhookSigner
 from sandbox.state import ProviderMount, SandboxState
+
+from .common import InputFailed, authorization_matches, fetch_inputs, iso_utc, kept_headers, random_id, submit_fault
 
 NAME = "replicate"
 PREFIX = "/replicate"
@@ -128,13 +128,11 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso_utc(ts, "microseconds")
 
 
 def _new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+    return random_id(_ID_ALPHABET, 26)
 
 
 def parse_duration(value: str) -> float | None:
@@ -290,7 +288,7 @@ class ReplicateProvider:
 
     @staticmethod
     def _unauthorized(request: Request) -> JSONResponse | None:
-        if _AUTH.match(request.headers.get("authorization", "")):
+        if authorization_matches(request, _AUTH):
             return None
         return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
 
@@ -305,18 +303,15 @@ class ReplicateProvider:
             return False
         return True
 
-    def _faults(self) -> JSONResponse | str | None:
-        """Submit-time faults: a response to send, "timeout" to hold then 504, or None."""
-        cfg, dice, runner = self.state.current, self.state.dice, self.state.runner
-        if dice.roll("submit_timeout", cfg.rate(NAME, "submit_timeout_rate")):
-            runner.reject(NAME, "timeout")
-            return "timeout"
-        if dice.roll("submit_5xx", cfg.rate(NAME, "submit_5xx_rate")):
-            runner.reject(NAME, "5xx")
+    async def _faults(self) -> JSONResponse | None:
+        """Submit-time faults (rates as overridden for Replicate): the response to send, or None."""
+        fault = await submit_fault(self.state, NAME, per_provider=True)
+        if fault == "timeout":  # held, then answered after creating nothing
+            return problem(504, "Gateway Timeout", "The server did not answer in time.")
+        if fault == "5xx":
             return problem(503, "Service Unavailable", "The service is temporarily unavailable. Try again later.")
-        if dice.roll("submit_429", cfg.rate(NAME, "submit_429_rate")):
-            runner.reject(NAME, "429")
-            wait = max(1, math.ceil(cfg.retry_after_s))
+        if fault == "429":
+            wait = max(1, math.ceil(self.state.current.retry_after_s))
             return problem(429, "Too Many Requests", f"Request was throttled. Your rate limit resets in ~{wait}s.",
                            {"Retry-After": str(wait)})
         return None
@@ -324,17 +319,14 @@ class ReplicateProvider:
     # --- create -------------------------------------------------------------------------------
 
     async def create(self, request: Request, model: str, *, version_route: bool = False) -> Response:
-        runner, cfg = self.state.runner, self.state.current
+        runner = self.state.runner
         raw = await request.body()
         denied = self._unauthorized(request)
         if denied is not None:
             runner.reject(NAME, "auth")
             return denied
-        fault = self._faults()
-        if fault == "timeout":
-            await asyncio.sleep(cfg.timeout_hold_s)
-            return problem(504, "Gateway Timeout", "The server did not answer in time.")
-        if isinstance(fault, JSONResponse):
+        fault = await self._faults()
+        if fault is not None:
             return fault
         try:
             body = json.loads(raw or b"null")
@@ -404,8 +396,7 @@ class ReplicateProvider:
             webhook_url=webhook,
             base_url=self.state.base_url(request),
             start_timeout_s=cancel_after,
-            headers={k: v for k, v in request.headers.items()
-                     if k in ("prefer", "cancel-after", "user-agent")},
+            headers=kept_headers(request, names=("prefer", "cancel-after", "user-agent")),
             extra={"input": inp, "events": events, "deadline": now + cancel_after if cancel_after else None},
         )
         runner.submit(job)
@@ -425,21 +416,12 @@ class ReplicateProvider:
 
     async def _gpt_image_2(self, job: Job) -> JobOutcome:
         inp: GptImage2Input = job.payload
-        cfg = self.state.current
-        client = self.state.http()
         job.log(f"Using {len(inp.input_images)} input image(s).")
-        fetched = await asyncio.gather(
-            *(self._fetch(u, client, cfg.max_input_bytes, cfg.input_timeout_s) for u in inp.input_images),
-            return_exceptions=True,
-        )
-        images: list[bytes] = []
-        for index, item in enumerate(fetched):
-            if isinstance(item, InputError):
-                return JobOutcome(False, 200, None, f"Failed to load input_images[{index}]: {item}", "failed",
-                                  reason="error")
-            if isinstance(item, BaseException):
-                raise item
-            images.append(item)
+        try:
+            images, _ = await fetch_inputs(self.state, inp.input_images, fetch=self._fetch)
+        except InputFailed as failed:
+            return JobOutcome(False, 200, None, f"Failed to load input_images[{failed.index}]: {failed.error}",
+                              "failed", reason="error")
         job.log(f"Generating {inp.number_of_images} image(s), aspect_ratio={inp.aspect_ratio}, "
                 f"quality={inp.quality}, format={inp.output_format}.")
         try:
@@ -450,7 +432,7 @@ class ReplicateProvider:
         job.log(f"Generated {len(names)} image(s).")
         return JobOutcome(True, 200, {"files": names, "tokens": tokens})
 
-    async def _fetch(self, url: str, client: Any, max_bytes: int, timeout: float) -> bytes:
+    async def _fetch(self, url: str, client: Any, *, max_bytes: int, timeout: float) -> bytes:
         own = self._own_file(url)
         if own is not None:
             path = self.state.files.path_for(own)

@@ -38,16 +38,26 @@ import json
 import math
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sandbox.engine import EngineError, image_dimensions, render_edit_images, render_placeholder
-from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.inputs import summarize_for_log
 from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
+
+from .common import (
+    BEARER_AUTH,
+    InputFailed,
+    authorization_matches,
+    fetch_inputs,
+    iso_utc,
+    kept_headers,
+    retry_after,
+    submit_fault,
+)
 
 NAME = "wavespeed"
 PREFIX = "/wavespeed"
@@ -59,16 +69,11 @@ QUALITIES = ("low", "medium", "high")
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 MAX_PIXELS = 8_294_400
 SYNC_WAIT_S = 300.0
-_BEARER = re.compile(r"^Bearer\s+\S+", re.IGNORECASE)
 _STATUS = {JobState.IN_QUEUE: "created", JobState.IN_PROGRESS: "processing"}
 
 
 def _envelope(code: int, message: str, data: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, "data": data}, status_code=code, headers=headers)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def output_size(aspect: str, resolution: str) -> tuple[int, int]:
@@ -139,7 +144,7 @@ def task_data(job: Job) -> dict[str, Any]:
         "urls": {"get": f"{job.base_url}{PREFIX}/api/v3/predictions/{job.request_id}/result"},
         "has_nsfw_contents": [False] * len(outputs),
         "status": ("completed" if ok else "failed") if done else _STATUS.get(job.state, "created"),
-        "created_at": _iso(job.received_at),
+        "created_at": iso_utc(job.received_at),
         "error": (outcome.error or "") if done and outcome is not None and not ok else "",
         "timings": {"inference": round((inference or 0.0) * 1000)},
     }
@@ -184,30 +189,27 @@ class WaveSpeedProvider:
 
     @staticmethod
     def _unauthorized(request: Request) -> JSONResponse | None:
-        if _BEARER.match(request.headers.get("authorization", "")):
+        if authorization_matches(request, BEARER_AUTH):
             return None
         return _envelope(401, "Unauthorized: invalid or missing API key (use 'Authorization: Bearer <key>')")
 
     # --- submit -----------------------------------------------------------------------------------
 
     async def submit(self, request: Request, model: str) -> Response:
-        runner, cfg, dice = self.state.runner, self.state.current, self.state.dice
+        runner, cfg = self.state.runner, self.state.current
         raw = await request.body()
         denied = self._unauthorized(request)
         if denied is not None:
             runner.reject(NAME, "auth")
             return denied
-        if dice.roll("submit_timeout", cfg.submit_timeout_rate):
-            runner.reject(NAME, "timeout")
-            await asyncio.sleep(cfg.timeout_hold_s)
+        fault = await submit_fault(self.state, NAME)
+        if fault == "timeout":
             return _envelope(504, "gateway timeout")
-        if dice.roll("submit_5xx", cfg.submit_5xx_rate):
-            runner.reject(NAME, "5xx")
+        if fault == "5xx":
             return _envelope(500, "internal server error")
-        if dice.roll("submit_429", cfg.submit_429_rate):
-            runner.reject(NAME, "429")
+        if fault == "429":
             return _envelope(429, "too many requests: rate limit exceeded for your account level",
-                             headers={"Retry-After": str(math.ceil(cfg.retry_after_s))})
+                             headers=retry_after(cfg))
         model = model.strip("/")
         if model != MODEL:
             runner.reject(NAME, "not_found")
@@ -237,7 +239,7 @@ class WaveSpeedProvider:
             input_summary=summarize_for_log(data),
             webhook_url=webhook,
             base_url=self.state.base_url(request),
-            headers={k: v for k, v in request.headers.items() if k.startswith("x-client-") or k == "user-agent"},
+            headers=kept_headers(request, prefix="x-client-"),
             extra={"input": summarize_for_log(data)},
         )
         runner.submit(job)
@@ -252,21 +254,11 @@ class WaveSpeedProvider:
 
     async def _edit(self, job: Job) -> JobOutcome:
         data: dict[str, Any] = job.payload
-        cfg = self.state.current
-        urls: list[str] = data["images"]
-        client = self.state.http()
-        fetched = await asyncio.gather(
-            *(fetch_image(u, client, max_bytes=cfg.max_input_bytes, timeout=cfg.input_timeout_s) for u in urls),
-            return_exceptions=True,
-        )
-        blobs: list[bytes] = []
-        for index, item in enumerate(fetched):
-            if isinstance(item, InputError):
-                return JobOutcome(False, 200, None, f"failed to load images[{index}]: {item}", item.kind,
-                                  reason="error")
-            if isinstance(item, BaseException):
-                raise item
-            blobs.append(item)
+        try:
+            blobs, _ = await fetch_inputs(self.state, data["images"])
+        except InputFailed as failed:
+            return JobOutcome(False, 200, None, f"failed to load images[{failed.index}]: {failed.error}",
+                              failed.error.kind, reason="error")
         try:
             first = image_dimensions(blobs[0], index=0)
         except EngineError as exc:
