@@ -48,25 +48,45 @@ def env(extra: dict[str, str]) -> Iterator[None]:
         reset_caches()
 
 
-def start(webhooks: bool, extra: dict[str, str], seed: int = 5) -> Iterator[LocalStack]:
-    """A stack whose child processes see `extra`; this process's environment is restored afterwards."""
-    stack = LocalStack(sandbox_opts={"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 8, "seed": seed},
-                       webhooks=webhooks, worker_concurrency=8)
+def start(webhooks: bool, extra: dict[str, str], seed: int = 5, *, sandbox_opts: dict[str, Any] | None = None,
+          keep_env: bool = False, **stack_opts: Any) -> Iterator[LocalStack]:
+    """A stack whose child processes see `extra`; this process's environment is restored afterwards.
+
+    `sandbox_opts` replaces the default sandbox settings (`seed` is then ignored), `stack_opts` go to LocalStack
+    (default `worker_concurrency=8`). `keep_env`: `extra` becomes part of `stack.env`, so workers started later
+    and this process inside `using(stack)` see it too."""
+    opts = {"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 8, "seed": seed} if sandbox_opts is None \
+        else sandbox_opts
+    stack = LocalStack(sandbox_opts=opts, webhooks=webhooks, **{"worker_concurrency": 8, **stack_opts})
+    saved = dict(os.environ)
     with env(extra):
         if not webhooks:
             os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
         stack.__enter__()
+    if keep_env:
+        stack.env.update(extra)
     try:
         yield stack
     finally:
-        stack.__exit__(None, None, None)
+        stack.__exit__(None, None, None)  # restores the environment it saw at start, `extra` included:
+        os.environ.clear()  # back to what it was before this stack
+        os.environ.update(saved)
+        reset_caches()
 
 
 @contextmanager
 def using(stack: LocalStack) -> Iterator[LocalStack]:
+    """This process configured like `stack` (and, for a stack without webhooks, with no webhook URL)."""
     with env({}):
+        if not stack.webhooks:
+            os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
         stack.apply_env()
         yield stack
+
+
+def configure_sandbox(stack: LocalStack, patch: dict[str, Any]) -> None:
+    """PATCH the running sandbox's config (fault rates, latency...)."""
+    httpx.patch(f"{stack.env['EDITQ_SANDBOX_URL']}/_sandbox/config", json=patch, timeout=10).raise_for_status()
 
 
 def sandbox_log(stack: LocalStack, provider: str) -> list[dict[str, Any]]:
@@ -80,13 +100,25 @@ def accepted_webhooks(stack: LocalStack, provider: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def read_manifests(batch_id: str) -> list[dict[str, Any]]:
+    """The batch manifest's entries, in its order."""
+    from worker.storage import get_storage
+
+    storage = get_storage()
+    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def manifests_by_cid(batch_id: str) -> dict[str, dict[str, Any]]:
+    return {m["custom_id"]: m for m in read_manifests(batch_id)}
+
+
 def verify_batch(batch_id: str, job_ids: list[str], provider: str) -> dict[str, dict[str, Any]]:
     """Every output's sha256 in the batch manifest matches the bytes in S3; returns manifests by custom_id."""
     from worker.storage import get_storage
 
     storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    manifests = {m["custom_id"]: m for m in (json.loads(line) for line in raw.splitlines() if line.strip())}
+    manifests = manifests_by_cid(batch_id)
     assert sorted(m["job_id"] for m in manifests.values()) == sorted(job_ids)
     for m in manifests.values():
         assert m["state"] == "succeeded" and m["provider"] == provider and m["provider_request_id"]
@@ -100,15 +132,25 @@ def verify_batch(batch_id: str, job_ids: list[str], provider: str) -> dict[str, 
     return manifests
 
 
-def assert_mask_respected(output_key: str) -> None:
-    """Every pixel outside the canonical mask's transparent area is unchanged; most inside changed."""
+def assert_mask_respected(output_key: str, *, size: tuple[int, int] | None = None, same_size: bool = False) -> None:
+    """Every pixel outside the canonical mask's transparent area is unchanged; most inside changed.
+
+    `size`: the output is the source scaled to it (the mask scaled by nearest neighbour, the source by Lanczos);
+    `same_size`: also assert that the output has the source's size."""
     from worker.storage import get_storage
 
     out = Image.open(io.BytesIO(get_storage().get_bytes(output_key))).convert("RGB")
     src = Image.open(EXAMPLES / "mug.png").convert("RGB")
-    alpha = Image.open(EXAMPLES / "mask_mug.png").getchannel("A").tobytes()
+    mask = Image.open(EXAMPLES / "mask_mug.png").convert("RGBA").getchannel("A")
+    if size is not None:
+        src = src.resize(size, Image.Resampling.LANCZOS)
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+    if same_size:
+        assert out.size == src.size
+    alpha = mask.tobytes()
     a, b = src.tobytes(), out.tobytes()
     kept = [i for i, v in enumerate(alpha) if v != 0]
     edit = [i for i, v in enumerate(alpha) if v == 0]
-    assert kept and all(a[3 * i : 3 * i + 3] == b[3 * i : 3 * i + 3] for i in kept)
+    assert kept and edit
+    assert all(a[3 * i : 3 * i + 3] == b[3 * i : 3 * i + 3] for i in kept)
     assert sum(a[3 * i : 3 * i + 3] != b[3 * i : 3 * i + 3] for i in edit) > len(edit) // 2

@@ -19,7 +19,17 @@ from PIL import Image
 
 from producer.api import status, submit_batch, wait
 from producer.stack import LocalStack
-from tests.e2e import CANONICAL, EXAMPLES, PROMPT, accepted_webhooks, sandbox_log, start, using, wait_for
+from tests.e2e import (
+    CANONICAL,
+    EXAMPLES,
+    PROMPT,
+    accepted_webhooks,
+    manifests_by_cid,
+    sandbox_log,
+    start,
+    using,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +56,7 @@ def _verify_manifests(batch_id: str, job_ids: list[str]) -> dict[str, dict[str, 
     from worker.storage import get_storage
 
     storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    manifests = {m["custom_id"]: m for m in (json.loads(line) for line in raw.splitlines() if line.strip())}
+    manifests = manifests_by_cid(batch_id)
     assert sorted(m["job_id"] for m in manifests.values()) == sorted(job_ids)
     expect = {"masked": (1, "png", (512, 512)), "three-refs": (1, "png", (512, 512)),
               "two-images": (2, "png", (768, 512)), "jpeg": (1, "jpeg", (512, 512))}

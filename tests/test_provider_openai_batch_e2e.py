@@ -22,6 +22,7 @@ from PIL import Image
 from producer.api import submit_file, wait
 from producer.stack import LocalStack
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, wait_for, write_jsonl
+from tests.e2e import configure_sandbox, manifests_by_cid, start, using
 from worker.storage import get_storage
 
 WORKER_ENV = {
@@ -36,29 +37,16 @@ SANDBOX_KEY = "sk-sandbox-batch-key"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    with LocalStack(workers=0, webhooks=False,
-                    sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8, "seed": 5}) as s:
-        yield s
+    yield from start(False, {}, sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8, "seed": 5},
+                     workers=0, worker_concurrency=16)
 
 
 @pytest.fixture
 def live(stack: LocalStack) -> Iterator[LocalStack]:
-    import os
-
-    from producer.stack import reset_caches
-
-    saved = dict(os.environ)
-    stack.apply_env()
-    yield stack
-    for name in [n for n in stack.procs if n.startswith("batchworker")]:
-        stack.stop_proc(name)
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_caches()
-
-
-def _sandbox(stack: LocalStack, patch: dict[str, Any]) -> None:
-    httpx.patch(f"{stack.env['EDITQ_SANDBOX_URL']}/_sandbox/config", json=patch, timeout=10).raise_for_status()
+    with using(stack):
+        yield stack
+        for name in [n for n in stack.procs if n.startswith("batchworker")]:
+            stack.stop_proc(name)
 
 
 def _provider_batches(stack: LocalStack) -> list[dict[str, Any]]:
@@ -66,13 +54,6 @@ def _provider_batches(stack: LocalStack) -> list[dict[str, Any]]:
                   headers={"Authorization": f"Bearer {SANDBOX_KEY}"}, timeout=10)
     r.raise_for_status()
     return list(r.json()["data"])
-
-
-def _manifests(batch_id: str) -> dict[str, dict[str, Any]]:
-    storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    return {m["custom_id"]: m for m in rows}
 
 
 def _copy_inputs(dest: Path) -> None:
@@ -102,7 +83,7 @@ def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_pa
     assert final["counts"] == {"succeeded": 2}
 
     storage = get_storage()
-    manifests = _manifests(report.batch_id)
+    manifests = manifests_by_cid(report.batch_id)
     provider_batches = {m["provider_request_id"].split(":")[0] for m in manifests.values()}
     assert len(provider_batches) == 1, "both jobs were claimed by one dispatch and share one provider batch"
     (pbid,) = provider_batches
@@ -146,20 +127,20 @@ def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_
     report = submit_file(write_jsonl(tmp_path / "x.jsonl", rows))
     assert report.enqueued == 5
     started = time.time() - 1
-    _sandbox(live, {"openai_batch_expire_after_lines": 2})
+    configure_sandbox(live, {"openai_batch_expire_after_lines": 2})
     try:
         _start_worker(live, "expiry")
         expired = wait_for(lambda: [b for b in _provider_batches(live) if b["status"] == "expired"
                                     and b["created_at"] >= started and b["request_counts"]["total"] == 5],
                            60, "the first provider batch to expire", interval=0.02)
     finally:
-        _sandbox(live, {"openai_batch_expire_after_lines": -1})  # the retries' window does not run out
+        configure_sandbox(live, {"openai_batch_expire_after_lines": -1})  # the retries' window does not run out
     first = expired[0]
     assert first["request_counts"] == {"total": 5, "completed": 2, "failed": 3}
 
     final = wait(report.batch_id, timeout=90)
     assert final["counts"] == {"succeeded": 5}
-    manifests = _manifests(report.batch_id)
+    manifests = manifests_by_cid(report.batch_id)
     once = [m for m in manifests.values() if m["attempts"] == 1]
     twice = [m for m in manifests.values() if m["attempts"] == 2]
     assert len(once) == 2 and len(twice) == 3
@@ -183,14 +164,14 @@ def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, 
     rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
              "images": ["bottle.png"], "quality": "low"} for i in range(3)]
     report = submit_file(write_jsonl(tmp_path / "f.jsonl", rows))
-    _sandbox(live, {"openai_batch_expire_after_lines": 1})
+    configure_sandbox(live, {"openai_batch_expire_after_lines": 1})
     try:
         _start_worker(live, "failpolicy", EDITQ_OPENAI_BATCH_UNRUN_POLICY="fail")
         final = wait(report.batch_id, timeout=90)
     finally:
-        _sandbox(live, {"openai_batch_expire_after_lines": -1})
+        configure_sandbox(live, {"openai_batch_expire_after_lines": -1})
     assert final["counts"] == {"succeeded": 1, "failed": 2}
-    manifests = _manifests(report.batch_id)
+    manifests = manifests_by_cid(report.batch_id)
     failed = [m for m in manifests.values() if m["state"] == "failed"]
     assert len(failed) == 2
     for m in failed:

@@ -8,34 +8,34 @@ so the tick of the new worker recovers the lost claim quickly.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from producer.api import submit_file, wait
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, wait_for, write_jsonl
+from tests.e2e import configure_sandbox, start, using
 from worker.storage import get_storage
 
 
 @pytest.fixture
 def stack() -> Iterator[LocalStack]:
-    saved = dict(os.environ)
-    os.environ.update({"EDITQ_OPENAI_TIMEOUT_S": "3", "EDITQ_SYNC_LEASE_MARGIN_S": "1"})
-    try:
-        with LocalStack(sandbox_opts={"latency_s": 5.0, "jitter_s": 0.0}, webhooks=False, worker_concurrency=2) as s:
-            yield s
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
+    # kept in the stack's env: the replacement worker started mid-test needs the same timeouts
+    yield from start(False, {"EDITQ_OPENAI_TIMEOUT_S": "3", "EDITQ_SYNC_LEASE_MARGIN_S": "1"}, keep_env=True,
+                     sandbox_opts={"latency_s": 5.0, "jitter_s": 0.0}, worker_concurrency=2)
 
 
-def test_worker_killed_mid_request_leaves_an_uncertain_entry_and_one_result(stack: LocalStack,
+@pytest.fixture
+def live(stack: LocalStack) -> Iterator[LocalStack]:
+    with using(stack):
+        yield stack
+
+
+def test_worker_killed_mid_request_leaves_an_uncertain_entry_and_one_result(live: LocalStack,
                                                                             tmp_path: Path) -> None:
+    stack = live
     (tmp_path / "mug.png").write_bytes((EXAMPLES / "mug.png").read_bytes())
     tag = unique("crash")
     report = submit_file(write_jsonl(tmp_path / "b.jsonl", [
@@ -50,7 +50,7 @@ def test_worker_killed_mid_request_leaves_an_uncertain_entry_and_one_result(stac
 
     first = wait_for(in_flight, 30, "the first request to reach the sandbox")[0]
     stack.kill("worker0")  # SIGKILL mid-request: the answer is lost, the request was received
-    httpx.patch(stack.env["EDITQ_SANDBOX_URL"] + "/_sandbox/config", json={"latency_s": 0.1}).raise_for_status()
+    configure_sandbox(stack, {"latency_s": 0.1})
     stack.start_worker("worker1")
 
     final = wait(job_id, timeout=45)

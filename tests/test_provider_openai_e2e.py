@@ -3,42 +3,33 @@ all real processes. The API has no webhooks (and nothing to poll), so one stack 
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from producer.api import submit_file, wait
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, write_jsonl
+from tests.e2e import assert_mask_respected, manifests_by_cid, start, using
 from worker.storage import get_storage
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    saved = dict(os.environ)
-    try:
-        with LocalStack(sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8}, webhooks=False,
-                        worker_concurrency=4) as s:
-            yield s
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
+    yield from start(False, {}, sandbox_opts={"latency_s": 0.1, "jitter_s": 0.0, "concurrency": 8},
+                     worker_concurrency=4)
 
 
-def _manifests(batch_id: str) -> list[dict]:  # type: ignore[type-arg]
-    storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+@pytest.fixture
+def live(stack: LocalStack) -> Iterator[LocalStack]:
+    with using(stack):
+        yield stack
 
 
-def test_canonical_batch_on_openai(stack: LocalStack, tmp_path: Path) -> None:
-    stack.apply_env()
+def test_canonical_batch_on_openai(live: LocalStack, tmp_path: Path) -> None:
+    stack = live
     for name in ("mug.png", "mask_mug.png", "bottle.png", "backpack.png"):
         (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
     tag = unique("oai")
@@ -60,7 +51,7 @@ def test_canonical_batch_on_openai(stack: LocalStack, tmp_path: Path) -> None:
     assert final["counts"] == {"succeeded": 2}
 
     storage = get_storage()
-    manifests = {m["custom_id"]: m for m in _manifests(report.batch_id)}
+    manifests = manifests_by_cid(report.batch_id)
     sent = {r["request_id"]: r for r in sandbox_requests(stack, "openai") if tag in json.dumps(r["input"])}
     assert len(sent) == 2  # exactly one request per job
     for m in manifests.values():
@@ -92,13 +83,4 @@ def test_canonical_batch_on_openai(stack: LocalStack, tmp_path: Path) -> None:
     # the masked edit: OpenAI's convention (alpha 0 = edit); every pixel outside the mask is unchanged
     masked = manifests[f"{tag}-masked"]
     assert sent[masked["provider_request_id"]]["input"]["mask"]["content_type"] == "image/png"
-    src = Image.open(EXAMPLES / "mug.png").convert("RGB")
-    alpha = Image.open(EXAMPLES / "mask_mug.png").convert("RGBA").getchannel("A").tobytes()
-    out = Image.open(io.BytesIO(storage.get_bytes(masked["outputs"][0]["key"]))).convert("RGB")
-    assert out.size == src.size
-    s_px, o_px = src.tobytes(), out.tobytes()
-    outside = [i for i, a in enumerate(alpha) if a != 0]
-    inside = [i for i, a in enumerate(alpha) if a == 0]
-    assert outside and inside
-    assert all(s_px[3 * i : 3 * i + 3] == o_px[3 * i : 3 * i + 3] for i in outside)
-    assert sum(s_px[3 * i : 3 * i + 3] != o_px[3 * i : 3 * i + 3] for i in inside) > len(inside) // 2
+    assert_mask_respected(masked["outputs"][0]["key"], same_size=True)

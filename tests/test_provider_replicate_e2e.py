@@ -20,11 +20,10 @@ import pytest
 from PIL import Image
 
 from producer.api import BatchReport, status, submit_file, wait
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack
+from tests.e2e import EXAMPLES, configure_sandbox, read_manifests, start, using
 from worker.storage import get_storage
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 TOKEN = "r8_sandbox-token"  # producer.stack.sandbox_provider_env
 SANDBOX = {"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 16, "seed": 5}
 
@@ -57,12 +56,6 @@ def submit_rows(tmp_path: Path, rows: list[dict[str, Any]]) -> BatchReport:
     return submit_file(path)
 
 
-def manifests(batch_id: str) -> list[dict[str, Any]]:
-    storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
 def check_canonical(stack: LocalStack, report: BatchReport, tag: str) -> dict[str, dict[str, Any]]:
     """Refusals are exact; the three allowed jobs succeed on replicate with manifest sha256 == S3 bytes."""
     assert [(e.line, e.custom_id, e.error) for e in report.invalid] == [
@@ -71,7 +64,7 @@ def check_canonical(stack: LocalStack, report: BatchReport, tag: str) -> dict[st
     final = wait(report.batch_id, timeout=60)
     assert final["counts"] == {"succeeded": 3}, final
     storage = get_storage()
-    by_cid = {m["custom_id"]: m for m in manifests(report.batch_id)}
+    by_cid = {m["custom_id"]: m for m in read_manifests(report.batch_id)}
     assert set(by_cid) == {f"{tag}-three", f"{tag}-jpeg", f"{tag}-webp"}
     expected = {f"{tag}-three": ("image/png", (1536, 1024)), f"{tag}-jpeg": ("image/jpeg", (768, 512)),
                 f"{tag}-webp": ("image/webp", (1024, 1024))}
@@ -98,24 +91,16 @@ def check_canonical(stack: LocalStack, report: BatchReport, tag: str) -> dict[st
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    saved = dict(os.environ)
-    os.environ["EDITQ_RETRY_BASE_S"] = "0.2"  # quick retries for the fallback test
-    try:
-        with LocalStack(sandbox_opts=SANDBOX, worker_concurrency=8) as s:
-            yield s
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
+    # quick retries for the fallback test
+    yield from start(True, {"EDITQ_RETRY_BASE_S": "0.2"}, sandbox_opts=SANDBOX, keep_env=True)
 
 
 @pytest.fixture
 def live(stack: LocalStack) -> Iterator[LocalStack]:
-    stack.apply_env()
-    sandbox = stack.env["EDITQ_SANDBOX_URL"]
-    httpx.patch(f"{sandbox}/_sandbox/config", json={"webhook_lost_rate": 0.0, "latency_s": 0.1}).raise_for_status()
-    yield stack
-    httpx.patch(f"{sandbox}/_sandbox/config", json={"webhook_lost_rate": 0.0, "latency_s": 0.1}).raise_for_status()
+    with using(stack):
+        configure_sandbox(stack, {"webhook_lost_rate": 0.0, "latency_s": 0.1})
+        yield stack
+        configure_sandbox(stack, {"webhook_lost_rate": 0.0, "latency_s": 0.1})
 
 
 def test_canonical_batch_through_webhooks(live: LocalStack, tmp_path: Path) -> None:
@@ -139,8 +124,8 @@ def _sign(secret: str, body: bytes, msg_id: str, ts: int) -> dict[str, str]:
 
 
 def test_receiver_refuses_forged_deliveries_and_accepts_one_valid_once(live: LocalStack, tmp_path: Path) -> None:
-    sandbox, api = live.env["EDITQ_SANDBOX_URL"], live.env["EDITQ_REPLICATE_BASE_URL"]
-    httpx.patch(f"{sandbox}/_sandbox/config", json={"webhook_lost_rate": 1.0}).raise_for_status()
+    api = live.env["EDITQ_REPLICATE_BASE_URL"]
+    configure_sandbox(live, {"webhook_lost_rate": 1.0})
     tag = f"rforge{int(time.time() * 1000) % 100000}"
     report = submit_rows(tmp_path, [{"custom_id": tag, "prompt": tag, "images": [str(EXAMPLES / "mug.png")],
                                      "provider": "replicate", "quality": "low"}])
@@ -196,8 +181,7 @@ def test_route_falls_back_from_failing_fal_to_replicate(live: LocalStack, tmp_pa
     """`provider: "fal,replicate"`: every fal submit answers 503 (a sandbox fault that replicate is exempt
     from through the per-provider override), so after its attempts the job runs on replicate."""
     sandbox = live.env["EDITQ_SANDBOX_URL"]
-    faults = {"submit_5xx_rate": 1.0, "provider_faults": {"replicate": {"submit_5xx_rate": 0.0}}}
-    httpx.patch(f"{sandbox}/_sandbox/config", json=faults).raise_for_status()
+    configure_sandbox(live, {"submit_5xx_rate": 1.0, "provider_faults": {"replicate": {"submit_5xx_rate": 0.0}}})
     try:
         before = httpx.get(f"{sandbox}/_sandbox/stats").json()["providers"]
         tag = f"rfall{int(time.time() * 1000) % 100000}"
@@ -209,7 +193,7 @@ def test_route_falls_back_from_failing_fal_to_replicate(live: LocalStack, tmp_pa
         after = httpx.get(f"{sandbox}/_sandbox/stats").json()["providers"]
     finally:
         httpx.patch(f"{sandbox}/_sandbox/config", json={"submit_5xx_rate": 0.0, "provider_faults": {}})
-    (m,) = manifests(report.batch_id)
+    (m,) = read_manifests(report.batch_id)
     assert m["provider"] == "replicate" and m["state"] == "succeeded"
     tried = [(r["provider"], r["status"]) for r in m["provider_requests"]]
     assert tried[-1] == ("replicate", "accepted") and ("fal", "failed") in tried
@@ -226,24 +210,12 @@ def test_route_falls_back_from_failing_fal_to_replicate(live: LocalStack, tmp_pa
 @pytest.fixture(scope="module")
 def poll_stack() -> Iterator[LocalStack]:
     """Webhooks off (no receiver, no webhook URL anywhere); the poller alone completes jobs."""
-    saved = dict(os.environ)
-    os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
-    os.environ.update({"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "1"})
-    try:
-        with LocalStack(sandbox_opts=SANDBOX, worker_concurrency=8, webhooks=False) as s:
-            s.env.update({"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "1"})
-            yield s
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
+    yield from start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "1"}, sandbox_opts=SANDBOX,
+                     keep_env=True)
 
 
 def test_canonical_batch_by_polling_with_webhooks_off(poll_stack: LocalStack, tmp_path: Path) -> None:
-    saved = dict(os.environ)
-    os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
-    poll_stack.apply_env()
-    try:
+    with using(poll_stack):
         assert "EDITQ_WEBHOOK_BASE_URL" not in poll_stack.env
         tag = f"rpoll{int(time.time() * 1000) % 100000}"
         report = submit_rows(tmp_path, canonical_rows(tag))
@@ -251,7 +223,3 @@ def test_canonical_batch_by_polling_with_webhooks_off(poll_stack: LocalStack, tm
         for m in by_cid.values():
             e = httpx.get(f"{poll_stack.env['EDITQ_SANDBOX_URL']}/_sandbox/requests/{m['provider_request_id']}").json()
             assert e["webhook_url"] is None and "webhook" not in e["input"] and e["webhook"] is None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()

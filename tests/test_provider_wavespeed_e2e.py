@@ -18,7 +18,17 @@ from PIL import Image
 
 from producer.api import status, submit_batch, wait
 from producer.stack import LocalStack
-from tests.e2e import CANONICAL, EXAMPLES, PROMPT, accepted_webhooks, sandbox_log, start, using, wait_for
+from tests.e2e import (
+    CANONICAL,
+    EXAMPLES,
+    PROMPT,
+    accepted_webhooks,
+    read_manifests,
+    sandbox_log,
+    start,
+    using,
+    wait_for,
+)
 
 REFUSED = {
     1: ("masked", "wavespeed: mask is not supported by openai/gpt-image-2/edit on WaveSpeed (no mask field is "
@@ -51,8 +61,7 @@ def _verify_manifests(batch_id: str, job_ids: list[str]) -> list[dict[str, Any]]
     from worker.storage import get_storage
 
     storage = get_storage()
-    raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
-    manifests = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    manifests = read_manifests(batch_id)
     assert sorted(m["job_id"] for m in manifests) == sorted(job_ids)
     for m in manifests:
         assert m["state"] == "succeeded" and m["provider"] == "wavespeed" and m["provider_request_id"]
