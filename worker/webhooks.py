@@ -109,7 +109,15 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         return "stale-request"  # only a late success is adopted; a late failure changes nothing
     if adopt:  # recorded before the move: the collector may write the manifest right after it
         field = _record_adoption(p, provider, view, event.request_id)
-    ok = await p.complete(job_id, outcome, frm=ADOPTABLE if adopt else (State.submitted,), request_id=event.request_id)
+    frm: tuple[State, ...] = ADOPTABLE if adopt else (State.submitted,)
+    if not adopt and view.state is State.submitting and not any(
+        event.request_id in v for k, v in view.fields.items() if k.startswith("req.")
+    ):
+        # Our submit recorded this request id a moment ago and its move to `submitted` is on its way
+        # (an id from an earlier attempt would be in that attempt's req.N entry). Without this the
+        # delivery was answered 200 and dropped, and the job waited for the safety-net poll (60 s).
+        frm = (State.submitting, State.submitted)
+    ok = await p.complete(job_id, outcome, frm=frm, request_id=event.request_id)
     if adopt and not ok:
         p.r.hdel(p.k.job(job_id), field)
     elif adopt and view.request_id and view.request_id != event.request_id and view.state is State.submitted:
