@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -179,6 +180,13 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         over = overheads_ms(rows, sreq)
         infl = max_inflight(sandbox)
         end_bytes, _ = redis_bytes(r, prefix)
+        deliveries: dict[str, float] = {}
+        if "EDITQ_WEBHOOK_BASE_URL" in stack.env:
+            import httpx
+
+            text = httpx.get(stack.env["EDITQ_WEBHOOK_BASE_URL"] + "/metrics", timeout=10).text
+            for m in re.finditer(r'editq_webhook_deliveries_total\{outcome="([^"]+)",provider="fal"\} (\S+)', text):
+                deliveries[m.group(1)] = float(m.group(2))
         succeeded = sum(1 for x in rows if x["state"] == "succeeded")
         failed = sum(1 for x in rows if x["state"] == "failed")
         wall = t_end - t0
@@ -213,6 +221,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
             },
             "worker_rss_growth_mb_max": max(growth.values()) if growth else None,
             "cpu_s_by_process": cpu,
+            "webhook_deliveries": deliveries,
             "redis_bytes_per_job": round(end_bytes / a.jobs),
             "redis_bytes_per_job_queued": round(queued_bytes / a.jobs),
             "latency_s": a.latency,
@@ -226,6 +235,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
             "output_format": a.format,
             "sandbox_render": a.render,
             "machine": machine,
+            "log_dir": str(work),
         }
         if a.dump:
             with a.dump.open("w") as fh:
@@ -234,7 +244,8 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
                     fh.write(json.dumps({"job_id": row["job_id"], "created": row["created_at"] - t0,
                                          "received": (e.get("received_at") or t0) - t0,
                                          "completed": (e.get("completed_at") or t0) - t0,
-                                         "done": (row["done_at"] or t0) - t0}) + "\n")
+                                         "done": (row["done_at"] or t0) - t0, "webhook": e.get("webhook"),
+                                         "history": r.hget(f"{prefix}:job:{row['job_id']}", "h")}) + "\n")
         if a.verify_bytes:
             assert files_dir is not None
             result.update(verify_bytes(rows, files_dir))
