@@ -143,8 +143,10 @@ class Pipeline:
         }
         moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields)
         if not moved.ok:
-            # A fast webhook may have completed the job first (it is `ready` now): keep the id, nothing else.
-            self.store.set_fields(view.job_id, request_id=sub.request_id, handle=json.dumps(sub.handle))
+            # A fast webhook may have completed the job first (it is `ready` now): keep the id and the
+            # request log entry, nothing else.
+            self.store.set_fields(view.job_id, request_id=sub.request_id, handle=json.dumps(sub.handle),
+                                  **{f"req.{view.attempts}": fields[f"req.{view.attempts}"]})
             if moved.previous == State.cancelled:
                 await adapter.cancel(aio.http_client(), sub.request_id, sub.handle)
         if os.environ.get("EDITQ_FAULT_CRASH_AFTER_SUBMIT") == "1":  # fault injection for crash tests
