@@ -25,7 +25,7 @@ from schemas.settings import Settings, get_settings
 from worker.errors import ErrorKind, ProviderError, kind_for_status
 from worker.netguard import check_url
 
-SPOOL_MEMORY = 8 * 1024 * 1024
+SPOOL_MEMORY = 1024 * 1024  # per output in flight; bigger outputs spill to a temp file (RSS stays flat)
 CHUNK = 256 * 1024
 FORMAT_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
@@ -76,7 +76,7 @@ class Storage:
         self.client = boto3.client(
             "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region, config=cfg
         )
-        self.transfer = TransferConfig(multipart_threshold=SPOOL_MEMORY, multipart_chunksize=SPOOL_MEMORY,
+        self.transfer = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
                                        max_concurrency=2, use_threads=True)
 
     # ---- keys -------------------------------------------------------------------------------
