@@ -77,7 +77,10 @@ local function move(prefix, jid, cur, to, now, score, note, ttl)
     redis.call('SADD', prefix .. ':providers', provider)
   elseif to == 'submitting' or to == 'submitted' then redis.call('ZADD', prefix .. ':inflight', score, jid)
   elseif to == 'retry_wait' then redis.call('ZADD', prefix .. ':retry', score, jid)
-  elseif to == 'ready' then redis.call('RPUSH', prefix .. ':ready', jid)
+  elseif to == 'ready' then
+    -- collect pops from the head: interactive results are stored ahead of any bulk backlog
+    if redis.call('HGET', jk, 'lane') == 'interactive' then redis.call('LPUSH', prefix .. ':ready', jid)
+    else redis.call('RPUSH', prefix .. ':ready', jid) end
   elseif to == 'collecting' then redis.call('ZADD', prefix .. ':collecting', score, jid) end
   local entry = to .. '\t' .. now
   if note ~= '' then entry = entry .. '\t' .. note end
