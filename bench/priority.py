@@ -66,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         t_bulk = time.time()
         if a.after_full:
             from bench.harness import sandbox_get
+            from schemas.settings import get_settings
 
+            # bulk takes every slot, or all but the interactive reserve while the lane is in use
+            held = a.warm or a.reserve_hold in ("inf", "infinity")
+            full = a.provider_concurrency - (int(a.provider_concurrency * get_settings().interactive_reserve)
+                                             if held else 0)
             while sandbox_get(stack.env["EDITQ_SANDBOX_URL"], "/_sandbox/stats")["providers"]["fal"][
-                    "in_flight"] < a.provider_concurrency:
+                    "in_flight"] < full:
                 time.sleep(0.05)
         line = job_line(a.bulk, images, tag=tag + "-urgent", size="512x512", fmt="png", lane="interactive")
         t1 = time.time()
