@@ -75,12 +75,16 @@ class Pipeline:
             return 0
         views = [v for v in self.store.get_many(ids) if v is not None]
         items = []
+        circuit_open = self._circuit_open(provider)
+        sending = self.r.pipeline(transaction=False)  # one round trip for the round's "sending" records
         for view in views:
-            if self._circuit_open(provider) and self._reroute(view, State.submitting, "circuit open"):
+            if circuit_open and self._reroute(view, State.submitting, "circuit open"):
                 continue
             req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
-            self.store.set_fields(view.job_id, **{f"req.{view.attempts}": self._req_entry(view, "sending")})
+            sending.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sending"))
             items.append((view, req))
+        if items:
+            sending.execute()  # recorded before any request leaves
         if type(adapter).submit_many is ProviderAdapter.submit_many:
             # one request per job: record each answer the moment it arrives (shortest crash window)
             await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
