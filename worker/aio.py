@@ -86,6 +86,10 @@ class _Pool(httpcore.AsyncConnectionPool):
                     idle = connection
             if chosen is None:
                 if len(self._connections) >= self._max_connections:
+                    # connections the server closed (e.g. moto answers a PUT and closes) still count
+                    # until the sweep; drop them now, or a request can wait here until its pool timeout
+                    self._connections = [c for c in self._connections if not c.is_closed()]
+                if len(self._connections) >= self._max_connections:
                     if idle is None:
                         continue  # stays queued until a connection frees up
                     self._connections.remove(idle)

@@ -7,6 +7,8 @@ import tempfile
 import time
 from typing import Any
 
+import httpx
+
 from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
 from worker.state import JobStore, JobView
 from worker.storage import Storage
@@ -65,6 +67,13 @@ def build(
 def write_job_manifest(storage: Storage, manifest: JobManifest) -> str:
     key = storage.manifest_key(manifest.batch_id, manifest.job_id)
     storage.put_json(key, manifest.model_dump(mode="json"))
+    return key
+
+
+async def write_job_manifest_async(storage: Storage, http: httpx.AsyncClient, manifest: JobManifest) -> str:
+    """write_job_manifest from the event loop: a presigned PUT on the process's async client."""
+    key = storage.manifest_key(manifest.batch_id, manifest.job_id)
+    await storage.put_json_async(http, key, manifest.model_dump(mode="json"))
     return key
 
 

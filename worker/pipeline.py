@@ -22,7 +22,7 @@ from schemas.manifest import ErrorInfo, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
 from worker import aio
 from worker.errors import ErrorKind, ProviderError
-from worker.manifest import build, write_batch_manifest, write_job_manifest
+from worker.manifest import build, write_batch_manifest, write_job_manifest_async
 from worker.providers import REGISTRY, get_adapter
 from worker.providers.base import InputUrls, Outcome, ProviderAdapter, ProviderRequest, Result, Submitted
 from worker.state import JobStore, JobView, State
@@ -210,7 +210,7 @@ class Pipeline:
 
     async def finish_failed(self, view: JobView, frm: State, info: ErrorInfo) -> None:
         manifest = build(view, State.failed.value, [], None, info)
-        await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+        await write_job_manifest_async(self.storage, aio.http_client(), manifest)
         moved = self.store.move(
             view.job_id, [frm], State.failed, note=info.reason[:200],
             fields={"error": info.model_dump_json(), "manifest": manifest.model_dump_json()},
@@ -334,7 +334,7 @@ class Pipeline:
             return
         usage = Usage.model_validate(res["usage"]) if res.get("usage") else None
         manifest = build(view, State.succeeded.value, outputs, usage, None)
-        await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+        await write_job_manifest_async(self.storage, aio.http_client(), manifest)
         moved = self.store.move(
             view.job_id, [State.collecting], State.succeeded,
             fields={
@@ -425,7 +425,7 @@ class Pipeline:
             await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
         if moved.ok:
             manifest = build(view, State.cancelled.value, [], None, None)
-            await asyncio.to_thread(write_job_manifest, self.storage, manifest)
+            await write_job_manifest_async(self.storage, aio.http_client(), manifest)
             self.store.set_fields(job_id, manifest=manifest.model_dump_json())
             if moved.batch_finished:
                 self.drain_finalize()
