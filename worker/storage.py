@@ -16,7 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import httpx
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from PIL import Image
@@ -83,8 +82,6 @@ class Storage:
         self.client = boto3.client(
             "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region, config=cfg
         )
-        self.transfer = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
-                                       max_concurrency=2, use_threads=True)
 
     # ---- keys -------------------------------------------------------------------------------
     def input_key(self, sha256: str, ext: str) -> str:
@@ -128,24 +125,6 @@ class Storage:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
 
-    def upload_file(self, fp: IO[bytes], key: str, content_type: str, sha256: str) -> None:
-        """One streamed PUT (the body is read from `fp` in blocks, never held whole in memory).
-
-        upload_fileobj's transfer manager costs several ms of CPU per call even for small files, and
-        for big ones holds max_concurrency x chunk size in memory per upload; outputs are at most
-        max_output_bytes (200 MB by default), far below S3's 5 GB single-PUT limit."""
-        fp.seek(0, io.SEEK_END)
-        size = fp.tell()
-        fp.seek(0)
-        self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=fp, ContentLength=size, ContentType=content_type,
-            Metadata={"sha256": sha256},
-        )
-
-    # ---- writes from the event loop: presigned PUTs sent by the process's async client ------------------
-    # botocore spends ~2 ms of CPU per put_object (serialising, signing, its own HTTP stack) in a thread
-    # that contends for the GIL with the loop; a presign costs ~0.14 ms and the PUT rides the pooled
-    # httpx client. Content-Type and the x-amz-meta-* headers are signed, so they are sent exactly so.
     def presign_put(self, key: str, content_type: str, metadata: dict[str, str] | None = None) -> str:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
         if metadata:
@@ -294,6 +273,3 @@ def _strip_query(url: str) -> str:
 def get_storage() -> Storage:
     return Storage()
 
-
-def bytes_io(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)
