@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from schemas.job import EditJob
 from schemas.params import parse_size
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import Outcome
+from worker.providers.base import InputUrls, Outcome
 
 # ---- fal's input schema for gpt-image-2/edit (ModelRunner assumes the same) -------------------------------
 FAL_PRESETS: dict[tuple[int, int], str] = {
@@ -42,6 +43,21 @@ def fal_image_size(size: str) -> str | dict[str, int]:
     if dims is None:
         return "auto"
     return FAL_PRESETS.get(dims) or {"width": dims[0], "height": dims[1]}
+
+
+def fal_edit_input(job: EditJob, inputs: InputUrls) -> dict[str, Any]:
+    """Canonical job -> the input of fal's `openai/gpt-image-2/edit` (ModelRunner assumes the same fields)."""
+    body: dict[str, Any] = {
+        "prompt": job.prompt,
+        "image_urls": list(inputs.images),
+        "image_size": fal_image_size(job.size),
+        "quality": job.quality.value,
+        "num_images": job.num_images,
+        "output_format": job.output_format.value,
+    }
+    if inputs.mask:
+        body["mask_url"] = inputs.mask
+    return body
 
 
 # ---- answers ------------------------------------------------------------------------------------------------

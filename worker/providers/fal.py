@@ -35,7 +35,7 @@ from worker.providers.base import (
 from worker.providers.common import FAL_MAX_NUM_IMAGES as MAX_NUM_IMAGES
 from worker.providers.common import FAL_PRESETS as PRESETS
 from worker.providers.common import FAL_QUALITIES as QUALITIES
-from worker.providers.common import fal_image_size, webhook_json
+from worker.providers.common import fal_edit_input, webhook_json
 
 JWKS_TTL_S = 24 * 3600
 JWKS_MIN_REFRESH_S = 60
@@ -89,16 +89,7 @@ class FalAdapter(ProviderAdapter):
         return problems
 
     def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
-        body: dict[str, Any] = {
-            "prompt": job.prompt,
-            "image_urls": list(inputs.images),
-            "image_size": fal_image_size(job.size),
-            "quality": job.quality.value,
-            "num_images": job.num_images,
-            "output_format": job.output_format.value,
-        }
-        if inputs.mask:
-            body["mask_url"] = inputs.mask
+        body = fal_edit_input(job, inputs)
         headers = {"X-Fal-Queue-Priority": "normal" if job.priority.value == "interactive" else "low"}
         if self.settings.request_timeout_s:
             headers["X-Fal-Request-Timeout"] = str(self.settings.request_timeout_s)

@@ -69,7 +69,7 @@ from worker.providers.common import FAL_PRESETS as PRESETS
 from worker.providers.common import FAL_QUALITIES as QUALITIES
 from worker.providers.common import (
     WebhookSecret,
-    fal_image_size,
+    fal_edit_input,
     json_or_none,
     standard_webhook_key,
     v1_matches,
@@ -151,16 +151,7 @@ class ModelRunnerAdapter(ProviderAdapter):
         return self.settings.model_path.strip("/") if model == DEFAULT_MODEL else model
 
     def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
-        fields: dict[str, Any] = {
-            "prompt": job.prompt,
-            "image_urls": list(inputs.images),
-            "image_size": fal_image_size(job.size),
-            "quality": job.quality.value,
-            "num_images": job.num_images,
-            "output_format": job.output_format.value,
-        }
-        if inputs.mask:
-            fields["mask_url"] = inputs.mask
+        fields = fal_edit_input(job, inputs)
         rename = self.settings.field_names
         body: dict[str, Any] = {rename.get(k, k): v for k, v in fields.items()}
         body["metadata"] = {"editq_job_id": job.job_id, "editq_batch_id": job.batch_id}
