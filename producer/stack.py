@@ -149,7 +149,7 @@ class LocalStack:
         if os.environ.get("EDITQ_S3_ENDPOINT"):
             return os.environ["EDITQ_S3_ENDPOINT"]
         port = free_port()
-        self.spawn("s3", [PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+        self.spawn("s3", [PY, "-m", "producer.s3_local", "--host", "127.0.0.1", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _http_ok(url + "/moto-api/"), 30, "moto S3 server")
         return url

@@ -102,6 +102,32 @@ def test_webhook_verification() -> None:
     asyncio.run(run())
 
 
+def test_a_burst_of_first_deliveries_fetches_the_jwks_once() -> None:
+    """A wave of jobs finishing right after start-up: 200 deliveries arrive before any key is cached."""
+    key = SigningKey.generate()
+    doc = {"keys": [{"kty": "OKP", "crv": "Ed25519",
+                     "x": base64.urlsafe_b64encode(bytes(key.verify_key)).rstrip(b"=").decode()}]}
+    fetches = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal fetches
+        fetches += 1
+        await asyncio.sleep(0.01)  # the fetch is in flight while the other deliveries arrive
+        return httpx.Response(200, json=doc)
+
+    async def run() -> list[str]:
+        a = adapter(user_id="u1")
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            bodies = [json.dumps({"request_id": f"r{i}", "status": "OK", "payload": {}}).encode() for i in range(200)]
+            events = await asyncio.gather(*(
+                a.verify_webhook(http, _signed(key, b, rid=f"r{i}"), b, now=time.time()) for i, b in enumerate(bodies)
+            ))
+        return [e.request_id for e in events]
+
+    assert asyncio.run(run()) == [f"r{i}" for i in range(200)]
+    assert fetches == 1
+
+
 def _client(handler: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 

@@ -49,17 +49,20 @@ class _Pool(httpcore.AsyncConnectionPool):
     """httpcore 1.0's pool, without its per-request O(n^2) bookkeeping.
 
     Upstream, every request start and end runs `_assign_requests_to_connections`, which (a) for each
-    idle connection rebuilds a list of all connections just to take its length, and (b) polls every
-    idle socket for a server-side close. Both were the top of the worker's CPU profile (py-spy --gil)
+    idle connection rebuilds a list of all connections just to take its length, (b) polls every
+    idle socket for a server-side close, and (c) for every queued request scans every connection, so
+    a full pool with hundreds of requests waiting (a burst of webhooks or submits) costs queued x
+    connections per request. They were the top of the worker's and the sandbox's CPU profiles (py-spy)
     at a few hundred requests/s. Here: the keep-alive limit uses len(); a connection about to be reused
     is checked for expiry right then; the sweep of closed and expired connections runs at most once a
-    second (closed ones are never handed out in between; a full pool still replaces an idle one).
+    second (closed ones are never handed out in between; a full pool still replaces an idle one); idle
+    connections are listed once per call and origin, and a full pool of busy connections stops the scan.
     """
 
     _swept = 0.0
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        closing = []
+        closing: list[httpcore.AsyncConnectionInterface] = []
         now = time.monotonic()
         if now - self._swept >= 1.0:
             self._swept = now
@@ -71,32 +74,49 @@ class _Pool(httpcore.AsyncConnectionPool):
                 ):
                     self._connections.remove(connection)
                     closing.append(connection)
-        for pool_request in [r for r in self._requests if r.is_queued()]:
+        queued = [r for r in self._requests if r.is_queued()]
+        if not queued:
+            return closing
+        # HTTP/1.1 only: a connection is available exactly when it is idle. Idle connections are listed
+        # once per origin and handed out by popping, so one call is O(requests + connections), not their
+        # product, and a connection is never handed to two requests.
+        idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncConnectionInterface]] = {}
+        gone: set[int] = set()
+        for pool_request in queued:
             origin = pool_request.request.url.origin
-            chosen = idle = None
-            for connection in list(self._connections):
-                if connection.can_handle_request(origin) and connection.is_available():
-                    if connection.is_idle() and connection.has_expired():
-                        self._connections.remove(connection)
-                        closing.append(connection)
-                        continue
-                    chosen = connection
-                    break
-                if idle is None and connection.is_idle():
-                    idle = connection
+            ours = idle.get((origin.scheme, origin.host, origin.port))
+            if ours is None:
+                ours = [c for c in self._connections if c.is_idle() and c.can_handle_request(origin)]
+                idle[(origin.scheme, origin.host, origin.port)] = ours
+            chosen = None
+            while ours:
+                candidate = ours.pop()
+                if id(candidate) in gone:
+                    continue
+                if candidate.has_expired():
+                    self._connections.remove(candidate)
+                    closing.append(candidate)
+                    continue
+                chosen = candidate
+                break
             if chosen is None:
                 if len(self._connections) >= self._max_connections:
-                    # connections the server closed (e.g. moto answers a PUT and closes) still count
-                    # until the sweep; drop them now, or a request can wait here until its pool timeout
+                    # connections the server closed still count until the sweep; drop them now, or a
+                    # request can wait here until its pool timeout
                     self._connections = [c for c in self._connections if not c.is_closed()]
                 if len(self._connections) >= self._max_connections:
-                    if idle is None:
-                        continue  # stays queued until a connection frees up
-                    self._connections.remove(idle)
-                    closing.append(idle)
+                    victim = next((c for c in self._connections if c.is_idle() and id(c) not in gone), None)
+                    # (a connection handed out in this call still reads idle until its request starts;
+                    # those are in `gone` too, so none is closed under its new request)
+                    if victim is None:
+                        break  # every connection is busy: the rest stay queued until one frees up
+                    self._connections.remove(victim)
+                    closing.append(victim)
+                    gone.add(id(victim))
                 chosen = self.create_connection(origin)
                 self._connections.append(chosen)
             pool_request.assign_to_connection(chosen)
+            gone.add(id(chosen))
         return closing
 
 

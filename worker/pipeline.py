@@ -34,6 +34,7 @@ log = structlog.get_logger("editq.pipeline")
 CIRCUIT_FAILURES = 5
 COLLECT_WHILE_DISPATCHING = 4
 CIRCUIT_OPEN_S = 60
+STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
 
 
 def _now() -> float:
@@ -66,13 +67,53 @@ class Pipeline:
         return cap, reserve, adapter.settings.rpm, lease
 
     async def dispatch(self, provider: str) -> int:
-        """Claim queued jobs within the global limits and submit them concurrently."""
+        """Claim queued jobs within the global limits and submit them concurrently.
+
+        One request per job (most providers): a window of `submit_batch` submits stays in flight, and
+        each answer makes room for the next claim, for up to STREAM_S. Rounds that waited for
+        the slowest of 64 answers before claiming again refilled freed provider slots at a fraction of
+        the rate they freed up. Synchronous providers and batch protocols keep one round per call."""
         adapter = get_adapter(provider)
+        sync_want = max(1, min(self.limits(adapter)[0], 8))
+        want = adapter.claim_size or (sync_want if adapter.synchronous else self.settings.submit_batch)
+        if adapter.synchronous or type(adapter).submit_many is not ProviderAdapter.submit_many:
+            claimed, items = self._claim(adapter, want)
+            if type(adapter).submit_many is ProviderAdapter.submit_many:
+                await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
+            else:  # the protocol groups jobs into one provider request (OpenAI Batch)
+                results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
+                for (view, _), res in zip(items, results, strict=True):
+                    await self._record_submit(adapter, view, res)
+            if claimed >= want:
+                self.kick.dispatch(provider, adapter.synchronous)
+            return claimed
+        total = 0
+        running: set[asyncio.Future[None]] = set()
+        deadline = time.monotonic() + STREAM_S
+        refill_at = max(1, want // 8)  # claim again once this much of the window is free (fewer round trips)
+        while True:
+            room = want - len(running)
+            if room >= refill_at and time.monotonic() < deadline:
+                claimed, items = self._claim(adapter, room)
+                total += claimed
+                # one request per job: each answer is recorded the moment it arrives (shortest crash window)
+                running |= {asyncio.ensure_future(self._submit_one(adapter, v, r)) for v, r in items}
+                if claimed >= room:
+                    self.kick.dispatch(provider, adapter.synchronous)  # other workers may help
+            if not running:
+                return total
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut.exception() is not None:  # the job stays `submitting`; its lease hands it back
+                    log.error("submit failed", provider=provider, exc_info=fut.exception())
+
+    def _claim(self, adapter: ProviderAdapter, want: int) -> tuple[int, list[tuple[JobView, ProviderRequest]]]:
+        """Claim up to `want` jobs and record each one's attempt as `sending` before any request leaves."""
+        provider = adapter.name
         cap, reserve, rpm, lease = self.limits(adapter)
-        want = adapter.claim_size or (self.settings.submit_batch if not adapter.synchronous else max(1, min(cap, 8)))
         ids = self.store.claim(provider, want, cap, reserve, rpm, lease, self.settings.interactive_reserve_hold_s)
         if not ids:
-            return 0
+            return 0, []
         views = [v for v in self.store.get_many(ids) if v is not None]
         items = []
         circuit_open = self._circuit_open(provider)
@@ -84,17 +125,8 @@ class Pipeline:
             sending.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sending"))
             items.append((view, req))
         if items:
-            sending.execute()  # recorded before any request leaves
-        if type(adapter).submit_many is ProviderAdapter.submit_many:
-            # one request per job: record each answer the moment it arrives (shortest crash window)
-            await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
-        else:  # the protocol groups jobs into one provider request (OpenAI Batch)
-            results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
-            for (view, _), res in zip(items, results, strict=True):
-                await self._record_submit(adapter, view, res)
-        if len(ids) >= want:
-            self.kick.dispatch(provider, adapter.synchronous)
-        return len(ids)
+            sending.execute()
+        return len(ids), items
 
     async def _submit_one(self, adapter: ProviderAdapter, view: JobView, req: ProviderRequest) -> None:
         try:
@@ -108,7 +140,6 @@ class Pipeline:
             self._record_failure(adapter.name, res)
             await self.retry_or_fail(view, res, State.submitting, sent=True)
         else:
-            self._record_success(adapter.name)
             await self.submitted(adapter, view, res)
 
     def input_urls(self, view: JobView) -> InputUrls:
@@ -131,7 +162,10 @@ class Pipeline:
         if os.environ.get("EDITQ_FAULT_CRASH_BEFORE_RECORD") == "1":  # fault injection: answer lost in a crash
             os.kill(os.getpid(), signal.SIGKILL)
         provider = adapter.name
-        self.r.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
+        first = self.r.pipeline(transaction=False)  # one round trip: the id, and the success that resets
+        first.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
+        first.delete(self.k.circuit(provider) + ":fails")  # the circuit breaker's consecutive failures
+        first.execute()
         delay = (
             self.settings.poll_interval_webhook_s
             if self.webhook_url(adapter, view)
@@ -242,9 +276,6 @@ class Pipeline:
             self.r.set(self.k.circuit(provider), "open", ex=CIRCUIT_OPEN_S)
         self.r.expire(key, CIRCUIT_OPEN_S)
 
-    def _record_success(self, provider: str) -> None:
-        self.r.delete(self.k.circuit(provider) + ":fails")
-
     def _circuit_open(self, provider: str) -> bool:
         return bool(self.r.exists(self.k.circuit(provider)))
 
@@ -290,19 +321,39 @@ class Pipeline:
         return bool(providers) and bool(self.r.exists(*(self.kick.flag(f"dispatch:{p}") for p in providers)))
 
     async def collect(self, limit: int | None = None) -> int:
-        # Submitting is on the critical path (a free slot earns nothing); storing outputs is not. While a
-        # dispatch pump works, collect takes small rounds so the CPU goes to refilling slots first.
-        limit = limit or (COLLECT_WHILE_DISPATCHING if self.dispatching() else self.settings.collect_batch)
-        ids = self.r.lpop(self.k.ready, limit) or []
-        claimed = []
-        for jid in ids:
-            if self.store.move(jid, [State.ready], State.collecting, score=_now() + 300).ok:
-                claimed.append(jid)
-        views = [v for v in self.store.get_many(claimed) if v is not None]
-        await asyncio.gather(*(self._collect_one(v) for v in views))
-        if len(ids) >= limit or self.r.llen(self.k.ready):
+        """Store the outputs and manifests of `ready` jobs: a window of collects stays in flight, each one
+        finished makes room for the next, for up to STREAM_S (rounds that waited for the slowest of 32
+        stored the last wave of a batch at a fraction of the rate S3 takes it)."""
+        total = 0
+        running: set[asyncio.Future[None]] = set()
+        deadline = time.monotonic() + STREAM_S
+        window, window_at = 0, -1.0
+        while True:
+            if time.monotonic() - window_at > 0.25:
+                # Submitting is on the critical path (a free provider slot earns nothing); storing outputs
+                # is not. While a dispatch pump works, collect keeps a small window so the CPU goes to
+                # refilling slots first.
+                window_at = time.monotonic()
+                window = limit or (COLLECT_WHILE_DISPATCHING if self.dispatching() else self.settings.collect_batch)
+            room = window - len(running)
+            if room >= max(1, window // 8) and time.monotonic() < deadline:
+                views = self._claim_ready(room)
+                total += len(views)
+                running |= {asyncio.ensure_future(self._collect_one(v)) for v in views}
+            if not running:
+                break
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut.exception() is not None:  # the job stays `collecting`; its lease hands it back
+                    log.error("collect failed", exc_info=fut.exception())
+        if self.r.llen(self.k.ready):
             self.kick.collect()
-        return len(views)
+        return total
+
+    def _claim_ready(self, n: int) -> list[JobView]:
+        ids = self.r.lpop(self.k.ready, n) or []
+        claimed = [jid for jid in ids if self.store.move(jid, [State.ready], State.collecting, score=_now() + 300).ok]
+        return [v for v in self.store.get_many(claimed) if v is not None]
 
     async def _collect_one(self, view: JobView) -> None:
         res = view.json_field("result") or {}

@@ -266,6 +266,11 @@ class JobStore:
         self._create = self.r.register_script(_LUA_CREATE)
         self._close = self.r.register_script(_LUA_CLOSE)
 
+    def warm_up(self) -> None:
+        """Load the scripts into Redis now (the first EVALSHA of each would otherwise miss and resend)."""
+        for script in (self._transition, self._claim, self._create, self._close):
+            script.sha = self.r.script_load(script.script)
+
     # -- creation -------------------------------------------------------------------------
     def create(self, job: EditJob, pipe: Any = None) -> Any:
         """Create a queued job unless its idempotency key exists. Returns [1, id] or [0, existing id]."""

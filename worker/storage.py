@@ -8,16 +8,19 @@ import hashlib
 import io
 import json
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import cache
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import boto3
 import httpx
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 from PIL import Image
 
 from schemas.manifest import OutputRecord
@@ -27,6 +30,7 @@ from worker.netguard import check_url
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900
+PRESIGN_CACHE_MAX = 10_000
 SPOOL_MEMORY = 1024 * 1024  # per output in flight; bigger outputs spill to a temp file (RSS stays flat)
 CHUNK = 256 * 1024
 FORMAT_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -79,9 +83,12 @@ class Storage:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.client = boto3.client(
+        self._session = boto3.session.Session()
+        self.client = self._session.client(
             "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region, config=cfg
         )
+        self._base: tuple[str, str, str] | None = None  # scheme, host, path prefix of this bucket's URLs
+        self._get_urls: dict[str, tuple[str, float]] = {}
 
     # ---- keys -------------------------------------------------------------------------------
     def input_key(self, sha256: str, ext: str) -> str:
@@ -125,12 +132,38 @@ class Storage:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
 
+    # ---- presigned URLs ----------------------------------------------------------------------------
+    # botocore's generate_presigned_url runs the whole request pipeline (parameter validation,
+    # serialisation, endpoint rules, event hooks) for each URL; on the worker that was most of the cost
+    # of a URL, and there are three per job. Here botocore resolves this bucket's base URL once, and each
+    # URL is signed with its SigV4 query signer directly (the same signer generate_presigned_url ends in;
+    # tests/test_storage_presign.py checks the URLs are identical).
+    def _sign(
+        self, method: str, key: str, expires: int, headers: dict[str, str] | None = None, *, public: bool = False
+    ) -> str:
+        if self._base is None:
+            probe = urlsplit(self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": "k"}, ExpiresIn=60))
+            self._base = (probe.scheme, probe.netloc, probe.path[: -len("k")])
+        creds = self._session.get_credentials()
+        if creds is None:
+            raise NoCredentialsError()
+        scheme, netloc, prefix = self._base
+        if public and self.settings.s3_public_endpoint:
+            # the provider reaches S3 by another name than we do; SigV4 signs the host, so sign for that one
+            pub = urlsplit(self.settings.s3_public_endpoint)
+            scheme, netloc = pub.scheme, pub.netloc
+        req = AWSRequest(method=method, url=urlunsplit((scheme, netloc, prefix + quote(key, safe="/~"), "", "")),
+                         headers=headers or {})
+        signer = S3SigV4QueryAuth(creds.get_frozen_credentials(), "s3", self.client.meta.region_name, expires=expires)
+        signer.add_auth(req)
+        return str(req.url)
+
     def presign_put(self, key: str, content_type: str, metadata: dict[str, str] | None = None) -> str:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
-        if metadata:
-            params["Metadata"] = metadata
-        url: str = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=PUT_URL_TTL_S)
-        return url
+        headers = {"Content-Type": content_type}
+        for name, value in (metadata or {}).items():
+            headers[f"x-amz-meta-{name}"] = value
+        return self._sign("PUT", key, PUT_URL_TTL_S, headers)
 
     async def put_async(
         self,
@@ -184,13 +217,16 @@ class Storage:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
     def presign(self, key: str) -> str:
-        url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.settings.presign_ttl_s
-        )
-        public = self.settings.s3_public_endpoint
-        if public:  # the provider reaches S3 by another name than we do
-            parts, pub = urlsplit(url), urlsplit(public)
-            url = urlunsplit((pub.scheme, pub.netloc, parts.path, parts.query, ""))
+        """A GET URL for the provider. Inputs are shared by many jobs, so a URL is reused while it has at
+        least 90 % of its lifetime left (each provider still gets hours to fetch it)."""
+        now = time.monotonic()
+        hit = self._get_urls.get(key)
+        if hit is not None and now - hit[1] < self.settings.presign_ttl_s / 10:
+            return hit[0]
+        url = self._sign("GET", key, self.settings.presign_ttl_s, public=True)
+        if len(self._get_urls) >= PRESIGN_CACHE_MAX:
+            self._get_urls.clear()
+        self._get_urls[key] = (url, now)
         return url
 
     def list_keys(self, prefix: str) -> list[str]:

@@ -112,7 +112,26 @@ def _tick_loop() -> None:
 
 @worker_ready.connect
 def _start_tick(**_: object) -> None:
+    _warm_up()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
+
+
+def _warm_up() -> None:
+    """Pay the one-off costs before the first job instead of during it: the HTTP client (its TLS
+    context loads the CA bundle), botocore's endpoint rules (loaded on the first presigned URL),
+    the Redis connection and the state machine's scripts."""
+    try:
+        p = pipeline()
+
+        async def client() -> None:
+            aio.http_client()
+
+        aio.run(client())
+        p.storage.presign_put("editq-warm-up", "application/octet-stream")
+        p.r.ping()
+        p.store.warm_up()
+    except Exception:  # nothing here is needed for correctness; the first job pays instead
+        log.warning("warm-up failed", exc_info=True)
 
 
 @worker_shutdown.connect

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 
 import structlog
@@ -35,8 +37,22 @@ def _pipeline() -> Pipeline:
     return Pipeline()
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # One-off costs paid at start, not by the first burst of deliveries: the HTTP client (TLS context),
+    # the pipeline with its Redis connection and scripts. Failures here are not fatal: the first
+    # delivery pays instead.
+    try:
+        aio.http_client()
+        _pipeline().r.ping()
+        _pipeline().store.warm_up()
+    except Exception:
+        log.warning("warm-up failed", exc_info=True)
+    yield
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="editq webhooks", docs_url=None, redoc_url=None)
+    app = FastAPI(title="editq webhooks", docs_url=None, redoc_url=None, lifespan=_lifespan)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

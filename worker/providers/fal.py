@@ -7,6 +7,7 @@ over `request_id\\nuser_id\\ntimestamp\\nsha256hex(body)` and checked against fa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Mapping
@@ -64,6 +65,7 @@ class FalAdapter(ProviderAdapter):
         super().__init__(settings)
         self._jwks: list[VerifyKey] = []
         self._jwks_at = 0.0
+        self._jwks_loading: asyncio.Task[None] | None = None
 
     # ---- pure -------------------------------------------------------------------------------
     def validate(self, job: EditJob) -> list[str]:
@@ -180,13 +182,21 @@ class FalAdapter(ProviderAdapter):
     # ---- internals ----------------------------------------------------------------------------------
     async def _verify(self, http: httpx.AsyncClient, message: bytes, sig: bytes, now: float) -> bool:
         if now - self._jwks_at > JWKS_TTL_S:
-            await self._load_jwks(http, now)
+            await self._refresh_jwks(http, now)
         if _any_key(self._jwks, message, sig):
             return True
         if now - self._jwks_at > JWKS_MIN_REFRESH_S:  # keys may have rotated
-            await self._load_jwks(http, now)
+            await self._refresh_jwks(http, now)
             return _any_key(self._jwks, message, sig)
         return False
+
+    async def _refresh_jwks(self, http: httpx.AsyncClient, now: float) -> None:
+        """One JWKS fetch at a time: the burst of deliveries that arrives when a wave of jobs completes
+        right after start-up waits for the same fetch instead of sending one each."""
+        task = self._jwks_loading
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = self._jwks_loading = asyncio.ensure_future(self._load_jwks(http, now))
+        await task
 
     async def _load_jwks(self, http: httpx.AsyncClient, now: float) -> None:
         try:
