@@ -22,6 +22,7 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.http()  # the client for input downloads and webhooks (its TLS context) before the first job
         try:
             yield
         finally:
