@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     submit_batch: int = Field(64, description="Jobs one dispatch task submits concurrently.")
     collect_batch: int = Field(32, description="Jobs one collect task stores concurrently.")
+    collect_batch_dispatching: int = Field(
+        4, description="The same while a dispatch pump is refilling provider slots (submits go first)."
+    )
     interactive_reserve: float = Field(
         0.1, description="Share of each provider's concurrency cap that bulk jobs may not take "
         "(while the interactive lane is in use, see interactive_reserve_hold_s)."

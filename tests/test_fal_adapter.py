@@ -128,6 +128,32 @@ def test_a_burst_of_first_deliveries_fetches_the_jwks_once() -> None:
     assert fetches == 1
 
 
+def test_receiver_start_prefetches_the_jwks_so_deliveries_need_no_fetch() -> None:
+    key = SigningKey.generate()
+    doc = {"keys": [{"kty": "OKP", "crv": "Ed25519",
+                     "x": base64.urlsafe_b64encode(bytes(key.verify_key)).rstrip(b"=").decode()}]}
+    fetched: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fetched.append(str(request.url))
+        return httpx.Response(200, json=doc)
+
+    async def run() -> str:
+        a = adapter()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            await a.prepare_webhooks(http)
+            assert fetched == [a.settings.jwks_url]
+            body = json.dumps({"request_id": "r1", "status": "OK", "payload": {}}).encode()
+            ev = await a.verify_webhook(http, _signed(key, body, rid="r1"), body, now=time.time())
+        return ev.request_id
+
+    assert asyncio.run(run()) == "r1"
+    assert len(fetched) == 1  # the delivery was verified with the prefetched keys
+    unconfigured = FalAdapter(FalSettings(api_key=None))
+    asyncio.run(unconfigured.prepare_webhooks(httpx.AsyncClient(transport=httpx.MockTransport(handler))))
+    assert len(fetched) == 1  # fal not configured: nothing fetched at start
+
+
 def _client(handler: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 

@@ -114,3 +114,22 @@ def test_delivery_for_unknown_request_is_acknowledged_and_ignored(receiver_stack
     headers = signer.sign(body, request_id=rid, timestamp=int(time.time()))
     resp = _post(receiver_stack, "job_does_not_exist", body, headers)
     assert resp.status_code == 200 and resp.json() == {"status": "unknown-request"}
+
+
+def test_delivery_racing_the_workers_record_is_applied(receiver_stack: LocalStack) -> None:
+    """The receiver looks the request id up before the worker records it, and reads the job after the
+    worker recorded it (`submitted`, with this request id): the delivery must complete the job, not be
+    acknowledged as an unknown request and left to the 60 s safety-net poll."""
+    receiver_stack.apply_env()
+    store = JobStore()
+    job_id = submit({"prompt": unique("race"), "images": [str(EXAMPLES / "mug.png")]})
+    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)
+    rid = unique("req")
+    # recorded on the job, but the request-id index is not there yet for the receiver's first lookup
+    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
+                      fields={"request_id": rid, "handle": "{}"}).ok
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    body = _payload(rid)
+    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    assert resp.status_code == 200 and resp.json() == {"status": "accepted"}
+    assert _state(job_id)[0] == State.ready

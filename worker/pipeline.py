@@ -32,7 +32,6 @@ from worker.triggers import Kicker
 log = structlog.get_logger("editq.pipeline")
 
 CIRCUIT_FAILURES = 5
-COLLECT_WHILE_DISPATCHING = 4
 CIRCUIT_OPEN_S = 60
 STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
 
@@ -328,13 +327,15 @@ class Pipeline:
         running: set[asyncio.Future[None]] = set()
         deadline = time.monotonic() + STREAM_S
         window, window_at = 0, -1.0
+        s = self.settings
         while True:
             if time.monotonic() - window_at > 0.25:
                 # Submitting is on the critical path (a free provider slot earns nothing); storing outputs
                 # is not. While a dispatch pump works, collect keeps a small window so the CPU goes to
                 # refilling slots first.
                 window_at = time.monotonic()
-                window = limit or (COLLECT_WHILE_DISPATCHING if self.dispatching() else self.settings.collect_batch)
+                busy = self.dispatching()
+                window = limit or (s.collect_batch_dispatching if busy else s.collect_batch)
             room = window - len(running)
             if room >= max(1, window // 8) and time.monotonic() < deadline:
                 views = self._claim_ready(room)

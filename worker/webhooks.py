@@ -7,6 +7,7 @@ poller uses, answer 200. Webhook and poller race to one terminal state; whicheve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from worker import aio
 from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
-from worker.providers import get_adapter
+from worker.providers import REGISTRY, get_adapter
 from worker.providers.base import WebhookEvent
 from worker.state import JobView, State
 
@@ -43,11 +44,19 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     # the pipeline with its Redis connection and scripts. Failures here are not fatal: the first
     # delivery pays instead.
     try:
-        aio.http_client()
+        http = aio.http_client()
         _pipeline().r.ping()
         _pipeline().store.warm_up()
     except Exception:
         log.warning("warm-up failed", exc_info=True)
+    else:
+        for name in REGISTRY:
+            adapter = get_adapter(name)
+            if adapter.supports_webhooks and adapter.settings.webhooks:
+                try:  # e.g. fal's JWKS: otherwise the first burst of deliveries all waits for it
+                    await asyncio.wait_for(adapter.prepare_webhooks(http), timeout=5)
+                except Exception:
+                    log.warning("webhook keys not prefetched", provider=name, exc_info=True)
     yield
 
 
@@ -103,7 +112,9 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         # and the job may have been resubmitted since). The URL is ours and per job; the delivery is
         # signed by the provider for this request id. Adopt its result rather than pay for another run.
         view = p.store.get(job_hint)
-        if view is not None and view.provider == provider and view.state in ADOPTABLE and (
+        if view is not None and view.provider == provider and view.request_id == event.request_id:
+            job_id = job_hint  # the worker recorded this very request between our two reads
+        elif view is not None and view.provider == provider and view.state in ADOPTABLE and (
             not view.request_id or any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
         ):
             job_id, adopt = job_hint, True

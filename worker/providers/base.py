@@ -183,6 +183,11 @@ class ProviderAdapter(ABC):
         """Turn a verified delivery into an outcome (may fetch the result if the payload lacks it)."""
         return await self.poll(http, event.request_id, handle)
 
+    async def prepare_webhooks(self, http: httpx.AsyncClient) -> None:
+        """Fetch what verifying deliveries needs (public keys, secrets) before the first one arrives.
+        Called by the receiver at start for configured providers; failing here is harmless."""
+        return None
+
     def poll_cap_s(self) -> float | None:
         """Longest gap between two polls of one request (outputs that expire); None = global settings."""
         return None

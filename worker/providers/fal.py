@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -43,7 +44,7 @@ JWKS_MIN_REFRESH_S = 60
 
 
 class FalSettings(ProviderSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITQ_FAL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDITQ_FAL_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("EDITQ_FAL_KEY", "EDITQ_FAL_API_KEY", "FAL_KEY")
@@ -189,6 +190,10 @@ class FalAdapter(ProviderAdapter):
             await self._refresh_jwks(http, now)
             return _any_key(self._jwks, message, sig)
         return False
+
+    async def prepare_webhooks(self, http: httpx.AsyncClient) -> None:
+        if self.settings.api_key is not None and not self._jwks:
+            await self._refresh_jwks(http, time.time())
 
     async def _refresh_jwks(self, http: httpx.AsyncClient, now: float) -> None:
         """One JWKS fetch at a time: the burst of deliveries that arrives when a wave of jobs completes
