@@ -87,22 +87,22 @@ class Pipeline:
                 self.kick.dispatch(provider, adapter.synchronous)
             return claimed
         total = 0
-        running: set[asyncio.Future[None]] = set()
+        running = aio.Window()
         deadline = time.monotonic() + STREAM_S
         refill_at = max(1, want // 8)  # claim again once this much of the window is free (fewer round trips)
         while True:
-            room = want - len(running)
+            room = want - running.running
             if room >= refill_at and time.monotonic() < deadline:
                 claimed, items = self._claim(adapter, room)
                 total += claimed
                 # one request per job: each answer is recorded the moment it arrives (shortest crash window)
-                running |= {asyncio.ensure_future(self._submit_one(adapter, v, r)) for v, r in items}
+                for v, r in items:
+                    running.start(self._submit_one(adapter, v, r))
                 if claimed >= room:
                     self.kick.dispatch(provider, adapter.synchronous)  # other workers may help
-            if not running:
+            if not running.running:
                 return total
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
+            for fut in await running.finished():
                 if fut.exception() is not None:  # the job stays `submitting`; its lease hands it back
                     log.error("submit failed", provider=provider, exc_info=fut.exception())
 
@@ -324,7 +324,7 @@ class Pipeline:
         finished makes room for the next, for up to STREAM_S (rounds that waited for the slowest of 32
         stored the last wave of a batch at a fraction of the rate S3 takes it)."""
         total = 0
-        running: set[asyncio.Future[None]] = set()
+        running = aio.Window()
         deadline = time.monotonic() + STREAM_S
         window, window_at = 0, -1.0
         s = self.settings
@@ -336,15 +336,15 @@ class Pipeline:
                 window_at = time.monotonic()
                 busy = self.dispatching()
                 window = limit or (s.collect_batch_dispatching if busy else s.collect_batch)
-            room = window - len(running)
+            room = window - running.running
             if room >= max(1, window // 8) and time.monotonic() < deadline:
                 views = self._claim_ready(room)
                 total += len(views)
-                running |= {asyncio.ensure_future(self._collect_one(v)) for v in views}
-            if not running:
+                for v in views:
+                    running.start(self._collect_one(v))
+            if not running.running:
                 break
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
+            for fut in await running.finished():
                 if fut.exception() is not None:  # the job stays `collecting`; its lease hands it back
                     log.error("collect failed", exc_info=fut.exception())
         if self.r.llen(self.k.ready):
