@@ -110,6 +110,10 @@ class _StorageSettings:
 class MemoryStorage:
     bucket = "editq"
 
+    def presign(self, key: str, ttl_s: int | None = None) -> str:
+        base = self.settings.s3_public_endpoint or "http://s3.test"
+        return f"{base}/{self.bucket}/{key}?sig=1&ttl={ttl_s or self.settings.presign_ttl_s}"
+
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
         self.client = _Client()

@@ -88,7 +88,7 @@ class Storage:
             "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region, config=cfg
         )
         self._base: tuple[str, str, str] | None = None  # scheme, host, path prefix of this bucket's URLs
-        self._get_urls: dict[str, tuple[str, float]] = {}
+        self._get_urls: dict[tuple[str, int], tuple[str, float]] = {}
 
     # ---- keys -------------------------------------------------------------------------------
     def input_key(self, sha256: str, ext: str) -> str:
@@ -216,17 +216,19 @@ class Storage:
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def presign(self, key: str) -> str:
-        """A GET URL for the provider. Inputs are shared by many jobs, so a URL is reused while it has at
-        least 90 % of its lifetime left (each provider still gets hours to fetch it)."""
+    def presign(self, key: str, ttl_s: int | None = None) -> str:
+        """A GET URL for the provider (signed for EDITQ_S3_PUBLIC_ENDPOINT's host when set), valid
+        `ttl_s` (default EDITQ_PRESIGN_TTL_S). Inputs are shared by many jobs, so a URL is reused while
+        it has at least 90 % of its lifetime left (each provider still gets hours to fetch it)."""
+        ttl = ttl_s or self.settings.presign_ttl_s
         now = time.monotonic()
-        hit = self._get_urls.get(key)
-        if hit is not None and now - hit[1] < self.settings.presign_ttl_s / 10:
+        hit = self._get_urls.get((key, ttl))
+        if hit is not None and now - hit[1] < ttl / 10:
             return hit[0]
-        url = self._sign("GET", key, self.settings.presign_ttl_s, public=True)
+        url = self._sign("GET", key, ttl, public=True)
         if len(self._get_urls) >= PRESIGN_CACHE_MAX:
             self._get_urls.clear()
-        self._get_urls[key] = (url, now)
+        self._get_urls[(key, ttl)] = (url, now)
         return url
 
     def list_keys(self, prefix: str) -> list[str]:

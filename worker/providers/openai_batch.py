@@ -75,7 +75,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr
@@ -299,16 +298,8 @@ class OpenAIBatchAdapter(ProviderAdapter):
         return out
 
     def _presign_input(self, key: str) -> str:
-        """Like Storage.presign (the host providers reach S3 by), with this adapter's lifetime."""
-        s = self.storage
-        url: str = s.client.generate_presigned_url(
-            "get_object", Params={"Bucket": s.bucket, "Key": key}, ExpiresIn=self.settings.input_url_ttl_s
-        )
-        public = getattr(s.settings, "s3_public_endpoint", None)
-        if public:
-            parts, pub = urlsplit(url), urlsplit(public)
-            url = urlunsplit((pub.scheme, pub.netloc, parts.path, parts.query, ""))
-        return url
+        """Storage.presign (signed for the host providers reach S3 by), with this adapter's lifetime."""
+        return self.storage.presign(key, ttl_s=self.settings.input_url_ttl_s)
 
     async def _create_batch(self, http: httpx.AsyncClient, chunk: list[_Line]) -> dict[str, Any]:
         body = b"".join(line.data for line in chunk)
