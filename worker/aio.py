@@ -10,7 +10,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -56,7 +56,8 @@ class _Pool(httpcore.AsyncConnectionPool):
     at a few hundred requests/s. Here: the keep-alive limit uses len(); a connection about to be reused
     is checked for expiry right then; the sweep of closed and expired connections runs at most once a
     second (closed ones are never handed out in between; a full pool still replaces an idle one); idle
-    connections are listed once per call and origin, and a full pool of busy connections stops the scan.
+    connections are found by one lazy scan per call and origin (one queued request, the usual case,
+    stops at the first), and a full pool of busy connections stops the scan.
     """
 
     _swept = 0.0
@@ -80,17 +81,16 @@ class _Pool(httpcore.AsyncConnectionPool):
         # HTTP/1.1 only: a connection is available exactly when it is idle. Idle connections are listed
         # once per origin and handed out by popping, so one call is O(requests + connections), not their
         # product, and a connection is never handed to two requests.
-        idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncConnectionInterface]] = {}
+        idle: dict[tuple[bytes, bytes, int], Iterator[httpcore.AsyncConnectionInterface]] = {}
         gone: set[int] = set()
         for pool_request in queued:
             origin = pool_request.request.url.origin
             ours = idle.get((origin.scheme, origin.host, origin.port))
-            if ours is None:
-                ours = [c for c in self._connections if c.is_idle() and c.can_handle_request(origin)]
+            if ours is None:  # scanned lazily: one queued request (the usual case) stops at the first idle one
+                ours = (c for c in list(self._connections) if c.is_idle() and c.can_handle_request(origin))
                 idle[(origin.scheme, origin.host, origin.port)] = ours
             chosen = None
-            while ours:
-                candidate = ours.pop()
+            for candidate in ours:
                 if id(candidate) in gone:
                     continue
                 if candidate.has_expired():
