@@ -78,9 +78,9 @@ class _Pool(httpcore.AsyncConnectionPool):
         queued = [r for r in self._requests if r.is_queued()]
         if not queued:
             return closing
-        # HTTP/1.1 only: a connection is available exactly when it is idle. Idle connections are listed
-        # once per origin and handed out by popping, so one call is O(requests + connections), not their
-        # product, and a connection is never handed to two requests.
+        # HTTP/1.1 only: a connection is available exactly when it is idle. One lazy scan per origin hands
+        # idle connections out in turn, so one call is O(requests + connections), not their product, and
+        # a connection is never handed to two requests.
         idle: dict[tuple[bytes, bytes, int], Iterator[httpcore.AsyncConnectionInterface]] = {}
         gone: set[int] = set()
         for pool_request in queued:

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,31 @@ STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then
 
 def _now() -> float:
     return time.time()
+
+
+async def _windowed(
+    size: Callable[[], int], fill: Callable[[int], tuple[int, list[Coroutine[Any, Any, None]]]], what: str
+) -> int:
+    """Keep up to size() steps in flight for up to STREAM_S: whenever an eighth of the window is free,
+    fill(room) claims up to `room` jobs and returns (how many it claimed, their steps). Returns the
+    number claimed once nothing is left running. A step that raises leaves its job in its state; the
+    job's lease hands it back."""
+    total = 0
+    running = aio.Window()
+    deadline = time.monotonic() + STREAM_S
+    while True:
+        window = size()
+        room = window - running.running
+        if room >= max(1, window // 8) and time.monotonic() < deadline:
+            claimed, steps = fill(room)
+            total += claimed
+            for step in steps:
+                running.start(step)
+        if not running.running:
+            return total
+        for fut in await running.finished():
+            if fut.exception() is not None:
+                log.error(f"{what} failed", exc_info=fut.exception())
 
 
 class Pipeline:
@@ -86,25 +112,15 @@ class Pipeline:
             if claimed >= want:
                 self.kick.dispatch(provider, adapter.synchronous)
             return claimed
-        total = 0
-        running = aio.Window()
-        deadline = time.monotonic() + STREAM_S
-        refill_at = max(1, want // 8)  # claim again once this much of the window is free (fewer round trips)
-        while True:
-            room = want - running.running
-            if room >= refill_at and time.monotonic() < deadline:
-                claimed, items = self._claim(adapter, room)
-                total += claimed
-                # one request per job: each answer is recorded the moment it arrives (shortest crash window)
-                for v, r in items:
-                    running.start(self._submit_one(adapter, v, r))
-                if claimed >= room:
-                    self.kick.dispatch(provider, adapter.synchronous)  # other workers may help
-            if not running.running:
-                return total
-            for fut in await running.finished():
-                if fut.exception() is not None:  # the job stays `submitting`; its lease hands it back
-                    log.error("submit failed", provider=provider, exc_info=fut.exception())
+
+        def fill(room: int) -> tuple[int, list[Coroutine[Any, Any, None]]]:
+            claimed, items = self._claim(adapter, room)
+            if claimed >= room:
+                self.kick.dispatch(provider, adapter.synchronous)  # other workers may help
+            # one request per job: each answer is recorded the moment it arrives (shortest crash window)
+            return claimed, [self._submit_one(adapter, v, r) for v, r in items]
+
+        return await _windowed(lambda: want, fill, f"submit to {provider}")
 
     def _claim(self, adapter: ProviderAdapter, want: int) -> tuple[int, list[tuple[JobView, ProviderRequest]]]:
         """Claim up to `want` jobs and record each one's attempt as `sending` before any request leaves."""
@@ -323,30 +339,24 @@ class Pipeline:
         """Store the outputs and manifests of `ready` jobs: a window of collects stays in flight, each one
         finished makes room for the next, for up to STREAM_S (rounds that waited for the slowest of 32
         stored the last wave of a batch at a fraction of the rate S3 takes it)."""
-        total = 0
-        running = aio.Window()
-        deadline = time.monotonic() + STREAM_S
-        window, window_at = 0, -1.0
         s = self.settings
-        while True:
-            if time.monotonic() - window_at > 0.25:
+        window, decided_at = 0, -1.0
+
+        def size() -> int:
+            nonlocal window, decided_at
+            if time.monotonic() - decided_at > 0.25:
                 # Submitting is on the critical path (a free provider slot earns nothing); storing outputs
                 # is not. While a dispatch pump works, collect keeps a small window so the CPU goes to
                 # refilling slots first.
-                window_at = time.monotonic()
-                busy = self.dispatching()
-                window = limit or (s.collect_batch_dispatching if busy else s.collect_batch)
-            room = window - running.running
-            if room >= max(1, window // 8) and time.monotonic() < deadline:
-                views = self._claim_ready(room)
-                total += len(views)
-                for v in views:
-                    running.start(self._collect_one(v))
-            if not running.running:
-                break
-            for fut in await running.finished():
-                if fut.exception() is not None:  # the job stays `collecting`; its lease hands it back
-                    log.error("collect failed", exc_info=fut.exception())
+                window = limit or (s.collect_batch_dispatching if self.dispatching() else s.collect_batch)
+                decided_at = time.monotonic()
+            return window
+
+        def fill(room: int) -> tuple[int, list[Coroutine[Any, Any, None]]]:
+            views = self._claim_ready(room)
+            return len(views), [self._collect_one(v) for v in views]
+
+        total = await _windowed(size, fill, "collect")
         if self.r.llen(self.k.ready):
             self.kick.collect()
         return total
