@@ -78,6 +78,7 @@ def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from producer.stack import scoped_env
     p = argparse.ArgumentParser(prog="python -m bench.enqueue", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lines", type=int, nargs="+", default=[100_000],
@@ -90,12 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in a.lines:
         work = Path(tempfile.mkdtemp(prefix="editq-bench-enqueue-"))
         log(f"enqueue: editq submit of {n} lines")
-        saved = dict(os.environ)
-        try:
+        with scoped_env():
             runs.append(run(n, a.distinct_images, work))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         log(f"enqueue: {runs[-1]}")
     out = {**runs[-1], "runs": runs, "machine": machine}
     print(json.dumps(out))

@@ -17,7 +17,6 @@ both with the ratio. See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -378,32 +376,20 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def clean_env() -> Iterator[None]:
-    """Each run gets its own stack; what one stack exported must not leak into the next."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        from producer.stack import reset_caches
-
-        reset_caches()
-
-
 def main(argv: list[str] | None = None) -> int:
+    from producer.stack import scoped_env  # each run gets its own stack; what one exported must not leak
+
     a = parse_args(argv)
     slots = a.naive_slots or a.workers * a.worker_concurrency
     out: dict[str, Any]
     if a.naive:
-        with clean_env():
+        with scoped_env():
             out = run_naive(a, slots)
     else:
-        with clean_env():
+        with scoped_env():
             out = run_editq(a)
         if a.compare:
-            with clean_env():
+            with scoped_env():
                 naive = run_naive(a, slots)
             out["naive"] = naive
             out["speedup_vs_naive"] = round(out["jobs_per_s"] / naive["jobs_per_s"], 1) if naive["jobs_per_s"] else None

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,21 @@ def sandbox_provider_env(base: str) -> dict[str, str]:
         "EDITQ_REPLICATE_BASE_URL": f"{base}/replicate",
         "EDITQ_REPLICATE_API_TOKEN": "r8_sandbox-token",
     }
+
+
+@contextlib.contextmanager
+def scoped_env(extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Run a block with `extra` in the environment; afterwards the environment is exactly what it was
+    (whatever a stack exported inside is gone) and the settings, adapters and storage built from it
+    are rebuilt on next use."""
+    saved = dict(os.environ)
+    os.environ.update(extra or {})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_caches()
 
 
 def reset_caches() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack, scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -33,12 +32,9 @@ def stack() -> Iterator[LocalStack]:
 @pytest.fixture
 def live(stack: LocalStack) -> Iterator[LocalStack]:
     """Use the session stack from this process (other modules may have pointed the env elsewhere)."""
-    saved = dict(os.environ)
-    stack.apply_env()
-    yield stack
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_caches()
+    with scoped_env():
+        stack.apply_env()
+        yield stack
 
 
 def unique(tag: str = "t") -> str:

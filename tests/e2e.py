@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack, scoped_env
 from tests import sandbox_proc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -36,18 +36,6 @@ def wait_for(check: Callable[[], T | None], timeout: float = 60.0, what: str = "
     return sandbox_proc.wait_for(check, timeout, what, interval=0.05)
 
 
-@contextmanager
-def env(extra: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_caches()
-
-
 def start(webhooks: bool, extra: dict[str, str], seed: int = 5, *, sandbox_opts: dict[str, Any] | None = None,
           keep_env: bool = False, **stack_opts: Any) -> Iterator[LocalStack]:
     """A stack whose child processes see `extra`; this process's environment is restored afterwards.
@@ -58,26 +46,23 @@ def start(webhooks: bool, extra: dict[str, str], seed: int = 5, *, sandbox_opts:
     opts = {"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 8, "seed": seed} if sandbox_opts is None \
         else sandbox_opts
     stack = LocalStack(sandbox_opts=opts, webhooks=webhooks, **{"worker_concurrency": 8, **stack_opts})
-    saved = dict(os.environ)
-    with env(extra):
-        if not webhooks:
-            os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
-        stack.__enter__()
-    if keep_env:
-        stack.env.update(extra)
-    try:
-        yield stack
-    finally:
-        stack.__exit__(None, None, None)  # restores the environment it saw at start, `extra` included:
-        os.environ.clear()  # back to what it was before this stack
-        os.environ.update(saved)
-        reset_caches()
+    with scoped_env():  # afterwards, back to what it was before this stack
+        with scoped_env(extra):
+            if not webhooks:
+                os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
+            stack.__enter__()
+        if keep_env:
+            stack.env.update(extra)
+        try:
+            yield stack
+        finally:
+            stack.__exit__(None, None, None)  # restores the environment it saw at start, `extra` included
 
 
 @contextmanager
 def using(stack: LocalStack) -> Iterator[LocalStack]:
     """This process configured like `stack` (and, for a stack without webhooks, with no webhook URL)."""
-    with env({}):
+    with scoped_env():
         if not stack.webhooks:
             os.environ.pop("EDITQ_WEBHOOK_BASE_URL", None)
         stack.apply_env()

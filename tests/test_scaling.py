@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from producer.api import submit_batch, wait
-from producer.stack import LocalStack, reset_caches
+from producer.stack import LocalStack, scoped_env
 from tests.conftest import EXAMPLES, unique
 
 RABBIT_URL = os.environ.get("EDITQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -52,11 +52,8 @@ def rabbitmq() -> str:
 
 @pytest.fixture
 def clean_env() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_caches()
+    with scoped_env():
+        yield
 
 
 def _rows(tag: str, n: int) -> list[dict[str, object]]:
