@@ -69,6 +69,16 @@ def using(stack: LocalStack) -> Iterator[LocalStack]:
         yield stack
 
 
+# the webhook-mode safety-net poll out of a test's reach: completions can only come by webhook
+WEBHOOKS_ONLY = {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600"}
+FAST_POLLS = {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5"}
+
+
+def sandbox_request(stack: LocalStack, method: str, path: str, **kw: Any) -> httpx.Response:
+    """A request to the running sandbox (its control API or a provider's routes)."""
+    return httpx.request(method, stack.env["EDITQ_SANDBOX_URL"] + path, timeout=15, **kw)
+
+
 def configure_sandbox(stack: LocalStack, patch: dict[str, Any]) -> None:
     """PATCH the running sandbox's config (fault rates, latency...)."""
     httpx.patch(f"{stack.env['EDITQ_SANDBOX_URL']}/_sandbox/config", json=patch, timeout=10).raise_for_status()

@@ -13,6 +13,8 @@ from producer.stack import LocalStack
 from tests.e2e import (
     CANONICAL,
     EXAMPLES,
+    FAST_POLLS,
+    WEBHOOKS_ONLY,
     accepted_webhooks,
     assert_mask_respected,
     sandbox_log,
@@ -24,13 +26,12 @@ from tests.e2e import (
 
 @pytest.fixture(scope="module")
 def hooked() -> Iterator[LocalStack]:
-    # the safety-net poll is pushed out of the test's reach: completions can only come by webhook
-    yield from start(True, {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600"})
+    yield from start(True, WEBHOOKS_ONLY)
 
 
 @pytest.fixture(scope="module")
 def polled() -> Iterator[LocalStack]:
-    yield from start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5"})
+    yield from start(False, FAST_POLLS)
 
 
 def _run(stack: LocalStack) -> list[dict[str, Any]]:

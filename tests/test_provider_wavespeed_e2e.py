@@ -21,10 +21,13 @@ from producer.stack import LocalStack
 from tests.e2e import (
     CANONICAL,
     EXAMPLES,
+    FAST_POLLS,
     PROMPT,
+    WEBHOOKS_ONLY,
     accepted_webhooks,
     read_manifests,
     sandbox_log,
+    sandbox_request,
     start,
     using,
     wait_for,
@@ -39,18 +42,12 @@ REFUSED = {
 
 @pytest.fixture(scope="module")
 def hooked() -> Iterator[LocalStack]:
-    # the webhook-mode safety-net poll is pushed out of the test's reach: completions can only come by webhook
-    yield from start(True, {"EDITQ_POLL_INTERVAL_WEBHOOK_S": "600", "EDITQ_WAVESPEED_CONCURRENCY": "8"})
+    yield from start(True, {**WEBHOOKS_ONLY, "EDITQ_WAVESPEED_CONCURRENCY": "8"})
 
 
 @pytest.fixture(scope="module")
 def polled() -> Iterator[LocalStack]:
-    yield from start(False, {"EDITQ_POLL_INTERVAL_S": "0.2", "EDITQ_POLL_MAX_S": "0.5",
-                             "EDITQ_WAVESPEED_CONCURRENCY": "8"})
-
-
-def sandbox(stack: LocalStack, method: str, path: str, **kw: Any) -> httpx.Response:
-    return httpx.request(method, stack.env["EDITQ_SANDBOX_URL"] + path, timeout=15, **kw)
+    yield from start(False, {**FAST_POLLS, "EDITQ_WAVESPEED_CONCURRENCY": "8"})
 
 
 def _lines(provider: str = "wavespeed") -> list[dict[str, Any]]:
@@ -117,7 +114,7 @@ def _sign(secret: str, msg_id: str, ts: int, body: bytes) -> str:
 
 def test_receiver_refuses_forged_stale_and_replayed_deliveries(hooked: LocalStack) -> None:
     with using(hooked):
-        assert sandbox(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 1.0}).status_code == 200
+        assert sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 1.0}).status_code == 200
         try:
             line = {**_lines()[3], "prompt": f"{PROMPT} ({time.time_ns()})"}  # not a duplicate of the batch test's
             report = submit_batch([line], base_dir=EXAMPLES)
@@ -126,11 +123,13 @@ def test_receiver_refuses_forged_stale_and_replayed_deliveries(hooked: LocalStac
             auth = {"Authorization": "Bearer test"}
 
             def done() -> dict[str, Any] | None:
-                data = sandbox(hooked, "GET", f"/wavespeed/api/v3/predictions/{rid}/result", headers=auth).json()
+                path = f"/wavespeed/api/v3/predictions/{rid}/result"
+                data = sandbox_request(hooked, "GET", path, headers=auth).json()
                 return data["data"] if data["data"]["status"] == "completed" else None
 
             data = wait_for(done, what="task completed at the provider")
-            secret = sandbox(hooked, "GET", "/wavespeed/api/v3/webhook/secret", headers=auth).json()["data"]["secret"]
+            got = sandbox_request(hooked, "GET", "/wavespeed/api/v3/webhook/secret", headers=auth)
+            secret = got.json()["data"]["secret"]
             body = json.dumps(data).encode()
             url = f"{hooked.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/wavespeed?job={job_id}"
 
@@ -165,4 +164,4 @@ def test_receiver_refuses_forged_stale_and_replayed_deliveries(hooked: LocalStac
             assert final["state"] == "succeeded" and len(final["outputs"]) == 1
             assert [h["state"] for h in final["history"]].count("ready") == 1
         finally:
-            sandbox(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 0.0})
+            sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 0.0})
