@@ -60,7 +60,7 @@ class SandboxState:
     def http(self) -> httpx.AsyncClient:
         """Shared client for input downloads and webhook deliveries (created on first use)."""
         if self._http is None:
-            # the same O(n) connection pool as editq's workers (httpcore's own is O(n^2) per request)
+            # the same transport (aiohttp pool) as editq's workers
             self._http = httpx.AsyncClient(
                 transport=pooled_transport(256),
                 timeout=httpx.Timeout(15.0),

@@ -1,12 +1,17 @@
-"""The worker's (and the sandbox's) HTTP connection pool, against a real keep-alive server on loopback."""
+"""The worker's (and the sandbox's) HTTP transport (httpx over aiohttp), against real servers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+import pytest
 
 from worker.aio import pooled_transport
+from worker.providers.common import NOT_SENT
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class KeepAliveServer:
@@ -72,3 +77,126 @@ def test_idle_connections_are_reused_not_reopened() -> None:
     bodies, srv = asyncio.run(_fire(50, 64, hold=False))
     assert bodies == [f"/r{i}" for i in range(100)]
     assert srv.connections <= 50  # the second round of 50 opened nothing new
+
+
+# ---- one request against a scripted server ---------------------------------------------------------------
+class Recorder:
+    """Reads one request (head and body, Content-Length or chunked) and keeps the raw bytes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.head = b""
+        self.body = b""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.head = await reader.readuntil(b"\r\n\r\n")
+        lines = {ln.split(b":", 1)[0].strip().lower(): ln.split(b":", 1)[1].strip()
+                 for ln in self.head.split(b"\r\n")[1:] if b":" in ln}
+        if b"content-length" in lines:
+            self.body = await reader.readexactly(int(lines[b"content-length"]))
+        writer.write(self.answer)
+        await writer.drain()
+        writer.close()
+
+
+async def _once(handler: Handler, send: Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]
+                ) -> httpx.Response:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(transport=pooled_transport(4)) as client:
+            return await send(client, base)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_an_encoded_url_reaches_the_server_byte_for_byte() -> None:
+    """A presigned URL's signature covers its exact query; re-quoting it would break the signature."""
+    rec = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    target = "/outputs/b%2Fx/a%20b~c.png?X-Amz-Credential=AKID%2F20261122%2Fus-east-1%2Fs3&X-Amz-Signature=ab%3D"
+
+    async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        return await client.get(base + target)
+
+    resp = asyncio.run(_once(rec.handle, send))
+    assert resp.status_code == 200 and resp.text == "ok"
+    assert rec.head.split(b" ", 2)[1] == target.encode()
+
+
+def test_a_streamed_body_with_a_length_is_sent_with_that_length_not_chunked() -> None:
+    """S3 refuses chunked uploads to presigned URLs: a streamed PUT must carry Content-Length."""
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    async def blocks() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 100_000):
+            yield payload[i:i + 100_000]
+
+    rec = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        return await client.put(base + "/k", content=blocks(), headers={"Content-Length": str(len(payload))})
+
+    resp = asyncio.run(_once(rec.handle, send))
+    assert resp.status_code == 200
+    assert b"content-length: 1048576" in rec.head.lower()
+    assert b"transfer-encoding" not in rec.head.lower()
+    assert rec.body == payload
+
+
+def test_a_streamed_response_arrives_whole_with_repeated_headers() -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Id: a\r\nX-Id: b\r\n\r\n" % len(body)) + body
+    rec = Recorder(answer)
+    got = bytearray()
+
+    async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        async with client.stream("GET", base + "/img") as resp:
+            async for chunk in resp.aiter_bytes(65536):
+                got.extend(chunk)
+        return resp
+
+    resp = asyncio.run(_once(rec.handle, send))
+    assert bytes(got) == body
+    assert resp.headers.get_list("x-id") == ["a", "b"]
+
+
+def test_connection_refused_is_a_connect_error_so_the_request_was_not_sent() -> None:
+    async def go() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # nothing listens on the port now
+        async with httpx.AsyncClient(transport=pooled_transport(4)) as client:
+            await client.post(f"http://127.0.0.1:{port}/submit", json={"a": 1})
+
+    with pytest.raises(httpx.ConnectError) as info:
+        asyncio.run(go())
+    assert isinstance(info.value, NOT_SENT)
+
+
+def test_a_server_that_hangs_up_after_reading_the_request_may_have_seen_it() -> None:
+    """The request reached the server: this must not look like a connect failure (it may be billed)."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        return await client.post(base + "/submit", json={"a": 1})
+
+    with pytest.raises(httpx.TransportError) as info:
+        asyncio.run(_once(hang_up, send))
+    assert isinstance(info.value, httpx.RemoteProtocolError)
+    assert not isinstance(info.value, NOT_SENT)
+
+
+def test_no_answer_within_the_read_timeout_is_a_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read()  # never answers; returns when the client gives up and closes
+
+    async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        return await client.post(base + "/submit", json={"a": 1}, timeout=httpx.Timeout(5.0, read=0.2))
+
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(_once(silent, send))
