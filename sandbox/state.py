@@ -26,7 +26,7 @@ from sandbox.files import FileStore
 from sandbox.inputs import set_input_cache
 from sandbox.runner import ProviderAdapter, Runner
 from sandbox.webhooks import WebhookDispatcher
-from worker.aio import pooled_transport
+from worker.transport import async_client
 
 T = TypeVar("T")
 
@@ -61,8 +61,8 @@ class SandboxState:
         """Shared client for input downloads and webhook deliveries (created on first use)."""
         if self._http is None:
             # the same transport (aiohttp pool) as editq's workers
-            self._http = httpx.AsyncClient(
-                transport=pooled_transport(256),
+            self._http = async_client(
+                256,
                 timeout=httpx.Timeout(15.0),
                 follow_redirects=False,
             )

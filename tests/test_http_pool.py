@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from worker.aio import pooled_transport
 from worker.providers.common import NOT_SENT
+from worker.transport import async_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -48,7 +48,7 @@ async def _fire(n: int, max_connections: int, hold: bool) -> tuple[list[str], Ke
     srv = KeepAliveServer(gate)
     server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(transport=pooled_transport(max_connections)) as client:
+    async with async_client(max_connections) as client:
         async def one(i: int) -> str:
             r = await client.get(f"http://127.0.0.1:{port}/r{i}")
             return r.text
@@ -104,7 +104,7 @@ async def _once(handler: Handler, send: Callable[[httpx.AsyncClient, str], Await
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        async with httpx.AsyncClient(transport=pooled_transport(4)) as client:
+        async with async_client(4) as client:
             return await send(client, base)
     finally:
         server.close()
@@ -167,7 +167,7 @@ def test_connection_refused_is_a_connect_error_so_the_request_was_not_sent() -> 
         port = server.sockets[0].getsockname()[1]
         server.close()
         await server.wait_closed()  # nothing listens on the port now
-        async with httpx.AsyncClient(transport=pooled_transport(4)) as client:
+        async with async_client(4) as client:
             await client.post(f"http://127.0.0.1:{port}/submit", json={"a": 1})
 
     with pytest.raises(httpx.ConnectError) as info:
@@ -200,3 +200,23 @@ def test_no_answer_within_the_read_timeout_is_a_read_timeout() -> None:
 
     with pytest.raises(httpx.ReadTimeout):
         asyncio.run(_once(silent, send))
+
+
+def test_set_cookie_is_neither_kept_nor_sent_back() -> None:
+    first = Recorder(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 0\r\n\r\n")
+    second = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async def go() -> httpx.Response:
+        servers = [await asyncio.start_server(h.handle, "127.0.0.1", 0) for h in (first, second)]
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
+        async with async_client(4) as client:
+            await client.get(f"http://127.0.0.1:{ports[0]}/login")
+            resp = await client.get(f"http://127.0.0.1:{ports[1]}/next")
+            assert len(client.cookies) == 0
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+        return resp
+
+    assert asyncio.run(go()).status_code == 200
+    assert b"set-cookie" in first.answer.lower() and b"cookie" not in second.head.lower()

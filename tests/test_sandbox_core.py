@@ -112,3 +112,22 @@ def test_running_sandbox_in_thread_serves_real_http() -> None:
         assert jwks["keys"][0]["crv"] == "Ed25519"
     with pytest.raises(httpx.ConnectError):
         httpx.get(base_url + "/_sandbox/health")
+
+
+def test_files_small_and_large_are_served_whole_with_head() -> None:
+    """Outputs up to 1 MiB are answered from one read, bigger ones streamed: same bytes either way."""
+    import os
+
+    from sandbox.files import SMALL_FILE
+    from sandbox.testing import running_sandbox
+
+    with running_sandbox(SandboxConfig(latency_s=0.0, jitter_s=0.0)) as base_url:
+        for size in (1000, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE):
+            data = b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)
+            url = httpx.post(base_url + "/files/upload", content=data).json()["access_url"]
+            got = httpx.get(url)
+            assert got.status_code == 200 and got.content == data
+            assert got.headers["content-type"] == "image/png" and got.headers["content-length"] == str(size)
+            head = httpx.head(url)
+            assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(size)
+        assert httpx.get(base_url + "/files/" + "0" * 32 + ".png").status_code == 404

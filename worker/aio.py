@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from worker.transport import AiohttpTransport
+from worker.transport import async_client
 
 T = TypeVar("T")
 
@@ -54,20 +54,12 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
 MAX_CONNECTIONS = 128
 
 
-def pooled_transport(max_connections: int, keepalive_expiry: float = 4.0) -> httpx.AsyncBaseTransport:
-    """The httpx transport on aiohttp's pool (worker/transport.py), also used by the sandbox's client.
-
-    Keep-alive is 4 s, under the 5 s uvicorn and most servers use, so an idle connection is dropped
-    here before the server can close it under a new request."""
-    return AiohttpTransport(max_connections, keepalive_expiry)
-
-
 def http_client() -> httpx.AsyncClient:
     """The process-wide async client (call from inside the loop)."""
     client = _state.get("http")
     if client is None or _state["http_pid"] != os.getpid():
-        client = httpx.AsyncClient(
-            transport=pooled_transport(MAX_CONNECTIONS),
+        client = async_client(
+            MAX_CONNECTIONS,
             timeout=httpx.Timeout(30.0, connect=10.0),
             follow_redirects=False,
         )

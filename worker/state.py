@@ -333,13 +333,13 @@ class JobStore:
         fields = self.r.hgetall(self.k.job(job_id))
         if not fields or "spec" not in fields:
             return None
-        return _view(job_id, fields)
+        return job_view(job_id, fields)
 
     def get_many(self, job_ids: list[str]) -> list[JobView | None]:
         pipe = self.r.pipeline(transaction=False)
         for jid in job_ids:
             pipe.hgetall(self.k.job(jid))
-        return [_view(j, f) if f and "spec" in f else None for j, f in zip(job_ids, pipe.execute(), strict=True)]
+        return [job_view(j, f) if f and "spec" in f else None for j, f in zip(job_ids, pipe.execute(), strict=True)]
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         self.r.hset(
@@ -375,7 +375,8 @@ class JobStore:
                     continue
 
 
-def _view(job_id: str, fields: dict[str, str]) -> JobView:
+def job_view(job_id: str, fields: dict[str, str]) -> JobView:
+    """A job from its Redis hash (as read by HGETALL)."""
     return JobView(
         job_id=job_id,
         state=State(fields["state"]),

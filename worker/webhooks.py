@@ -24,7 +24,7 @@ from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
 from worker.providers import REGISTRY, get_adapter
 from worker.providers.base import WebhookEvent
-from worker.state import JobView, State
+from worker.state import JobView, State, job_view
 
 log = structlog.get_logger("editq.webhooks")
 
@@ -88,11 +88,13 @@ def create_app() -> FastAPI:
 
         p = _pipeline()
         seen = p.k.webhook_seen(provider, event.delivery_id)
-        if not p.r.set(seen, "1", nx=True, ex=SEEN_TTL_S):
+        job_hint = request.query_params.get("job")
+        first, recorded, hinted = _lookup(p, provider, event, seen, job_hint)
+        if not first:
             DELIVERIES.labels(provider, "duplicate").inc()
             return JSONResponse({"status": "duplicate"})
         try:
-            status = await _apply(p, provider, event, request.query_params.get("job"))
+            status = await _apply(p, provider, event, job_hint, recorded, hinted)
         except Exception:
             p.r.delete(seen)  # let the provider's retry (or the poller) try again
             raise
@@ -102,16 +104,34 @@ def create_app() -> FastAPI:
     return app
 
 
-async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str | None) -> str:
+def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint: str | None
+            ) -> tuple[bool, str | None, JobView | None]:
+    """One Redis round trip: mark the delivery seen (False if it was already), find the job that
+    recorded this request id, and read the job the delivery URL names (usually the same one)."""
+    pipe = p.r.pipeline(transaction=False)
+    pipe.set(seen, "1", nx=True, ex=SEEN_TTL_S)
+    pipe.get(p.k.request(provider, event.request_id))
+    if job_hint:
+        pipe.hgetall(p.k.job(job_hint))
+    first, recorded, *rest = pipe.execute()
+    fields = rest[0] if rest else None
+    hinted = job_view(job_hint, fields) if job_hint and fields and "spec" in fields else None
+    return bool(first), recorded, hinted
+
+
+async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str | None,
+                 recorded: str | None, hinted: JobView | None) -> str:
+    """`recorded`: the job id stored under the request id; `hinted`: the job named in the delivery URL,
+    read right after that lookup."""
     adapter = get_adapter(provider)
-    job_id = p.r.get(p.k.request(provider, event.request_id))
+    job_id = recorded
     adopt = False
     if job_id is None and job_hint:
         # A request whose id we never recorded: the provider answered before our submit did (latency ~0),
         # or a worker died between the provider's answer and recording it (the attempt is `uncertain`,
         # and the job may have been resubmitted since). The URL is ours and per job; the delivery is
         # signed by the provider for this request id. Adopt its result rather than pay for another run.
-        view = p.store.get(job_hint)
+        view = hinted
         if view is not None and view.provider == provider and view.request_id == event.request_id:
             job_id = job_hint  # the worker recorded this very request between our two reads
         elif view is not None and view.provider == provider and view.state in ADOPTABLE and (
@@ -120,7 +140,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
             job_id, adopt = job_hint, True
     if job_id is None:
         return "unknown-request"
-    view = p.store.get(job_id)
+    view = hinted if hinted is not None and hinted.job_id == job_id else p.store.get(job_id)
     if view is None or view.state not in (ADOPTABLE if adopt else (State.submitted, State.submitting)):
         return "already-done"
     if not adopt and view.request_id and view.request_id != event.request_id:
