@@ -24,6 +24,7 @@ from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
 
 CHUNK = 500
+FIRST_CHUNK = 50  # the first jobs reach the workers after 50 lines, not 500: dispatch starts while the rest is read
 
 
 def new_id(kind: str) -> str:
@@ -193,7 +194,7 @@ def submit_batch(
             chunk.append((n, enq.prepare(raw, defaults)))
         except ValueError as exc:
             enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
-        if len(chunk) >= CHUNK:
+        if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
             enq.write(chunk, report)
             chunk = []
             if on_progress:

@@ -80,13 +80,29 @@ def _cache_put(key: str, data: bytes) -> None:
 async def fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:
     if _input_cache["on"] and not url.startswith("data:"):
         key = url.split("?", 1)[0]
-        hit = _INPUT_CACHE.get(key)
-        if hit is not None and len(hit) <= max_bytes:
-            return hit
-        data = await _fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout)
-        _cache_put(key, data)
+        data = _INPUT_CACHE.get(key)
+        if data is None:
+            # single flight: a burst of submits naming one input (the first wave of a batch) waits for one
+            # download instead of starting one each
+            pending = _FETCHING.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(_fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout))
+                _FETCHING[key] = pending
+                pending.add_done_callback(lambda fut: _settle(key, fut))
+            data = await asyncio.shield(pending)
+        if len(data) > max_bytes:
+            raise InputError("The file is too large.", kind="file_too_large", url=url)
         return data
     return await _fetch_bytes(url, client, max_bytes=max_bytes, timeout=timeout)
+
+
+_FETCHING: dict[str, asyncio.Future[bytes]] = {}
+
+
+def _settle(key: str, fut: asyncio.Future[bytes]) -> None:
+    _FETCHING.pop(key, None)
+    if not fut.cancelled() and fut.exception() is None:
+        _cache_put(key, fut.result())
 
 
 async def _fetch_bytes(url: str, client: httpx.AsyncClient, *, max_bytes: int, timeout: float) -> bytes:

@@ -131,3 +131,41 @@ def test_files_small_and_large_are_served_whole_with_head() -> None:
             head = httpx.head(url)
             assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(size)
         assert httpx.get(base_url + "/files/" + "0" * 32 + ".png").status_code == 404
+
+
+def test_cached_inputs_are_fetched_once_for_a_burst_of_submits() -> None:
+    """render=cached: 50 submits naming one input at once make one download, not 50."""
+    from sandbox.inputs import fetch_bytes, set_input_cache
+    from worker.transport import async_client
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(1000)
+    hits: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(png) + png)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> list[bytes]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/in.png"
+        try:
+            async with async_client(64) as client:
+                first = await asyncio.gather(*(fetch_bytes(f"{url}?sig={i}", client, max_bytes=10**6, timeout=5)
+                                               for i in range(50)))
+                again = await fetch_bytes(url + "?sig=later", client, max_bytes=10**6, timeout=5)
+                with pytest.raises(InputError, match="too large"):
+                    await fetch_bytes(url + "?sig=x", client, max_bytes=10, timeout=5)
+                return [*first, again]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    set_input_cache(True)
+    try:
+        got = asyncio.run(run())
+    finally:
+        set_input_cache(False)
+    assert got == [png] * 51
+    assert len(hits) == 1
