@@ -121,3 +121,28 @@ def test_moves_are_guarded_and_counted(store: JobStore) -> None:
 def test_transition_table_has_no_exit_from_terminal() -> None:
     for s in (State.succeeded, State.failed, State.cancelled):
         assert TRANSITIONS[s] == frozenset()
+
+
+def test_moves_claim_coalesced_wake_ups_in_the_same_round_trip(store: JobStore) -> None:
+    """A burst of completions sends one collect task and one dispatch task, not one per job; a flag a
+    running pump holds absorbs them all."""
+    ids = _create(store, "b5", 12)
+    claimed = store.claim("fal", 10, 10, 0, 0, 60)
+    assert len(claimed) == 10  # 2 stay queued, so each freed slot has work waiting
+    sent: list[str] = []
+    store.kick_ms = 5000
+    store.on_ready = lambda: sent.append("collect")
+    store.on_slot_freed = lambda provider: sent.append(f"dispatch:{provider}")
+    for jid in claimed[:5]:
+        assert store.move(jid, [State.submitting], State.ready).ok
+    assert sorted(sent) == ["collect", "dispatch:fal"]
+    assert 0 < store.r.pttl(f"{store.k.prefix}:kick:collect") <= 5000
+    assert 0 < store.r.pttl(f"{store.k.prefix}:kick:dispatch:fal") <= 5000
+    # the flags expire (or a task clears them): the next move sends again
+    store.r.delete(f"{store.k.prefix}:kick:collect", f"{store.k.prefix}:kick:dispatch:fal")
+    store.r.set(f"{store.k.prefix}:kick:collect", "1", px=15_000)  # a collect pump holds its flag
+    assert store.move(claimed[5], [State.submitting], State.ready).ok
+    assert sorted(sent) == ["collect", "dispatch:fal", "dispatch:fal"]
+    # a move that is refused claims nothing
+    assert not store.move(claimed[5], [State.submitting], State.ready).ok
+    assert len(sent) == 3 and ids[10] not in claimed

@@ -28,7 +28,7 @@ from worker.providers import REGISTRY, get_adapter
 from worker.providers.base import InputUrls, Outcome, ProviderAdapter, ProviderRequest, Result, Submitted
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
-from worker.triggers import Kicker
+from worker.triggers import COALESCE_MS, Kicker
 
 log = structlog.get_logger("editq.pipeline")
 
@@ -81,7 +81,11 @@ class Pipeline:
         self.r = self.store.r
         self.k = self.store.k
         # a released slot with work waiting starts the next submit now, not at the next tick
-        self.store.on_slot_freed = lambda provider: self.kick.dispatch(provider, get_adapter(provider).synchronous)
+        # (the move script sets the coalescing flag itself, so a burst of moves sends one task)
+        self.store.kick_ms = COALESCE_MS
+        self.store.on_slot_freed = lambda provider: self.kick.send_dispatch(
+            provider, get_adapter(provider).synchronous)
+        self.store.on_ready = self.kick.send_collect
 
     # ================================================================ dispatch (submit)
     def limits(self, adapter: ProviderAdapter) -> tuple[int, int, int, float]:
@@ -222,10 +226,7 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
-            moved = self.store.move(job_id, frm, State.ready, fields=fields)
-            if moved.ok:
-                self.kick.collect()
-            return moved.ok
+            return self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
         view = self.store.get(job_id)
         if view is None or view.state not in frm:
             return False

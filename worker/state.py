@@ -108,7 +108,7 @@ local function move(prefix, jid, cur, to, now, score, note, ttl)
 end
 """
 
-# ARGV: prefix, job_id, from_csv, to, now, score, note, ttl, nfields, f1, v1, ...
+# ARGV: prefix, job_id, from_csv, to, now, score, note, ttl, nfields, f1, v1, ..., kick_ms
 _LUA_TRANSITION = _LUA_MOVE + r"""
 local prefix, jid, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = prefix .. ':job:' .. jid
@@ -129,7 +129,19 @@ if to ~= 'submitting' and to ~= 'submitted' and old_provider then
   end
 end
 local finished = move(prefix, jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
-return {1, cur, finished, freed}
+-- wake-ups in the same round trip: a kick flag set here (NX, it coalesces a burst and a running pump
+-- holds it) tells the caller to send that task; bit 1 dispatch of the freed provider, bit 2 collect
+local kicks = 0
+local kick_ms = tonumber(ARGV[10 + 2 * n] or '0')
+if kick_ms > 0 then
+  if freed ~= '' and redis.call('SET', prefix .. ':kick:dispatch:' .. freed, '1', 'NX', 'PX', kick_ms) then
+    kicks = kicks + 1
+  end
+  if to == 'ready' and redis.call('SET', prefix .. ':kick:collect', '1', 'NX', 'PX', kick_ms) then
+    kicks = kicks + 2
+  end
+end
+return {1, cur, finished, freed, kicks}
 """
 
 # ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms
@@ -224,6 +236,7 @@ class Moved:
     previous: str
     batch_finished: bool = False
     freed: str = ""  # provider whose slot this move released while it has queued jobs
+    kicks: int = 0  # wake-ups this move claimed (bit 1: dispatch of `freed`, bit 2: collect)
 
 
 @dataclass
@@ -261,6 +274,10 @@ class JobStore:
         self.k = k or keys()
         # called with the provider when a move frees one of its slots while it has queued jobs
         self.on_slot_freed: Callable[[str], None] | None = None
+        # with `kick_ms` > 0 the move script also sets the wake-up flags (worker/triggers.py) and the
+        # callbacks run only when it set one: a burst of moves sends one task, in one round trip each
+        self.kick_ms = 0
+        self.on_ready: Callable[[], None] | None = None
         self._transition = self.r.register_script(_LUA_TRANSITION)
         self._claim = self.r.register_script(_LUA_CLAIM)
         self._create = self.r.register_script(_LUA_CREATE)
@@ -308,12 +325,19 @@ class JobStore:
             keys=[],
             args=[
                 self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
-                note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat,
+                note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
             ],
         )
-        moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "")
-        if moved.freed and self.on_slot_freed is not None:
+        moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
+                      int(res[4]) if len(res) > 4 else 0)
+        if self.kick_ms <= 0:
+            if moved.freed and self.on_slot_freed is not None:
+                self.on_slot_freed(moved.freed)
+            return moved
+        if moved.kicks & 1 and self.on_slot_freed is not None:
             self.on_slot_freed(moved.freed)
+        if moved.kicks & 2 and self.on_ready is not None:
+            self.on_ready()
         return moved
 
     def claim(

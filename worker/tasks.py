@@ -119,8 +119,12 @@ def _start_tick(**_: object) -> None:
 def _warm_up() -> None:
     """Pay the one-off costs before the first job instead of during it: the HTTP client (its TLS
     context loads the CA bundle), botocore's endpoint rules (loaded on the first presigned URL),
-    the Redis connection and the state machine's scripts."""
+    the Redis connection and the state machine's scripts, and Pillow's format plugins (imported by
+    the first output probed)."""
     try:
+        from PIL import Image
+
+        Image.init()
         p = pipeline()
 
         async def client() -> None:

@@ -37,6 +37,14 @@ class Kicker:
         if self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS):
             self.app.send_task(task, args=args, queue=queue)
 
+    def send_dispatch(self, provider: str, synchronous: bool = False) -> None:
+        """Send the dispatch task whose flag the caller already set (the state machine's move does)."""
+        self.app.send_task("editq.dispatch", args=[provider], queue=queue_name("sync") if synchronous else queue_name())
+
+    def send_collect(self) -> None:
+        """Send the collect task whose flag the caller already set."""
+        self.app.send_task("editq.collect", args=[], queue=queue_name())
+
     def clear(self, name: str) -> None:
         self.r.delete(self._flag(name))
 
