@@ -61,8 +61,11 @@ class SandboxState:
         """Shared client for input downloads and webhook deliveries (created on first use)."""
         if self._http is None:
             # the same transport (aiohttp pool) as editq's workers
+            # idle connections kept 30 s, as the HTTP clients of real webhook senders do (Go's default is
+            # 90 s): deliveries that come in waves reuse them (editq's receiver keeps them 75 s)
             self._http = async_client(
                 256,
+                keepalive_expiry=30.0,
                 timeout=httpx.Timeout(15.0),
                 follow_redirects=False,
             )

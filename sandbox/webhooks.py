@@ -165,6 +165,7 @@ class WebhookDispatcher:
             else:
                 record.last_status, record.last_error = response.status_code, None
                 entry["status"] = response.status_code
+                entry["answered_at"] = time.time()
                 if 200 <= response.status_code < 300:
                     record.delivered += 1
                     record.history.append(entry)
