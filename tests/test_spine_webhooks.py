@@ -133,3 +133,16 @@ def test_delivery_racing_the_workers_record_is_applied(receiver_stack: LocalStac
     resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
     assert resp.status_code == 200 and resp.json() == {"status": "accepted"}
     assert _state(job_id)[0] == State.ready
+
+
+def test_routes_around_the_delivery_fast_path(receiver_stack: LocalStack) -> None:
+    """Deliveries bypass FastAPI (worker/webhooks.py DeliveriesFirst); the rest of the app still answers."""
+    base = receiver_stack.env["EDITQ_WEBHOOK_BASE_URL"]
+    assert httpx.post(f"{base}/webhooks/nope", content=b"{}", timeout=10).json() == {"error": "unknown provider"}
+    assert httpx.post(f"{base}/webhooks/nope", content=b"{}", timeout=10).status_code == 404
+    unsigned = httpx.post(f"{base}/webhooks/fal", content=b"{}", timeout=10)
+    assert unsigned.status_code == 401 and unsigned.json()["error"].startswith("rejected")
+    assert httpx.get(f"{base}/webhooks/fal", timeout=10).status_code in (404, 405)  # not a delivery
+    assert httpx.post(f"{base}/webhooks/fal/x", content=b"{}", timeout=10).status_code == 404
+    assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
+    assert "editq_webhook_deliveries_total" in httpx.get(f"{base}/metrics", timeout=10).text

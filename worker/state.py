@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -245,12 +246,16 @@ class JobView:
 
     job_id: str
     state: State
-    job: EditJob
     provider: str
     lane: str
     attempts: int
     request_id: str | None
     fields: dict[str, str]
+
+    @cached_property
+    def job(self) -> EditJob:
+        """The job as enqueued, parsed on first use (the receiver's path never needs it)."""
+        return EditJob.model_validate_json(self.fields["spec"])
 
     @property
     def history(self) -> list[StateChange]:
@@ -404,7 +409,6 @@ def job_view(job_id: str, fields: dict[str, str]) -> JobView:
     return JobView(
         job_id=job_id,
         state=State(fields["state"]),
-        job=EditJob.model_validate_json(fields["spec"]),
         provider=fields.get("provider", ""),
         lane=fields.get("lane", "bulk"),
         attempts=int(fields.get("attempts", "0")),
