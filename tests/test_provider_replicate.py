@@ -461,7 +461,8 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
         settings = Settings(  # type: ignore[call-arg]
             webhook_base_url="http://hooks.local", poll_interval_webhook_s=3000, poll_max_s=3000)
         store = JobStore()
-        kick = SimpleNamespace(collect=lambda: None, dispatch=lambda *a: None, poll=lambda *a: None)
+        kick = SimpleNamespace(collect=lambda: None, dispatch=lambda *a: None, poll=lambda *a: None,
+                               send_collect=lambda: None, send_dispatch=lambda *a: None)
         pipe = Pipeline(store=store, storage=object(), settings=settings, kick=kick)  # type: ignore[arg-type]
         rep = adapter(poll_safety_net_s=120)
         fal = FalAdapter()
