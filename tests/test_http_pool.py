@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from worker.providers.common import NOT_SENT
-from worker.transport import async_client
+from worker.transport import AsyncClient, async_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -220,3 +220,43 @@ def test_set_cookie_is_neither_kept_nor_sent_back() -> None:
 
     assert asyncio.run(go()).status_code == 200
     assert b"set-cookie" in first.answer.lower() and b"cookie" not in second.head.lower()
+
+
+def test_put_direct_sends_the_same_bytes_as_put() -> None:
+    """The S3 upload path skips httpx's models but not its guarantees: exact URL, length-framed body."""
+    payload = bytes(range(256)) * 1024
+    target = "/outputs/a%20b.png?X-Amz-Signature=ab%3D&X-Amz-Credential=AKID%2Fx"
+
+    async def blocks() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 50_000):
+            yield payload[i:i + 50_000]
+
+    for content in (payload, None):
+        rec = Recorder(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied")
+
+        async def send(client: httpx.AsyncClient, base: str, content: bytes | None = content) -> httpx.Response:
+            assert isinstance(client, AsyncClient)
+            status, text = await client.put_direct(
+                base + target, content=content if content is not None else blocks(),
+                headers={"Content-Length": str(len(payload)), "x-amz-meta-sha256": "f00"}, timeout=5)
+            return httpx.Response(status, text=text)
+
+        resp = asyncio.run(_once(rec.handle, send))
+        assert (resp.status_code, resp.text) == (403, "denied")
+        assert rec.head.split(b" ", 2)[:2] == [b"PUT", target.encode()]
+        assert b"x-amz-meta-sha256: f00" in rec.head.lower() and b"transfer-encoding" not in rec.head.lower()
+        assert rec.body == payload
+
+
+def test_put_direct_connection_refused_is_a_connect_error() -> None:
+    async def go() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        async with async_client(4) as client:
+            assert isinstance(client, AsyncClient)
+            await client.put_direct(f"http://127.0.0.1:{port}/k", content=b"x", headers={}, timeout=5)
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(go())

@@ -27,6 +27,7 @@ from schemas.manifest import OutputRecord
 from schemas.settings import Settings, get_settings
 from worker.errors import ErrorKind, ProviderError, kind_for_status
 from worker.netguard import check_url
+from worker.transport import AsyncClient as DirectClient
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900
@@ -195,17 +196,20 @@ class Storage:
                 body.seek(0)
                 content = _read_blocks(body)
             try:
-                resp = await http.put(url, content=content, headers=headers, timeout=60)
+                if isinstance(http, DirectClient):
+                    status, text = await http.put_direct(url, content=content, headers=headers, timeout=60)
+                else:
+                    resp = await http.put(url, content=content, headers=headers, timeout=60)
+                    status, text = resp.status_code, resp.text
             except httpx.TransportError as exc:
                 err = ProviderError(ErrorKind.retryable, f"S3 PUT: {type(exc).__name__}")
                 continue
-            if resp.status_code < 300:
+            if status < 300:
                 return
-            if resp.status_code >= 500:
-                err = ProviderError(ErrorKind.retryable, f"S3 PUT: HTTP {resp.status_code}",
-                                    status_code=resp.status_code)
+            if status >= 500:
+                err = ProviderError(ErrorKind.retryable, f"S3 PUT: HTTP {status}", status_code=status)
                 continue
-            raise StorageError(f"S3 PUT {key}: HTTP {resp.status_code} {resp.text[:300]}")
+            raise StorageError(f"S3 PUT {key}: HTTP {status} {text[:300]}")
         assert err is not None
         raise err
 
