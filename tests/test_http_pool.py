@@ -260,3 +260,33 @@ def test_put_direct_connection_refused_is_a_connect_error() -> None:
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(go())
+
+
+def test_stream_direct_yields_the_body_decoded_and_maps_a_cut_body() -> None:
+    import gzip
+
+    body = bytes(range(256)) * 4096  # 1 MiB
+    packed = gzip.compress(body)
+    plain = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    zipped = Recorder(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+                      + packed)
+    cut = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:1000])
+
+    def fetch(into: bytearray) -> Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]:
+        async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+            assert isinstance(client, AsyncClient)
+            async with client.stream_direct(base + "/o%2Fx.png?sig=a%3D", headers={"X-A": "1"}, timeout=5) as (
+                    status, chunks):
+                async for chunk in chunks:
+                    into.extend(chunk)
+            return httpx.Response(status)
+        return send
+
+    for rec in (plain, zipped):
+        got = bytearray()
+        assert asyncio.run(_once(rec.handle, fetch(got))).status_code == 200
+        assert bytes(got) == body
+        assert rec.head.startswith(b"GET /o%2Fx.png?sig=a%3D HTTP/1.1") and b"x-a: 1" in rec.head.lower()
+    with pytest.raises(httpx.TransportError) as info:
+        asyncio.run(_once(cut.handle, fetch(bytearray())))
+    assert not isinstance(info.value, NOT_SENT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -269,14 +270,12 @@ class Storage:
             elif url:
                 check_url(url, allow_private=self.settings.allow_private_urls)
                 try:
-                    async with http.stream("GET", url, headers=headers or {}, timeout=60) as resp:
-                        if resp.status_code != 200:
+                    async with _get_stream(http, url, headers or {}) as (status, chunks):
+                        if status != 200:
                             raise ProviderError(
-                                kind_for_status(resp.status_code),
-                                f"output download: HTTP {resp.status_code}",
-                                status_code=resp.status_code,
+                                kind_for_status(status), f"output download: HTTP {status}", status_code=status
                             )
-                        async for chunk in resp.aiter_bytes(CHUNK):
+                        async for chunk in chunks:
                             size += len(chunk)
                             if size > self.settings.max_output_bytes:
                                 raise ProviderError(ErrorKind.terminal, "output larger than max_output_bytes")
@@ -298,6 +297,18 @@ class Storage:
             index=index, key=key, sha256=sha, bytes=size, content_type=probe.content_type,
             width=probe.width, height=probe.height, source_url=_strip_query(url) if url else None,
         )
+
+
+@contextlib.asynccontextmanager
+async def _get_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str]
+                      ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+    """(status, body chunks) of a GET: on the aiohttp session directly when the client is editq's own."""
+    if isinstance(http, DirectClient):
+        async with http.stream_direct(url, headers=headers, timeout=60) as got:
+            yield got
+    else:
+        async with http.stream("GET", url, headers=headers, timeout=60) as resp:
+            yield resp.status_code, resp.aiter_bytes(CHUNK)
 
 
 async def _read_blocks(fp: IO[bytes]) -> AsyncIterator[bytes]:

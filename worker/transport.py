@@ -176,6 +176,22 @@ class AsyncClient(httpx.AsyncClient):
                 body = await response.read()
                 return response.status, body.decode("utf-8", "replace")
 
+    @contextlib.asynccontextmanager
+    async def stream_direct(self, url: str, *, headers: dict[str, str], timeout: float
+                            ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """GET on the aiohttp session itself, streamed: yields (status, chunks). For provider outputs,
+        one per stored image. No Accept-Encoding is sent; a compressed answer is decoded anyway."""
+        session = self.wire._get_session()
+        with _mapped(None):
+            response = await session.get(
+                yarl.URL(url, encoded=True), headers=headers, allow_redirects=False, auto_decompress=True,
+                timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout),
+            )
+        try:
+            yield response.status, _direct_chunks(response)
+        finally:
+            response.release()
+
     @property
     def cookies(self) -> httpx.Cookies:
         return self._jar
@@ -183,6 +199,12 @@ class AsyncClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         raise TypeError("editq's HTTP client keeps no cookies")
+
+
+async def _direct_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    with _mapped(None):
+        async for chunk in response.content.iter_chunked(CHUNK):
+            yield chunk
 
 
 def async_client(max_connections: int, *, keepalive_expiry: float = 4.0, **kwargs: Any) -> httpx.AsyncClient:
