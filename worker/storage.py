@@ -28,7 +28,6 @@ from schemas.manifest import OutputRecord
 from schemas.settings import Settings, get_settings
 from worker.errors import ErrorKind, ProviderError, kind_for_status
 from worker.netguard import check_url
-from worker.transport import AsyncClient as DirectClient
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900
@@ -197,8 +196,8 @@ class Storage:
                 body.seek(0)
                 content = _read_blocks(body)
             try:
-                if isinstance(http, DirectClient):
-                    status, text = await http.put_direct(url, content=content, headers=headers, timeout=60)
+                if _direct(http):  # editq's own client: straight to its aiohttp session
+                    status, text = await http.put_direct(url, content=content, headers=headers, timeout=60)  # type: ignore[attr-defined]
                 else:
                     resp = await http.put(url, content=content, headers=headers, timeout=60)
                     status, text = resp.status_code, resp.text
@@ -299,12 +298,18 @@ class Storage:
         )
 
 
+def _direct(http: httpx.AsyncClient) -> bool:
+    """editq's client (worker/transport.py, not imported here: the producer loads this module and needs
+    no aiohttp) can skip httpx's models for S3 uploads and output downloads."""
+    return hasattr(http, "put_direct") and hasattr(http, "stream_direct")
+
+
 @contextlib.asynccontextmanager
 async def _get_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str]
                       ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
     """(status, body chunks) of a GET: on the aiohttp session directly when the client is editq's own."""
-    if isinstance(http, DirectClient):
-        async with http.stream_direct(url, headers=headers, timeout=60) as got:
+    if _direct(http):
+        async with http.stream_direct(url, headers=headers, timeout=60) as got:  # type: ignore[attr-defined]
             yield got
     else:
         async with http.stream("GET", url, headers=headers, timeout=60) as resp:
