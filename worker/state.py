@@ -277,11 +277,12 @@ class JobStore:
     def __init__(self, r: Any = None, k: Keys | None = None) -> None:
         self.r: Any = r or get_redis()
         self.k = k or keys()
-        # called with the provider when a move frees one of its slots while it has queued jobs
-        self.on_slot_freed: Callable[[str], None] | None = None
-        # with `kick_ms` > 0 the move script also sets the wake-up flags (worker/triggers.py) and the
-        # callbacks run only when it set one: a burst of moves sends one task, in one round trip each
+        # Wake-ups: with `kick_ms` > 0 the move script sets the coalescing flags of worker/triggers.py
+        # itself, and the callback runs only when it set one (a burst of moves sends one task):
+        # `on_slot_freed(provider)` when a move frees one of its slots while it has queued jobs,
+        # `on_ready()` when a job becomes ready. With 0 (the default) moves wake nothing.
         self.kick_ms = 0
+        self.on_slot_freed: Callable[[str], None] | None = None
         self.on_ready: Callable[[], None] | None = None
         self._transition = self.r.register_script(_LUA_TRANSITION)
         self._claim = self.r.register_script(_LUA_CLAIM)
@@ -335,10 +336,6 @@ class JobStore:
         )
         moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
                       int(res[4]) if len(res) > 4 else 0)
-        if self.kick_ms <= 0:
-            if moved.freed and self.on_slot_freed is not None:
-                self.on_slot_freed(moved.freed)
-            return moved
         if moved.kicks & 1 and self.on_slot_freed is not None:
             self.on_slot_freed(moved.freed)
         if moved.kicks & 2 and self.on_ready is not None:
@@ -359,16 +356,13 @@ class JobStore:
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView | None:
-        fields = self.r.hgetall(self.k.job(job_id))
-        if not fields or "spec" not in fields:
-            return None
-        return job_view(job_id, fields)
+        return job_view(job_id, self.r.hgetall(self.k.job(job_id)))
 
     def get_many(self, job_ids: list[str]) -> list[JobView | None]:
         pipe = self.r.pipeline(transaction=False)
         for jid in job_ids:
             pipe.hgetall(self.k.job(jid))
-        return [job_view(j, f) if f and "spec" in f else None for j, f in zip(job_ids, pipe.execute(), strict=True)]
+        return [job_view(j, f) for j, f in zip(job_ids, pipe.execute(), strict=True)]
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         self.r.hset(
@@ -404,8 +398,10 @@ class JobStore:
                     continue
 
 
-def job_view(job_id: str, fields: dict[str, str]) -> JobView:
-    """A job from its Redis hash (as read by HGETALL)."""
+def job_view(job_id: str, fields: dict[str, str] | None) -> JobView | None:
+    """A job from its Redis hash (as read by HGETALL); None when there is no such job."""
+    if not fields or "spec" not in fields:
+        return None
     return JobView(
         job_id=job_id,
         state=State(fields["state"]),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from schemas.settings import get_settings
 from worker.redis_client import get_redis
 
@@ -33,9 +31,9 @@ class Kicker:
         """The Redis key of a kick flag (held while a task for `name` is queued or pumping)."""
         return self._flag(name)
 
-    def _coalesced(self, name: str, task: str, args: list[Any], queue: str) -> None:
-        if self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS):
-            self.app.send_task(task, args=args, queue=queue)
+    def _coalesced(self, name: str) -> bool:
+        """Take the kick flag for `name` unless a kick or a running pump holds it."""
+        return bool(self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS))
 
     def send_dispatch(self, provider: str, synchronous: bool = False) -> None:
         """Send the dispatch task whose flag the caller already set (the state machine's move does)."""
@@ -57,11 +55,12 @@ class Kicker:
         return bool(self.r.set(self._flag(name), "1", nx=True, px=PUMP_HOLD_MS))
 
     def dispatch(self, provider: str, synchronous: bool = False) -> None:
-        self._coalesced(f"dispatch:{provider}", "editq.dispatch", [provider],
-                        queue_name("sync") if synchronous else queue_name())
+        if self._coalesced(f"dispatch:{provider}"):
+            self.send_dispatch(provider, synchronous)
 
     def collect(self) -> None:
-        self._coalesced("collect", "editq.collect", [], queue_name())
+        if self._coalesced("collect"):
+            self.send_collect()
 
     def poll(self, provider: str, job_ids: list[str]) -> None:
         self.app.send_task("editq.poll", args=[provider, job_ids], queue=queue_name())

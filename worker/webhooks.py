@@ -141,8 +141,7 @@ def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint
     if job_hint:
         pipe.hgetall(p.k.job(job_hint))
     first, recorded, *rest = pipe.execute()
-    fields = rest[0] if rest else None
-    hinted = job_view(job_hint, fields) if job_hint and fields and "spec" in fields else None
+    hinted = job_view(job_hint, rest[0]) if job_hint else None
     return bool(first), recorded, hinted
 
 
