@@ -57,15 +57,24 @@ def _mapped(request: httpx.Request | None) -> Iterator[None]:
         raise httpx.TransportError(str(exc) or type(exc).__name__, request=request) from exc
 
 
+async def _chunks(response: aiohttp.ClientResponse, request: httpx.Request | None) -> AsyncIterator[bytes]:
+    with _mapped(request):
+        async for chunk in response.content.iter_chunked(CHUNK):
+            yield chunk
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """One limit for connecting (pool wait included) and for each read, as httpx's `timeout=seconds`."""
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
         self._response = response
         self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped(self._request):
-            async for chunk in self._response.content.iter_chunked(CHUNK):
-                yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _chunks(self._response, self._request)
 
     async def aclose(self) -> None:
         # back to the pool when the body was read to the end; aiohttp closes it otherwise
@@ -153,7 +162,7 @@ class _NoCookies(httpx.Cookies):
 
 
 class AsyncClient(httpx.AsyncClient):
-    """httpx's client on `AiohttpTransport`, without a cookie jar, plus `put_direct`."""
+    """httpx's client on `AiohttpTransport`, without a cookie jar, plus `put_direct` and `stream_direct`."""
 
     _jar = _NoCookies()
 
@@ -171,7 +180,7 @@ class AsyncClient(httpx.AsyncClient):
         with _mapped(None):
             async with session.put(
                 yarl.URL(url, encoded=True), data=content, headers=headers, allow_redirects=False, compress=None,
-                timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout),
+                timeout=_timeout(timeout),
             ) as response:
                 body = await response.read()
                 return response.status, body.decode("utf-8", "replace")
@@ -185,10 +194,10 @@ class AsyncClient(httpx.AsyncClient):
         with _mapped(None):
             response = await session.get(
                 yarl.URL(url, encoded=True), headers=headers, allow_redirects=False, auto_decompress=True,
-                timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout),
+                timeout=_timeout(timeout),
             )
         try:
-            yield response.status, _direct_chunks(response)
+            yield response.status, _chunks(response, None)
         finally:
             response.release()
 
@@ -199,12 +208,6 @@ class AsyncClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         raise TypeError("editq's HTTP client keeps no cookies")
-
-
-async def _direct_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    with _mapped(None):
-        async for chunk in response.content.iter_chunked(CHUNK):
-            yield chunk
 
 
 def async_client(max_connections: int, *, keepalive_expiry: float = 4.0, **kwargs: Any) -> httpx.AsyncClient:
