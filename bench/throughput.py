@@ -35,6 +35,7 @@ from bench.harness import (
     MB,
     RssSampler,
     cpu_seconds,
+    drop_run_keys,
     job_line,
     job_rows,
     log,
@@ -250,21 +251,6 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         drop_run_keys(r, prefix)
         log(f"editq: logs in {work}")
     return result
-
-
-def drop_run_keys(r: Any, prefix: str) -> None:
-    """Delete what the run left in Redis (its jobs, indexes, queues and Celery's bindings for them): the
-    default Redis is shared and persists between runs, and 8,000 keys per run add up."""
-    for pattern in (f"{prefix}:*", f"{prefix}.*", prefix, f"_kombu.binding.{prefix}*",
-                    f"_kombu.binding_permanent.{prefix}*"):
-        batch = []
-        for key in r.scan_iter(pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                r.delete(*batch)
-                batch = []
-        if batch:
-            r.delete(*batch)
 
 
 def start_py_spy(named: dict[str, int], seconds: float, folder: Path) -> list[subprocess.Popen[bytes]]:
