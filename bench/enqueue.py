@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench.harness import MB, drop_run_keys, job_line, log, machine_state, make_inputs, redis_bytes, write_jsonl
+from bench.harness import MB, job_line, log, machine_state, make_inputs, redis_bytes, write_jsonl
 
 
 def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
@@ -59,7 +59,6 @@ def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
         prefix = stack.env["EDITQ_KEY_PREFIX"]
         total = int(r.hget(f"{prefix}:batch:{batch_id}", "total") or 0)
         qbytes, _ = redis_bytes(r, prefix)
-        drop_run_keys(r, prefix)  # nothing will run these jobs
     rss = [s[1] for s in samples if s[1] > 0]
     late = [s[1] for s in samples if s[0] > wall / 2 and s[1] > 0] or rss
     return {

@@ -158,20 +158,6 @@ def max_inflight(base: str, provider: str = "fal") -> dict[str, int]:
     return {"max_in_flight": int(p["max_in_flight"]), "max_in_progress": int(p["max_in_progress"])}
 
 
-def drop_run_keys(r: Any, prefix: str) -> None:
-    """Delete what a run left in Redis: its jobs, indexes and queues (`{prefix}*`) and Celery's bindings
-    for its queues. The default Redis is shared and persists between runs (8,000 keys per 2,000 jobs)."""
-    for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*", f"_kombu.binding_permanent.{prefix}*"):
-        batch = []
-        for key in r.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                r.unlink(*batch)
-                batch = []
-        if batch:
-            r.unlink(*batch)
-
-
 def redis_bytes(r: Any, prefix: str) -> tuple[int, int]:
     """(bytes, keys) of every key whose name starts with `prefix` (our state and our Celery queues)."""
     total = nkeys = 0

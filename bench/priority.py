@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import drop_run_keys, job_line, log, machine_state, make_inputs, sandbox_requests
+from bench.harness import job_line, log, machine_state, make_inputs, sandbox_requests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         entry = sreq.get(st["request_id"] or "", {})
         bulk_received = sum(1 for e in sreq.values() if tag in json.dumps(e.get("input")) and "urgent" not in
                             json.dumps(e.get("input")))
-        drop_run_keys(r, prefix)  # abandon the bulk batch
     out: dict[str, Any] = {
         "bulk_jobs": a.bulk,
         "interactive_state": st["state"],

