@@ -290,3 +290,25 @@ def test_stream_direct_yields_the_body_decoded_and_maps_a_cut_body() -> None:
     with pytest.raises(httpx.TransportError) as info:
         asyncio.run(_once(cut.handle, fetch(bytearray())))
     assert not isinstance(info.value, NOT_SENT)
+
+
+def test_the_process_loop_is_uvloop() -> None:
+    import uvloop
+
+    from worker import aio
+
+    assert isinstance(aio.get_loop(), uvloop.Loop)
+
+
+def test_receiver_keeps_idle_connections_75_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from producer.cli import app
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append({"target": target, **kw}))
+    assert CliRunner().invoke(app, ["webhooks", "--port", "9"]).exit_code == 0
+    assert CliRunner().invoke(app, ["webhooks", "--keep-alive", "120"]).exit_code == 0
+    assert [(c["target"], c["port"], c["timeout_keep_alive"]) for c in calls] == [
+        ("worker.webhooks:app", 9, 75), ("worker.webhooks:app", 8901, 120)]

@@ -103,6 +103,8 @@ def test_canonical_batch_through_webhooks(hooked: LocalStack) -> None:
         for entry in entries:
             assert entry["webhook_url"].startswith(hooked.env["EDITQ_WEBHOOK_BASE_URL"] + "/webhooks/modelrunner?job=")
             assert entry["webhook"]["delivered"] == 1
+            answered = entry["webhook"]["history"][-1]  # the sandbox notes when the receiver answered
+            assert answered["status"] == 200 and answered["answered_at"] >= answered["at"]
         # every job was completed by a verified delivery
         assert accepted_webhooks(hooked, "modelrunner") == accepted + 4
 

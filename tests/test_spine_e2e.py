@@ -7,8 +7,10 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 from PIL import Image
 
 from producer.api import status, submit, submit_batch, submit_file, wait
@@ -150,3 +152,30 @@ def test_strict_api_refuses_whole_batch(live: LocalStack) -> None:
     report = submit_batch(lambda: rows, strict=True)
     assert report.refused and report.enqueued == 0
     assert [(e.line, e.error) for e in report.invalid] == [(2, "prompt: String should have at least 1 character")]
+
+
+def test_first_lines_reach_redis_before_the_rest_is_read(live: LocalStack) -> None:
+    """Dispatch can start on a big file while it is still being read: the first FIRST_CHUNK lines are
+    written (and the workers woken) before line FIRST_CHUNK + 10 is even produced."""
+    from producer.api import CHUNK, FIRST_CHUNK, new_id
+    from worker.state import JobStore
+
+    assert FIRST_CHUNK < CHUNK
+    store, batch, tag = JobStore(), new_id("batch"), unique("first")
+    seen: dict[str, int] = {}
+
+    def lines() -> Iterator[dict[str, object]]:
+        for i in range(FIRST_CHUNK + 20):
+            if i == FIRST_CHUNK + 10:
+                seen["total"] = store.batch_counts(batch).get("total", 0)
+            yield {"prompt": f"{tag} {i}", "images": [str(EXAMPLES / "mug.png")], "quality": "low"}
+
+    report = submit_batch(lines(), batch_id=batch)
+    assert seen["total"] == FIRST_CHUNK
+    assert report.enqueued == FIRST_CHUNK + 20 and store.batch_counts(batch)["total"] == FIRST_CHUNK + 20
+
+
+def test_embedded_s3_sends_no_cors_headers(live: LocalStack) -> None:
+    """producer/s3_local.py runs moto with CORS off (no browser talks to it; a header fewer per request)."""
+    resp = httpx.get(live.env["EDITQ_S3_ENDPOINT"] + "/", headers={"Origin": "http://example.invalid"}, timeout=10)
+    assert resp.status_code == 200 and "access-control-allow-origin" not in resp.headers
