@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+import providers as registry
 from producer.inputs import InputError, InputPreparer
 from schemas.job import EditJob, JobRequest, content_key, describe_errors
-from worker.providers import get_adapter
 from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
 
@@ -78,7 +78,7 @@ class Enqueuer:
             raise ValueError(describe_errors(exc)) from None
         for name in req.route:
             try:
-                get_adapter(name)
+                registry.spec_of(name)
             except KeyError as exc:
                 raise ValueError(f"provider: {exc.args[0]}") from None
         try:
@@ -102,7 +102,7 @@ class Enqueuer:
             mask_input=mask,
             idempotency_key=key,
         )
-        problems = [msg for name in req.route for msg in get_adapter(name).validate(job)]
+        problems = [msg for name in req.route for msg in registry.protocol_of(name).validate(job)]
         if problems:
             raise ValueError("; ".join(problems))
         return job
@@ -140,7 +140,7 @@ def _kick(providers: set[str]) -> None:
 
     kicker = Kicker()
     for name in providers:
-        kicker.dispatch(name, get_adapter(name).synchronous)
+        kicker.dispatch(name, registry.spec_of(name).synchronous)
 
 
 def _numbered(lines: Iterable[str | dict[str, Any]]) -> Iterator[tuple[int, str | dict[str, Any]]]:

@@ -240,24 +240,13 @@ class LocalStack:
 
 
 def sandbox_provider_env(base: str) -> dict[str, str]:
-    """Point every provider adapter at the sandbox (keys are placeholders the sandbox accepts)."""
-    return {
-        "EDITQ_FAL_BASE_URL": f"{base}/fal",
-        "EDITQ_FAL_JWKS_URL": f"{base}/fal/.well-known/jwks.json",
-        "EDITQ_FAL_KEY": "sandbox-key",
-        "EDITQ_OPENAI_BASE_URL": f"{base}/openai/v1",
-        "EDITQ_OPENAI_API_KEY": "sk-sandbox-key",
-        "EDITQ_OPENAI_BATCH_BASE_URL": f"{base}/openai/v1", "EDITQ_OPENAI_BATCH_API_KEY": "sk-sandbox-batch-key",
-        "EDITQ_OXEN_BASE_URL": f"{base}/oxen/api/ai",
-        "EDITQ_OXEN_API_KEY": "oxen-sandbox-key",
-        "EDITQ_WAVESPEED_BASE_URL": f"{base}/wavespeed",
-        "EDITQ_WAVESPEED_API_KEY": "ws-sandbox-key",
-        "EDITQ_MODELRUNNER_BASE_URL": f"{base}/modelrunner",
-        "EDITQ_MODELRUNNER_REST_URL": f"{base}/modelrunner",
-        "EDITQ_MODELRUNNER_KEY": "mr-sandbox-key",
-        "EDITQ_REPLICATE_BASE_URL": f"{base}/replicate",
-        "EDITQ_REPLICATE_API_TOKEN": "r8_sandbox-token",
-    }
+    """Point every provider at the sandbox (keys are placeholders the sandbox accepts), from the specs."""
+    import providers
+
+    env: dict[str, str] = {}
+    for spec in providers.specs():
+        env.update(spec.local_env(base))
+    return env
 
 
 @contextlib.contextmanager
@@ -276,12 +265,14 @@ def scoped_env(extra: dict[str, str] | None = None) -> Iterator[None]:
 
 
 def reset_caches() -> None:
+    import providers
     from schemas.settings import get_settings
     from worker.celery_app import reconfigure
     from worker.providers import get_adapter
     from worker.storage import get_storage
 
     get_settings.cache_clear()
+    providers.cache_clear()
     get_adapter.cache_clear()
     get_storage.cache_clear()
     reconfigure()

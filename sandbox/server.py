@@ -11,14 +11,14 @@ from fastapi import FastAPI
 from sandbox.config import SandboxConfig
 from sandbox.control import control_router
 from sandbox.files import files_router
-from sandbox.providers import PROVIDERS
+from sandbox.providers import builders
 from sandbox.state import SandboxState
 
 
 def create_app(config: SandboxConfig | None = None) -> FastAPI:
     """The sandbox ASGI app: control API, file server and every registered provider router."""
     state = SandboxState(config or SandboxConfig())
-    mounts = [build(state) for build in PROVIDERS]
+    mounts = [build(state) for build in builders()]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -2,7 +2,7 @@
 
 A provider module exposes ``build(state: SandboxState) -> ProviderMount``: it creates its
 :class:`~sandbox.runner.ProviderAdapter` (with its webhook signer), registers it with
-``state.runner.register(adapter)`` and returns its router.  ``sandbox.providers.PROVIDERS`` lists
+``state.runner.register(adapter)`` and returns its router.  ``sandbox.providers.builders()`` lists
 the builders; :func:`sandbox.server.create_app` mounts them all.
 """
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(5.0, description="First poll delay (webhooks off); grows to poll_max_s.")
     poll_interval_webhook_s: float = Field(60.0, description="Safety-net poll delay when webhooks are on.")
     poll_max_s: float = 60.0
+    collect_lease_s: float = Field(
+        120.0, description="A collect that has not finished or failed within this is handed back and counted."
+    )
     provider_deadline_s: float = Field(3600.0, description="A job the provider holds longer than this fails.")
     tick_interval_s: float = 0.5
     job_ttl_s: int = Field(14 * 86400, description="Redis keeps finished jobs this long (S3 keeps them forever).")

@@ -1,12 +1,13 @@
-"""One error vocabulary for every provider: retryable, terminal or unknown, with the reason kept."""
+"""One error vocabulary for every provider: retryable, terminal or unknown, with the reason kept.
+
+What a status means and what happens next is decided in `worker.policy`."""
 
 from __future__ import annotations
 
-import email.utils
-import time
 from enum import StrEnum
 
 from schemas.manifest import ErrorInfo
+from worker.redact import redact
 
 
 class ErrorKind(StrEnum):
@@ -26,6 +27,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         maybe_billed: bool = False,
     ) -> None:
+        reason = redact(reason)  # every reason may quote a provider's answer, and so a key
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
@@ -49,36 +51,3 @@ class ProviderError(Exception):
 
 class WebhookRejected(Exception):
     """A delivery that failed verification. It changes no state."""
-
-
-def kind_for_status(status: int) -> ErrorKind:
-    if status in (408, 409, 425, 429) or status >= 500:
-        return ErrorKind.retryable
-    if 400 <= status < 500:
-        return ErrorKind.terminal
-    return ErrorKind.unknown
-
-
-def parse_retry_after(headers: dict[str, str] | object) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    ms = get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, dt.timestamp() - time.time())

@@ -44,6 +44,14 @@ class Keys:
     def circuit(self, provider: str) -> str:
         return f"{self.prefix}:circuit:{provider}"
 
+    def circuit_fails(self, provider: str) -> str:
+        """Consecutive non-terminal failures of a provider (the circuit opens at policy.CIRCUIT_FAILURES)."""
+        return f"{self.prefix}:circuit:{provider}:fails"
+
+    def poll_backoff(self, provider: str) -> str:
+        """Set when a poll was answered with Retry-After: the tick holds the provider's polls meanwhile."""
+        return f"{self.prefix}:backoff:{provider}:poll"
+
     def webhook_seen(self, provider: str, delivery_id: str) -> str:
         return f"{self.prefix}:whseen:{provider}:{delivery_id}"
 

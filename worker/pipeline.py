@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -19,21 +18,21 @@ from typing import Any
 
 import structlog
 
+import providers
+from providers.protocol import ProviderProtocol
+from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
 from schemas.manifest import ErrorInfo, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
-from worker import aio
+from worker import aio, policy
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
-from worker.providers import REGISTRY, get_adapter
-from worker.providers.base import InputUrls, Outcome, ProviderAdapter, ProviderRequest, Result, Submitted
+from worker.provider_client import client_for
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
 from worker.triggers import COALESCE_MS, Kicker
 
 log = structlog.get_logger("editq.pipeline")
 
-CIRCUIT_FAILURES = 5
-CIRCUIT_OPEN_S = 60
 STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
 
 
@@ -84,15 +83,15 @@ class Pipeline:
         # (the move script sets the coalescing flag itself, so a burst of moves sends one task)
         self.store.kick_ms = COALESCE_MS
         self.store.on_slot_freed = lambda provider: self.kick.send_dispatch(
-            provider, get_adapter(provider).synchronous)
+            provider, providers.spec_of(provider).synchronous)
         self.store.on_ready = self.kick.send_collect
 
     # ================================================================ dispatch (submit)
-    def limits(self, adapter: ProviderAdapter) -> tuple[int, int, int, float]:
+    def limits(self, adapter: ProviderProtocol) -> tuple[int, int, int, float]:
         cap = max(1, adapter.settings.concurrency)
         reserve = int(cap * self.settings.interactive_reserve)
         sync_lease = adapter.settings.timeout_s + self.settings.sync_lease_margin_s
-        lease = sync_lease if adapter.synchronous else self.settings.submit_lease_s
+        lease = sync_lease if providers.spec_of(adapter.name).synchronous else self.settings.submit_lease_s
         return cap, reserve, adapter.settings.rpm, lease
 
     async def dispatch(self, provider: str) -> int:
@@ -102,31 +101,32 @@ class Pipeline:
         each answer makes room for the next claim, for up to STREAM_S. Rounds that waited for
         the slowest of 64 answers before claiming again refilled freed provider slots at a fraction of
         the rate they freed up. Synchronous providers and batch protocols keep one round per call."""
-        adapter = get_adapter(provider)
+        adapter = providers.protocol_of(provider)
+        spec = providers.spec_of(provider)
         sync_want = max(1, min(self.limits(adapter)[0], 8))
-        want = adapter.claim_size or (sync_want if adapter.synchronous else self.settings.submit_batch)
-        if adapter.synchronous or type(adapter).submit_many is not ProviderAdapter.submit_many:
+        want = spec.claim_size or (sync_want if spec.synchronous else self.settings.submit_batch)
+        if spec.synchronous or spec.batches:
             claimed, items = self._claim(adapter, want)
-            if type(adapter).submit_many is ProviderAdapter.submit_many:
+            if not spec.batches:
                 await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
             else:  # the protocol groups jobs into one provider request (OpenAI Batch)
-                results = await adapter.submit_many(aio.http_client(), [(v.job, r) for v, r in items])
+                results = await adapter.submit_many(client_for(provider), [(v.job, r) for v, r in items])
                 for (view, _), res in zip(items, results, strict=True):
                     await self._record_submit(adapter, view, res)
             if claimed >= want:
-                self.kick.dispatch(provider, adapter.synchronous)
+                self.kick.dispatch(provider, spec.synchronous)
             return claimed
 
         def fill(room: int) -> tuple[int, list[Coroutine[Any, Any, None]]]:
             claimed, items = self._claim(adapter, room)
             if claimed >= room:
-                self.kick.dispatch(provider, adapter.synchronous)  # other workers may help
+                self.kick.dispatch(provider, spec.synchronous)  # other workers may help
             # one request per job: each answer is recorded the moment it arrives (shortest crash window)
             return claimed, [self._submit_one(adapter, v, r) for v, r in items]
 
         return await _windowed(lambda: want, fill, f"submit to {provider}")
 
-    def _claim(self, adapter: ProviderAdapter, want: int) -> tuple[int, list[tuple[JobView, ProviderRequest]]]:
+    def _claim(self, adapter: ProviderProtocol, want: int) -> tuple[int, list[tuple[JobView, ProviderRequest]]]:
         """Claim up to `want` jobs and record each one's attempt as `sending` before any request leaves."""
         provider = adapter.name
         cap, reserve, rpm, lease = self.limits(adapter)
@@ -147,14 +147,14 @@ class Pipeline:
             sending.execute()
         return len(ids), items
 
-    async def _submit_one(self, adapter: ProviderAdapter, view: JobView, req: ProviderRequest) -> None:
+    async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
         try:
-            res: Submitted | ProviderError = await adapter.submit(aio.http_client(), view.job, req)
+            res: Submitted | ProviderError = await adapter.submit(client_for(adapter.name), view.job, req)
         except ProviderError as exc:
             res = exc
         await self._record_submit(adapter, view, res)
 
-    async def _record_submit(self, adapter: ProviderAdapter, view: JobView, res: Submitted | ProviderError) -> None:
+    async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError) -> None:
         if isinstance(res, ProviderError):
             self._record_failure(adapter.name, res)
             await self.retry_or_fail(view, res, State.submitting, sent=True)
@@ -166,9 +166,10 @@ class Pipeline:
         mask = self.storage.presign(job.mask_input.s3_key) if job.mask_input else None
         return InputUrls(images=[self.storage.presign(i.s3_key) for i in job.inputs], mask=mask)
 
-    def webhook_url(self, adapter: ProviderAdapter, view: JobView) -> str | None:
+    def webhook_url(self, adapter: ProviderProtocol, view: JobView) -> str | None:
         s = self.settings
-        if not (s.webhooks_enabled and s.webhook_base_url and adapter.supports_webhooks and adapter.settings.webhooks):
+        if not (s.webhooks_enabled and s.webhook_base_url and providers.spec_of(adapter.name).webhooks
+                and adapter.settings.webhooks):
             return None
         return f"{s.webhook_base_url.rstrip('/')}/webhooks/{adapter.name}?job={view.job_id}"
 
@@ -176,14 +177,14 @@ class Pipeline:
         entry = {"attempt": view.attempts, "provider": view.provider, "status": status, "at": _now(), **extra}
         return json.dumps({k: v for k, v in entry.items() if v is not None})
 
-    async def submitted(self, adapter: ProviderAdapter, view: JobView, sub: Submitted) -> None:
+    async def submitted(self, adapter: ProviderProtocol, view: JobView, sub: Submitted) -> None:
         """Record the provider's request id before anything else happens to the job."""
         if os.environ.get("EDITQ_FAULT_CRASH_BEFORE_RECORD") == "1":  # fault injection: answer lost in a crash
             os.kill(os.getpid(), signal.SIGKILL)
         provider = adapter.name
         first = self.r.pipeline(transaction=False)  # one round trip: the id, and the success that resets
         first.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
-        first.delete(self.k.circuit(provider) + ":fails")  # the circuit breaker's consecutive failures
+        first.delete(self.k.circuit_fails(provider))  # the circuit breaker's consecutive failures
         first.execute()
         delay = (
             self.settings.poll_interval_webhook_s
@@ -205,7 +206,7 @@ class Pipeline:
             self.store.set_fields(view.job_id, request_id=sub.request_id, handle=json.dumps(sub.handle),
                                   **{f"req.{view.attempts}": fields[f"req.{view.attempts}"]})
             if moved.previous == State.cancelled:
-                await adapter.cancel(aio.http_client(), sub.request_id, sub.handle)
+                await adapter.cancel(client_for(provider), sub.request_id, sub.handle)
         if os.environ.get("EDITQ_FAULT_CRASH_AFTER_SUBMIT") == "1":  # fault injection for crash tests
             os.kill(os.getpid(), signal.SIGKILL)
         if sub.outcome is not None and moved.ok:
@@ -235,6 +236,7 @@ class Pipeline:
         return True
 
     async def retry_or_fail(self, view: JobView, err: ProviderError, frm: State, *, sent: bool) -> None:
+        """Apply the policy's decision (worker/policy.py) to a failed attempt."""
         s = self.settings
         if err.retry_after_s:
             ms = int(min(err.retry_after_s, s.retry_max_s) * 1000)
@@ -246,15 +248,15 @@ class Pipeline:
                                                                          error=err.reason[:300])}
             )
         info = err.info(view.attempts)
-        retryable = err.kind is ErrorKind.retryable or (err.kind is ErrorKind.unknown and view.attempts < 2)
-        if retryable and view.attempts < s.max_attempts:
-            delay = max(err.retry_after_s or 0.0, _backoff(view.attempts, s.retry_base_s, s.retry_max_s))
+        decision = policy.decide(err, attempt=view.attempts, max_attempts=s.max_attempts, route=view.job.route,
+                                 provider=view.provider, base_s=s.retry_base_s, cap_s=s.retry_max_s)
+        if isinstance(decision, policy.Retry):
             self.store.move(
-                view.job_id, [frm], State.retry_wait, score=_now() + delay, note=err.reason[:200],
+                view.job_id, [frm], State.retry_wait, score=_now() + decision.delay_s, note=err.reason[:200],
                 fields={"error": info.model_dump_json(), "request_id": "", "handle": ""},
             )
             return
-        if err.kind is not ErrorKind.terminal and self._reroute(view, frm, err.reason):
+        if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason):
             return
         await self.finish_failed(view, frm, info)
 
@@ -270,63 +272,71 @@ class Pipeline:
 
     def _reroute(self, view: JobView, frm: State, why: str) -> bool:
         """Send the job to the next provider of its route, if it has one."""
-        route = view.job.route
-        idx = route.index(view.provider) if view.provider in route else 0
-        if idx + 1 >= len(route):
+        nxt = policy.next_provider(view.job.route, view.provider)
+        if nxt is None:
             return False
-        nxt = route[idx + 1]
         moved = self.store.move(
             view.job_id, [frm], State.queued, note=f"fallback to {nxt}: {why}"[:200],
             fields={"provider": nxt, "request_id": "", "handle": ""},
         )
         if moved.ok:
-            self.kick.dispatch(nxt, get_adapter(nxt).synchronous)
+            self.kick.dispatch(nxt, providers.spec_of(nxt).synchronous)
         return moved.ok
 
-    # circuit breaker: consecutive retryable failures per provider, shared through Redis
+    # circuit breaker: consecutive non-terminal failures per provider, shared through Redis
     def _record_failure(self, provider: str, err: ProviderError) -> None:
-        if err.kind is ErrorKind.terminal:
+        if not policy.counts_for_circuit(err):
             return
-        key = self.k.circuit(provider) + ":fails"
-        if self.r.incr(key) >= CIRCUIT_FAILURES:
-            self.r.set(self.k.circuit(provider), "open", ex=CIRCUIT_OPEN_S)
-        self.r.expire(key, CIRCUIT_OPEN_S)
+        key = self.k.circuit_fails(provider)
+        if self.r.incr(key) >= policy.CIRCUIT_FAILURES:
+            self.r.set(self.k.circuit(provider), "open", ex=policy.CIRCUIT_OPEN_S)
+        self.r.expire(key, policy.CIRCUIT_OPEN_S)
 
     def _circuit_open(self, provider: str) -> bool:
         return bool(self.r.exists(self.k.circuit(provider)))
 
     # ================================================================ polling (the safety net)
     async def poll(self, provider: str, job_ids: list[str]) -> int:
-        adapter = get_adapter(provider)
+        adapter = providers.protocol_of(provider)
+        client = client_for(provider)
         views = [v for v in self.store.get_many(job_ids) if v is not None and v.state is State.submitted]
         items = [(v.request_id or "", v.json_field("handle") or {}) for v in views]
-        outcomes = await adapter.poll_many(aio.http_client(), items)
+        try:
+            outcomes = await adapter.poll_many(client, items)
+        except Exception:  # a protocol's own group call failed: each request on its own, so one bad answer
+            log.warning("poll group failed; polling one by one", provider=provider, exc_info=True)
+            outcomes = [await adapter.poll_guarded(client, rid, handle) for rid, handle in items]
         for view, outcome in zip(views, outcomes, strict=True):
-            await self._after_poll(adapter, view, outcome)
+            try:
+                await self._after_poll(adapter, view, outcome)
+            except Exception:  # this job only; its inflight entry (rescheduled by the tick) brings it back
+                log.exception("after poll failed", provider=provider, job_id=view.job_id)
         return len(views)
 
-    async def _after_poll(self, adapter: ProviderAdapter, view: JobView, outcome: Outcome | ProviderError) -> None:
+    async def _after_poll(self, adapter: ProviderProtocol, view: JobView, outcome: Outcome | ProviderError) -> None:
         handle = view.json_field("handle") or {}
         polls = int(view.fields.get("polls", "0")) + 1
+        retry_after = None
         if isinstance(outcome, ProviderError):
-            if outcome.retry_after_s:
-                self.r.set(self.k.backoff(adapter.name) + ":poll", "1", px=int(outcome.retry_after_s * 1000))
+            retry_after = outcome.retry_after_s
+            if retry_after:  # the provider asked every poller to wait: the tick holds this provider's polls
+                self.r.set(self.k.poll_backoff(adapter.name), "1",
+                           px=int(min(retry_after, self.settings.retry_max_s) * 1000))
             outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
             await self.complete(view.job_id, outcome)
             return
         submitted_at = float(view.fields.get("submitted_at", "0") or 0)
-        limit = getattr(adapter.settings, "deadline_s", None) or self.settings.provider_deadline_s  # per-provider
+        limit = adapter.deadline_s() or self.settings.provider_deadline_s
         if submitted_at and _now() - submitted_at > limit:
-            await adapter.cancel(aio.http_client(), view.request_id or "", handle)
+            await adapter.cancel(client_for(adapter.name), view.request_id or "", handle)
             late = ProviderError(ErrorKind.retryable, f"{adapter.name}: no result within {limit:.0f}s")
             await self.retry_or_fail(view, late, State.submitted, sent=False)
             return
-        base = self.settings.poll_interval_s
-        delay = min(self.settings.poll_max_s, base * (1.5 ** min(polls, 12)))
-        if self.webhook_url(adapter, view):
-            delay = max(delay, self.settings.poll_interval_webhook_s)
-        delay = min(delay, adapter.poll_cap_s() or delay)
+        s = self.settings
+        delay = policy.poll_delay(polls, base_s=s.poll_interval_s, max_s=s.poll_max_s,
+                                  webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
+                                  cap_s=adapter.poll_cap_s(), retry_after_s=retry_after)
         self.store.set_fields(view.job_id, polls=str(polls))
         self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
 
@@ -364,37 +374,61 @@ class Pipeline:
 
     def _claim_ready(self, n: int) -> list[JobView]:
         ids = self.r.lpop(self.k.ready, n) or []
-        claimed = [jid for jid in ids if self.store.move(jid, [State.ready], State.collecting, score=_now() + 300).ok]
+        lease = _now() + self.settings.collect_lease_s
+        claimed = [jid for jid in ids if self.store.move(jid, [State.ready], State.collecting, score=lease).ok]
+        if claimed:  # every claim counts, so a collect that dies with its worker is counted too
+            pipe = self.r.pipeline(transaction=False)
+            for jid in claimed:
+                pipe.hincrby(self.k.job(jid), "collect_attempts", 1)
+            pipe.execute()
         return [v for v in self.store.get_many(claimed) if v is not None]
 
     async def _collect_one(self, view: JobView) -> None:
-        res = view.json_field("result") or {}
-        adapter = get_adapter(view.provider)
-        job = view.job
+        """Store a ready job's outputs and manifest. Any failure of any step is recorded on the job and
+        counted; the job is collected again after a back-off, and fails with that reason once its
+        collect attempts (max_attempts + 2) are used up."""
+        tries = int(view.fields.get("collect_attempts", "1") or 1)
+        limit = self.settings.max_attempts + 2
+        if tries > limit:  # earlier attempts died without a word (the worker was lost)
+            last = view.fields.get("collect_error") or "the collecting worker was lost"
+            reason = f"{view.provider}: outputs not stored after {limit} attempts: {last}"
+            await self.finish_failed(view, State.collecting, ErrorInfo(kind="unknown", reason=reason[:2000],
+                                                                      attempt=view.attempts))
+            return
         try:
-            outputs: list[OutputRecord] = []
-            for i, out in enumerate(res.get("outputs", [])):
-                url = out.get("url")
-                rec = await self.storage.store_output(
-                    aio.http_client(),
-                    url=url,
-                    b64=out.get("b64"),
-                    index=i,
-                    key_for_ext=lambda ext, i=i: self.storage.output_key(job.batch_id, job.job_id, i, ext),
-                    headers=adapter.output_headers(url) if url else None,
-                )
-                outputs.append(rec)
-            if not outputs:
-                raise ProviderError(ErrorKind.terminal, f"{view.provider}: completed without any output image")
-        except ProviderError as err:
-            fails = int(view.fields.get("collect_failures", "0")) + 1
-            self.store.set_fields(view.job_id, collect_failures=str(fails), collect_error=err.reason[:300])
-            if err.kind is ErrorKind.retryable and fails < self.settings.max_attempts + 2:
-                # stays `collecting`; the tick hands it back to `ready` when the lease runs out
-                self.store.reschedule(self.k.collecting, view.job_id, _now() + _backoff(fails, 2.0, 120.0))
+            await self._store_outputs(view)
+        except Exception as exc:
+            err = exc if isinstance(exc, ProviderError) else ProviderError(
+                ErrorKind.retryable, f"{view.provider} collect: {type(exc).__name__}: {exc}"[:2000])
+            if not isinstance(exc, ProviderError):
+                log.warning("collect failed", job_id=view.job_id, provider=view.provider, error=err.reason)
+            self.store.set_fields(view.job_id, collect_failures=str(tries), collect_error=err.reason[:300])
+            if err.kind is ErrorKind.retryable and tries < limit:
+                # stays `collecting`; the tick hands it back to `ready` when this back-off runs out
+                self.store.reschedule(self.k.collecting, view.job_id,
+                                      _now() + policy.backoff(tries, 2.0, self.settings.collect_lease_s))
                 return
             await self.finish_failed(view, State.collecting, err.info(view.attempts))
-            return
+
+    async def _store_outputs(self, view: JobView) -> None:
+        res = view.json_field("result") or {}
+        adapter = providers.protocol_of(view.provider)
+        client = client_for(view.provider)
+        job = view.job
+        outputs: list[OutputRecord] = []
+        for i, out in enumerate(res.get("outputs", [])):
+            url = out.get("url")
+            rec = await self.storage.store_output(
+                aio.http_client(),
+                url=url,
+                b64=out.get("b64"),
+                index=i,
+                key_for_ext=lambda ext, i=i: self.storage.output_key(job.batch_id, job.job_id, i, ext),
+                headers=client.output_headers(url, adapter.output_auth(url)) if url else None,
+            )
+            outputs.append(rec)
+        if not outputs:
+            raise ProviderError(ErrorKind.terminal, f"{view.provider}: completed without any output image")
         usage = Usage.model_validate(res["usage"]) if res.get("usage") else None
         manifest = build(view, State.succeeded.value, outputs, usage, None)
         await write_job_manifest_async(self.storage, aio.http_client(), manifest)
@@ -440,6 +474,11 @@ class Pipeline:
                 to_poll.setdefault(view.provider, []).append(view.job_id)
                 self.store.reschedule(self.k.inflight, view.job_id, now + 30)  # the poll task reschedules properly
         for provider, ids in to_poll.items():
+            held_ms = self.r.pttl(self.k.poll_backoff(provider))
+            if held_ms > 0:  # the provider answered a poll with Retry-After: its polls wait that long
+                for jid in ids:
+                    self.store.reschedule(self.k.inflight, jid, now + held_ms / 1000)
+                continue
             for i in range(0, len(ids), 50):
                 self.kick.poll(provider, ids[i : i + 50])
                 stats["polled"] += len(ids[i : i + 50])
@@ -448,8 +487,8 @@ class Pipeline:
                 stats["recollect"] += 1
         for provider in self.r.smembers(self.k.providers):
             waiting = any(self.r.llen(self.k.pending(provider, lane)) for lane in ("interactive", "bulk"))
-            if waiting and provider in REGISTRY:
-                self.kick.dispatch(provider, get_adapter(provider).synchronous)
+            if waiting and provider in providers.names():
+                self.kick.dispatch(provider, providers.spec_of(provider).synchronous)
         if self.r.llen(self.k.ready):
             self.kick.collect()
         self.drain_finalize()
@@ -484,8 +523,8 @@ class Pipeline:
             return False
         moved = self.store.move(job_id, active, State.cancelled, note="cancelled by user")
         if moved.ok and view.request_id:
-            adapter = get_adapter(view.provider)
-            await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
+            await providers.protocol_of(view.provider).cancel(client_for(view.provider), view.request_id,
+                                                           view.json_field("handle") or {})
         if moved.ok:
             manifest = build(view, State.cancelled.value, [], None, None)
             await write_job_manifest_async(self.storage, aio.http_client(), manifest)
@@ -493,10 +532,6 @@ class Pipeline:
             if moved.batch_finished:
                 self.drain_finalize()
         return moved.ok
-
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    return float(min(cap, base * (2 ** max(0, attempt - 1))) * random.uniform(0.8, 1.2))
 
 
 def _result_json(result: Result) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from PIL import Image
 
 from schemas.manifest import OutputRecord
 from schemas.settings import Settings, get_settings
-from worker.errors import ErrorKind, ProviderError, kind_for_status
+from worker.errors import ErrorKind, ProviderError
 from worker.netguard import check_url
+from worker.policy import kind_for_status
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900

@@ -12,11 +12,11 @@ from functools import cache
 import structlog
 from celery.signals import worker_ready, worker_shutdown
 
+import providers
 from schemas.settings import get_settings
 from worker import aio
 from worker.celery_app import app
 from worker.pipeline import Pipeline
-from worker.providers import get_adapter
 
 log = structlog.get_logger("editq.tasks")
 
@@ -61,15 +61,16 @@ def _pump(flag: str, step: Callable[[], int], more: Callable[[], bool], again: C
 @app.task(name="editq.dispatch")
 def dispatch(provider: str) -> int:
     p = pipeline()
-    adapter = get_adapter(provider)
+    settings = providers.settings_of(provider)
+    synchronous = providers.spec_of(provider).synchronous
 
     def more() -> bool:
-        cap = max(1, adapter.settings.concurrency)
+        cap = max(1, settings.concurrency)
         pending = p.r.llen(p.k.pending(provider, "interactive")) + p.r.llen(p.k.pending(provider, "bulk"))
         return bool(pending) and p.r.zcard(p.k.slots(provider)) < cap
 
     return _pump(f"dispatch:{provider}", lambda: aio.run(p.dispatch(provider)), more,
-                 lambda: p.kick.dispatch(provider, adapter.synchronous))
+                 lambda: p.kick.dispatch(provider, synchronous))
 
 
 @app.task(name="editq.poll")

@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.types import Receive, Scope, Send
 
+import providers
+from providers.types import WebhookEvent
 from worker import aio
 from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
-from worker.providers import REGISTRY, get_adapter
-from worker.providers.base import WebhookEvent
+from worker.provider_client import client_for
 from worker.state import JobView, State, job_view
 
 log = structlog.get_logger("editq.webhooks")
@@ -45,17 +46,17 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     # the pipeline with its Redis connection and scripts. Failures here are not fatal: the first
     # delivery pays instead.
     try:
-        http = aio.http_client()
+        aio.http_client()
         _pipeline().r.ping()
         _pipeline().store.warm_up()
     except Exception:
         log.warning("warm-up failed", exc_info=True)
     else:
-        for name in REGISTRY:
-            adapter = get_adapter(name)
-            if adapter.supports_webhooks and adapter.settings.webhooks:
+        for name in providers.names():
+            adapter = providers.protocol_of(name)
+            if providers.spec_of(name).webhooks and adapter.settings.webhooks:
                 try:  # e.g. fal's JWKS: otherwise the first burst of deliveries all waits for it
-                    await asyncio.wait_for(adapter.prepare_webhooks(http), timeout=5)
+                    await asyncio.wait_for(adapter.prepare_webhooks(client_for(name)), timeout=5)
                 except Exception:
                     log.warning("webhook keys not prefetched", provider=name, exc_info=True)
     yield
@@ -79,13 +80,12 @@ def create_app() -> DeliveriesFirst:
 async def handle_delivery(provider: str, request: Request) -> JSONResponse:
     """One delivery: verify, drop duplicates, move the job on (see the module docstring)."""
     try:
-        adapter = get_adapter(provider)
+        adapter = providers.protocol_of(provider)
     except KeyError:
         return JSONResponse({"error": "unknown provider"}, status_code=404)
     body = await request.body()
-    http = aio.http_client()
     try:
-        event = await adapter.verify_webhook(http, request.headers, body, now=time.time())
+        event = await adapter.verify_webhook(client_for(provider), request.headers, body, now=time.time())
     except WebhookRejected as exc:
         DELIVERIES.labels(provider, "rejected").inc()
         log.warning("webhook rejected", provider=provider, reason=str(exc))
@@ -149,7 +149,8 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
                  recorded: str | None, hinted: JobView | None) -> str:
     """`recorded`: the job id stored under the request id; `hinted`: the job named in the delivery URL,
     read right after that lookup."""
-    adapter = get_adapter(provider)
+    adapter = providers.protocol_of(provider)
+    client = client_for(provider)
     job_id = recorded
     adopt = False
     if job_id is None and job_hint:
@@ -173,7 +174,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         return "stale-request"
     handle = {} if adopt else (view.json_field("handle") or {})
     try:
-        outcome = await adapter.webhook_outcome(aio.http_client(), event, handle)
+        outcome = await adapter.webhook_outcome(client, event, handle)
     except (KeyError, ProviderError):
         if adopt:
             return "stale-request"  # nothing usable in the delivery itself; the job's own request goes on
@@ -194,7 +195,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
     if adopt and not ok:
         p.r.hdel(p.k.job(job_id), field)
     elif adopt and view.request_id and view.request_id != event.request_id and view.state is State.submitted:
-        await adapter.cancel(aio.http_client(), view.request_id, view.json_field("handle") or {})
+        await adapter.cancel(client, view.request_id, view.json_field("handle") or {})
     return "accepted" if ok else "already-done"
 
 

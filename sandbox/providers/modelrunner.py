@@ -38,6 +38,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from providers.fal.emulator_schema import GptImage2EditInput
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.inputs import summarize_for_log
 from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
@@ -57,7 +58,6 @@ from .common import (
     retry_after,
     submit_fault,
 )
-from .fal_schema import GptImage2EditInput
 
 NAME = "modelrunner"
 PREFIX = "/modelrunner"

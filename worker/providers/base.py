@@ -22,7 +22,8 @@ from pydantic_settings import BaseSettings
 
 from schemas.job import EditJob
 from schemas.manifest import Usage
-from worker.errors import ErrorKind, ProviderError, kind_for_status, parse_retry_after
+from worker.errors import ErrorKind, ProviderError
+from worker.policy import kind_for_status, parse_retry_after
 
 
 class ProviderSettings(BaseSettings):

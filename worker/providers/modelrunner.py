@@ -52,7 +52,8 @@ from pydantic_settings import SettingsConfigDict
 from schemas.job import DEFAULT_MODEL, EditJob
 from schemas.manifest import Usage
 from schemas.params import Background, parse_size, size_problems
-from worker.errors import ErrorKind, ProviderError, WebhookRejected, kind_for_status, parse_retry_after
+from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.policy import kind_for_status, parse_retry_after
 from worker.providers.base import (
     InputUrls,
     Outcome,

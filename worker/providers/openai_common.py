@@ -40,7 +40,8 @@ from typing import Any
 from schemas.job import EditJob
 from schemas.manifest import Usage
 from schemas.params import Background, parse_size, size_problems
-from worker.errors import ErrorKind, ProviderError, parse_retry_after
+from worker.errors import ErrorKind, ProviderError
+from worker.policy import parse_retry_after
 from worker.providers.base import ProviderSettings
 
 # ---- models and limits ---------------------------------------------------------------------------

@@ -48,7 +48,8 @@ from pydantic_settings import SettingsConfigDict
 
 from schemas.job import EditJob
 from schemas.params import Background, parse_size
-from worker.errors import ErrorKind, ProviderError, parse_retry_after
+from worker.errors import ErrorKind, ProviderError
+from worker.policy import parse_retry_after
 from worker.providers.base import (
     InputUrls,
     Outcome,

@@ -58,7 +58,8 @@ from pydantic_settings import SettingsConfigDict
 from schemas.job import EditJob
 from schemas.manifest import Usage
 from schemas.params import parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookRejected, parse_retry_after
+from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.policy import parse_retry_after
 from worker.providers.base import (
     InputUrls,
     Outcome,

@@ -48,7 +48,8 @@ from pydantic_settings import SettingsConfigDict
 
 from schemas.job import EditJob
 from schemas.params import Background, parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookRejected, kind_for_status, parse_retry_after
+from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.policy import kind_for_status, parse_retry_after
 from worker.providers.base import (
     InputUrls,
     Outcome,

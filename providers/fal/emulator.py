@@ -38,6 +38,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from providers.fal.emulator_schema import GptImage2EditInput, error_detail, validation_detail
 from sandbox.engine import (
     CONTENT_TYPES,
     EngineError,
@@ -48,11 +49,7 @@ from sandbox.engine import (
 )
 from sandbox.files import MEDIA_TYPES, FileStore, StoredFile
 from sandbox.inputs import summarize_for_log
-from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
-
-from .common import (
+from sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
     authorization_matches,
@@ -63,7 +60,9 @@ from .common import (
     retry_after,
     submit_fault,
 )
-from .fal_schema import GptImage2EditInput, error_detail, validation_detail
+from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from sandbox.state import ProviderMount, SandboxState
 
 NAME = "fal"
 PREFIX = "/fal"

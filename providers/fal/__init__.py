@@ -1,0 +1,35 @@
+"""fal.ai's queue API for `openai/gpt-image-2/edit` (facts: shared/reference/provider-fal-and-modelrunner.md)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from providers.spec import ProviderSettings, ProviderSpec
+
+
+class FalSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITQ_FAL_", extra="ignore", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("EDITQ_FAL_KEY", "EDITQ_FAL_API_KEY", "FAL_KEY")
+    )
+    base_url: str = "https://queue.fal.run"
+    jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
+    user_id: str | None = None  # when set, deliveries for another fal user are refused
+    concurrency: int = 40
+    request_timeout_s: float | None = None  # X-Fal-Request-Timeout: deadline for the job to start
+
+
+SPEC = ProviderSpec(
+    name="fal",
+    title="fal.ai",
+    settings_cls=FalSettings,
+    protocol="providers.fal.protocol:FalProtocol",
+    emulator="providers.fal.emulator:build",
+    sandbox_path="/fal",
+    sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json"},
+    auth_scheme="Key",
+    key_env="EDITQ_FAL_KEY",
+    summary="queue API, Ed25519-signed webhooks (JWKS), poll status/result; the default",
+)

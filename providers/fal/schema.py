@@ -1,0 +1,43 @@
+"""fal's input schema for `openai/gpt-image-2/edit` as editq sends it (ModelRunner assumes the same fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from providers.types import InputUrls
+from schemas.job import EditJob
+from schemas.params import parse_size
+
+PRESETS: dict[tuple[int, int], str] = {
+    (1024, 1024): "square_hd",
+    (512, 512): "square",
+    (768, 1024): "portrait_4_3",
+    (576, 1024): "portrait_16_9",
+    (1024, 768): "landscape_4_3",
+    (1024, 576): "landscape_16_9",
+}
+QUALITIES = ("auto", "low", "medium", "high")
+MAX_NUM_IMAGES = 4
+
+
+def image_size(size: str) -> str | dict[str, int]:
+    """Canonical size -> fal's `image_size`: `auto`, a preset name, or `{width, height}`."""
+    dims = parse_size(size)
+    if dims is None:
+        return "auto"
+    return PRESETS.get(dims) or {"width": dims[0], "height": dims[1]}
+
+
+def edit_input(job: EditJob, inputs: InputUrls) -> dict[str, Any]:
+    """Canonical job -> the input of fal's `openai/gpt-image-2/edit`."""
+    body: dict[str, Any] = {
+        "prompt": job.prompt,
+        "image_urls": list(inputs.images),
+        "image_size": image_size(job.size),
+        "quality": job.quality.value,
+        "num_images": job.num_images,
+        "output_format": job.output_format.value,
+    }
+    if inputs.mask:
+        body["mask_url"] = inputs.mask
+    return body

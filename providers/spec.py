@@ -1,0 +1,114 @@
+"""What editq knows about a provider besides its protocol: name, settings, capabilities, hosts, prices.
+
+Each provider folder (`providers/<name>/__init__.py`) defines one `SPEC`. Everything that lists
+providers (the local stack's environment, compose, `infra/env.example`, the README's table, the
+docs index) is generated from the specs or checked against them by a test (tests/test_specs.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, SecretStr
+from pydantic_settings import BaseSettings
+
+if TYPE_CHECKING:
+    from providers.protocol import ProviderProtocol
+
+
+class ProviderSettings(BaseSettings):
+    """Common knobs; each provider subclasses this with its own env prefix (e.g. EDITQ_FAL_).
+
+    `auth_hosts`: hosts besides `base_url`'s that may receive the API key (Replicate's output CDN).
+    The client refuses to send credentials anywhere else, whatever an answer names."""
+
+    api_key: SecretStr | None = None
+    base_url: str = ""
+    concurrency: int = 8
+    rpm: int = 0
+    webhooks: bool = True
+    timeout_s: float = 30.0
+    auth_hosts: list[str] = []
+
+
+@dataclass(frozen=True)
+class Price:
+    """A price table with its source; figures are USD. Filled per provider (see the issue on cost)."""
+
+    source: str
+    as_of: str
+    per_image: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    title: str
+    settings_cls: type[ProviderSettings]
+    protocol: str  # "module:Class" of the pure protocol (a ProviderProtocol)
+    emulator: str | None  # "module:function" building the sandbox mount, or None
+    sandbox_path: str = ""  # where the sandbox serves this provider's API ("/fal"); base_url = sandbox + this
+    sandbox_key: str = "sandbox-key"  # a placeholder key the sandbox accepts
+    sandbox_env: dict[str, str] = field(default_factory=dict)  # more settings for the local stack;
+    # "{sandbox}" in a value is the sandbox's base URL
+    synchronous: bool = False  # the submit call itself returns the images (own queue, cap-bounded)
+    webhooks: bool = True  # the provider can deliver signed webhooks
+    claim_size: int | None = None  # jobs per dispatch round; None = settings.submit_batch
+    batches: bool = False  # the protocol groups many jobs into one provider request (`submit_many`)
+    auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
+    key_env: str = ""  # the environment variable users set the key in (the first alias)
+    doc: str = "README.md"  # the provider's doc page, inside its folder
+    summary: str = ""  # one line for the README's provider table
+    prices: Price | None = None
+
+    def load_protocol(self, settings: ProviderSettings | None = None) -> ProviderProtocol:
+        module, cls = self.protocol.split(":")
+        proto: ProviderProtocol = getattr(importlib.import_module(module), cls)(settings or self.settings_cls())
+        return proto
+
+    def env_vars(self) -> list[str]:
+        """Every environment variable the provider's settings read, in field order."""
+        return list(_env_names(self.settings_cls))
+
+    def local_env(self, sandbox: str) -> dict[str, str]:
+        """The settings that point this provider at the sandbox at `sandbox` (the local stack's)."""
+        env = {f"{self.env_prefix()}BASE_URL": sandbox.rstrip("/") + self.sandbox_path}
+        if self.key_env:
+            env[self.key_env] = self.sandbox_key
+        env.update({k: v.replace("{sandbox}", sandbox.rstrip("/")) for k, v in self.sandbox_env.items()})
+        return env
+
+    def env_prefix(self) -> str:
+        return str(self.settings_cls.model_config.get("env_prefix", ""))
+
+
+def _env_names(cls: type[BaseSettings]) -> Iterator[str]:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    for name, info in cls.model_fields.items():
+        alias: Any = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            for choice in alias.choices:
+                if isinstance(choice, str):
+                    yield choice
+        elif isinstance(alias, str):
+            yield alias
+        else:
+            yield (prefix + name).upper()
+
+
+def host_of(url: str) -> str:
+    """`host[:port]` of a URL, lower case ('' for a relative path)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return f"{host}:{parts.port}" if host and parts.port else host
+
+
+def credential_hosts(settings: ProviderSettings) -> frozenset[str]:
+    """The hosts that may receive this provider's key: base_url's and the configured `auth_hosts`."""
+    hosts = {host_of(settings.base_url)} | {h.lower() for h in settings.auth_hosts}
+    return frozenset(h for h in hosts if h)
