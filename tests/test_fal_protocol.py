@@ -1,4 +1,4 @@
-"""fal adapter: pure translation and rules, webhook verification, and error classification.
+"""fal protocol: pure translation and rules, webhook verification, and error classification.
 
 HTTP error paths use httpx.MockTransport (a narrow in-process fake); the real protocol is exercised
 end to end against the sandbox in test_spine_*.py."""
@@ -15,10 +15,12 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
+from providers.fal import SPEC, FalSettings
+from providers.fal.protocol import FalProtocol
+from providers.types import InputUrls
 from schemas.job import EditJob, InputRecord
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import InputUrls
-from worker.providers.fal import FalAdapter, FalSettings
+from worker.provider_client import ProviderClient
 
 REC = InputRecord(ref="a.png", sha256="0" * 64, bytes=1, format="png", width=512, height=512, s3_key="k")
 
@@ -30,8 +32,12 @@ def job(**kw: Any) -> EditJob:
     return EditJob(**base)
 
 
-def adapter(**kw: Any) -> FalAdapter:
-    return FalAdapter(FalSettings(api_key="secret-key-123", base_url="https://queue.example", **kw))
+def adapter(**kw: Any) -> FalProtocol:
+    return FalProtocol(FalSettings(api_key="secret-key-123", base_url="https://queue.example", **kw))
+
+
+def client_on(a: FalProtocol, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http)
 
 
 def test_build_request_is_exact() -> None:
@@ -74,7 +80,7 @@ def _signed(
             "X-Fal-Webhook-Signature": key.sign(msg).signature.hex()}
 
 
-def _jwks_client(*keys: SigningKey) -> httpx.AsyncClient:
+def _jwks_http(*keys: SigningKey) -> httpx.AsyncClient:
     doc = {"keys": [{"kty": "OKP", "crv": "Ed25519",
                      "x": base64.urlsafe_b64encode(bytes(k.verify_key)).rstrip(b"=").decode()} for k in keys]}
     return httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=doc)))
@@ -86,7 +92,8 @@ def test_webhook_verification() -> None:
 
     async def run() -> None:
         a = adapter(user_id="u1")
-        async with _jwks_client(key) as http:
+        async with _jwks_http(key) as raw:
+            http = client_on(a, raw)
             ev = await a.verify_webhook(http, _signed(key, body), body, now=time.time())
             assert ev.request_id == "req-1" and ev.payload["status"] == "OK"
             for headers, b, why in [
@@ -117,7 +124,8 @@ def test_a_burst_of_first_deliveries_fetches_the_jwks_once() -> None:
 
     async def run() -> list[str]:
         a = adapter(user_id="u1")
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as raw:
+            http = client_on(a, raw)
             bodies = [json.dumps({"request_id": f"r{i}", "status": "OK", "payload": {}}).encode() for i in range(200)]
             events = await asyncio.gather(*(
                 a.verify_webhook(http, _signed(key, b, rid=f"r{i}"), b, now=time.time()) for i, b in enumerate(bodies)
@@ -140,7 +148,8 @@ def test_receiver_start_prefetches_the_jwks_so_deliveries_need_no_fetch() -> Non
 
     async def run() -> str:
         a = adapter()
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as raw:
+            http = client_on(a, raw)
             await a.prepare_webhooks(http)
             assert fetched == [a.settings.jwks_url]
             body = json.dumps({"request_id": "r1", "status": "OK", "payload": {}}).encode()
@@ -149,13 +158,24 @@ def test_receiver_start_prefetches_the_jwks_so_deliveries_need_no_fetch() -> Non
 
     assert asyncio.run(run()) == "r1"
     assert len(fetched) == 1  # the delivery was verified with the prefetched keys
-    unconfigured = FalAdapter(FalSettings(api_key=None))
-    asyncio.run(unconfigured.prepare_webhooks(httpx.AsyncClient(transport=httpx.MockTransport(handler))))
+    unconfigured = FalProtocol(FalSettings(api_key=None))
+    asyncio.run(unconfigured.prepare_webhooks(client_on(unconfigured, httpx.AsyncClient(
+        transport=httpx.MockTransport(handler)))))
     assert len(fetched) == 1  # fal not configured: nothing fetched at start
 
 
-def _client(handler: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+class _client:
+    """A fal client on a mock transport (a narrow in-process fake of fal's answers)."""
+
+    def __init__(self, handler: Any, a: FalProtocol | None = None) -> None:
+        self.raw = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        self.client = client_on(a or adapter(), self.raw)
+
+    async def __aenter__(self) -> ProviderClient:
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.raw.aclose()
 
 
 def test_errors_are_classified_and_never_leak_the_key() -> None:
@@ -194,7 +214,8 @@ def test_errors_are_classified_and_never_leak_the_key() -> None:
 
 def test_poll_states() -> None:
     a = adapter()
-    handle = {"status_url": "https://q/s", "response_url": "https://q/r", "cancel_url": "https://q/c"}
+    handle = {"status_url": "https://queue.example/s", "response_url": "https://queue.example/r",
+              "cancel_url": "https://queue.example/c"}
 
     def handler(status: dict[str, Any], result: httpx.Response | None = None) -> Any:
         def h(r: httpx.Request) -> httpx.Response:

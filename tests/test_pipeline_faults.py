@@ -1,0 +1,161 @@
+"""Steps that fail in ways other than a provider error, on real Redis and the real S3 server.
+
+Each test drives a Pipeline on its own key prefix (the session stack's workers never see its jobs),
+with the session stack's S3, and asserts on the job's state, its recorded failure and its count.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from producer.stack import LocalStack
+from providers.types import Outcome
+from schemas.job import EditJob, InputRecord
+from schemas.settings import get_settings
+from tests.conftest import unique
+from worker import aio
+from worker.errors import ErrorKind, ProviderError
+from worker.keys import Keys
+from worker.pipeline import Pipeline
+from worker.state import JobStore, State
+from worker.storage import get_storage
+from worker.triggers import Kicker
+
+
+class _NoKicks(Kicker):
+    """Wake-ups are recorded, not sent: the test runs each step itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls: list[tuple[str, list[str]]] = []
+
+    def dispatch(self, provider: str, synchronous: bool = False) -> None:
+        return None
+
+    def collect(self) -> None:
+        return None
+
+    def poll(self, provider: str, job_ids: list[str]) -> None:
+        self.polls.append((provider, job_ids))
+
+    def finalize(self, batch_id: str) -> None:
+        return None
+
+
+@pytest.fixture
+def pipe(live: LocalStack) -> Iterator[Pipeline]:
+    import redis
+
+    settings = get_settings()
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    prefix = unique("editq-faults")
+    p = Pipeline(store=JobStore(r, Keys(prefix)), storage=get_storage(), settings=settings, kick=_NoKicks())
+    yield p
+    for key in r.scan_iter(f"{prefix}:*"):
+        r.delete(key)
+
+
+def _job(batch: str) -> EditJob:
+    rec = InputRecord(ref="a.png", sha256="0" * 64, bytes=1, format="png", width=8, height=8, s3_key="inputs/x.png")
+    return EditJob(job_id=unique("job"), batch_id=batch, prompt="p", images=["a.png"], inputs=[rec],
+                   idempotency_key=unique("idem"), provider="fal")
+
+
+def _ready(p: Pipeline, result: dict[str, object]) -> str:
+    job = _job(unique("batch"))
+    assert p.store.create(job)[0] == 1
+    assert p.store.move(job.job_id, [State.queued], State.ready, fields={"result": json.dumps(result)}).ok
+    return job.job_id
+
+
+def _submitted(p: Pipeline) -> str:
+    job = _job(unique("batch"))
+    assert p.store.create(job)[0] == 1
+    p.store.r.hincrby(p.k.job(job.job_id), "attempts", 1)
+    assert p.store.move(job.job_id, [State.queued], State.submitting, score=time.time() + 60).ok
+    handle = {"status_url": "https://queue.fal.run/x/status", "response_url": "https://queue.fal.run/x",
+              "cancel_url": "https://queue.fal.run/x/cancel"}
+    assert p.store.move(job.job_id, [State.submitting], State.submitted, score=time.time() - 1,
+                        fields={"request_id": "rq-1", "handle": json.dumps(handle), "submitted_at": repr(time.time())}
+                        ).ok
+    return job.job_id
+
+
+def test_a_collect_that_raises_anything_is_counted_and_fails_with_its_reason(pipe: Pipeline) -> None:
+    """Bad base64 in a provider's answer raises binascii.Error inside storage, not a ProviderError: the
+    job must not stay `collecting` forever; each attempt is recorded and counted, then it fails."""
+    jid = _ready(pipe, {"outputs": [{"b64": "!!! not base64 !!!"}]})
+    limit = pipe.settings.max_attempts + 2
+    for attempt in range(1, limit + 1):
+        assert aio.run(pipe.collect()) == 1
+        view = pipe.store.get(jid)
+        assert view is not None
+        assert view.fields["collect_attempts"] == str(attempt)
+        if attempt < limit:
+            assert view.state is State.collecting
+            assert view.fields["collect_failures"] == str(attempt)
+            assert "Error" in view.fields["collect_error"]
+            # the lease (a back-off now) runs out: the tick hands it back exactly like this
+            assert pipe.store.move(jid, [State.collecting], State.ready, note="collect retry").ok
+    view = pipe.store.get(jid)
+    assert view is not None and view.state is State.failed
+    error = json.loads(view.fields["error"])
+    assert error["kind"] == "retryable" and "collect" in error["reason"]
+    manifest = json.loads(get_storage().get_bytes(get_storage().manifest_key(view.job.batch_id, jid)))
+    assert manifest["state"] == "failed"
+
+
+def test_a_collect_lost_with_its_worker_is_counted_too(pipe: Pipeline) -> None:
+    """Claims that never report (the worker died) still count: after the limit the job fails."""
+    jid = _ready(pipe, {"outputs": [{"b64": "aGVsbG8="}]})
+    limit = pipe.settings.max_attempts + 2
+    for _ in range(limit):
+        (claimed,) = pipe._claim_ready(1)  # claimed, then the worker dies: no result, no failure written
+        assert claimed.job_id == jid
+        assert pipe.store.move(jid, [State.collecting], State.ready, note="collect retry").ok
+    aio.run(pipe.collect())
+    view = pipe.store.get(jid)
+    assert view is not None and view.state is State.failed
+    assert "not stored after" in json.loads(view.fields["error"])["reason"]
+
+
+def test_the_collect_lease_is_a_setting(pipe: Pipeline) -> None:
+    pipe.settings = pipe.settings.model_copy(update={"collect_lease_s": 7.0})
+    jid = _ready(pipe, {"outputs": []})
+    before = time.time()
+    pipe._claim_ready(1)
+    score = pipe.store.r.zscore(pipe.k.collecting, jid)
+    assert score is not None and before + 7.0 <= score <= time.time() + 7.0
+
+
+def test_a_poll_answered_with_retry_after_holds_that_providers_polls(pipe: Pipeline) -> None:
+    jid = _submitted(pipe)
+    view = pipe.store.get(jid)
+    assert view is not None
+    err = ProviderError(ErrorKind.retryable, "fal status: HTTP 429", status_code=429, retry_after_s=40.0)
+    adapter = __import__("providers").protocol_of("fal")
+    aio.run(pipe._after_poll(adapter, view, err))
+    score = pipe.store.r.zscore(pipe.k.inflight, jid)
+    assert score is not None and score >= time.time() + 39  # this job waits at least as long as asked
+    held = pipe.store.r.pttl(pipe.k.poll_backoff("fal"))
+    assert 39_000 <= held <= 40_000
+    # another job of the same provider comes due meanwhile: the tick holds it instead of polling
+    other = _submitted(pipe)
+    assert isinstance(pipe.kick, _NoKicks)
+    pipe.tick()
+    assert pipe.kick.polls == []
+    other_score = pipe.store.r.zscore(pipe.k.inflight, other)
+    assert other_score is not None and other_score >= time.time() + 38
+
+
+def test_outcome_running_keeps_the_job_submitted(pipe: Pipeline) -> None:
+    jid = _submitted(pipe)
+    view = pipe.store.get(jid)
+    assert view is not None
+    aio.run(pipe._after_poll(__import__("providers").protocol_of("fal"), view, Outcome.running()))
+    after = pipe.store.get(jid)
+    assert after is not None and after.state is State.submitted and after.fields["polls"] == "1"
