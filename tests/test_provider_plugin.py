@@ -45,7 +45,8 @@ def test_a_batch_on_the_ninth_provider(stack: LocalStack, tmp_path: Path) -> Non
         rows.append({"custom_id": f"{tag}-two", "provider": "echo", "prompt": "x", "images": ["mug.png"],
                      "num_images": 2})
         report = submit_file(write_jsonl(tmp_path / "batch.jsonl", rows), keep_ids=True)
-        assert [(e.line, e.error) for e in report.invalid] == [(5, "echo: num_images=2 is not allowed; allowed values: 1")]
+        refused = [(e.line, e.error) for e in report.invalid]
+        assert refused == [(5, "echo: num_images=2 is not allowed; allowed values: 1")]
         final = wait(report.batch_id, timeout=90)
         assert final["counts"] == {"succeeded": 4}
         manifests = verify_batch(report.batch_id, report.job_ids, "echo")
