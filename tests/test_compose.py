@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import posixpath
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
@@ -31,10 +32,18 @@ import jsonschema
 import pytest
 import yaml
 
+from producer.stack import sandbox_provider_env
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 SCHEMA_FILE = Path(__file__).with_name("compose_schema.json")
+ENV_EXAMPLE = ROOT / "infra" / "env.example"
+RUN_DOCS = (ROOT / "README.md", ROOT / "infra" / "README.md")
+# The sandbox as the editq containers reach it: the compose service name and its port.
+SANDBOX_BASE = "http://sandbox:8900"
+# Services that talk to the providers: the worker, and the receiver (it fetches fal's JWKS).
+PROVIDER_CLIENTS = ("worker", "webhooks")
 
 EDITQ_SUBCOMMANDS = frozenset({"worker", "webhooks", "sandbox", "submit", "status", "demo"})
 EDITQ_SERVICES = ("worker", "webhooks", "flower", "sandbox")
@@ -541,6 +550,139 @@ def check_restart_policies(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def sandbox_url_paths() -> dict[str, str]:
+    """Every provider URL variable producer/stack.py points at the sandbox for the local stack, with
+    the sandbox path it uses (``EDITQ_FAL_BASE_URL -> /fal``): taken from the code, not a copy."""
+    probe = "http://sandbox.invalid:1"
+    return {
+        var: value[len(probe) :]
+        for var, value in sandbox_provider_env(probe).items()
+        if value == probe or value.startswith(probe + "/")
+    }
+
+
+def check_provider_urls(data: dict[str, Any]) -> list[str]:
+    """The worker and the receiver get every provider URL variable, passed through from the host
+    with no default (a default would replace the provider's real API URL in production)."""
+    services = data.get("services", {})
+    problems: list[str] = []
+    for name in PROVIDER_CLIENTS:
+        env = dict(env_items(services.get(name, {}).get("environment")))
+        for var in sandbox_url_paths():
+            if var not in env:
+                problems.append(f"{name}: provider URL {var} is not passed through")
+            elif env[var] not in (None, f"${{{var}}}"):
+                problems.append(f"{name}: {var} must be passed through from the host with no default")
+    return problems
+
+
+_SANDBOX_ASSIGNMENT = re.compile(r"\b([A-Z][A-Z0-9_]*)=(" + re.escape(SANDBOX_BASE) + r"[^\s`'\"(),]*)")
+
+
+def check_sandbox_mentions(where: str, text: str) -> list[str]:
+    """Every ``VAR=http://sandbox:8900...`` written anywhere (comments and docs included) uses the
+    sandbox path producer/stack.py uses for that variable."""
+    paths = sandbox_url_paths()
+    problems: list[str] = []
+    for m in _SANDBOX_ASSIGNMENT.finditer(text):
+        var, value = m.group(1), m.group(2).rstrip(".:;")
+        line = text.count("\n", 0, m.start()) + 1
+        if var not in paths:
+            if var.endswith("_URL") and var.startswith("EDITQ_"):
+                problems.append(f"{where}:{line}: {var} is not a provider URL producer/stack.py sets")
+        elif value != SANDBOX_BASE + paths[var]:
+            problems.append(f"{where}:{line}: {var}={value} should be {SANDBOX_BASE}{paths[var]}")
+    return problems
+
+
+def check_env_example(text: str) -> list[str]:
+    """infra/env.example carries every provider URL with its sandbox value, commented out (copying
+    the file must not point a real deployment at the sandbox)."""
+    assigned: dict[str, tuple[bool, str]] = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"(#\s*)?([A-Z_][A-Z0-9_]*)=(.*)", line.strip())
+        if m:
+            assigned[m.group(2)] = (m.group(1) is not None, m.group(3).strip())
+    problems: list[str] = []
+    for var, path in sandbox_url_paths().items():
+        if var not in assigned:
+            problems.append(f"env.example: no {var} (sandbox value {SANDBOX_BASE}{path})")
+            continue
+        commented, value = assigned[var]
+        if value != SANDBOX_BASE + path:
+            problems.append(f"env.example: {var}={value} should be {SANDBOX_BASE}{path}")
+        if not commented:
+            problems.append(f"env.example: {var} must be commented out (opt-in sandbox block)")
+    return problems + check_sandbox_mentions("env.example", text)
+
+
+def _image_workdir() -> str:
+    workdirs = [
+        line.split(None, 1)[1].strip()
+        for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
+        if line.strip().upper().startswith("WORKDIR ")
+    ]
+    return workdirs[-1] if workdirs else "/"
+
+
+_RUN_OPTIONS_WITH_VALUE = frozenset(
+    {"-e", "--env", "-v", "--volume", "-w", "--workdir", "--name", "--entrypoint", "-u", "--user",
+     "-p", "--publish", "-l", "--label", "--env-from-file", "--cap-add", "--cap-drop", "--pull"}
+)
+
+
+def compose_run_commands(markdown: str) -> list[tuple[str, list[str], list[str]]]:
+    """``docker compose run`` lines of a document's code blocks: (service, command argv, extra -v mounts)."""
+    found: list[tuple[str, list[str], list[str]]] = []
+    for block in re.findall(r"```[^\n]*\n(.*?)```", markdown, re.DOTALL):
+        for line in block.splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv[:3] != ["docker", "compose", "run"]:
+                continue
+            rest, mounts, service = argv[3:], [], ""
+            while rest:
+                token = rest.pop(0)
+                if token.startswith("-"):
+                    name, eq, value = token.partition("=")
+                    if name in _RUN_OPTIONS_WITH_VALUE:
+                        value = value if eq else (rest.pop(0) if rest else "")
+                        if name in ("-v", "--volume"):
+                            mounts.append(value)
+                    continue
+                service = token
+                break
+            found.append((service, rest, mounts))
+    return found
+
+
+def check_compose_run_paths(data: dict[str, Any], documents: Mapping[str, str]) -> list[str]:
+    """Each file a documented ``docker compose run`` names is inside a volume mounted in that container."""
+    rendered = render(data, {"FLOWER_PASSWORD": "x"})
+    workdir = _image_workdir()
+    problems: list[str] = []
+    for where, text in documents.items():
+        for service, command, extra in compose_run_commands(text):
+            svc = rendered.get("services", {}).get(service)
+            if svc is None:
+                problems.append(f"{where}: `docker compose run {service}`: no such service")
+                continue
+            targets = [str(m).split(":")[1] for m in [*(svc.get("volumes") or []), *extra] if ":" in str(m)]
+            for arg in command:
+                if arg.startswith("-") or not re.search(r"/|\.(jsonl|json|csv|txt)$", arg):
+                    continue
+                path = posixpath.normpath(posixpath.join(workdir, arg))
+                if not any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets):
+                    problems.append(
+                        f"{where}: `docker compose run ... {service} ... {arg}`: {path} is in no volume "
+                        f"mounted in {service} (mounts: {targets or 'none'})"
+                    )
+    return problems
+
+
+def _run_docs() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in RUN_DOCS}
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "schema": check_schema,
     "version": check_no_version_key,
@@ -555,6 +697,8 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "secrets": check_no_secrets,
     "subcommands": check_editq_subcommands,
     "restart": check_restart_policies,
+    "provider_urls": check_provider_urls,
+    "run_paths": lambda data: check_compose_run_paths(data, _run_docs()),
 }
 
 
@@ -713,6 +857,13 @@ REGRESSIONS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     ),
     "worker not scalable": ("editq_services", _set("services/worker/container_name", "editq-worker")),
     "one-shot restarts forever": ("restart", _set("services/minio-init/restart", "always")),
+    "fal JWKS not passed": ("provider_urls", _set("services/webhooks/environment/EDITQ_FAL_JWKS_URL", _DELETE)),
+    "provider URL default": (
+        "provider_urls",
+        _set("services/worker/environment/EDITQ_OXEN_BASE_URL", "${EDITQ_OXEN_BASE_URL:-http://sandbox:8900}"),
+    ),
+    "no /data mount": ("run_paths", _set("services/worker/volumes", _DELETE)),
+    "mount elsewhere": ("run_paths", _set("services/worker/volumes", ["./data:/srv/data:ro"])),
 }
 
 
@@ -729,6 +880,60 @@ def test_deleting_aof_from_the_file_fails(compose_text: str) -> None:
     broken = re.sub(r"\n\s*- --appendonly\n\s*- \"yes\"", "", compose_text)
     assert broken != compose_text
     assert check_redis(load_compose(broken))
+
+
+# --------------------------------------------------------------------------
+# provider URLs and docs: compose, infra/env.example and the READMEs agree with producer/stack.py
+# --------------------------------------------------------------------------
+
+
+def test_sandbox_url_paths_come_from_the_stack() -> None:
+    paths = sandbox_url_paths()
+    assert paths["EDITQ_FAL_BASE_URL"] == "/fal"
+    assert paths["EDITQ_FAL_JWKS_URL"] == "/fal/.well-known/jwks.json"
+    providers = {"FAL", "OPENAI", "OPENAI_BATCH", "OXEN", "WAVESPEED", "MODELRUNNER", "REPLICATE"}
+    assert {f"EDITQ_{p}_BASE_URL" for p in providers} <= set(paths)
+    assert not [v for v in paths if "KEY" in v or "TOKEN" in v]
+
+
+def test_fal_jwks_url_is_passed(compose: dict[str, Any]) -> None:
+    for name in PROVIDER_CLIENTS:
+        assert "EDITQ_FAL_JWKS_URL" in compose["services"][name]["environment"], name
+
+
+def test_sandbox_urls_in_compose_text_use_the_stacks_paths(compose_text: str) -> None:
+    problems = check_sandbox_mentions("docker-compose.yml", compose_text)
+    assert not problems, "\n".join(problems)
+    assert "EDITQ_FAL_BASE_URL=http://sandbox:8900/fal" in compose_text
+
+
+def test_env_example_lists_every_provider_url_with_its_sandbox_path() -> None:
+    problems = check_env_example(ENV_EXAMPLE.read_text(encoding="utf-8"))
+    assert not problems, "\n".join(problems)
+
+
+def test_docs_sandbox_urls_use_the_stacks_paths() -> None:
+    problems = [p for where, text in _run_docs().items() for p in check_sandbox_mentions(where, text)]
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_compose_run_names_a_file_in_a_mounted_volume(compose: dict[str, Any]) -> None:
+    docs = _run_docs()
+    runs = compose_run_commands(docs["README.md"])
+    assert any("/data/batch.jsonl" in command for _, command, _ in runs), runs
+    problems = check_compose_run_paths(compose, docs)
+    assert not problems, "\n".join(problems)
+
+
+def test_text_checks_catch_regressions() -> None:
+    stale = "# EDITQ_FAL_BASE_URL=http://sandbox:8900\n"
+    assert check_sandbox_mentions("x", stale)
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert check_env_example(example.replace("sandbox:8900/fal\n", "sandbox:8900\n"))
+    assert check_env_example(example.replace("# EDITQ_REPLICATE_BASE_URL=", "EDITQ_REPLICATE_BASE_URL="))
+    assert check_env_example(re.sub(r"(?m)^# EDITQ_OXEN_BASE_URL=.*\n", "", example))
+    doc = "```bash\ndocker compose run --rm -v $PWD:/in worker editq submit /in/b.jsonl  # x\n```"
+    assert compose_run_commands(doc) == [("worker", ["editq", "submit", "/in/b.jsonl"], ["$PWD:/in"])]
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from PIL import Image
 from schemas.manifest import OutputRecord
 from schemas.settings import Settings, get_settings
 from worker.errors import ErrorKind, ProviderError
-from worker.netguard import check_url
+from worker.netguard import check_url_async
 from worker.policy import kind_for_status
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
@@ -268,7 +268,7 @@ class Storage:
                 spool.write(data)
                 del data
             elif url:
-                check_url(url, allow_private=self.settings.allow_private_urls)
+                await check_url_async(url, allow_private=self.settings.allow_private_urls)
                 try:
                     async with _get_stream(http, url, headers or {}) as (status, chunks):
                         if status != 200:
