@@ -159,3 +159,12 @@ def test_outcome_running_keeps_the_job_submitted(pipe: Pipeline) -> None:
     aio.run(pipe._after_poll(__import__("providers").protocol_of("fal"), view, Outcome.running()))
     after = pipe.store.get(jid)
     assert after is not None and after.state is State.submitted and after.fields["polls"] == "1"
+
+
+def test_an_output_url_we_will_not_fetch_fails_the_job_at_once(pipe: Pipeline) -> None:
+    jid = _ready(pipe, {"outputs": [{"url": "file:///etc/passwd"}]})
+    assert aio.run(pipe.collect()) == 1
+    view = pipe.store.get(jid)
+    assert view is not None and view.state is State.failed
+    error = json.loads(view.fields["error"])
+    assert error["kind"] == "terminal" and "output URL refused" in error["reason"] and "file" in error["reason"]

@@ -26,6 +26,7 @@ from schemas.settings import Settings, get_settings
 from worker import aio, policy
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
+from worker.netguard import UnsafeURL
 from worker.provider_client import client_for
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
@@ -398,8 +399,12 @@ class Pipeline:
         try:
             await self._store_outputs(view)
         except Exception as exc:
-            err = exc if isinstance(exc, ProviderError) else ProviderError(
-                ErrorKind.retryable, f"{view.provider} collect: {type(exc).__name__}: {exc}"[:2000])
+            if isinstance(exc, ProviderError):
+                err = exc
+            elif isinstance(exc, UnsafeURL):  # the provider named an output we will not fetch: no retry helps
+                err = ProviderError(ErrorKind.terminal, f"{view.provider} collect: output URL refused: {exc}")
+            else:
+                err = ProviderError(ErrorKind.retryable, f"{view.provider} collect: {type(exc).__name__}: {exc}"[:2000])
             if not isinstance(exc, ProviderError):
                 log.warning("collect failed", job_id=view.job_id, provider=view.provider, error=err.reason)
             self.store.set_fields(view.job_id, collect_failures=str(tries), collect_error=err.reason[:300])
