@@ -21,3 +21,6 @@ class Cases:
     refused: list[tuple[dict[str, Any], str]]
     # settings for this provider in the contract run (env var -> value), e.g. a model or a mode
     env: dict[str, str] = field(default_factory=dict)
+    # a cancelled request ends as a failure on the next poll (False: the provider cannot cancel, or it
+    # answers synchronously, so there is nothing left to cancel)
+    cancels: bool = False
