@@ -56,9 +56,11 @@ def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"editq submit failed: {err.decode()[-2000:]}")
         batch_id = out.decode().strip().splitlines()[-1]
         r = get_redis()
+        from worker.keys import Keys, namespace_patterns
+
         prefix = stack.env["EDITQ_KEY_PREFIX"]
-        total = int(r.hget(f"{prefix}:batch:{batch_id}", "total") or 0)
-        qbytes, _ = redis_bytes(r, prefix)
+        total = int(r.hget(Keys(prefix).batch(batch_id), "total") or 0)
+        qbytes, _ = redis_bytes(r, namespace_patterns(prefix, stack.env["EDITQ_QUEUE_PREFIX"]))
     rss = [s[1] for s in samples if s[1] > 0]
     late = [s[1] for s in samples if s[0] > wall / 2 and s[1] > 0] or rss
     return {

@@ -20,6 +20,8 @@ import httpx
 import psutil
 from PIL import Image
 
+from worker.keys import Keys, scan_keys
+
 MB = 1024 * 1024
 
 
@@ -158,8 +160,9 @@ def max_inflight(base: str, provider: str = "fal") -> dict[str, int]:
     return {"max_in_flight": int(p["max_in_flight"]), "max_in_progress": int(p["max_in_progress"])}
 
 
-def redis_bytes(r: Any, prefix: str) -> tuple[int, int]:
-    """(bytes, keys) of every key whose name starts with `prefix` (our state and our Celery queues)."""
+def redis_bytes(r: Any, patterns: Iterable[str]) -> tuple[int, int]:
+    """(bytes, keys) of every key matching `patterns` (worker/keys.py `namespace_patterns`: our state
+    and our Celery queues)."""
     total = nkeys = 0
     batch: list[str] = []
 
@@ -169,7 +172,7 @@ def redis_bytes(r: Any, prefix: str) -> tuple[int, int]:
             pipe.memory_usage(k, samples=0)
         return sum(int(x or 0) for x in pipe.execute())
 
-    for key in r.scan_iter(match=f"{prefix}*", count=2000):
+    for key in scan_keys(r, patterns, count=2000):
         batch.append(key)
         nkeys += 1
         if len(batch) >= 1000:
@@ -196,13 +199,13 @@ def terminal_time(history: str) -> float | None:
     return None
 
 
-def job_rows(r: Any, prefix: str, job_ids: list[str]) -> list[dict[str, Any]]:
+def job_rows(r: Any, k: Keys, job_ids: list[str]) -> list[dict[str, Any]]:
     rows = []
     for start in range(0, len(job_ids), 1000):
         ids = job_ids[start : start + 1000]
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hmget(f"{prefix}:job:{jid}", "state", "created_at", "h", "request_id", "outputs", "lane")
+            pipe.hmget(k.job(jid), "state", "created_at", "h", "request_id", "outputs", "lane")
         for jid, (state, created, hist, rid, outputs, lane) in zip(ids, pipe.execute(), strict=True):
             rows.append({
                 "job_id": jid, "state": state, "created_at": float(created or 0), "lane": lane,
@@ -249,12 +252,12 @@ def machine_state() -> dict[str, Any]:
     }
 
 
-def wait_batch(r: Any, prefix: str, batch_id: str, timeout: float, progress_every: float = 10.0) -> dict[str, str]:
+def wait_batch(r: Any, k: Keys, batch_id: str, timeout: float, progress_every: float = 10.0) -> dict[str, str]:
     """Until the batch manifest is written (the batch's last manifest). Returns the batch hash."""
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        raw: dict[str, str] = r.hgetall(f"{prefix}:batch:{batch_id}")
+        raw: dict[str, str] = r.hgetall(k.batch(batch_id))
         if raw.get("manifest_key"):
             return raw
         now = time.monotonic()

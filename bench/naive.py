@@ -22,8 +22,11 @@ from botocore.config import Config
 from celery import Celery
 from celery.signals import worker_ready
 
+from worker.keys import Keys
+
 REDIS_URL = os.environ.get("EDITQ_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("NAIVE_PREFIX", "naive")
+KEYS = Keys(PREFIX)  # its two Redis keys are named in worker/keys.py like editq's
 QUEUE = os.environ.get("NAIVE_QUEUE", "naive")
 POLL_S = float(os.environ.get("NAIVE_POLL_S", "1.0"))
 FAL = os.environ.get("EDITQ_FAL_BASE_URL", "https://queue.fal.run").rstrip("/")
@@ -47,7 +50,7 @@ def s3() -> Any:
 
 @worker_ready.connect
 def _ready(**_: object) -> None:
-    _r.incr(f"{PREFIX}:naive:ready")
+    _r.incr(KEYS.naive_ready)
 
 
 @app.task(name="naive.edit")
@@ -79,7 +82,7 @@ def edit(job: dict[str, Any]) -> None:
             s3().put_object(Bucket=BUCKET, Key=f"naive/{job['batch']}/{job['job_id']}/manifest.json",
                             Body=json.dumps(manifest).encode(), ContentType="application/json")
             ok = True
-    _r.rpush(f"{PREFIX}:naive:done:{job['batch']}",
+    _r.rpush(KEYS.naive_done(job["batch"]),
              json.dumps({"job_id": job["job_id"], "ok": ok, "t": time.time(), "created_at": created,
                          "request_id": rid}))
 

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             "render": "cached", "seed": 1}
     with LocalStack(sandbox_opts=opts, log_dir=work) as stack:
         from producer.api import status, submit, submit_batch
+        from worker.keys import Keys
         from worker.redis_client import get_redis
 
         r = get_redis()
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.05)
         hist = {h["state"]: h["at"] for h in st["history"]}
         t_done = hist.get(st["state"], time.time())
-        b = r.hgetall(f"{prefix}:batch:{bulk.batch_id}")
+        b = r.hgetall(Keys(prefix).batch(bulk.batch_id))
         sreq = sandbox_requests(stack.env["EDITQ_SANDBOX_URL"])
         entry = sreq.get(st["request_id"] or "", {})
         bulk_received = sum(1 for e in sreq.values() if tag in json.dumps(e.get("input")) and "urgent" not in

@@ -119,10 +119,12 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
     with LocalStack(sandbox_opts=sandbox_opts(a, files_dir), workers=a.workers,
                     worker_concurrency=a.worker_concurrency, webhooks=a.webhooks, log_dir=work) as stack:
         from producer.api import BatchReport, Enqueuer, new_id, submit_batch
+        from worker.keys import Keys, namespace_patterns
         from worker.redis_client import get_redis
 
         r = get_redis()
-        prefix = stack.env["EDITQ_KEY_PREFIX"]
+        k = Keys(stack.env["EDITQ_KEY_PREFIX"])
+        namespace = namespace_patterns(k.prefix, stack.env["EDITQ_QUEUE_PREFIX"])
         sandbox = stack.env["EDITQ_SANDBOX_URL"]
         tag = secrets.token_hex(3)
         images = make_inputs(work, a.inputs, _input_size(a), noise=a.noise_inputs)
@@ -158,10 +160,10 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
             report = submit_batch(lines, base_dir=work)
             batch_id = report.batch_id
         t_enq = time.time()
-        queued_bytes, _ = redis_bytes(r, prefix)
+        queued_bytes, _ = redis_bytes(r, namespace)
         assert report.enqueued == a.jobs, f"enqueued {report.enqueued} of {a.jobs}: {report.invalid[:3]}"
         log(f"editq: enqueued in {t_enq - t0:.2f}s; waiting for the batch manifest")
-        batch = wait_batch(r, prefix, batch_id, a.timeout)
+        batch = wait_batch(r, k, batch_id, a.timeout)
         t_end = float(batch["finalized"])
         sampler.stop()
         for spy in spies:
@@ -173,11 +175,11 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         cpu["redis_server (shared)"] = round(sum(float(redis1[k]) - float(redis0[k])
                                                  for k in ("used_cpu_sys", "used_cpu_user")), 1)
 
-        rows = job_rows(r, prefix, report.job_ids)
+        rows = job_rows(r, k, report.job_ids)
         sreq = sandbox_requests(sandbox)
         over = overheads_ms(rows, sreq)
         infl = max_inflight(sandbox)
-        end_bytes, _ = redis_bytes(r, prefix)
+        end_bytes, _ = redis_bytes(r, namespace)
         deliveries: dict[str, float] = {}
         if "EDITQ_WEBHOOK_BASE_URL" in stack.env:
             import httpx
@@ -243,7 +245,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
                                          "received": (e.get("received_at") or t0) - t0,
                                          "completed": (e.get("completed_at") or t0) - t0,
                                          "done": (row["done_at"] or t0) - t0, "webhook": e.get("webhook"),
-                                         "history": r.hget(f"{prefix}:job:{row['job_id']}", "h")}) + "\n")
+                                         "history": r.hget(k.job(row["job_id"]), "h")}) + "\n")
         if a.verify_bytes:
             assert files_dir is not None
             result.update(verify_bytes(rows, files_dir))
@@ -292,9 +294,11 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
     machine = machine_state()
     log(f"naive: starting the stack ({a.workers} worker process(es), {a.naive_pool} pool, {slots} slots in all)")
     with LocalStack(sandbox_opts=sandbox_opts(a), workers=0, webhooks=False, log_dir=work) as stack:
+        from worker.keys import Keys
         from worker.storage import get_storage
 
         prefix = stack.env["EDITQ_KEY_PREFIX"]
+        naive_keys = Keys(prefix)
         r = redis_lib.Redis.from_url(stack.env["EDITQ_REDIS_URL"], decode_responses=True)
         env = {"NAIVE_QUEUE": f"{prefix}.naive", "NAIVE_PREFIX": prefix, "NAIVE_POLL_S": str(a.naive_poll)}
         per_worker = max(1, slots // a.workers)
@@ -305,7 +309,7 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
                                f"--concurrency={per_worker}", "-Q", env["NAIVE_QUEUE"], "--loglevel=WARNING",
                                "-n", f"{name}@%h", "--without-gossip", "--without-mingle"], env)
             names.append(name)
-        wait_until(lambda: int(r.get(f"{prefix}:naive:ready") or 0) >= a.workers, 60, "naive workers")
+        wait_until(lambda: int(r.get(naive_keys.naive_ready) or 0) >= a.workers, 60, "naive workers")
         os.environ.update(env)
         from bench import naive
 
@@ -334,7 +338,7 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
                 if delay > 0:
                     time.sleep(delay)
         t_enq = time.time()
-        done_key = f"{prefix}:naive:done:{batch}"
+        done_key = naive_keys.naive_done(batch)
         deadline = t0 + a.naive_window
         while time.time() < deadline and r.llen(done_key) < a.jobs:
             time.sleep(0.2)

@@ -128,20 +128,22 @@ class LocalStack:
         (its jobs, indexes and queues, and Celery's bindings for those queues). A shared Redis (6379 on
         a developer machine) otherwise keeps every run's keys: 8,000 per 2,000-job benchmark."""
         prefix = self.env.get("EDITQ_KEY_PREFIX") if self.isolate else None
+        queues = self.env.get("EDITQ_QUEUE_PREFIX") if self.isolate else None
         url = self.env.get("EDITQ_REDIS_URL")
-        if not prefix or not url or self._embedded_redis is not None:  # an embedded Redis goes as a whole
+        if not prefix or not queues or not url or self._embedded_redis is not None:  # an embedded Redis goes as a whole
             return
+        from worker.keys import namespace_patterns, scan_keys
+
         with contextlib.suppress(redis.RedisError):
             r = redis.Redis.from_url(url, socket_connect_timeout=2)
-            for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*", f"_kombu.binding_permanent.{prefix}*"):
-                batch = []
-                for key in r.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 1000:
-                        r.unlink(*batch)
-                        batch = []
-                if batch:
+            batch = []
+            for key in scan_keys(r, namespace_patterns(prefix, queues)):
+                batch.append(key)
+                if len(batch) >= 1000:
                     r.unlink(*batch)
+                    batch = []
+            if batch:
+                r.unlink(*batch)
 
     def apply_env(self) -> None:
         """Configure this process like the children (settings and adapters are re-read)."""
@@ -201,8 +203,10 @@ class LocalStack:
 
     def wait_workers(self, n: int, timeout: float = 60) -> None:
         r = redis.Redis.from_url(self.env["EDITQ_REDIS_URL"])
-        prefix = self.env.get("EDITQ_KEY_PREFIX", "editq")
-        wait_until(lambda: len(list(r.scan_iter(f"{prefix}:workers:*"))) >= n, timeout, f"{n} worker(s)")
+        from worker.keys import Keys
+
+        workers = Keys(self.env.get("EDITQ_KEY_PREFIX", "editq")).match("worker")
+        wait_until(lambda: len(list(r.scan_iter(workers))) >= n, timeout, f"{n} worker(s)")
 
     # ---- processes ------------------------------------------------------------------------------
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

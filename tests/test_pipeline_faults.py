@@ -141,7 +141,7 @@ def test_a_poll_answered_with_retry_after_holds_that_providers_polls(pipe: Pipel
     aio.run(pipe._after_poll(adapter, view, err))
     score = pipe.store.r.zscore(pipe.k.inflight, jid)
     assert score is not None and score >= time.time() + 39  # this job waits at least as long as asked
-    held = pipe.store.r.pttl(pipe.k.poll_backoff("fal"))
+    held = pipe.store.r.pttl(pipe.k.backoff_poll("fal"))
     assert 39_000 <= held <= 40_000
     # another job of the same provider comes due meanwhile: the tick holds it instead of polling
     other = _submitted(pipe)

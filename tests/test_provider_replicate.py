@@ -483,6 +483,6 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
             scores[name] = (first, store.r.zscore(store.k.inflight, job.job_id) - t1)
         assert all(0 < s <= 121 for s in scores["replicate"]), scores
         assert all(s >= 2999 for s in scores["fal"]), scores
-        store.r.delete(*store.r.keys(store.k.prefix + ":*"))
+        store.r.delete(*store.k.scan(store.r))
     finally:
         get_settings.cache_clear()

@@ -19,7 +19,7 @@ def store(stack_redis_url: str) -> Iterator[JobStore]:
     r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
     prefix = unique("editq-state")
     yield JobStore(r, Keys(prefix))
-    for key in r.scan_iter(f"{prefix}:*"):
+    for key in Keys(prefix).scan(r):
         r.delete(key)
 
 
@@ -117,11 +117,11 @@ def test_moves_claim_coalesced_wake_ups_in_the_same_round_trip(store: JobStore) 
     for jid in claimed[:5]:
         assert store.move(jid, [State.submitting], State.ready).ok
     assert sorted(sent) == ["collect", "dispatch:fal"]
-    assert 0 < store.r.pttl(f"{store.k.prefix}:kick:collect") <= 5000
-    assert 0 < store.r.pttl(f"{store.k.prefix}:kick:dispatch:fal") <= 5000
+    assert 0 < store.r.pttl(store.k.kick_collect) <= 5000
+    assert 0 < store.r.pttl(store.k.kick_dispatch("fal")) <= 5000
     # the flags expire (or a task clears them): the next move sends again
-    store.r.delete(f"{store.k.prefix}:kick:collect", f"{store.k.prefix}:kick:dispatch:fal")
-    store.r.set(f"{store.k.prefix}:kick:collect", "1", px=15_000)  # a collect pump holds its flag
+    store.r.delete(store.k.kick_collect, store.k.kick_dispatch("fal"))
+    store.r.set(store.k.kick_collect, "1", px=15_000)  # a collect pump holds its flag
     assert store.move(claimed[5], [State.submitting], State.ready).ok
     assert sorted(sent) == ["collect", "dispatch:fal", "dispatch:fal"]
     # a move that is refused claims nothing

@@ -1,88 +1,262 @@
-"""Every Redis key editq uses, in one place."""
+"""Every Redis key editq uses, in one place: the layout is the table `LAYOUT`, written once.
+
+Both layers derive their key names from it:
+
+* Python: the methods and properties of `Keys` (each one fills its template; `tests/test_keys.py`
+  checks that every template has exactly one and that they agree);
+* Lua: `lua_preamble()` generates a table `K` with one entry per template, prepended to every
+  script in `worker/lua/`. A template with parameters becomes a function (`K.job(job_id)`), one
+  without becomes a string (`K.inflight`). The prefix is the script's `ARGV[1]`.
+
+Nothing else spells a key: scripts and callers ask `Keys`/`K` for it. Cleanup and measuring code
+scans a namespace with `Keys.all` / `Keys.match(name)` / `scan_keys`, and Celery's own keys for a
+queue prefix with `broker_patterns`.
+"""
 
 from __future__ import annotations
 
+import re
+import string
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.settings import get_settings
+
+# name -> template. `{prefix}` is the key prefix (EDITQ_KEY_PREFIX); every other field is a parameter.
+LAYOUT: Mapping[str, str] = {
+    # jobs and batches
+    "job": "{prefix}:job:{job_id}",  # hash: the job (spec, state, history `h`, fields)
+    "batch": "{prefix}:batch:{batch_id}",  # hash: per-batch counters (total, done, n_<state>, closed, ...)
+    "batch_jobs": "{prefix}:batch:{batch_id}:jobs",  # list: the batch's job ids, in enqueue order
+    "batch_errors": "{prefix}:batch:{batch_id}:errors",  # list: lines rejected at enqueue
+    "idem": "{prefix}:idem:{key}",  # string: idempotency key -> job id
+    "request": "{prefix}:req:{provider}:{request_id}",  # string: provider request id -> job id
+    # the state machine's indexes (worker/state.py)
+    "pending": "{prefix}:pending:{provider}:{lane}",  # list: queued jobs of one provider and lane
+    "providers": "{prefix}:providers",  # set: providers that ever had pending work
+    "inflight": "{prefix}:inflight",  # zset: submitting/submitted jobs, score = lease or next poll
+    "retry": "{prefix}:retry",  # zset: retry_wait jobs, score = due time
+    "ready": "{prefix}:ready",  # list: ready jobs (collect drains it)
+    "collecting": "{prefix}:collecting",  # zset: collecting jobs, score = lease deadline
+    "finalize": "{prefix}:finalize",  # list: batches whose last job finished
+    # global limits, per provider (the claim script)
+    "slots": "{prefix}:slots:{provider}",  # zset: job ids holding a concurrency slot
+    "rpm": "{prefix}:rpm:{provider}",  # zset: the requests-per-minute window
+    "backoff": "{prefix}:backoff:{provider}",  # string with TTL: a 429's Retry-After, no claims meanwhile
+    "backoff_poll": "{prefix}:backoff:{provider}:poll",  # string with TTL: Retry-After seen while polling
+    "interactive_mark": "{prefix}:interactive:{provider}",  # string with TTL: an interactive job was claimed
+    "circuit": "{prefix}:circuit:{provider}",  # string with TTL: the provider's circuit is open
+    "circuit_fails": "{prefix}:circuit:{provider}:fails",  # counter: consecutive retryable failures
+    # wake-ups (worker/triggers.py) and the tick
+    "kick_dispatch": "{prefix}:kick:dispatch:{provider}",  # flag: a dispatch task is queued or pumping
+    "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
+    "tick_lock": "{prefix}:lock:tick",  # lock: the worker that runs this tick
+    "worker": "{prefix}:workers:{host}:{pid}",  # string with TTL: a live worker process
+    # webhooks
+    "webhook_seen": "{prefix}:whseen:{provider}:{delivery_id}",  # string with TTL: delivery dedupe
+    # provider adapters
+    "openai_batch": "{prefix}:oaib:{batch_id}:{what}",  # OpenAI Batch API state (meta, results, lock, ...)
+    # benchmarks (bench/naive.py, the design editq is compared with)
+    "naive_ready": "{prefix}:naive:ready",  # counter: naive workers that are up
+    "naive_done": "{prefix}:naive:done:{batch}",  # list: finished naive jobs of a run
+    # the whole namespace (a pattern, for SCAN)
+    "all": "{prefix}:*",
+}
+
+_LUA_KEYWORDS = frozenset({
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local",
+    "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+})
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _fields(template: str) -> list[str]:
+    """The parameters of a template, in order (`prefix` excluded)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None and f != "prefix"]
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str
 
+    def _fill(self, name: str, **params: object) -> str:
+        return LAYOUT[name].format(prefix=self.prefix, **params)
+
+    def match(self, name: str) -> str:
+        """A SCAN/KEYS pattern for every key of template `name` (each parameter matches anything;
+        glob characters in the prefix are escaped). E.g. `match("job")` -> `editq:job:*`."""
+        template = LAYOUT[name]
+        return template.format(prefix=_glob_escape(self.prefix), **dict.fromkeys(_fields(template), "*"))
+
+    # jobs and batches
     def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return self._fill("job", job_id=job_id)
 
     def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}"
+        return self._fill("batch", batch_id=batch_id)
 
     def batch_jobs(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}:jobs"
+        return self._fill("batch_jobs", batch_id=batch_id)
 
     def batch_errors(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}:errors"
+        return self._fill("batch_errors", batch_id=batch_id)
 
     def idem(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+        return self._fill("idem", key=key)
 
     def request(self, provider: str, request_id: str) -> str:
-        return f"{self.prefix}:req:{provider}:{request_id}"
+        return self._fill("request", provider=provider, request_id=request_id)
 
+    # indexes
     def pending(self, provider: str, lane: str) -> str:
-        return f"{self.prefix}:pending:{provider}:{lane}"
-
-    def slots(self, provider: str) -> str:
-        return f"{self.prefix}:slots:{provider}"
-
-    def rpm(self, provider: str) -> str:
-        return f"{self.prefix}:rpm:{provider}"
-
-    def backoff(self, provider: str) -> str:
-        return f"{self.prefix}:backoff:{provider}"
-
-    def circuit(self, provider: str) -> str:
-        return f"{self.prefix}:circuit:{provider}"
-
-    def circuit_fails(self, provider: str) -> str:
-        """Consecutive non-terminal failures of a provider (the circuit opens at policy.CIRCUIT_FAILURES)."""
-        return f"{self.prefix}:circuit:{provider}:fails"
-
-    def poll_backoff(self, provider: str) -> str:
-        """Set when a poll was answered with Retry-After: the tick holds the provider's polls meanwhile."""
-        return f"{self.prefix}:backoff:{provider}:poll"
-
-    def webhook_seen(self, provider: str, delivery_id: str) -> str:
-        return f"{self.prefix}:whseen:{provider}:{delivery_id}"
+        return self._fill("pending", provider=provider, lane=lane)
 
     @property
     def providers(self) -> str:
         """Set of providers that have ever had pending work (the tick pumps each)."""
-        return f"{self.prefix}:providers"
+        return self._fill("providers")
 
     @property
     def inflight(self) -> str:
-        return f"{self.prefix}:inflight"
+        return self._fill("inflight")
 
     @property
     def retry(self) -> str:
-        return f"{self.prefix}:retry"
+        return self._fill("retry")
 
     @property
     def ready(self) -> str:
-        return f"{self.prefix}:ready"
+        return self._fill("ready")
 
     @property
     def collecting(self) -> str:
-        return f"{self.prefix}:collecting"
+        return self._fill("collecting")
 
     @property
     def finalize(self) -> str:
-        return f"{self.prefix}:finalize"
+        return self._fill("finalize")
+
+    # limits
+    def slots(self, provider: str) -> str:
+        return self._fill("slots", provider=provider)
+
+    def rpm(self, provider: str) -> str:
+        return self._fill("rpm", provider=provider)
+
+    def backoff(self, provider: str) -> str:
+        return self._fill("backoff", provider=provider)
+
+    def backoff_poll(self, provider: str) -> str:
+        return self._fill("backoff_poll", provider=provider)
+
+    def interactive_mark(self, provider: str) -> str:
+        return self._fill("interactive_mark", provider=provider)
+
+    def circuit(self, provider: str) -> str:
+        return self._fill("circuit", provider=provider)
+
+    def circuit_fails(self, provider: str) -> str:
+        return self._fill("circuit_fails", provider=provider)
+
+    # wake-ups and the tick
+    def kick_dispatch(self, provider: str) -> str:
+        return self._fill("kick_dispatch", provider=provider)
+
+    @property
+    def kick_collect(self) -> str:
+        return self._fill("kick_collect")
 
     @property
     def tick_lock(self) -> str:
-        return f"{self.prefix}:lock:tick"
+        return self._fill("tick_lock")
+
+    def worker(self, host: str, pid: int | str) -> str:
+        return self._fill("worker", host=host, pid=pid)
+
+    # webhooks, adapters, benchmarks
+    def webhook_seen(self, provider: str, delivery_id: str) -> str:
+        return self._fill("webhook_seen", provider=provider, delivery_id=delivery_id)
+
+    def openai_batch(self, batch_id: str, what: str) -> str:
+        return self._fill("openai_batch", batch_id=batch_id, what=what)
+
+    @property
+    def naive_ready(self) -> str:
+        return self._fill("naive_ready")
+
+    def naive_done(self, batch: str) -> str:
+        return self._fill("naive_done", batch=batch)
+
+    @property
+    def all(self) -> str:
+        """SCAN pattern of every key under this prefix (Celery's queues excluded: `broker_patterns`)."""
+        return _glob_escape(self.prefix) + LAYOUT["all"].removeprefix("{prefix}")
+
+    def scan(self, r: Any, count: int = 1000) -> Iterator[Any]:
+        """Every key under this prefix."""
+        return scan_keys(r, [self.all], count)
+
+
+def broker_patterns(queue_prefix: str) -> tuple[str, ...]:
+    """SCAN patterns of the keys Celery (kombu) keeps for the queues under `queue_prefix` (EDITQ_QUEUE_PREFIX):
+    the queue lists themselves (`q`, `q.sync`, priority sub-queues) and the exchange bindings. Kombu names
+    them; they are listed here so cleanup and measuring code does not spell them."""
+    q = _glob_escape(queue_prefix)
+    return (f"{q}*", f"_kombu.binding.{q}*", f"_kombu.binding_permanent.{q}*")
+
+
+def namespace_patterns(key_prefix: str, queue_prefix: str) -> tuple[str, ...]:
+    """Everything one deployment (or one isolated local stack) owns in Redis: its keys and its queues."""
+    return (Keys(key_prefix).all, *broker_patterns(queue_prefix))
+
+
+def scan_keys(r: Any, patterns: Iterable[str], count: int = 1000) -> Iterator[Any]:
+    """Every key matching any of `patterns`, each once (patterns may overlap: with equal key and queue
+    prefixes `q*` also matches `q:*`)."""
+    seen: set[Any] = set()
+    for pattern in patterns:
+        for key in r.scan_iter(match=pattern, count=count):
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _lua_expr(template: str) -> str:
+    """The Lua expression that builds `template`, with `P` as the prefix and each parameter a local."""
+    parts: list[str] = []
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        if literal:
+            parts.append(_lua_string(literal))
+        if field is not None:
+            parts.append("P" if field == "prefix" else field)
+    return " .. ".join(parts)
+
+
+def lua_preamble() -> str:
+    """Lua that defines `K`, the key layout for the prefix in ARGV[1] (prepended to every script)."""
+    lines = ["-- generated by worker/keys.py from LAYOUT: every key name the scripts use", "local P = ARGV[1]",
+             "local K = {}"]
+    for name, template in LAYOUT.items():
+        if name == "all":
+            continue  # a pattern, not a key
+        params = _fields(template)
+        for p in params:
+            if p in _LUA_KEYWORDS or p == "P" or p == "K" or not p.isidentifier():
+                raise ValueError(f"key template {name!r}: parameter {p!r} is not usable in Lua")
+        if params:
+            lines.append(f"K.{name} = function({', '.join(params)}) return {_lua_expr(template)} end")
+        else:
+            lines.append(f"K.{name} = {_lua_expr(template)}")
+    return "\n".join(lines) + "\n"
 
 
 def keys() -> Keys:

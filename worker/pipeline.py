@@ -321,7 +321,7 @@ class Pipeline:
         if isinstance(outcome, ProviderError):
             retry_after = outcome.retry_after_s
             if retry_after:  # the provider asked every poller to wait: the tick holds this provider's polls
-                self.r.set(self.k.poll_backoff(adapter.name), "1",
+                self.r.set(self.k.backoff_poll(adapter.name), "1",
                            px=int(min(retry_after, self.settings.retry_max_s) * 1000))
             outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
@@ -345,7 +345,7 @@ class Pipeline:
     def dispatching(self) -> bool:
         """A dispatch pump is refilling freed provider slots right now (it holds its kick flag)."""
         providers = list(self.r.smembers(self.k.providers))
-        return bool(providers) and bool(self.r.exists(*(self.kick.flag(f"dispatch:{p}") for p in providers)))
+        return bool(providers) and bool(self.r.exists(*(self.k.kick_dispatch(p) for p in providers)))
 
     async def collect(self, limit: int | None = None) -> int:
         """Store the outputs and manifests of `ready` jobs: a window of collects stays in flight, each one
@@ -479,7 +479,7 @@ class Pipeline:
                 to_poll.setdefault(view.provider, []).append(view.job_id)
                 self.store.reschedule(self.k.inflight, view.job_id, now + 30)  # the poll task reschedules properly
         for provider, ids in to_poll.items():
-            held_ms = self.r.pttl(self.k.poll_backoff(provider))
+            held_ms = self.r.pttl(self.k.backoff_poll(provider))
             if held_ms > 0:  # the provider answered a poll with Retry-After: its polls wait that long
                 for jid in ids:
                     self.store.reschedule(self.k.inflight, jid, now + held_ms / 1000)

@@ -18,11 +18,13 @@ Per-batch counters (`n_<state>`, `done`) move in the same script, so `editq stat
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from importlib import resources
 from typing import Any
 
 import redis
@@ -30,7 +32,7 @@ import redis
 from schemas.job import EditJob
 from schemas.manifest import StateChange
 from schemas.settings import get_settings
-from worker.keys import Keys, keys
+from worker.keys import Keys, keys, lua_preamble
 from worker.redis_client import get_redis
 
 
@@ -65,170 +67,26 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.cancelled: frozenset(),
 }
 
-_LUA_MOVE = r"""
-local function move(prefix, jid, cur, to, now, score, note, ttl)
-  local jk = prefix .. ':job:' .. jid
-  if cur == 'submitting' or cur == 'submitted' then redis.call('ZREM', prefix .. ':inflight', jid)
-  elseif cur == 'retry_wait' then redis.call('ZREM', prefix .. ':retry', jid)
-  elseif cur == 'collecting' then redis.call('ZREM', prefix .. ':collecting', jid) end
-  local provider = redis.call('HGET', jk, 'provider')
-  if to == 'queued' then
-    local lane = redis.call('HGET', jk, 'lane')
-    redis.call('RPUSH', prefix .. ':pending:' .. provider .. ':' .. lane, jid)
-    redis.call('SADD', prefix .. ':providers', provider)
-  elseif to == 'submitting' or to == 'submitted' then redis.call('ZADD', prefix .. ':inflight', score, jid)
-  elseif to == 'retry_wait' then redis.call('ZADD', prefix .. ':retry', score, jid)
-  elseif to == 'ready' then
-    -- collect pops from the head: interactive results are stored ahead of any bulk backlog
-    if redis.call('HGET', jk, 'lane') == 'interactive' then redis.call('LPUSH', prefix .. ':ready', jid)
-    else redis.call('RPUSH', prefix .. ':ready', jid) end
-  elseif to == 'collecting' then redis.call('ZADD', prefix .. ':collecting', score, jid) end
-  local entry = to .. '\t' .. now
-  if note ~= '' then entry = entry .. '\t' .. note end
-  redis.call('HSET', jk, 'state', to, 'updated_at', now,
-             'h', (redis.call('HGET', jk, 'h') or '') .. entry .. '\n')
-  local terminal = (to == 'succeeded' or to == 'failed' or to == 'cancelled')
-  local finished = 0
-  local bid = redis.call('HGET', jk, 'batch_id')
-  if bid then
-    local bk = prefix .. ':batch:' .. bid
-    redis.call('HINCRBY', bk, 'n_' .. cur, -1)
-    redis.call('HINCRBY', bk, 'n_' .. to, 1)
-    if terminal then
-      local d = redis.call('HINCRBY', bk, 'done', 1)
-      if redis.call('HGET', bk, 'closed') == '1' and d >= tonumber(redis.call('HGET', bk, 'total') or '0') then
-        if redis.call('HSETNX', bk, 'finalizing', now) == 1 then
-          redis.call('RPUSH', prefix .. ':finalize', bid)
-          finished = 1
-        end
-      end
-    end
-  end
-  if terminal and ttl > 0 then redis.call('EXPIRE', jk, ttl) end
-  return finished
-end
-"""
+LUA_DIR = "lua"  # worker/lua/*.lua, package data
+_INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
 
-# ARGV: prefix, job_id, from_csv, to, now, score, note, ttl, nfields, f1, v1, ..., kick_ms
-_LUA_TRANSITION = _LUA_MOVE + r"""
-local prefix, jid, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local jk = prefix .. ':job:' .. jid
-local cur = redis.call('HGET', jk, 'state')
-if not cur then return {0, '', 0} end
-local allowed = false
-for s in string.gmatch(from, '[^,]+') do if s == cur then allowed = true end end
-if not allowed then return {0, cur, 0} end
-local old_provider = redis.call('HGET', jk, 'provider')
-local n = tonumber(ARGV[9])
-for i = 0, n - 1 do redis.call('HSET', jk, ARGV[10 + 2 * i], ARGV[11 + 2 * i]) end
-local freed = ''
-if to ~= 'submitting' and to ~= 'submitted' and old_provider then
-  if redis.call('ZREM', prefix .. ':slots:' .. old_provider, jid) == 1
-     and (redis.call('LLEN', prefix .. ':pending:' .. old_provider .. ':interactive') > 0
-          or redis.call('LLEN', prefix .. ':pending:' .. old_provider .. ':bulk') > 0) then
-    freed = old_provider
-  end
-end
-local finished = move(prefix, jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
--- wake-ups in the same round trip: a kick flag set here (NX, it coalesces a burst and a running pump
--- holds it) tells the caller to send that task; bit 1 dispatch of the freed provider, bit 2 collect
-local kicks = 0
-local kick_ms = tonumber(ARGV[10 + 2 * n] or '0')
-if kick_ms > 0 then
-  if freed ~= '' and redis.call('SET', prefix .. ':kick:dispatch:' .. freed, '1', 'NX', 'PX', kick_ms) then
-    kicks = kicks + 1
-  end
-  if to == 'ready' and redis.call('SET', prefix .. ':kick:collect', '1', 'NX', 'PX', kick_ms) then
-    kicks = kicks + 2
-  end
-end
-return {1, cur, finished, freed, kicks}
-"""
 
-# ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms
-# Claims up to `want` queued jobs of one provider, interactive lane first, within the global
-# concurrency cap (bulk may not use the last `reserve` slots) and the requests-per-minute budget.
-# hold_ms < 0: the reserve is always held. hold_ms >= 0: it is held only while interactive jobs are
-# queued or one was claimed in the last hold_ms, so a bulk-only workload can use the whole cap.
-_LUA_CLAIM = _LUA_MOVE + r"""
-local prefix, provider = ARGV[1], ARGV[2]
-local now, want, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local reserve, rpm, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local hold_ms = tonumber(ARGV[9] or '-1')
-if redis.call('EXISTS', prefix .. ':backoff:' .. provider) == 1 then return {} end
-local slots = prefix .. ':slots:' .. provider
-local free = cap - redis.call('ZCARD', slots)
-if free <= 0 then return {} end
-local mark = prefix .. ':interactive:' .. provider
-if reserve > 0 and hold_ms >= 0 and redis.call('EXISTS', mark) == 0
-   and redis.call('LLEN', prefix .. ':pending:' .. provider .. ':interactive') == 0 then
-  reserve = 0
-end
-local budget = want
-local rk = prefix .. ':rpm:' .. provider
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - 60)
-  local left = rpm - redis.call('ZCARD', rk)
-  if left < budget then budget = left end
-end
-local out = {}
-for _, lane in ipairs({'interactive', 'bulk'}) do
-  local lane_free = free
-  if lane == 'bulk' then lane_free = free - reserve end
-  local pk = prefix .. ':pending:' .. provider .. ':' .. lane
-  while #out < budget and #out < lane_free do
-    local jid = redis.call('LPOP', pk)
-    if not jid then break end
-    local jk = prefix .. ':job:' .. jid
-    if redis.call('HGET', jk, 'state') == 'queued' and redis.call('HGET', jk, 'provider') == provider then
-      redis.call('ZADD', slots, now, jid)
-      redis.call('HINCRBY', jk, 'attempts', 1)
-      if rpm > 0 then redis.call('ZADD', rk, now, jid .. ':' .. now) end
-      move(prefix, jid, 'queued', 'submitting', ARGV[3], now + lease, '', 0)
-      table.insert(out, jid)
-      if lane == 'interactive' and hold_ms > 0 then redis.call('SET', mark, '1', 'PX', hold_ms) end
-    end
-  end
-end
-return out
-"""
+def _lua_source(name: str) -> str:
+    return (resources.files("worker") / LUA_DIR / name).read_text(encoding="utf-8")
 
-# ARGV: prefix, job_id, batch_id, idem_key, idem_ttl, provider, lane, nfields, f1, v1, ...
-# Creates a job unless its idempotency key is already taken; returns {1, job_id} or {0, existing}.
-_LUA_CREATE = r"""
-local prefix, jid, bid, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ik = prefix .. ':idem:' .. idem
-local existing = redis.call('GET', ik)
-if existing and redis.call('EXISTS', prefix .. ':job:' .. existing) == 1 then return {0, existing} end
-redis.call('SET', ik, jid, 'EX', tonumber(ARGV[5]))
-local jk = prefix .. ':job:' .. jid
-local n = tonumber(ARGV[8])
-for i = 0, n - 1 do redis.call('HSET', jk, ARGV[9 + 2 * i], ARGV[10 + 2 * i]) end
-local now = redis.call('HGET', jk, 'created_at')
-redis.call('HSET', jk, 'state', 'queued', 'provider', ARGV[6], 'lane', ARGV[7], 'batch_id', bid,
-           'attempts', 0, 'h', 'queued\t' .. now .. '\n', 'updated_at', now)
-redis.call('RPUSH', prefix .. ':pending:' .. ARGV[6] .. ':' .. ARGV[7], jid)
-redis.call('SADD', prefix .. ':providers', ARGV[6])
-local bk = prefix .. ':batch:' .. bid
-redis.call('HINCRBY', bk, 'total', 1)
-redis.call('HINCRBY', bk, 'n_queued', 1)
-redis.call('RPUSH', prefix .. ':batch:' .. bid .. ':jobs', jid)
-return {1, jid}
-"""
 
-# ARGV: prefix, batch_id, now -- marks a batch fully enqueued; finalizes at once if all jobs are done.
-_LUA_CLOSE = r"""
-local prefix, bid = ARGV[1], ARGV[2]
-local bk = prefix .. ':batch:' .. bid
-redis.call('HSET', bk, 'closed', '1')
-local total = tonumber(redis.call('HGET', bk, 'total') or '0')
-local done = tonumber(redis.call('HGET', bk, 'done') or '0')
-if done >= total and redis.call('HSETNX', bk, 'finalizing', ARGV[3]) == 1 then
-  redis.call('RPUSH', prefix .. ':finalize', bid)
-  return 1
-end
-return 0
-"""
+def lua_script(name: str) -> str:
+    """The full text of the script `worker/lua/<name>` as sent to Redis: the key layout's preamble
+    (worker/keys.py), then the file with each `--@include <file>` line replaced by that file."""
+    body = _INCLUDE.sub(lambda m: _lua_source(m.group(1)).rstrip("\n"), _lua_source(name))
+    return lua_preamble() + body
+
+
+# Every move, claim and creation is one of these (ARGV, returns: see the head of each file).
+_LUA_TRANSITION = lua_script("transition.lua")
+_LUA_CLAIM = lua_script("claim.lua")
+_LUA_CREATE = lua_script("create.lua")
+_LUA_CLOSE = lua_script("close.lua")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def dispatch(provider: str) -> int:
         pending = p.r.llen(p.k.pending(provider, "interactive")) + p.r.llen(p.k.pending(provider, "bulk"))
         return bool(pending) and p.r.zcard(p.k.slots(provider)) < cap
 
-    return _pump(f"dispatch:{provider}", lambda: aio.run(p.dispatch(provider)), more,
+    return _pump(p.k.kick_dispatch(provider), lambda: aio.run(p.dispatch(provider)), more,
                  lambda: p.kick.dispatch(provider, synchronous))
 
 
@@ -81,7 +81,7 @@ def poll(provider: str, job_ids: list[str]) -> int:
 @app.task(name="editq.collect")
 def collect() -> int:
     p = pipeline()
-    return _pump("collect", lambda: aio.run(p.collect()), lambda: bool(p.r.llen(p.k.ready)), p.kick.collect)
+    return _pump(p.k.kick_collect, lambda: aio.run(p.collect()), lambda: bool(p.r.llen(p.k.ready)), p.kick.collect)
 
 
 @app.task(name="editq.finalize")
@@ -101,7 +101,7 @@ _stop = threading.Event()
 def _tick_loop() -> None:
     interval = get_settings().tick_interval_s
     p = pipeline()
-    me = f"{p.k.prefix}:workers:{socket.gethostname()}:{os.getpid()}"
+    me = p.k.worker(socket.gethostname(), os.getpid())
     while not _stop.wait(interval):
         try:
             p.r.set(me, repr(time.time()), ex=max(5, int(interval * 10)))

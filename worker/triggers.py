@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas.settings import get_settings
+from worker.keys import keys
 from worker.redis_client import get_redis
 
 COALESCE_MS = 1000
@@ -15,25 +16,21 @@ def queue_name(kind: str = "") -> str:
 
 
 class Kicker:
-    """Sends Celery tasks by name (no import of the task modules, so the receiver stays light)."""
+    """Sends Celery tasks by name (no import of the task modules, so the receiver stays light).
+
+    A kick flag is a Redis key from worker/keys.py (`Keys.kick_dispatch(provider)`, `Keys.kick_collect`);
+    `hold`, `clear` and `take` get that key."""
 
     def __init__(self) -> None:
         from worker.celery_app import app
 
         self.app = app
         self.r = get_redis()
-        self.prefix = get_settings().key_prefix
+        self.k = keys()
 
-    def _flag(self, name: str) -> str:
-        return f"{self.prefix}:kick:{name}"
-
-    def flag(self, name: str) -> str:
-        """The Redis key of a kick flag (held while a task for `name` is queued or pumping)."""
-        return self._flag(name)
-
-    def _coalesced(self, name: str) -> bool:
-        """Take the kick flag for `name` unless a kick or a running pump holds it."""
-        return bool(self.r.set(self._flag(name), "1", nx=True, px=COALESCE_MS))
+    def _coalesced(self, flag: str) -> bool:
+        """Take the kick flag `flag` unless a kick or a running pump holds it."""
+        return bool(self.r.set(flag, "1", nx=True, px=COALESCE_MS))
 
     def send_dispatch(self, provider: str, synchronous: bool = False) -> None:
         """Send the dispatch task whose flag the caller already set (the state machine's move does)."""
@@ -43,23 +40,23 @@ class Kicker:
         """Send the collect task whose flag the caller already set."""
         self.app.send_task("editq.collect", args=[], queue=queue_name())
 
-    def clear(self, name: str) -> None:
-        self.r.delete(self._flag(name))
+    def clear(self, flag: str) -> None:
+        self.r.delete(flag)
 
-    def hold(self, name: str) -> None:
-        """A pump for `name` is running: kicks are absorbed by it instead of sending tasks."""
-        self.r.set(self._flag(name), "1", px=PUMP_HOLD_MS)
+    def hold(self, flag: str) -> None:
+        """A pump for `flag` is running: kicks are absorbed by it instead of sending tasks."""
+        self.r.set(flag, "1", px=PUMP_HOLD_MS)
 
-    def take(self, name: str) -> bool:
+    def take(self, flag: str) -> bool:
         """Hold the flag unless someone else did (then their kick already sent a task)."""
-        return bool(self.r.set(self._flag(name), "1", nx=True, px=PUMP_HOLD_MS))
+        return bool(self.r.set(flag, "1", nx=True, px=PUMP_HOLD_MS))
 
     def dispatch(self, provider: str, synchronous: bool = False) -> None:
-        if self._coalesced(f"dispatch:{provider}"):
+        if self._coalesced(self.k.kick_dispatch(provider)):
             self.send_dispatch(provider, synchronous)
 
     def collect(self) -> None:
-        if self._coalesced("collect"):
+        if self._coalesced(self.k.kick_collect):
             self.send_collect()
 
     def poll(self, provider: str, job_ids: list[str]) -> None:

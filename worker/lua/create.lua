@@ -1,0 +1,21 @@
+-- Creates a job unless its idempotency key is already taken (JobStore.create).
+-- ARGV: prefix, job_id, batch_id, idem_key, idem_ttl, provider, lane, nfields, f1, v1, ...
+-- Returns {1, job_id} or {0, existing job id}.
+local jid, bid, idem = ARGV[2], ARGV[3], ARGV[4]
+local ik = K.idem(idem)
+local existing = redis.call('GET', ik)
+if existing and redis.call('EXISTS', K.job(existing)) == 1 then return {0, existing} end
+redis.call('SET', ik, jid, 'EX', tonumber(ARGV[5]))
+local jk = K.job(jid)
+local n = tonumber(ARGV[8])
+for i = 0, n - 1 do redis.call('HSET', jk, ARGV[9 + 2 * i], ARGV[10 + 2 * i]) end
+local now = redis.call('HGET', jk, 'created_at')
+redis.call('HSET', jk, 'state', 'queued', 'provider', ARGV[6], 'lane', ARGV[7], 'batch_id', bid,
+           'attempts', 0, 'h', 'queued\t' .. now .. '\n', 'updated_at', now)
+redis.call('RPUSH', K.pending(ARGV[6], ARGV[7]), jid)
+redis.call('SADD', K.providers, ARGV[6])
+local bk = K.batch(bid)
+redis.call('HINCRBY', bk, 'total', 1)
+redis.call('HINCRBY', bk, 'n_queued', 1)
+redis.call('RPUSH', K.batch_jobs(bid), jid)
+return {1, jid}

@@ -1,0 +1,43 @@
+-- The one move of a job between states: its index, its hash (state, history), its batch counters.
+-- A function library: included by transition.lua and claim.lua; key names come from K (worker/keys.py).
+local function move(jid, cur, to, now, score, note, ttl)
+  local jk = K.job(jid)
+  if cur == 'submitting' or cur == 'submitted' then redis.call('ZREM', K.inflight, jid)
+  elseif cur == 'retry_wait' then redis.call('ZREM', K.retry, jid)
+  elseif cur == 'collecting' then redis.call('ZREM', K.collecting, jid) end
+  local provider = redis.call('HGET', jk, 'provider')
+  if to == 'queued' then
+    local lane = redis.call('HGET', jk, 'lane')
+    redis.call('RPUSH', K.pending(provider, lane), jid)
+    redis.call('SADD', K.providers, provider)
+  elseif to == 'submitting' or to == 'submitted' then redis.call('ZADD', K.inflight, score, jid)
+  elseif to == 'retry_wait' then redis.call('ZADD', K.retry, score, jid)
+  elseif to == 'ready' then
+    -- collect pops from the head: interactive results are stored ahead of any bulk backlog
+    if redis.call('HGET', jk, 'lane') == 'interactive' then redis.call('LPUSH', K.ready, jid)
+    else redis.call('RPUSH', K.ready, jid) end
+  elseif to == 'collecting' then redis.call('ZADD', K.collecting, score, jid) end
+  local entry = to .. '\t' .. now
+  if note ~= '' then entry = entry .. '\t' .. note end
+  redis.call('HSET', jk, 'state', to, 'updated_at', now,
+             'h', (redis.call('HGET', jk, 'h') or '') .. entry .. '\n')
+  local terminal = (to == 'succeeded' or to == 'failed' or to == 'cancelled')
+  local finished = 0
+  local bid = redis.call('HGET', jk, 'batch_id')
+  if bid then
+    local bk = K.batch(bid)
+    redis.call('HINCRBY', bk, 'n_' .. cur, -1)
+    redis.call('HINCRBY', bk, 'n_' .. to, 1)
+    if terminal then
+      local d = redis.call('HINCRBY', bk, 'done', 1)
+      if redis.call('HGET', bk, 'closed') == '1' and d >= tonumber(redis.call('HGET', bk, 'total') or '0') then
+        if redis.call('HSETNX', bk, 'finalizing', now) == 1 then
+          redis.call('RPUSH', K.finalize, bid)
+          finished = 1
+        end
+      end
+    end
+  end
+  if terminal and ttl > 0 then redis.call('EXPIRE', jk, ttl) end
+  return finished
+end
