@@ -55,7 +55,7 @@ def pipe(live: LocalStack) -> Iterator[Pipeline]:
     prefix = unique("editq-faults")
     p = Pipeline(store=JobStore(r, Keys(prefix)), storage=get_storage(), settings=settings, kick=_NoKicks())
     yield p
-    for key in r.scan_iter(f"{prefix}:*"):
+    for key in p.k.scan(r):
         r.delete(key)
 
 
