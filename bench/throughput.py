@@ -155,6 +155,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
             if enq.store.close_batch(batch_id):
                 from worker.triggers import Kicker
 
+                enq.store.lease_finalizing(batch_id, time.time() + 60)
                 Kicker().finalize(batch_id)
         else:
             report = submit_batch(lines, base_dir=work)

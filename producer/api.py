@@ -20,6 +20,7 @@ from pydantic import ValidationError
 import providers as registry
 from producer.inputs import InputError, InputPreparer
 from schemas.job import EditJob, JobRequest, content_key, describe_errors
+from schemas.settings import get_settings
 from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
 
@@ -203,8 +204,8 @@ def submit_batch(
     if enq.store.close_batch(batch_id):
         from worker.triggers import Kicker
 
+        enq.store.lease_finalizing(batch_id, time.time() + get_settings().finalize_lease_s)  # the tick leaves it
         Kicker().finalize(batch_id)
-        enq.store.r.lrem(enq.store.k.finalize, 0, batch_id)
     if on_progress:
         on_progress(report)
     return report

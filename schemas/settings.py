@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     collect_lease_s: float = Field(
         120.0, description="A collect that has not finished or failed within this is handed back and counted."
     )
+    finalize_lease_s: float = Field(
+        60.0, description="A batch manifest not written within this (the write failed, its worker was lost) is "
+        "written again; the batch stays queued for it until a write succeeds."
+    )
     provider_deadline_s: float = Field(3600.0, description="A job the provider holds longer than this fails.")
     tick_interval_s: float = 0.5
     job_ttl_s: int = Field(14 * 86400, description="Redis keeps finished jobs this long (S3 keeps them forever).")

@@ -61,7 +61,7 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
     k = Keys("p")
     assert [_python(k, n) for n in LAYOUT] == [
         "p:job:j-1", "p:batch:b-1", "p:batch:b-1:jobs", "p:batch:b-1:errors", "p:idem:ab12", "p:req:fal:req:9",
-        "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize",
+        "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
         "p:circuit:fal:fails", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick", "p:workers:h.local:4242",
         "p:whseen:fal:d-7", "p:oaib:b-1:results", "p:naive:ready", "p:naive:done:nb-3", "p:*",
@@ -104,7 +104,7 @@ def test_the_scripts_write_exactly_the_keys_python_names(r: redis.Redis, k: Keys
         k.interactive_mark("fal"), k.kick_dispatch("fal"), k.kick_collect,
     ])  # no slots zset: the job that held a slot gave it back, and Redis drops an empty zset
     assert r.lrange(k.batch_jobs(bid), 0, -1) == [bulk.job_id, urgent.job_id]
-    assert r.lrange(k.finalize, 0, -1) == [bid] and r.lrange(k.ready, 0, -1) == [urgent.job_id]  # collect pops it
+    assert r.zrange(k.finalize, 0, -1) == [bid] and r.lrange(k.ready, 0, -1) == [urgent.job_id]  # collect pops it
     assert r.lrange(k.pending("fal", "bulk"), 0, -1) == [bulk.job_id]  # a claim drops a cancelled id it pops
     assert r.hget(k.job(urgent.job_id), "state") == "succeeded"
     # ...and the indexes the life passed through were the ones Python reads

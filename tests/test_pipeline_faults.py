@@ -32,6 +32,7 @@ class _NoKicks(Kicker):
     def __init__(self) -> None:
         super().__init__()
         self.polls: list[tuple[str, list[str]]] = []
+        self.finalizes: list[str] = []
 
     def dispatch(self, provider: str, synchronous: bool = False) -> None:
         return None
@@ -43,7 +44,7 @@ class _NoKicks(Kicker):
         self.polls.append((provider, job_ids))
 
     def finalize(self, batch_id: str) -> None:
-        return None
+        self.finalizes.append(batch_id)
 
 
 @pytest.fixture
@@ -168,3 +169,36 @@ def test_an_output_url_we_will_not_fetch_fails_the_job_at_once(pipe: Pipeline) -
     assert view is not None and view.state is State.failed
     error = json.loads(view.fields["error"])
     assert error["kind"] == "terminal" and "output URL refused" in error["reason"] and "file" in error["reason"]
+
+
+def test_a_batch_manifest_that_fails_to_write_is_written_later(pipe: Pipeline) -> None:
+    """Finalize used to pop the batch before it ran: one failed manifest write and the batch never got one."""
+    from worker.storage import Storage
+
+    job = _job(unique("batch"))
+    bid = job.batch_id
+    assert pipe.store.create(job)[0] == 1
+    manifest = '{"state": "cancelled"}'
+    assert pipe.store.move(job.job_id, [State.queued], State.cancelled, fields={"manifest": manifest}).ok
+    assert pipe.store.close_batch(bid)  # all done: indexed for its manifest in the same script
+    assert isinstance(pipe.kick, _NoKicks)
+    pipe.drain_finalize()
+    assert pipe.kick.finalizes == [bid]
+    good = pipe.storage
+    pipe.storage = Storage(pipe.settings.model_copy(update={"s3_bucket": "editq-no-such-bucket"}))
+    with pytest.raises(Exception, match=r"NoSuchBucket|does not exist|404"):
+        pipe.finalize(bid)
+    batch = pipe.store.r.hgetall(pipe.k.batch(bid))
+    assert batch["finalize_failures"] == "1" and batch["finalize_error"]
+    assert "manifest_key" not in batch
+    score = pipe.store.r.zscore(pipe.k.finalize, bid)
+    assert score is not None and score > time.time()  # leased: not claimed again before its lease runs out
+    pipe.drain_finalize()
+    assert pipe.kick.finalizes == [bid]
+    pipe.store.lease_finalizing(bid, time.time() - 1)  # the lease runs out
+    pipe.drain_finalize()
+    assert pipe.kick.finalizes == [bid, bid]
+    pipe.storage = good
+    key = pipe.finalize(bid)
+    assert pipe.store.r.zscore(pipe.k.finalize, bid) is None
+    assert good.get_bytes(key).decode().strip() == '{"state": "cancelled"}'

@@ -89,7 +89,7 @@ def test_moves_are_guarded_and_counted(store: JobStore) -> None:
     assert store.close_batch("b4") is False
     done = store.move(jid, [State.collecting], State.succeeded)
     assert done.ok and done.batch_finished  # last job of a closed batch queues the batch manifest
-    assert store.r.lrange(store.k.finalize, 0, -1) == ["b4"]
+    assert store.r.zrange(store.k.finalize, 0, -1) == ["b4"]
     assert store.batch_counts("b4") == {"total": 1, "done": 1, "n_queued": 0, "n_submitting": 0, "n_submitted": 0,
                                         "n_ready": 0, "n_collecting": 0, "n_succeeded": 1}
     view = store.get(jid)

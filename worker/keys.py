@@ -39,7 +39,7 @@ LAYOUT: Mapping[str, str] = {
     "retry": "{prefix}:retry",  # zset: retry_wait jobs, score = due time
     "ready": "{prefix}:ready",  # list: ready jobs (collect drains it)
     "collecting": "{prefix}:collecting",  # zset: collecting jobs, score = lease deadline
-    "finalize": "{prefix}:finalize",  # list: batches whose last job finished
+    "finalize": "{prefix}:finalize:due",  # zset: batches to finalize, score = due (a claim leases it ahead)
     # global limits, per provider (the claim script)
     "slots": "{prefix}:slots:{provider}",  # zset: job ids holding a concurrency slot
     "rpm": "{prefix}:rpm:{provider}",  # zset: the requests-per-minute window

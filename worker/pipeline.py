@@ -450,12 +450,22 @@ class Pipeline:
 
     # ================================================================ batch
     def drain_finalize(self) -> None:
-        """Batches whose last job just finished (queued atomically by the state machine)."""
-        while bid := self.r.lpop(self.k.finalize):
+        """Batches whose last job finished (indexed atomically by the state machine) and batches whose
+        manifest write failed or was lost with its worker (their lease ran out): each claimed and kicked."""
+        for bid in self.store.claim_finalizing(_now(), self.settings.finalize_lease_s):
             self.kick.finalize(bid)
 
     def finalize(self, batch_id: str) -> str:
-        key, _ = write_batch_manifest(self.store, self.storage, batch_id)
+        """Write the batch manifest. A failure is recorded on the batch and counted; the batch stays in
+        the finalize index, so the tick claims it again when its lease runs out."""
+        try:
+            key, _ = write_batch_manifest(self.store, self.storage, batch_id)
+        except Exception as exc:
+            self.r.hset(self.k.batch(batch_id), "finalize_error", f"{type(exc).__name__}: {exc}"[:300])
+            self.r.hincrby(self.k.batch(batch_id), "finalize_failures", 1)
+            log.warning("batch manifest not written; will retry", batch_id=batch_id, error=str(exc)[:300])
+            raise
+        self.store.finalized(batch_id)
         return key
 
     # ================================================================ tick (leader-elected, every tick_interval_s)

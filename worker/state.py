@@ -235,6 +235,24 @@ class JobStore:
         """Move a job's next check (only if it is still in that index)."""
         self.r.zadd(zset, {job_id: at}, xx=True)
 
+    def claim_finalizing(self, now: float, lease_s: float, limit: int = 100) -> list[str]:
+        """Batches due for their manifest: each one returned is leased `lease_s` ahead (another claim
+        skips it meanwhile); it leaves the index only when `finalized` is called after a successful write."""
+        due = list(self.r.zrangebyscore(self.k.finalize, "-inf", now, start=0, num=limit))
+        if not due:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for bid in due:
+            pipe.zadd(self.k.finalize, {bid: now + lease_s}, xx=True)
+        pipe.execute()
+        return due
+
+    def lease_finalizing(self, batch_id: str, until: float) -> None:
+        self.r.zadd(self.k.finalize, {batch_id: until}, xx=True)
+
+    def finalized(self, batch_id: str) -> None:
+        self.r.zrem(self.k.finalize, batch_id)
+
     def batch_counts(self, batch_id: str) -> dict[str, int]:
         raw = self.r.hgetall(self.k.batch(batch_id))
         return {k: int(v) for k, v in raw.items() if k in ("total", "done") or k.startswith("n_")}

@@ -7,7 +7,7 @@ redis.call('HSET', bk, 'closed', '1')
 local total = tonumber(redis.call('HGET', bk, 'total') or '0')
 local done = tonumber(redis.call('HGET', bk, 'done') or '0')
 if done >= total and redis.call('HSETNX', bk, 'finalizing', ARGV[3]) == 1 then
-  redis.call('RPUSH', K.finalize, bid)
+  redis.call('ZADD', K.finalize, ARGV[3], bid)
   return 1
 end
 return 0

@@ -32,7 +32,7 @@ local function move(jid, cur, to, now, score, note, ttl)
       local d = redis.call('HINCRBY', bk, 'done', 1)
       if redis.call('HGET', bk, 'closed') == '1' and d >= tonumber(redis.call('HGET', bk, 'total') or '0') then
         if redis.call('HSETNX', bk, 'finalizing', now) == 1 then
-          redis.call('RPUSH', K.finalize, bid)
+          redis.call('ZADD', K.finalize, now, bid)
           finished = 1
         end
       end
