@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from providers.protocol import ProviderProtocol
-from providers.spec import ProviderSettings, ProviderSpec
+from providers.spec import Capabilities, ProviderSettings, ProviderSpec
 from providers.types import InputUrls, Outcome, ProviderRequest, Submitted, WebhookEvent
 from schemas.job import EditJob
 from worker.errors import ProviderError
@@ -35,6 +35,22 @@ _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
 }
 
 
+_CAPS: dict[str, tuple[str, str, str, str, str]] = {
+    "openai": ("`POST /v1/images/edits`, synchronous multipart", "the answer itself (own `editq.sync` queue)",
+               "yes (PNG, alpha, same size)", "1-10", "standard + custom WxH"),
+    "openai_batch": ("`/v1/files` + `/v1/batches`, 24 h window, **50 % price**",
+                     "poll (one status call per provider batch)", "yes", "1-10", "as `openai`"),
+    "replicate": ("`POST /v1/models/openai/gpt-image-2/predictions`", "Standard-Webhooks webhook (`completed`) + poll",
+                  "no (refused)", "1", "`auto`, 1024x1024, 1536x1024, 1024x1536"),
+    "wavespeed": ("`POST /api/v3/openai/gpt-image-2/edit`", "`v3,` hex-HMAC webhook + poll", "no (refused)", "1",
+                  "`auto` or exact aspect ratio x 1k/2k/4k"),
+    "oxen": ("`POST /api/ai/images/edit`, synchronous", "the answer itself (`editq.sync` queue)",
+             "yes (converted to white = edit)", "1", "`auto` (+ exact ratios if enabled)"),
+    "modelrunner": ("fal-like queue, `billingStatus`, FAILED = HTTP 400", "Standard-Webhooks webhook + poll", "yes",
+                    "1-4", "as fal"),
+}
+
+
 def _cls(name: str) -> Any:
     module, cls = _OLD[name].split(":")
     return getattr(importlib.import_module(module), cls)
@@ -44,7 +60,7 @@ def spec_for(name: str) -> ProviderSpec:
     cls = _cls(name)
     path, key_env, key, extra = _SANDBOX[name]
     return ProviderSpec(
-        sandbox_path=path, key_env=key_env, sandbox_key=key, sandbox_env=extra,
+        sandbox_path=path, key_env=key_env, sandbox_key=key, sandbox_env=extra, capabilities=Capabilities(*_CAPS[name]),
         name=name, title=name, settings_cls=cls.settings_cls, protocol=f"providers.legacy:{name}", emulator=None,
         synchronous=cls.synchronous, webhooks=cls.supports_webhooks, claim_size=cls.claim_size,
         auth_scheme=cls.auth_scheme, batches=cls.submit_many is not ProviderAdapter.submit_many,

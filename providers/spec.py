@@ -46,6 +46,17 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What the README's provider table says of a provider (providers/docs.py renders it)."""
+
+    protocol: str = ""  # the API in a few words
+    completion: str = ""  # how editq learns a request is done
+    mask: str = ""
+    num_images: str = ""
+    sizes: str = ""
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     name: str
     title: str
@@ -63,7 +74,9 @@ class ProviderSpec:
     auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
     key_env: str = ""  # the environment variable users set the key in (the first alias)
     doc: str = "README.md"  # the provider's doc page, inside its folder
-    summary: str = ""  # one line for the README's provider table
+    summary: str = ""  # one line for the docs index
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    default: bool = False  # the provider a job gets when it names none
     prices: Price | None = None
 
     def load_protocol(self, settings: ProviderSettings | None = None) -> ProviderProtocol:

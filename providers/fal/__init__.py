@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import ProviderSettings, ProviderSpec
+from providers.spec import Capabilities, ProviderSettings, ProviderSpec
 
 
 class FalSettings(ProviderSettings):
@@ -31,5 +31,13 @@ SPEC = ProviderSpec(
     sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json"},
     auth_scheme="Key",
     key_env="EDITQ_FAL_KEY",
-    summary="queue API, Ed25519-signed webhooks (JWKS), poll status/result; the default",
+    summary="fal.ai's queue API for openai/gpt-image-2/edit; the default provider",
+    capabilities=Capabilities(
+        protocol="fal queue, `openai/gpt-image-2/edit`",
+        completion="Ed25519-signed webhook (JWKS) + poll",
+        mask="yes",
+        num_images="1-4",
+        sizes="`auto`, fal presets, custom WxH (GPT Image 2 rules)",
+    ),
+    default=True,
 )
