@@ -33,8 +33,13 @@ PLUGINS_ENV = "EDITQ_PROVIDER_MODULES"
 
 
 def _targets() -> dict[str, str]:
+    return _targets_for(os.environ.get(PLUGINS_ENV, ""))
+
+
+@cache
+def _targets_for(plugins: str) -> dict[str, str]:
     targets = dict(REGISTRY)
-    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+    for module in filter(None, (m.strip() for m in plugins.split(","))):
         targets[module.rsplit(".", 1)[-1]] = module
     return targets
 
@@ -77,3 +82,4 @@ def cache_clear() -> None:
     """Forget loaded protocols and settings (tests and the local stack change the environment)."""
     protocol_of.cache_clear()
     _load.cache_clear()
+    _targets_for.cache_clear()
