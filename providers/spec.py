@@ -123,5 +123,6 @@ def host_of(url: str) -> str:
 
 def credential_hosts(settings: ProviderSettings) -> frozenset[str]:
     """The hosts that may receive this provider's key: base_url's and the configured `auth_hosts`."""
-    hosts = {host_of(settings.base_url)} | {h.lower() for h in settings.auth_hosts}
+    extra = getattr(settings, "auth_hosts", None) or []  # settings classes outside ProviderSettings have none
+    hosts = {host_of(settings.base_url)} | {h.lower() for h in extra}
     return frozenset(h for h in hosts if h)
