@@ -22,11 +22,13 @@ from PIL import Image
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
+from providers.modelrunner import SPEC, ModelRunnerSettings
+from providers.modelrunner.protocol import ModelRunnerProtocol
+from providers.types import InputUrls, WebhookEvent
 from schemas.job import EditJob, InputRecord
 from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import InputUrls, WebhookEvent
-from worker.providers.modelrunner import ModelRunnerAdapter, ModelRunnerSettings
+from worker.provider_client import ProviderClient
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -48,9 +50,13 @@ def make_job(**over: Any) -> EditJob:
     return EditJob.model_validate(data)
 
 
-def adapter(**settings: Any) -> ModelRunnerAdapter:
+def adapter(**settings: Any) -> ModelRunnerProtocol:
     base = {"api_key": KEY, "base_url": "https://queue.modelrunner.test", "rest_url": "https://modelrunner.test"}
-    return ModelRunnerAdapter(ModelRunnerSettings(**{**base, **settings}))
+    return ModelRunnerProtocol(ModelRunnerSettings(**{**base, **settings}))
+
+
+def client_of(a: ModelRunnerProtocol, http: httpx.AsyncClient | None = None) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http or httpx.AsyncClient())
 
 
 def run(coro: Any) -> Any:
@@ -128,7 +134,7 @@ async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> Pr
     job = make_job()
     async with mock_client(handler) as http:
         with pytest.raises(ProviderError) as info:
-            await a.submit(http, job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
+            await a.submit(client_of(a, http), job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
     return info.value
 
 
@@ -162,7 +168,7 @@ def test_returned_urls_are_followed_only_on_the_api_origin() -> None:
 
     async def go() -> Any:
         async with mock_client(handler) as http:
-            return await a.submit(http, job, req)
+            return await a.submit(client_of(a, http), job, req)
 
     sub = run(go())
     assert sub.handle == {"status_url": own + "/status", "response_url": own, "cancel_url": own + "/cancel"}
@@ -179,12 +185,13 @@ def _routes(status: tuple[int, dict[str, Any]], result: tuple[int, dict[str, Any
 
 
 def _poll(handler: Any) -> Any:
-    handle = {"status_url": "https://q/x/requests/r/status", "response_url": "https://q/x/requests/r",
-              "cancel_url": "https://q/x/requests/r/cancel"}
+    q = "https://queue.modelrunner.test/x/requests/r"
+    handle = {"status_url": q + "/status", "response_url": q, "cancel_url": q + "/cancel"}
 
     async def go() -> Any:
+        a = adapter()
         async with mock_client(handler) as http:
-            return await adapter().poll(http, "r", handle)
+            return await a.poll(client_of(a, http), "r", handle)
 
     return run(go())
 
@@ -343,14 +350,15 @@ def test_sandbox_provider_failure_is_completed_with_billing_failed(http: httpx.C
 
 # ------------------------------------------------------------------------------------------------ adapter <-> sandbox
 def test_adapter_flow_and_standard_webhooks_delivery(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
-    a = ModelRunnerAdapter(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
+    a = ModelRunnerProtocol(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
                                                rest_url=f"{sandbox_url}/modelrunner"))
     job = make_job(mask="m.png", mask_input=record("m.png"), num_images=2, output_format="png")
     urls = InputUrls(images=[data_uri(EXAMPLES / "mug.png")], mask=data_uri(EXAMPLES / "mask_mug.png"))
     hook = f"{peer.url}/webhooks/modelrunner?job=job_1"
 
     async def flow() -> tuple[Any, Any, WebhookEvent, dict[str, str], bytes, list[str]]:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient() as http:
+            client = client_of(a, http)
             sub = await a.submit(client, job, a.build_request(job, urls, hook))
             outcome = await a.poll(client, sub.request_id, sub.handle)
             while not outcome.done:
@@ -383,7 +391,7 @@ def test_adapter_flow_and_standard_webhooks_delivery(sandbox_url: str, http: htt
     # the reference Standard Webhooks library agrees with the signature
     secret = http.get("/webhooks/default/secret").json()["key"]
     assert Webhook(secret).verify(body, headers)["id"] == sub.request_id
-    from_hook = run(a.webhook_outcome(httpx.AsyncClient(), event, sub.handle))
+    from_hook = run(a.webhook_outcome(client_of(a), event, sub.handle))
     assert [o.url for o in from_hook.result.outputs] == [o.url for o in outcome.result.outputs]
     # the mask is honoured: pixels outside the editable area are byte-identical to the input
     src = Image.open(EXAMPLES / "mug.png").convert("RGB")
@@ -400,13 +408,13 @@ def test_configured_secret_and_rotation_list() -> None:
     body = json.dumps({"event": "completed", "id": "r" * 21, "status": "COMPLETED"}).encode()
     ts = int(time.time())
     both = f"{sign_v1(old, 'msg_1', ts, body)} {sign_v1(secret, 'msg_1', ts, body)}"
-    event = run(a.verify_webhook(httpx.AsyncClient(), {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
+    event = run(a.verify_webhook(client_of(a), {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
                                                         "webhook-signature": both}, body, now=ts))
     assert (event.delivery_id, event.request_id) == ("msg_1", "r" * 21)
     only_old = {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
                 "webhook-signature": sign_v1(old, "msg_1", ts, body)}
     with pytest.raises(WebhookRejected, match="signature does not match"):
-        run(a.verify_webhook(httpx.AsyncClient(), only_old, body, now=ts))
+        run(a.verify_webhook(client_of(a), only_old, body, now=ts))
 
 
 # ------------------------------------------------------------------------------------------------ official SDK
@@ -444,7 +452,7 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
         _, headers, body = wait_for(lambda: next(iter(peer.for_id(sub["request_id"])), None), what="webhook")
     finally:
         http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 0.0})
-    a = ModelRunnerAdapter(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
+    a = ModelRunnerProtocol(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
                                                rest_url=f"{sandbox_url}/modelrunner"))
     with pytest.raises(WebhookRejected, match="signature does not match"):
-        run(a.verify_webhook(httpx.AsyncClient(), headers, body, now=time.time()))
+        run(a.verify_webhook(client_of(a), headers, body, now=time.time()))

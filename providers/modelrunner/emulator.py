@@ -41,11 +41,7 @@ from pydantic import ValidationError
 from providers.fal.emulator_schema import GptImage2EditInput
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.inputs import summarize_for_log
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import StandardWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
-
-from .common import (
+from sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
     authorization_matches,
@@ -58,6 +54,9 @@ from .common import (
     retry_after,
     submit_fault,
 )
+from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.signing import StandardWebhookSigner
+from sandbox.state import ProviderMount, SandboxState
 
 NAME = "modelrunner"
 PREFIX = "/modelrunner"
