@@ -456,3 +456,124 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
                                                rest_url=f"{sandbox_url}/modelrunner"))
     with pytest.raises(WebhookRejected, match="signature does not match"):
         run(a.verify_webhook(client_of(a), headers, body, now=time.time()))
+
+
+# ------------------------------------------------------------------------------------------------ the port's rules
+def test_rest_url_host_may_receive_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.spec import credential_hosts
+
+    assert credential_hosts(ModelRunnerSettings()) == {"queue.modelrunner.run", "modelrunner.run"}
+    monkeypatch.setenv("EDITQ_MODELRUNNER_REST_URL", "http://127.0.0.1:8900/modelrunner")
+    monkeypatch.setenv("EDITQ_MODELRUNNER_AUTH_HOSTS", '["media.modelrunner.ai"]')
+    assert credential_hosts(ModelRunnerSettings()) == {"queue.modelrunner.run", "127.0.0.1:8900",
+                                                       "media.modelrunner.ai"}
+    assert SPEC.load_protocol().settings.auth_hosts == ["media.modelrunner.ai", "127.0.0.1:8900"]
+
+
+def test_secret_is_fetched_from_the_rest_host_with_the_key() -> None:
+    secret = "whsec_" + base64.b64encode(b"fetched-secret-0123").decode()
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(200, json={"key": secret})
+
+    a = adapter()
+    body = json.dumps({"event": "completed", "id": "r" * 21, "status": "COMPLETED"}).encode()
+    ts = int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts), "webhook-signature": sign_v1(secret, "msg_1", ts,
+                                                                                                 body)}
+
+    async def go() -> WebhookEvent:
+        async with mock_client(handler) as http:
+            return await a.verify_webhook(client_of(a, http), headers, body, now=ts)
+
+    assert run(go()).request_id == "r" * 21
+    assert seen == [("https://modelrunner.test/webhooks/default/secret", f"Key {KEY}")]
+
+
+def test_a_failed_secret_fetch_refuses_the_delivery() -> None:
+    a = adapter()
+    body = b'{"id": "r"}'
+    ts = int(time.time())
+    headers = {"webhook-id": "m", "webhook-timestamp": str(ts),
+               "webhook-signature": sign_v1("whsec_" + base64.b64encode(b"x" * 20).decode(), "m", ts, body)}
+
+    async def go(handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        async with mock_client(handler) as http:
+            await a.verify_webhook(client_of(a, http), headers, body, now=ts)
+
+    for handler in (lambda r: httpx.Response(500, json={"error": "down"}), lambda r: httpx.Response(200, text="x")):
+        with pytest.raises(WebhookRejected, match="signature does not match"):
+            run(go(handler))
+    with pytest.raises(WebhookRejected, match="no v1 signature"):
+        run(a.verify_webhook(client_of(a), {**headers, "webhook-signature": "v2,abc"}, body, now=ts))
+
+
+def test_credentials_never_go_to_another_host() -> None:
+    """A handle naming another host (an old record, a tampered one) is refused by the client, not sent."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"status": "IN_PROGRESS"})
+
+    a = adapter()
+
+    async def go() -> Any:
+        async with mock_client(handler) as http:
+            return await a.poll(client_of(a, http), "r", {"status_url": "https://evil.example/s",
+                                                         "response_url": "https://evil.example/r"})
+
+    with pytest.raises(ProviderError, match="refusing to send credentials") as info:
+        run(go())
+    assert sent == [] and KEY not in info.value.reason
+
+
+def test_cancel_is_best_effort() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, str(request.url)))
+        if len(calls) == 1:
+            return httpx.Response(200, json={"status": "IN_PROGRESS"})
+        raise httpx.ConnectError("refused")
+
+    a = adapter()
+    url = "https://queue.modelrunner.test/x/requests/r/cancel"
+
+    async def go() -> None:
+        async with mock_client(handler) as http:
+            c = client_of(a, http)
+            await a.cancel(c, "r", {"cancel_url": url})
+            await a.cancel(c, "r", {"cancel_url": url})  # a transport error is swallowed
+            await a.cancel(c, "r", {})  # nothing to cancel
+
+    run(go())
+    assert calls == [("PUT", url), ("PUT", url)]
+
+
+def test_unreadable_answers_are_errors_not_crashes() -> None:
+    unreadable = run(_submit_with(lambda r: httpx.Response(201, text="<html>ok</html>")))
+    assert unreadable.kind is ErrorKind.unknown and unreadable.maybe_billed and "malformed" in unreadable.reason
+    with pytest.raises(ProviderError, match="status: malformed answer"):
+        _poll(lambda r: httpx.Response(200, text="not json"))
+    with pytest.raises(ProviderError, match="result: malformed answer"):
+        _poll(_routes((200, {"status": "COMPLETED"}), (200, ["a"])))  # type: ignore[arg-type]
+    # a transport failure after the submit left may have been billed (the client's billing line)
+    timed_out = run(_submit_with(lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("slow"))))
+    assert timed_out.kind is ErrorKind.retryable and timed_out.maybe_billed
+    refused = run(_submit_with(lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused"))))
+    assert refused.kind is ErrorKind.retryable and not refused.maybe_billed and "not sent" in refused.reason
+
+
+def test_webhook_payload_outcomes() -> None:
+    from providers.modelrunner.protocol import result_outcome
+
+    ok = result_outcome({"id": "r", "status": "COMPLETED", "billingStatus": "charged",
+                         "output": {"images": [{"url": "https://m/a.png"}]}})
+    assert ok.done and ok.result is not None and [o.url for o in ok.result.outputs] == ["https://m/a.png"]
+    retry = result_outcome({"status": "COMPLETED", "billingStatus": "failed", "error": "upstream HTTP 503"})
+    assert retry.error is not None and retry.error.kind is ErrorKind.retryable
+    assert result_outcome({"status": "CANCELLED"}).error.provider_code == "CANCELLED"  # type: ignore[union-attr]
+    assert not result_outcome({"status": "COMPLETED", "billingStatus": "pending"}).done
