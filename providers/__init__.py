@@ -25,7 +25,7 @@ REGISTRY: dict[str, str] = {
     "openai_batch": "providers.legacy:openai_batch",
     "oxen": "providers.legacy:oxen",
     "wavespeed": "providers.legacy:wavespeed",
-    "modelrunner": "providers.legacy:modelrunner",
+    "modelrunner": "providers.modelrunner",
     "replicate": "providers.legacy:replicate",
 }
 

@@ -19,7 +19,6 @@ _OLD = {
     "openai_batch": "worker.providers.openai_batch:OpenAIBatchAdapter",
     "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
-    "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 
@@ -29,8 +28,6 @@ _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "openai_batch": ("/openai/v1", "EDITQ_OPENAI_BATCH_API_KEY", "sk-sandbox-batch-key", {}),
     "oxen": ("/oxen/api/ai", "EDITQ_OXEN_API_KEY", "oxen-sandbox-key", {}),
     "wavespeed": ("/wavespeed", "EDITQ_WAVESPEED_API_KEY", "ws-sandbox-key", {}),
-    "modelrunner": ("/modelrunner", "EDITQ_MODELRUNNER_KEY", "mr-sandbox-key",
-                    {"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"}),
     "replicate": ("/replicate", "EDITQ_REPLICATE_API_TOKEN", "r8_sandbox-token", {}),
 }
 

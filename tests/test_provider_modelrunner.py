@@ -22,11 +22,13 @@ from PIL import Image
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
+from providers.modelrunner import SPEC, ModelRunnerSettings
+from providers.modelrunner.protocol import ModelRunnerProtocol
+from providers.types import InputUrls, WebhookEvent
 from schemas.job import EditJob, InputRecord
 from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import InputUrls, WebhookEvent
-from worker.providers.modelrunner import ModelRunnerAdapter, ModelRunnerSettings
+from worker.provider_client import ProviderClient
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -48,9 +50,13 @@ def make_job(**over: Any) -> EditJob:
     return EditJob.model_validate(data)
 
 
-def adapter(**settings: Any) -> ModelRunnerAdapter:
+def adapter(**settings: Any) -> ModelRunnerProtocol:
     base = {"api_key": KEY, "base_url": "https://queue.modelrunner.test", "rest_url": "https://modelrunner.test"}
-    return ModelRunnerAdapter(ModelRunnerSettings(**{**base, **settings}))
+    return ModelRunnerProtocol(ModelRunnerSettings(**{**base, **settings}))
+
+
+def client_of(a: ModelRunnerProtocol, http: httpx.AsyncClient | None = None) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http or httpx.AsyncClient())
 
 
 def run(coro: Any) -> Any:
@@ -128,7 +134,7 @@ async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> Pr
     job = make_job()
     async with mock_client(handler) as http:
         with pytest.raises(ProviderError) as info:
-            await a.submit(http, job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
+            await a.submit(client_of(a, http), job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
     return info.value
 
 
@@ -162,7 +168,7 @@ def test_returned_urls_are_followed_only_on_the_api_origin() -> None:
 
     async def go() -> Any:
         async with mock_client(handler) as http:
-            return await a.submit(http, job, req)
+            return await a.submit(client_of(a, http), job, req)
 
     sub = run(go())
     assert sub.handle == {"status_url": own + "/status", "response_url": own, "cancel_url": own + "/cancel"}
@@ -179,12 +185,13 @@ def _routes(status: tuple[int, dict[str, Any]], result: tuple[int, dict[str, Any
 
 
 def _poll(handler: Any) -> Any:
-    handle = {"status_url": "https://q/x/requests/r/status", "response_url": "https://q/x/requests/r",
-              "cancel_url": "https://q/x/requests/r/cancel"}
+    q = "https://queue.modelrunner.test/x/requests/r"
+    handle = {"status_url": q + "/status", "response_url": q, "cancel_url": q + "/cancel"}
 
     async def go() -> Any:
+        a = adapter()
         async with mock_client(handler) as http:
-            return await adapter().poll(http, "r", handle)
+            return await a.poll(client_of(a, http), "r", handle)
 
     return run(go())
 
@@ -343,14 +350,15 @@ def test_sandbox_provider_failure_is_completed_with_billing_failed(http: httpx.C
 
 # ------------------------------------------------------------------------------------------------ adapter <-> sandbox
 def test_adapter_flow_and_standard_webhooks_delivery(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
-    a = ModelRunnerAdapter(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
+    a = ModelRunnerProtocol(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
                                                rest_url=f"{sandbox_url}/modelrunner"))
     job = make_job(mask="m.png", mask_input=record("m.png"), num_images=2, output_format="png")
     urls = InputUrls(images=[data_uri(EXAMPLES / "mug.png")], mask=data_uri(EXAMPLES / "mask_mug.png"))
     hook = f"{peer.url}/webhooks/modelrunner?job=job_1"
 
     async def flow() -> tuple[Any, Any, WebhookEvent, dict[str, str], bytes, list[str]]:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient() as http:
+            client = client_of(a, http)
             sub = await a.submit(client, job, a.build_request(job, urls, hook))
             outcome = await a.poll(client, sub.request_id, sub.handle)
             while not outcome.done:
@@ -383,7 +391,7 @@ def test_adapter_flow_and_standard_webhooks_delivery(sandbox_url: str, http: htt
     # the reference Standard Webhooks library agrees with the signature
     secret = http.get("/webhooks/default/secret").json()["key"]
     assert Webhook(secret).verify(body, headers)["id"] == sub.request_id
-    from_hook = run(a.webhook_outcome(httpx.AsyncClient(), event, sub.handle))
+    from_hook = run(a.webhook_outcome(client_of(a), event, sub.handle))
     assert [o.url for o in from_hook.result.outputs] == [o.url for o in outcome.result.outputs]
     # the mask is honoured: pixels outside the editable area are byte-identical to the input
     src = Image.open(EXAMPLES / "mug.png").convert("RGB")
@@ -400,13 +408,13 @@ def test_configured_secret_and_rotation_list() -> None:
     body = json.dumps({"event": "completed", "id": "r" * 21, "status": "COMPLETED"}).encode()
     ts = int(time.time())
     both = f"{sign_v1(old, 'msg_1', ts, body)} {sign_v1(secret, 'msg_1', ts, body)}"
-    event = run(a.verify_webhook(httpx.AsyncClient(), {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
+    event = run(a.verify_webhook(client_of(a), {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
                                                         "webhook-signature": both}, body, now=ts))
     assert (event.delivery_id, event.request_id) == ("msg_1", "r" * 21)
     only_old = {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
                 "webhook-signature": sign_v1(old, "msg_1", ts, body)}
     with pytest.raises(WebhookRejected, match="signature does not match"):
-        run(a.verify_webhook(httpx.AsyncClient(), only_old, body, now=ts))
+        run(a.verify_webhook(client_of(a), only_old, body, now=ts))
 
 
 # ------------------------------------------------------------------------------------------------ official SDK
@@ -444,7 +452,128 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
         _, headers, body = wait_for(lambda: next(iter(peer.for_id(sub["request_id"])), None), what="webhook")
     finally:
         http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 0.0})
-    a = ModelRunnerAdapter(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
+    a = ModelRunnerProtocol(ModelRunnerSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/modelrunner",
                                                rest_url=f"{sandbox_url}/modelrunner"))
     with pytest.raises(WebhookRejected, match="signature does not match"):
-        run(a.verify_webhook(httpx.AsyncClient(), headers, body, now=time.time()))
+        run(a.verify_webhook(client_of(a), headers, body, now=time.time()))
+
+
+# ------------------------------------------------------------------------------------------------ the port's rules
+def test_rest_url_host_may_receive_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.spec import credential_hosts
+
+    assert credential_hosts(ModelRunnerSettings()) == {"queue.modelrunner.run", "modelrunner.run"}
+    monkeypatch.setenv("EDITQ_MODELRUNNER_REST_URL", "http://127.0.0.1:8900/modelrunner")
+    monkeypatch.setenv("EDITQ_MODELRUNNER_AUTH_HOSTS", '["media.modelrunner.ai"]')
+    assert credential_hosts(ModelRunnerSettings()) == {"queue.modelrunner.run", "127.0.0.1:8900",
+                                                       "media.modelrunner.ai"}
+    assert SPEC.load_protocol().settings.auth_hosts == ["media.modelrunner.ai", "127.0.0.1:8900"]
+
+
+def test_secret_is_fetched_from_the_rest_host_with_the_key() -> None:
+    secret = "whsec_" + base64.b64encode(b"fetched-secret-0123").decode()
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(200, json={"key": secret})
+
+    a = adapter()
+    body = json.dumps({"event": "completed", "id": "r" * 21, "status": "COMPLETED"}).encode()
+    ts = int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts), "webhook-signature": sign_v1(secret, "msg_1", ts,
+                                                                                                 body)}
+
+    async def go() -> WebhookEvent:
+        async with mock_client(handler) as http:
+            return await a.verify_webhook(client_of(a, http), headers, body, now=ts)
+
+    assert run(go()).request_id == "r" * 21
+    assert seen == [("https://modelrunner.test/webhooks/default/secret", f"Key {KEY}")]
+
+
+def test_a_failed_secret_fetch_refuses_the_delivery() -> None:
+    a = adapter()
+    body = b'{"id": "r"}'
+    ts = int(time.time())
+    headers = {"webhook-id": "m", "webhook-timestamp": str(ts),
+               "webhook-signature": sign_v1("whsec_" + base64.b64encode(b"x" * 20).decode(), "m", ts, body)}
+
+    async def go(handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        async with mock_client(handler) as http:
+            await a.verify_webhook(client_of(a, http), headers, body, now=ts)
+
+    for handler in (lambda r: httpx.Response(500, json={"error": "down"}), lambda r: httpx.Response(200, text="x")):
+        with pytest.raises(WebhookRejected, match="signature does not match"):
+            run(go(handler))
+    with pytest.raises(WebhookRejected, match="no v1 signature"):
+        run(a.verify_webhook(client_of(a), {**headers, "webhook-signature": "v2,abc"}, body, now=ts))
+
+
+def test_credentials_never_go_to_another_host() -> None:
+    """A handle naming another host (an old record, a tampered one) is refused by the client, not sent."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"status": "IN_PROGRESS"})
+
+    a = adapter()
+
+    async def go() -> Any:
+        async with mock_client(handler) as http:
+            return await a.poll(client_of(a, http), "r", {"status_url": "https://evil.example/s",
+                                                         "response_url": "https://evil.example/r"})
+
+    with pytest.raises(ProviderError, match="refusing to send credentials") as info:
+        run(go())
+    assert sent == [] and KEY not in info.value.reason
+
+
+def test_cancel_is_best_effort() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, str(request.url)))
+        if len(calls) == 1:
+            return httpx.Response(200, json={"status": "IN_PROGRESS"})
+        raise httpx.ConnectError("refused")
+
+    a = adapter()
+    url = "https://queue.modelrunner.test/x/requests/r/cancel"
+
+    async def go() -> None:
+        async with mock_client(handler) as http:
+            c = client_of(a, http)
+            await a.cancel(c, "r", {"cancel_url": url})
+            await a.cancel(c, "r", {"cancel_url": url})  # a transport error is swallowed
+            await a.cancel(c, "r", {})  # nothing to cancel
+
+    run(go())
+    assert calls == [("PUT", url), ("PUT", url)]
+
+
+def test_unreadable_answers_are_errors_not_crashes() -> None:
+    unreadable = run(_submit_with(lambda r: httpx.Response(201, text="<html>ok</html>")))
+    assert unreadable.kind is ErrorKind.unknown and unreadable.maybe_billed and "malformed" in unreadable.reason
+    with pytest.raises(ProviderError, match="status: malformed answer"):
+        _poll(lambda r: httpx.Response(200, text="not json"))
+    with pytest.raises(ProviderError, match="result: malformed answer"):
+        _poll(_routes((200, {"status": "COMPLETED"}), (200, ["a"])))  # type: ignore[arg-type]
+    # a transport failure after the submit left may have been billed (the client's billing line)
+    timed_out = run(_submit_with(lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("slow"))))
+    assert timed_out.kind is ErrorKind.retryable and timed_out.maybe_billed
+    refused = run(_submit_with(lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused"))))
+    assert refused.kind is ErrorKind.retryable and not refused.maybe_billed and "not sent" in refused.reason
+
+
+def test_webhook_payload_outcomes() -> None:
+    from providers.modelrunner.protocol import result_outcome
+
+    ok = result_outcome({"id": "r", "status": "COMPLETED", "billingStatus": "charged",
+                         "output": {"images": [{"url": "https://m/a.png"}]}})
+    assert ok.done and ok.result is not None and [o.url for o in ok.result.outputs] == ["https://m/a.png"]
+    retry = result_outcome({"status": "COMPLETED", "billingStatus": "failed", "error": "upstream HTTP 503"})
+    assert retry.error is not None and retry.error.kind is ErrorKind.retryable
+    assert result_outcome({"status": "CANCELLED"}).error.provider_code == "CANCELLED"  # type: ignore[union-attr]
+    assert not result_outcome({"status": "COMPLETED", "billingStatus": "pending"}).done

@@ -25,7 +25,11 @@ a list of zod-like issues ``{path, message, code}``; error bodies carry ``error`
 ``request_id``; an injected job failure or an unusable input is a provider failure (COMPLETED +
 ``billingStatus: "failed"``, result 422); a crash of the emulated model is FAILED (status 400); ``totalPrice`` is
 a per-image sandbox price by quality; the ``start`` webhook event (best effort on ModelRunner) is never sent;
-``webhook`` may be plain http on loopback (the real service requires public HTTPS).
+``webhook`` may be plain http on loopback (the real service requires public HTTPS). Input types are checked
+strictly, as a JavaScript (zod) service reads JSON: ``"2"`` is not a number and ``"true"`` not a boolean, but
+``2.0`` is the integer 2; explicit ``null`` is allowed where the field is optional (``mask_url`` and the reserved
+keys), refused elsewhere. An explicit ``webhook_events_filter: []`` asks for no deliveries. Cancel answers exactly
+what the status URL answers in every state (400 for FAILED, 404 for an unknown request) and changes nothing.
 """
 
 from __future__ import annotations
@@ -41,11 +45,7 @@ from pydantic import ValidationError
 from providers.fal.emulator_schema import GptImage2EditInput
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.inputs import summarize_for_log
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import StandardWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
-
-from .common import (
+from sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
     authorization_matches,
@@ -58,6 +58,9 @@ from .common import (
     retry_after,
     submit_fault,
 )
+from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.signing import StandardWebhookSigner
+from sandbox.state import ProviderMount, SandboxState
 
 NAME = "modelrunner"
 PREFIX = "/modelrunner"
@@ -80,6 +83,23 @@ def _error(status: int, error: Any, *, request_id: str | None = None, details: A
     if details is not None:
         body["details"] = details
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def js_numbers(value: Any) -> Any:
+    """JSON as a JavaScript service reads it: one number type, so `2.0` is the integer 2."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [js_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: js_numbers(v) for k, v in value.items()}
+    return value
+
+
+def validate_input(model_input: dict[str, Any]) -> GptImage2EditInput:
+    """fal's input schema with JSON types checked strictly (a zod-validated API does not coerce `"2"` to 2 or
+    `"true"` to true); raises ValidationError."""
+    return GptImage2EditInput.model_validate_json(json.dumps(js_numbers(model_input)), strict=True)
 
 
 def _issues(exc: ValidationError) -> list[dict[str, Any]]:
@@ -116,6 +136,13 @@ def split_reserved(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
             if not 1 <= len(key) <= 64 or not isinstance(value, str) or len(value) > 512:
                 raise Refused("metadata keys must be 1-64 characters and values strings of at most 512")
     return model_input, reserved
+
+
+def events_of(reserved: dict[str, Any]) -> list[str]:
+    """The events a request is delivered: its filter, `["completed"]` when absent or null (the documented
+    default); an explicit empty list asks for none."""
+    events = reserved.get("webhook_events_filter")
+    return ["completed"] if events is None else list(events)
 
 
 class ModelRunnerRunnerAdapter(ProviderAdapter):
@@ -236,7 +263,7 @@ class ModelRunnerProvider:
             if not isinstance(data, dict):
                 raise Refused("request body must be a JSON object")
             model_input, reserved = split_reserved(data)
-            payload = GptImage2EditInput.model_validate(model_input)
+            payload = validate_input(model_input)
         except json.JSONDecodeError as exc:
             runner.reject(NAME, "validation")
             return _error(400, f"Invalid JSON body: {exc.msg}")
@@ -261,7 +288,7 @@ class ModelRunnerProvider:
             extra={
                 "input": summarize_for_log(model_input),
                 "metadata": reserved.get("metadata") or {},
-                "events": reserved.get("webhook_events_filter") or ["completed"],
+                "events": events_of(reserved),
                 "price": f"{float(PRICES[payload.quality]) * payload.num_images:.2f}",
             },
         )
@@ -271,7 +298,7 @@ class ModelRunnerProvider:
         for key in ("webhook", "webhook_events_filter"):
             if key in reserved:
                 body[key] = reserved[key]
-        if "webhook" in reserved and "webhook_events_filter" not in reserved:
+        if reserved.get("webhook") is not None and reserved.get("webhook_events_filter") is None:
             body["webhook_events_filter"] = ["completed"]
         return JSONResponse(body, status_code=201)
 
@@ -358,7 +385,9 @@ class ModelRunnerProvider:
             job = self._find(endpoint, request_id)
             if job is None:
                 return _error(404, "Request not found", request_id=request_id)
-            return JSONResponse(self._envelope(job))  # model endpoints: cancels nothing
+            # model endpoints: cancels nothing, answers the current status exactly as the status URL does
+            body = self._envelope(job)
+            return JSONResponse(body, status_code=400 if body["status"] == "FAILED" else 200)
 
         router.add_api_route("/{endpoint:path}/requests/{request_id}/cancel", cancel, methods=["PUT", "GET"],
                              response_model=None)
