@@ -43,8 +43,6 @@ _CAPS: dict[str, tuple[str, str, str, str, str]] = {
                   "`auto` or exact aspect ratio x 1k/2k/4k"),
     "oxen": ("`POST /api/ai/images/edit`, synchronous", "the answer itself (`editq.sync` queue)",
              "yes (converted to white = edit)", "1", "`auto` (+ exact ratios if enabled)"),
-    "modelrunner": ("fal-like queue, `billingStatus`, FAILED = HTTP 400", "Standard-Webhooks webhook + poll", "yes",
-                    "1-4", "as fal"),
 }
 
 

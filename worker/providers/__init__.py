@@ -14,7 +14,6 @@ REGISTRY: dict[str, str] = {
     "openai_batch": "worker.providers.openai_batch:OpenAIBatchAdapter",
     "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
-    "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 
