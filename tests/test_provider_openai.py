@@ -1,6 +1,6 @@
-"""OpenAI synchronous images/edits: pure translation, error paths, and the adapter against the real sandbox
+"""OpenAI synchronous images/edits: pure translation, error paths, and the protocol against the real sandbox
 (`python -m sandbox` in a subprocess, real HTTP). Inputs come from examples/ instead of S3 here
-(`load_inputs` is replaced); the end-to-end test with S3 is in test_provider_openai_e2e.py."""
+(the protocol is given a file reader); the end-to-end test with S3 is in test_provider_openai_e2e.py."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from providers.openai import SPEC, OpenAISettings
+from providers.openai.protocol import OpenAIProtocol
+from providers.types import InputUrls, ProviderRequest
 from schemas.job import EditJob, InputRecord
 from tests import sandbox_proc
 from worker.errors import ErrorKind, ProviderError
-from worker.providers.base import InputUrls, ProviderRequest
-from worker.providers.openai import OpenAIAdapter, OpenAISettings
+from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -58,29 +60,38 @@ def canonical_job() -> EditJob:
                quality="low")
 
 
-def adapter(base_url: str = "http://openai.invalid/v1", **kw: Any) -> OpenAIAdapter:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
+class ExampleInputs:
+    """Inputs read from examples/ by their ref (the engine reads S3 by key)."""
 
-    async def load_inputs(records: Sequence[InputRecord | None]) -> list[bytes]:
-        return [(EXAMPLES / r.ref).read_bytes() for r in records if r is not None]
+    def __init__(self, override: dict[str, bytes] | None = None) -> None:
+        self.override = override or {}
 
-    a.load_inputs = load_inputs  # type: ignore[method-assign]
-    return a
+    async def read(self, records: Sequence[InputRecord]) -> list[bytes]:
+        return [self.override.get(r.ref) or (EXAMPLES / r.ref).read_bytes() for r in records]
+
+
+def adapter(base_url: str = "http://openai.invalid/v1", **kw: Any) -> OpenAIProtocol:
+    return OpenAIProtocol(OpenAISettings(api_key=KEY, base_url=base_url, **kw),  # type: ignore[arg-type]
+                          inputs=ExampleInputs())
+
+
+def client(a: OpenAIProtocol, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http)
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _submit(a: OpenAIAdapter, j: EditJob, transport: httpx.AsyncBaseTransport | None = None) -> Any:
+async def _submit(a: OpenAIProtocol, j: EditJob, transport: httpx.AsyncBaseTransport | None = None) -> Any:
     async with httpx.AsyncClient(transport=transport) as http:
         req = a.build_request(j, InputUrls(images=["https://s3/x"] * len(j.inputs)), None)
-        return await a.submit(http, j, req)
+        return await a.submit(client(a, http), j, req)
 
 
 # ---- pure ------------------------------------------------------------------------------------------
 def test_build_request_is_the_exact_form() -> None:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY, organization="org-1", project="proj-1"))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY, organization="org-1", project="proj-1"))  # type: ignore[arg-type]
     req = a.build_request(canonical_job(), InputUrls(images=["u1", "u2", "u3"], mask="m"), "https://hook")
     assert (req.method, req.path, req.json, req.files) == ("POST", "/images/edits", None, None)
     assert req.data == {"model": "gpt-image-2", "prompt": "make it sepia", "n": "2", "size": "auto",
@@ -90,7 +101,7 @@ def test_build_request_is_the_exact_form() -> None:
 
 
 def test_validate_refuses_with_provider_field_and_allowed_values() -> None:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
     assert a.validate(canonical_job()) == []
     assert a.validate(job(background="transparent")) == [
         "openai: background=transparent is not allowed for gpt-image-2 (OpenAI rejected it at launch and lists it "
@@ -116,7 +127,7 @@ def test_settings_env_and_key_alias(monkeypatch: pytest.MonkeyPatch) -> None:
     s = OpenAISettings()
     assert s.api_key is not None and s.api_key.get_secret_value() == "sk-main"
     assert s.base_url == "http://x/v1" and s.token_prices().image_out == 15.0
-    assert OpenAIAdapter.synchronous and not OpenAIAdapter.supports_webhooks
+    assert SPEC.synchronous and not SPEC.webhooks and SPEC.auth_scheme == "Bearer"
 
 
 # ---- error paths (narrow, in-process transport) ------------------------------------------------------
@@ -173,7 +184,7 @@ def test_error_answers_are_classified() -> None:
                         "param": None, "code": "invalid_api_key"}}
     with pytest.raises(ProviderError) as info:
         run(_submit(adapter(), job(), _answer(401, echoed)))
-    assert info.value.kind is ErrorKind.terminal and KEY not in info.value.reason and "[redacted]" in info.value.reason
+    assert info.value.kind is ErrorKind.terminal and KEY not in info.value.reason and "***" in info.value.reason
 
     with pytest.raises(ProviderError) as info:
         run(_submit(adapter(), job(), _answer(503, {"error": {"message": "overloaded", "type": "server_error",
@@ -185,12 +196,7 @@ def test_mask_without_alpha_is_refused_before_sending() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (512, 512), "white").save(buf, "PNG")
     a = adapter()
-
-    async def load_inputs(records: Sequence[InputRecord | None]) -> list[bytes]:
-        return [buf.getvalue() if r is not None and r.ref == "flat.png" else (EXAMPLES / "mug.png").read_bytes()
-                for r in records if r is not None]
-
-    a.load_inputs = load_inputs  # type: ignore[method-assign]
+    a.inputs = ExampleInputs({"flat.png": buf.getvalue()})
     t = _answer(200, {})
     flat = rec("mug.png").model_copy(update={"ref": "flat.png"})
     with pytest.raises(ProviderError) as info:
@@ -202,7 +208,8 @@ def test_mask_without_alpha_is_refused_before_sending() -> None:
 
 
 def test_lost_answer_is_reported_by_poll_as_billed_and_retryable() -> None:
-    out = run(adapter().poll(httpx.AsyncClient(), "req_1", {"sync": True}))
+    a = adapter()
+    out = run(a.poll(client(a, httpx.AsyncClient()), "req_1", {"sync": True}))
     assert out.done and out.error is not None
     assert out.error.kind is ErrorKind.retryable and out.error.maybe_billed and "req_1" in out.error.reason
 
@@ -295,7 +302,8 @@ def test_concurrency_cap_holds_requests_open(sb: str) -> None:
     async def both() -> list[Any]:
         async with httpx.AsyncClient() as http:
             req = a.build_request(job(), InputUrls(images=["x"]), None)
-            return list(await asyncio.gather(a.submit(http, job(), req), a.submit(http, job(), req)))
+            c = client(a, http)
+            return list(await asyncio.gather(a.submit(c, job(), req), a.submit(c, job(), req)))
 
     t0 = time.monotonic()
     subs = run(both())
@@ -390,12 +398,12 @@ def test_sandbox_auth_quota_and_json_encoding(sb: str) -> None:
 
 
 def test_request_form_round_trips_through_the_sandbox_parser() -> None:
-    from sandbox.providers.openai import params_from_form, parse_multipart
+    from providers.openai.emulator import params_from_form, parse_multipart
 
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
     j = canonical_job()
     req: ProviderRequest = a.build_request(j, InputUrls(images=[]), None)
-    from worker.providers.openai_common import multipart_form
+    from providers.openai.common import multipart_form
 
     _, files = multipart_form({}, [((EXAMPLES / r.ref).read_bytes(), r.format) for r in j.inputs],
                               (EXAMPLES / "mask_mug.png").read_bytes())

@@ -84,6 +84,30 @@ class Keys:
     def tick_lock(self) -> str:
         return f"{self.prefix}:lock:tick"
 
+    # OpenAI Batch (providers/openai_batch, through worker/batch_ingest.py): per provider batch
+    def oaib_meta(self, batch_id: str) -> str:
+        """Hash: how many lines the provider batch has (cancel counts against it), when it was created."""
+        return f"{self.prefix}:oaib:{batch_id}:meta"
+
+    def oaib_status(self, batch_id: str) -> str:
+        """The last `GET /batches/{id}` answer, shared by every poller for status_ttl_s."""
+        return f"{self.prefix}:oaib:{batch_id}:status"
+
+    def oaib_results(self, batch_id: str) -> str:
+        """Hash custom_id -> the job's record (staged output keys, usage, or the classified error)."""
+        return f"{self.prefix}:oaib:{batch_id}:results"
+
+    def oaib_lock(self, batch_id: str) -> str:
+        """The ingest lock: one worker reads a batch's files at a time."""
+        return f"{self.prefix}:oaib:{batch_id}:lock"
+
+    def oaib_ingested(self, batch_id: str) -> str:
+        """Set (to the batch's final status) once both files have been read whole."""
+        return f"{self.prefix}:oaib:{batch_id}:ingested"
+
+    def oaib_cancelled(self, batch_id: str) -> str:
+        """Set of custom_ids cancelled by editq (the batch is cancelled when all are)."""
+        return f"{self.prefix}:oaib:{batch_id}:cancelled"
 
 def keys() -> Keys:
     return Keys(get_settings().key_prefix)

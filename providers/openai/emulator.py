@@ -55,10 +55,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from sandbox.engine import EngineError, render_edit_images, render_placeholder, sniff_image_type
+from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
 
 NAME = "openai"
 PREFIX = "/openai/v1"
