@@ -423,3 +423,51 @@ def test_server_errors_are_retryable_and_not_billed(sb: str, patch: dict[str, fl
     err = info.value
     assert (err.kind, err.status_code, err.maybe_billed) == (ErrorKind.retryable, status, False)
     assert err.reason.startswith("openai edit: HTTP 500: server_error: The server had an error")
+
+
+# ---- the JSON encoding's types (EditImageBodyJsonParam in OpenAI's OpenAPI document) -------------------------
+def _json_edit(sb: str, **fields: Any) -> httpx.Response:
+    data_uri = "data:image/png;base64," + base64.b64encode(MUG).decode()
+    body = {"model": "gpt-image-2", "prompt": "p", "images": [{"image_url": data_uri}], **fields}
+    return httpx.post(sb + "/openai/v1/images/edits", json=body, headers={"Authorization": "Bearer sk-x"}, timeout=20)
+
+
+@pytest.mark.parametrize(("field", "value", "expected", "got"), [
+    ("n", "2", "an integer", "a string"),  # n: {"type": "integer"}: the string "2" is not one in JSON
+    ("n", True, "an integer", "a boolean"),
+    ("n", 1.5, "an integer", "a decimal"),
+    ("output_compression", "80", "an integer", "a string"),
+    ("prompt", 5, "a string", "an integer"),
+    ("size", 1024, "a string", "an integer"),
+    ("stream", "false", "a boolean", "a string"),
+])
+def test_sandbox_json_refuses_a_value_of_the_wrong_type(sb: str, field: str, value: Any, expected: str,
+                                                        got: str) -> None:
+    r = _json_edit(sb, **{field: value})
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {"message": f"Invalid type for '{field}': expected {expected}, but got {got} instead.",
+                                  "type": "invalid_request_error", "param": field, "code": "invalid_type"}}
+
+
+def test_sandbox_json_takes_explicit_null_as_the_documented_default(sb: str) -> None:
+    nulls = {k: None for k in ("n", "size", "quality", "background", "output_format", "output_compression",
+                               "moderation", "input_fidelity", "stream")}
+    r = _json_edit(sb, **nulls)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # defaults: n 1, size auto (the input's 512x512), quality auto (= medium), output_format png
+    assert len(body["data"]) == 1 and body["output_format"] == "png" and body["size"] == "512x512"
+    assert body["usage"]["output_tokens"] == 439  # medium: 1756 per 1024x1024, scaled by area
+    r = _json_edit(sb, model=None)  # model null: the schema's default gpt-image-1.5
+    assert r.status_code == 200, r.text
+
+
+def test_sandbox_json_gpt_image_sizes_and_their_usage(sb: str) -> None:
+    r = _json_edit(sb, size="1536x1024", quality="low", n=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["size"] == "1536x1024" and len(body["data"]) == 2
+    assert body["usage"]["output_tokens"] == 2 * 294  # low: 196 per 1024x1024, x1.5 for 1536x1024
+    assert body["usage"]["output_tokens_details"] == {"text_tokens": 0, "image_tokens": 588}
+    r = _json_edit(sb, size="1000x1000")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "size"
