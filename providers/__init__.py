@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 # name -> the package whose `SPEC` describes it
 REGISTRY: dict[str, str] = {
     "fal": "providers.fal",
-    "openai": "providers.legacy:openai",
-    "openai_batch": "providers.legacy:openai_batch",
+    "openai": "providers.openai",
+    "openai_batch": "providers.openai_batch",
     "oxen": "providers.legacy:oxen",
     "wavespeed": "providers.legacy:wavespeed",
     "modelrunner": "providers.modelrunner",

@@ -15,8 +15,6 @@ from worker.provider_client import ProviderClient
 from worker.providers.base import ProviderAdapter
 
 _OLD = {
-    "openai": "worker.providers.openai:OpenAIAdapter",
-    "openai_batch": "worker.providers.openai_batch:OpenAIBatchAdapter",
     "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
@@ -24,8 +22,6 @@ _OLD = {
 
 
 _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "openai": ("/openai/v1", "EDITQ_OPENAI_API_KEY", "sk-sandbox-key", {}),
-    "openai_batch": ("/openai/v1", "EDITQ_OPENAI_BATCH_API_KEY", "sk-sandbox-batch-key", {}),
     "oxen": ("/oxen/api/ai", "EDITQ_OXEN_API_KEY", "oxen-sandbox-key", {}),
     "wavespeed": ("/wavespeed", "EDITQ_WAVESPEED_API_KEY", "ws-sandbox-key", {}),
     "replicate": ("/replicate", "EDITQ_REPLICATE_API_TOKEN", "r8_sandbox-token", {}),
@@ -33,10 +29,6 @@ _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
 
 
 _CAPS: dict[str, tuple[str, str, str, str, str]] = {
-    "openai": ("`POST /v1/images/edits`, synchronous multipart", "the answer itself (own `editq.sync` queue)",
-               "yes (PNG, alpha, same size)", "1-10", "standard + custom WxH"),
-    "openai_batch": ("`/v1/files` + `/v1/batches`, 24 h window, **50 % price**",
-                     "poll (one status call per provider batch)", "yes", "1-10", "as `openai`"),
     "replicate": ("`POST /v1/models/openai/gpt-image-2/predictions`", "Standard-Webhooks webhook (`completed`) + poll",
                   "no (refused)", "1", "`auto`, 1024x1024, 1536x1024, 1024x1536"),
     "wavespeed": ("`POST /api/v3/openai/gpt-image-2/edit`", "`v3,` hex-HMAC webhook + poll", "no (refused)", "1",
@@ -57,7 +49,7 @@ def spec_for(name: str) -> ProviderSpec:
     return ProviderSpec(
         sandbox_path=path, key_env=key_env, sandbox_key=key, sandbox_env=extra, capabilities=Capabilities(*_CAPS[name]),
         name=name, title=name, settings_cls=cls.settings_cls, protocol=f"providers.legacy:{name}", emulator=None,
-        synchronous=cls.synchronous, webhooks=cls.supports_webhooks, claim_size=cls.claim_size,
+        synchronous=cls.synchronous, webhooks=cls.supports_webhooks,
         auth_scheme=cls.auth_scheme, batches=cls.submit_many is not ProviderAdapter.submit_many,
     )
 

@@ -52,6 +52,10 @@ class ProviderProtocol(ABC):
         """How long a request may stay with the provider before it is cancelled; None = global setting."""
         return None
 
+    def claim_size(self) -> int | None:
+        """Jobs one dispatch claims; None = the engine's `submit_batch` (OpenAI Batch: its settings)."""
+        return None
+
     def output_auth(self, url: str) -> bool:
         """Whether downloading this output needs the provider's credentials (Replicate's CDN does). The
         client adds them only when the URL's host is one the spec allows."""

@@ -69,7 +69,6 @@ class ProviderSpec:
     # "{sandbox}" in a value is the sandbox's base URL
     synchronous: bool = False  # the submit call itself returns the images (own queue, cap-bounded)
     webhooks: bool = True  # the provider can deliver signed webhooks
-    claim_size: int | None = None  # jobs per dispatch round; None = settings.submit_batch
     batches: bool = False  # the protocol groups many jobs into one provider request (`submit_many`)
     auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
     key_env: str = ""  # the environment variable users set the key in (the first alias)

@@ -1,6 +1,6 @@
-"""OpenAI synchronous images/edits: pure translation, error paths, and the adapter against the real sandbox
+"""OpenAI synchronous images/edits: pure translation, error paths, and the protocol against the real sandbox
 (`python -m sandbox` in a subprocess, real HTTP). Inputs come from examples/ instead of S3 here
-(`load_inputs` is replaced); the end-to-end test with S3 is in test_provider_openai_e2e.py."""
+(the protocol is given a file reader); the end-to-end test with S3 is in test_provider_openai_e2e.py."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from providers.openai import SPEC, OpenAISettings
+from providers.openai.protocol import OpenAIProtocol
+from providers.types import InputUrls, ProviderRequest
 from schemas.job import EditJob, InputRecord
 from tests import sandbox_proc
 from worker.errors import ErrorKind, ProviderError
-from worker.providers.base import InputUrls, ProviderRequest
-from worker.providers.openai import OpenAIAdapter, OpenAISettings
+from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -58,29 +60,38 @@ def canonical_job() -> EditJob:
                quality="low")
 
 
-def adapter(base_url: str = "http://openai.invalid/v1", **kw: Any) -> OpenAIAdapter:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
+class ExampleInputs:
+    """Inputs read from examples/ by their ref (the engine reads S3 by key)."""
 
-    async def load_inputs(records: Sequence[InputRecord | None]) -> list[bytes]:
-        return [(EXAMPLES / r.ref).read_bytes() for r in records if r is not None]
+    def __init__(self, override: dict[str, bytes] | None = None) -> None:
+        self.override = override or {}
 
-    a.load_inputs = load_inputs  # type: ignore[method-assign]
-    return a
+    async def read(self, records: Sequence[InputRecord]) -> list[bytes]:
+        return [self.override.get(r.ref) or (EXAMPLES / r.ref).read_bytes() for r in records]
+
+
+def adapter(base_url: str = "http://openai.invalid/v1", **kw: Any) -> OpenAIProtocol:
+    return OpenAIProtocol(OpenAISettings(api_key=KEY, base_url=base_url, **kw),  # type: ignore[arg-type]
+                          inputs=ExampleInputs())
+
+
+def client(a: OpenAIProtocol, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http)
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _submit(a: OpenAIAdapter, j: EditJob, transport: httpx.AsyncBaseTransport | None = None) -> Any:
+async def _submit(a: OpenAIProtocol, j: EditJob, transport: httpx.AsyncBaseTransport | None = None) -> Any:
     async with httpx.AsyncClient(transport=transport) as http:
         req = a.build_request(j, InputUrls(images=["https://s3/x"] * len(j.inputs)), None)
-        return await a.submit(http, j, req)
+        return await a.submit(client(a, http), j, req)
 
 
 # ---- pure ------------------------------------------------------------------------------------------
 def test_build_request_is_the_exact_form() -> None:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY, organization="org-1", project="proj-1"))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY, organization="org-1", project="proj-1"))  # type: ignore[arg-type]
     req = a.build_request(canonical_job(), InputUrls(images=["u1", "u2", "u3"], mask="m"), "https://hook")
     assert (req.method, req.path, req.json, req.files) == ("POST", "/images/edits", None, None)
     assert req.data == {"model": "gpt-image-2", "prompt": "make it sepia", "n": "2", "size": "auto",
@@ -90,7 +101,7 @@ def test_build_request_is_the_exact_form() -> None:
 
 
 def test_validate_refuses_with_provider_field_and_allowed_values() -> None:
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
     assert a.validate(canonical_job()) == []
     assert a.validate(job(background="transparent")) == [
         "openai: background=transparent is not allowed for gpt-image-2 (OpenAI rejected it at launch and lists it "
@@ -116,7 +127,7 @@ def test_settings_env_and_key_alias(monkeypatch: pytest.MonkeyPatch) -> None:
     s = OpenAISettings()
     assert s.api_key is not None and s.api_key.get_secret_value() == "sk-main"
     assert s.base_url == "http://x/v1" and s.token_prices().image_out == 15.0
-    assert OpenAIAdapter.synchronous and not OpenAIAdapter.supports_webhooks
+    assert SPEC.synchronous and not SPEC.webhooks and SPEC.auth_scheme == "Bearer"
 
 
 # ---- error paths (narrow, in-process transport) ------------------------------------------------------
@@ -173,7 +184,7 @@ def test_error_answers_are_classified() -> None:
                         "param": None, "code": "invalid_api_key"}}
     with pytest.raises(ProviderError) as info:
         run(_submit(adapter(), job(), _answer(401, echoed)))
-    assert info.value.kind is ErrorKind.terminal and KEY not in info.value.reason and "[redacted]" in info.value.reason
+    assert info.value.kind is ErrorKind.terminal and KEY not in info.value.reason and "***" in info.value.reason
 
     with pytest.raises(ProviderError) as info:
         run(_submit(adapter(), job(), _answer(503, {"error": {"message": "overloaded", "type": "server_error",
@@ -185,12 +196,7 @@ def test_mask_without_alpha_is_refused_before_sending() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (512, 512), "white").save(buf, "PNG")
     a = adapter()
-
-    async def load_inputs(records: Sequence[InputRecord | None]) -> list[bytes]:
-        return [buf.getvalue() if r is not None and r.ref == "flat.png" else (EXAMPLES / "mug.png").read_bytes()
-                for r in records if r is not None]
-
-    a.load_inputs = load_inputs  # type: ignore[method-assign]
+    a.inputs = ExampleInputs({"flat.png": buf.getvalue()})
     t = _answer(200, {})
     flat = rec("mug.png").model_copy(update={"ref": "flat.png"})
     with pytest.raises(ProviderError) as info:
@@ -202,7 +208,8 @@ def test_mask_without_alpha_is_refused_before_sending() -> None:
 
 
 def test_lost_answer_is_reported_by_poll_as_billed_and_retryable() -> None:
-    out = run(adapter().poll(httpx.AsyncClient(), "req_1", {"sync": True}))
+    a = adapter()
+    out = run(a.poll(client(a, httpx.AsyncClient()), "req_1", {"sync": True}))
     assert out.done and out.error is not None
     assert out.error.kind is ErrorKind.retryable and out.error.maybe_billed and "req_1" in out.error.reason
 
@@ -295,7 +302,8 @@ def test_concurrency_cap_holds_requests_open(sb: str) -> None:
     async def both() -> list[Any]:
         async with httpx.AsyncClient() as http:
             req = a.build_request(job(), InputUrls(images=["x"]), None)
-            return list(await asyncio.gather(a.submit(http, job(), req), a.submit(http, job(), req)))
+            c = client(a, http)
+            return list(await asyncio.gather(a.submit(c, job(), req), a.submit(c, job(), req)))
 
     t0 = time.monotonic()
     subs = run(both())
@@ -390,12 +398,12 @@ def test_sandbox_auth_quota_and_json_encoding(sb: str) -> None:
 
 
 def test_request_form_round_trips_through_the_sandbox_parser() -> None:
-    from sandbox.providers.openai import params_from_form, parse_multipart
+    from providers.openai.emulator import params_from_form, parse_multipart
 
-    a = OpenAIAdapter(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
+    a = OpenAIProtocol(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
     j = canonical_job()
     req: ProviderRequest = a.build_request(j, InputUrls(images=[]), None)
-    from worker.providers.openai_common import multipart_form
+    from providers.openai.common import multipart_form
 
     _, files = multipart_form({}, [((EXAMPLES / r.ref).read_bytes(), r.format) for r in j.inputs],
                               (EXAMPLES / "mask_mug.png").read_bytes())
@@ -415,3 +423,51 @@ def test_server_errors_are_retryable_and_not_billed(sb: str, patch: dict[str, fl
     err = info.value
     assert (err.kind, err.status_code, err.maybe_billed) == (ErrorKind.retryable, status, False)
     assert err.reason.startswith("openai edit: HTTP 500: server_error: The server had an error")
+
+
+# ---- the JSON encoding's types (EditImageBodyJsonParam in OpenAI's OpenAPI document) -------------------------
+def _json_edit(sb: str, **fields: Any) -> httpx.Response:
+    data_uri = "data:image/png;base64," + base64.b64encode(MUG).decode()
+    body = {"model": "gpt-image-2", "prompt": "p", "images": [{"image_url": data_uri}], **fields}
+    return httpx.post(sb + "/openai/v1/images/edits", json=body, headers={"Authorization": "Bearer sk-x"}, timeout=20)
+
+
+@pytest.mark.parametrize(("field", "value", "expected", "got"), [
+    ("n", "2", "an integer", "a string"),  # n: {"type": "integer"}: the string "2" is not one in JSON
+    ("n", True, "an integer", "a boolean"),
+    ("n", 1.5, "an integer", "a decimal"),
+    ("output_compression", "80", "an integer", "a string"),
+    ("prompt", 5, "a string", "an integer"),
+    ("size", 1024, "a string", "an integer"),
+    ("stream", "false", "a boolean", "a string"),
+])
+def test_sandbox_json_refuses_a_value_of_the_wrong_type(sb: str, field: str, value: Any, expected: str,
+                                                        got: str) -> None:
+    r = _json_edit(sb, **{field: value})
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {"message": f"Invalid type for '{field}': expected {expected}, but got {got} instead.",
+                                  "type": "invalid_request_error", "param": field, "code": "invalid_type"}}
+
+
+def test_sandbox_json_takes_explicit_null_as_the_documented_default(sb: str) -> None:
+    nulls = {k: None for k in ("n", "size", "quality", "background", "output_format", "output_compression",
+                               "moderation", "input_fidelity", "stream")}
+    r = _json_edit(sb, **nulls)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # defaults: n 1, size auto (the input's 512x512), quality auto (= medium), output_format png
+    assert len(body["data"]) == 1 and body["output_format"] == "png" and body["size"] == "512x512"
+    assert body["usage"]["output_tokens"] == 439  # medium: 1756 per 1024x1024, scaled by area
+    r = _json_edit(sb, model=None)  # model null: the schema's default gpt-image-1.5
+    assert r.status_code == 200, r.text
+
+
+def test_sandbox_json_gpt_image_sizes_and_their_usage(sb: str) -> None:
+    r = _json_edit(sb, size="1536x1024", quality="low", n=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["size"] == "1536x1024" and len(body["data"]) == 2
+    assert body["usage"]["output_tokens"] == 2 * 294  # low: 196 per 1024x1024, x1.5 for 1536x1024
+    assert body["usage"]["output_tokens_details"] == {"text_tokens": 0, "image_tokens": 588}
+    r = _json_edit(sb, size="1000x1000")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "size"

@@ -1,8 +1,8 @@
-"""openai_batch adapter: pure translation, line mapping, and the protocol against the real sandbox over HTTP.
+"""openai_batch protocol: pure translation, line mapping, and the protocol against the real sandbox over HTTP.
 
-The adapter's Redis and S3 collaborators are in-memory stand-ins here (narrow fakes: a dict-backed subset of
-redis-py and an object store); the OpenAI side is always the sandbox over real HTTP, except for the error
-paths that need an answer the sandbox cannot give (httpx.MockTransport).
+The engine's store (worker/batch_ingest.py) runs on in-memory stand-ins for Redis and S3 here (narrow fakes:
+a dict-backed subset of redis-py and an object store); the OpenAI side is always the sandbox over real HTTP,
+except for the error paths that need an answer the sandbox cannot give (httpx.MockTransport).
 """
 
 from __future__ import annotations
@@ -19,20 +19,25 @@ import httpx
 import pytest
 from PIL import Image
 
+from providers.openai.common import usage_and_cost
+from providers.openai_batch import SPEC, OpenAIBatchSettings
+from providers.openai_batch.protocol import (
+    OpenAIBatchProtocol,
+    custom_id_of,
+    lines,
+    missing_outcome,
+    split_request_id,
+)
+from providers.types import InputUrls, Outcome, ProviderRequest
 from sandbox.config import SandboxConfig
 from sandbox.testing import running_sandbox
 from schemas.job import EditJob, InputRecord
 from tests.conftest import EXAMPLES
+from worker import redact
+from worker.batch_ingest import RedisBatchStore
 from worker.errors import ErrorKind, ProviderError
-from worker.providers.base import InputUrls, Outcome, ProviderRequest
-from worker.providers.openai_batch import (
-    OpenAIBatchAdapter,
-    OpenAIBatchSettings,
-    _custom_id_of,
-    _lines,
-    split_request_id,
-)
-from worker.providers.openai_common import usage_and_cost
+from worker.keys import Keys
+from worker.provider_client import ProviderClient
 
 KEY = "sk-test-batch-0123456789abcdef"
 
@@ -123,10 +128,31 @@ class MemoryStorage:
         self.objects[key] = (data, content_type)
 
 
-def adapter(base_url: str = "http://openai.test/v1", **kw: Any) -> OpenAIBatchAdapter:
+class Adapter(OpenAIBatchProtocol):
+    """The protocol with its store on the stand-ins, and the stand-ins at hand for the tests."""
+
+    def __init__(self, settings: OpenAIBatchSettings) -> None:
+        self.redis, self.storage, self.keys = FakeRedis(), MemoryStorage(), Keys("t")
+        super().__init__(settings, store=RedisBatchStore(results_ttl_s=settings.results_ttl_s, redis=self.redis,
+                                                         storage=self.storage, keys=self.keys))
+
+    def client(self, http: httpx.AsyncClient) -> ProviderClient:
+        return ProviderClient(SPEC, self.settings, http)
+
+
+def adapter(base_url: str = "http://openai.test/v1", **kw: Any) -> Adapter:
     kw.setdefault("input_url_ttl_s", 0)  # keep the URLs the tests give (inline data URIs for the sandbox)
-    settings = OpenAIBatchSettings(api_key=KEY, base_url=base_url, **kw)
-    return OpenAIBatchAdapter(settings, redis=FakeRedis(), storage=MemoryStorage(), key_prefix="t")
+    return Adapter(OpenAIBatchSettings(api_key=KEY, base_url=base_url, **kw))
+
+
+def auth(a: OpenAIBatchProtocol) -> dict[str, str]:
+    """The headers the client sends with every call of this protocol."""
+    key = a.settings.api_key.get_secret_value() if a.settings.api_key else ""
+    b = a.build_request(job(), URLS, None)
+    assert b.headers == {}
+    from providers.openai_batch.protocol import org_headers
+
+    return {"Authorization": f"Bearer {key}", **org_headers(a.settings)}
 
 
 # ---- jobs -----------------------------------------------------------------------------------------------
@@ -180,12 +206,13 @@ def test_validate_names_provider_field_and_allowed_values() -> None:
 
 def test_settings_hooks_claim_size_and_deadline() -> None:
     a = adapter(claim_size=1234)
-    assert a.claim_size == 1234 and a.supports_webhooks is False
-    assert a.settings.deadline_s > 24 * 3600  # the pipeline must let the 24 h window run out first
+    assert a.settings.claim_size == 1234 and SPEC.webhooks is False and SPEC.batches
+    assert a.claim_size() == 1234 and adapter().claim_size() == OpenAIBatchSettings().claim_size == 10_000
+    assert (a.deadline_s() or 0) > 24 * 3600  # the pipeline must let the 24 h window run out first
     assert a.settings.rpm == 0 and a.settings.concurrency == 50_000
-    assert a.auth_headers() == {"Authorization": f"Bearer {KEY}"}
-    b = OpenAIBatchAdapter(OpenAIBatchSettings(api_key=KEY, organization="org-1", project="proj-1"))
-    assert b.auth_headers()["OpenAI-Organization"] == "org-1" and b.auth_headers()["OpenAI-Project"] == "proj-1"
+    assert auth(a) == {"Authorization": f"Bearer {KEY}"}
+    b = OpenAIBatchProtocol(OpenAIBatchSettings(api_key=KEY, organization="org-1", project="proj-1"))
+    assert auth(b)["OpenAI-Organization"] == "org-1" and auth(b)["OpenAI-Project"] == "proj-1"
 
 
 def test_input_urls_are_resigned_to_outlive_the_24h_window() -> None:
@@ -193,7 +220,7 @@ def test_input_urls_are_resigned_to_outlive_the_24h_window() -> None:
     assert OpenAIBatchSettings().input_url_ttl_s == 26 * 3600  # the default
     a.storage.settings.s3_public_endpoint = "https://files.example.com"
     j = canonical()
-    [(same_job, req)] = a._resign_all([(j, a.build_request(j, URLS, None))])
+    [(same_job, req)] = a.resign_all([(j, a.build_request(j, URLS, None))])
     assert same_job is j
     body = req.json["body"]  # type: ignore[index]
     assert [i["image_url"] for i in body["images"]] == [
@@ -228,14 +255,14 @@ def test_line_splitter_streams_long_lines_across_chunks() -> None:
             for c in chunks:
                 yield c
 
-        return [line async for line in _lines(gen())]
+        return [line async for line in lines(gen())]
 
     big = b'{"custom_id":"a","x":"' + b"A" * 100_000 + b'"}'
     data = big + b"\n\n" + b'{"custom_id":"b"}\r\n' + b'{"custom_id":"c"}'
     chunks = [data[i:i + 777] for i in range(0, len(data), 777)]
     assert asyncio.run(run(chunks)) == [big, b'{"custom_id":"b"}', b'{"custom_id":"c"}']
-    assert _custom_id_of(b'{"id":"batch_req_1","custom_id":"job_\\"q","response":null}') == 'job_"q'
-    assert _custom_id_of(b'{"id":"x"}') is None
+    assert custom_id_of(b'{"id":"batch_req_1","custom_id":"job_\\"q","response":null}') == 'job_"q'
+    assert custom_id_of(b'{"id":"x"}') is None
     assert split_request_id("batch_abc:job_1") == ("batch_abc", "job_1")
 
 
@@ -269,7 +296,7 @@ def test_success_line_stages_images_and_prices_at_half() -> None:
     # (100 * 5 + 900 * 8 + 400 * 30) / 1e6 = 0.0197 at sync prices; Batch is half
     assert full.cost_usd == pytest.approx(0.0197)
     assert rec_["usage"]["cost_usd"] == pytest.approx(0.00985)
-    out = a._outcome("batch_x", rec_)
+    out = a.outcome("batch_x", rec_)
     assert out.done and out.result is not None and out.result.usage is not None
     assert [o.url for o in out.result.outputs] == [
         "http://s3.test/editq/staging/openai_batch/batch_x/job_1/0.jpg?sig=1&ttl=3600",
@@ -294,7 +321,7 @@ def test_error_lines_are_classified(status: int, error: dict[str, Any], kind: Er
     a = adapter()
     item = {"id": "r", "custom_id": "job_1", "error": None,
             "response": {"status_code": status, "request_id": "req_9", "body": {"error": error}}}
-    out = a._outcome("batch_x", asyncio.run(a.line_record("batch_x", "job_1", item)))
+    out = a.outcome("batch_x", asyncio.run(a.line_record("batch_x", "job_1", item)))
     assert out.done and out.error is not None
     assert out.error.kind is kind and out.error.provider_code == code and out.error.status_code == status
     assert out.error.reason.startswith(f"openai_batch batch line: HTTP {status}: ")
@@ -307,33 +334,34 @@ def test_unrun_lines_follow_the_policy_and_say_so() -> None:
             "error": {"code": "batch_expired", "message": "This request could not be executed before the completion "
                                                           "window expired."}}
     retry = adapter()
-    out = retry._outcome("batch_x", asyncio.run(retry.line_record("batch_x", "job_1", item)))
+    out = retry.outcome("batch_x", asyncio.run(retry.line_record("batch_x", "job_1", item)))
     assert out.error is not None and out.error.kind is ErrorKind.retryable and not out.error.maybe_billed
     assert out.error.reason == ("openai_batch: not run: batch_expired in batch batch_x (not billed; back to the "
                                 "queue): This request could not be executed before the completion window expired.")
     fail = adapter(unrun_policy="fail")
-    out = fail._outcome("batch_x", asyncio.run(fail.line_record("batch_x", "job_1", item)))
+    out = fail.outcome("batch_x", asyncio.run(fail.line_record("batch_x", "job_1", item)))
     assert out.error is not None and out.error.kind is ErrorKind.terminal
     assert "(not billed; failed by unrun_policy=fail)" in out.error.reason
     timeout = {"id": "r", "custom_id": "job_1", "response": None,
                "error": {"code": "request_timeout", "message": "The underlying call to the model timed out."}}
-    out = fail._outcome("b", asyncio.run(fail.line_record("b", "job_1", timeout)))
+    out = fail.outcome("b", asyncio.run(fail.line_record("b", "job_1", timeout)))
     assert out.error is not None and out.error.kind is ErrorKind.retryable and out.error.maybe_billed
 
 
 def test_missing_lines_after_an_ended_batch() -> None:
     a = adapter()
+    redact.register(KEY)  # the client registers its key when it is made; ProviderError redacts every reason
     failed = {"status": "failed", "errors": {"data": [
         {"code": "duplicate_custom_id", "line": 2, "message": f"dup (key {KEY})", "param": "custom_id"}]}}
-    bad = a._missing("batch_x", "failed", failed, {"custom_id": "job_2", "line": 2})
+    bad = missing_outcome("batch_x", "failed", failed, {"custom_id": "job_2", "line": 2}, a.settings.unrun_policy)
     assert bad.error is not None and bad.error.kind is ErrorKind.terminal
-    assert bad.error.reason == "openai_batch: batch batch_x refused line 2: duplicate_custom_id: dup (key [redacted])"
-    other = a._missing("batch_x", "failed", failed, {"custom_id": "job_1", "line": 1})
+    assert bad.error.reason == "openai_batch: batch batch_x refused line 2: duplicate_custom_id: dup (key ***)"
+    other = missing_outcome("batch_x", "failed", failed, {"custom_id": "job_1", "line": 1}, a.settings.unrun_policy)
     assert other.error is not None and other.error.kind is ErrorKind.retryable
     assert "not run: batch failed validation in batch batch_x" in other.error.reason
-    expired = a._missing("batch_x", "expired", {}, {"custom_id": "job_1", "line": 1})
+    expired = missing_outcome("batch_x", "expired", {}, {"custom_id": "job_1", "line": 1}, a.settings.unrun_policy)
     assert expired.error is not None and "not run: batch expired" in expired.error.reason
-    lost = a._missing("batch_x", "completed", {}, {"custom_id": "job_1", "line": 1})
+    lost = missing_outcome("batch_x", "completed", {}, {"custom_id": "job_1", "line": 1}, a.settings.unrun_policy)
     assert lost.error is not None and lost.error.kind is ErrorKind.unknown and lost.error.maybe_billed
 
 
@@ -342,7 +370,7 @@ def _mock(handler: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-def _items(a: OpenAIBatchAdapter, n: int) -> list[tuple[EditJob, ProviderRequest]]:
+def _items(a: OpenAIBatchProtocol, n: int) -> list[tuple[EditJob, ProviderRequest]]:
     return [(job(f"job_{i}"), a.build_request(job(f"job_{i}"), URLS, None)) for i in range(n)]
 
 
@@ -363,7 +391,7 @@ def test_create_timeout_adopts_the_batch_that_was_created() -> None:
 
     async def run() -> list[Any]:
         async with _mock(handler) as http:
-            return await a.submit_many(http, _items(a, 2))
+            return await a.submit_many(a.client(http), _items(a, 2))
 
     res = asyncio.run(run())
     assert calls == ["POST /v1/files", "POST /v1/batches", "GET /v1/batches"]
@@ -388,14 +416,14 @@ def test_create_refused_deletes_the_file_and_never_leaks_the_key() -> None:
 
     async def run() -> list[Any]:
         async with _mock(handler) as http:
-            return await a.submit_many(http, _items(a, 3))
+            return await a.submit_many(a.client(http), _items(a, 3))
 
     res = asyncio.run(run())
     assert calls == ["POST /v1/files", "POST /v1/batches", "DELETE /v1/files/file-in2"]
     assert all(isinstance(r, ProviderError) and r.kind is ErrorKind.terminal for r in res)
     err = res[0]
     assert isinstance(err, ProviderError)
-    assert KEY not in err.reason and "[redacted]" in err.reason and err.provider_code == "invalid_api_key"
+    assert KEY not in err.reason and "***" in err.reason and err.provider_code == "invalid_api_key"
 
 
 def test_upload_429_is_retryable_with_wait() -> None:
@@ -408,7 +436,7 @@ def test_upload_429_is_retryable_with_wait() -> None:
 
     async def run() -> list[Any]:
         async with _mock(handler) as http:
-            return await a.submit_many(http, _items(a, 1))
+            return await a.submit_many(a.client(http), _items(a, 1))
 
     [err] = asyncio.run(run())
     assert isinstance(err, ProviderError) and err.kind is ErrorKind.retryable and err.retry_after_s == 7.0
@@ -438,14 +466,15 @@ class Counting:
         self.calls.append(f"{req.method} {req.url.path}")
 
 
-async def _drive(a: OpenAIBatchAdapter, items: list[tuple[EditJob, ProviderRequest]], counting: Counting,
+async def _drive(a: Adapter, items: list[tuple[EditJob, ProviderRequest]], counting: Counting,
                  timeout: float = 20.0) -> tuple[list[Any], list[Outcome | ProviderError]]:
     async with httpx.AsyncClient(event_hooks={"request": [counting.hook]}) as http:
-        subs = await a.submit_many(http, items)
+        c = a.client(http)
+        subs = await a.submit_many(c, items)
         pending = [(s.request_id, s.handle) for s in subs if not isinstance(s, ProviderError)]
         deadline = time.monotonic() + timeout
         while True:
-            outs = await a.poll_many(http, pending)
+            outs = await a.poll_many(c, pending)
             if all(isinstance(o, Outcome) and o.done for o in outs) or time.monotonic() > deadline:
                 return subs, outs
             await asyncio.sleep(0.02)
@@ -490,9 +519,9 @@ def test_batch_round_trip_partial_failure_and_one_status_call_per_batch(sb: str)
     assert len(counting.calls) == before and all(isinstance(o, Outcome) and o.done for o in again)
 
 
-async def _poll_only(a: OpenAIBatchAdapter, pending: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+async def _poll_only(a: Adapter, pending: list[tuple[str, dict[str, Any]]]) -> list[Any]:
     async with httpx.AsyncClient() as http:
-        return await a.poll_many(http, pending)
+        return await a.poll_many(a.client(http), pending)
 
 
 def test_interrupted_ingest_resumes_without_redoing_recorded_lines(sb: str) -> None:
@@ -502,17 +531,18 @@ def test_interrupted_ingest_resumes_without_redoing_recorded_lines(sb: str) -> N
 
     async def run() -> list[Any]:
         async with httpx.AsyncClient() as http:
-            subs = await a.submit_many(http, [(j, a.build_request(j, inline, None)) for j in jobs])
+            c = a.client(http)
+            subs = await a.submit_many(c, [(j, a.build_request(j, inline, None)) for j in jobs])
             bid = subs[0].handle["batch_id"]
             for _ in range(500):
-                batch = await a.batch_status(http, bid)
+                batch = await a.batch_status(c, bid)
                 if batch and batch["status"] == "completed":
                     break
                 await asyncio.sleep(0.02)
             # someone recorded job_r1 before being killed: its record must survive untouched
-            a.redis.hset(a._key(bid, "results"), "job_r1", json.dumps({"ok": False, "kind": "terminal",
+            a.redis.hset(a.keys.oaib_results(bid), "job_r1", json.dumps({"ok": False, "kind": "terminal",
                                                                           "reason": "pre-recorded"}))
-            return await a.poll_many(http, [(s.request_id, s.handle) for s in subs])
+            return await a.poll_many(c, [(s.request_id, s.handle) for s in subs])
 
     outs = asyncio.run(run())
     assert [o.result is not None for o in outs] == [True, False, True]
@@ -544,13 +574,14 @@ def test_cancel_of_every_job_cancels_the_provider_batch(sb: str) -> None:
 
         async def run() -> tuple[list[Any], dict[str, Any] | None]:
             async with httpx.AsyncClient() as http:
-                subs = await a.submit_many(http, [(j, a.build_request(j, inline, None)) for j in jobs])
-                await a.cancel(http, subs[0].request_id, subs[0].handle)
+                c = a.client(http)
+                subs = await a.submit_many(c, [(j, a.build_request(j, inline, None)) for j in jobs])
+                await a.cancel(c, subs[0].request_id, subs[0].handle)
                 bid = subs[0].handle["batch_id"]
-                first = (await http.get(f"{sb}/openai/v1/batches/{bid}", headers=a.auth_headers())).json()
+                first = (await http.get(f"{sb}/openai/v1/batches/{bid}", headers=auth(a))).json()
                 assert first["status"] == "validating"  # one cancelled job does not cancel the others' batch
-                await a.cancel(http, subs[1].request_id, subs[1].handle)
-                second = (await http.get(f"{sb}/openai/v1/batches/{bid}", headers=a.auth_headers())).json()
+                await a.cancel(c, subs[1].request_id, subs[1].handle)
+                second = (await http.get(f"{sb}/openai/v1/batches/{bid}", headers=auth(a))).json()
                 return subs, second
 
         _, batch = asyncio.run(run())

@@ -1,4 +1,4 @@
-"""Pure unit tests of worker/providers/openai_common.py (shared by the sync and Batch adapters)."""
+"""Pure unit tests of providers/openai/common.py (shared by the sync and Batch protocols)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from schemas.job import EditJob, InputRecord
-from worker.errors import ErrorKind
-from worker.providers.openai_common import (
+from providers.openai.common import (
     TokenPrices,
     classify_code,
     classify_error,
@@ -20,6 +18,9 @@ from worker.providers.openai_common import (
     validate_edit,
     wait_from_message,
 )
+from schemas.job import EditJob, InputRecord
+from worker import redact
+from worker.errors import ErrorKind
 
 
 def rec(i: int, fmt: str = "png", w: int = 512, h: int = 512, size: int = 1000) -> InputRecord:
@@ -122,7 +123,8 @@ def test_classify() -> None:
     assert classify_error(500, {"error": {"message": "x", "type": "server_error", "code": None}}).maybe_billed is False
     bad_key = {"error": {"message": "Incorrect API key provided: sk-secret-123.", "code": "invalid_api_key",
                          "type": "invalid_request_error"}}
-    e = classify_error(401, bad_key, {}, secrets=["sk-secret-123"])
+    redact.register("sk-secret-123")  # the client registers its key; ProviderError redacts every reason
+    e = classify_error(401, bad_key, {})
     assert e.kind is ErrorKind.terminal and "sk-secret-123" not in e.reason
     assert classify_code("content_policy_violation", None, "no").kind is ErrorKind.terminal
     assert classify_code(None, None, "??").kind is ErrorKind.unknown

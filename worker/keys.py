@@ -185,6 +185,31 @@ class Keys:
     def openai_batch(self, batch_id: str, what: str) -> str:
         return self._fill("openai_batch", batch_id=batch_id, what=what)
 
+    # OpenAI Batch (providers/openai_batch, through worker/batch_ingest.py): per provider batch
+    def oaib_meta(self, batch_id: str) -> str:
+        """Hash: how many lines the provider batch has (cancel counts against it), when it was created."""
+        return self.openai_batch(batch_id, "meta")
+
+    def oaib_status(self, batch_id: str) -> str:
+        """The last `GET /batches/{id}` answer, shared by every poller for status_ttl_s."""
+        return self.openai_batch(batch_id, "status")
+
+    def oaib_results(self, batch_id: str) -> str:
+        """Hash custom_id -> the job's record (staged output keys, usage, or the classified error)."""
+        return self.openai_batch(batch_id, "results")
+
+    def oaib_lock(self, batch_id: str) -> str:
+        """The ingest lock: one worker reads a batch's files at a time."""
+        return self.openai_batch(batch_id, "lock")
+
+    def oaib_ingested(self, batch_id: str) -> str:
+        """Set (to the batch's final status) once both files have been read whole."""
+        return self.openai_batch(batch_id, "ingested")
+
+    def oaib_cancelled(self, batch_id: str) -> str:
+        """Set of custom_ids cancelled by editq (the batch is cancelled when all are)."""
+        return self.openai_batch(batch_id, "cancelled")
+
     @property
     def naive_ready(self) -> str:
         return self._fill("naive_ready")

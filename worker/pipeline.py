@@ -105,7 +105,7 @@ class Pipeline:
         adapter = providers.protocol_of(provider)
         spec = providers.spec_of(provider)
         sync_want = max(1, min(self.limits(adapter)[0], 8))
-        want = spec.claim_size or (sync_want if spec.synchronous else self.settings.submit_batch)
+        want = adapter.claim_size() or (sync_want if spec.synchronous else self.settings.submit_batch)
         if spec.synchronous or spec.batches:
             claimed, items = self._claim(adapter, want)
             if not spec.batches:

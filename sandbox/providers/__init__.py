@@ -11,14 +11,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.providers import openai, openai_batch, oxen, replicate, wavespeed
+from sandbox.providers import oxen, replicate, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
 
 _NOT_MOVED: dict[str, ProviderBuilder] = {
-    "openai": openai.build,
-    "openai_batch": openai_batch.build,
     "oxen": oxen.build,
     "wavespeed": wavespeed.build,
     "replicate": replicate.build,

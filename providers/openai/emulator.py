@@ -16,7 +16,9 @@ queue under the ``concurrency`` cap, then takes ``latency_s + jitter``; the answ
 ``size``, ``usage``) with an ``x-request-id`` header (also the id in ``/_sandbox/requests``).
 Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 
-Strictness (refused with 400 ``invalid_request_error`` and the field as ``param``): unknown fields,
+Strictness (refused with 400 ``invalid_request_error`` and the field as ``param``): in the JSON encoding,
+a value of the wrong JSON type (``invalid_type``; an explicit null where OpenAI's schema allows it means
+the default; see ``JSON_TYPES``), unknown fields,
 a file part typed ``application/octet-stream`` (OpenAI's wording, see provider-openai.md §1.1), bytes
 that are not the declared image type, more than 16 images, n outside 1-10, sizes outside the model's
 rules (gpt-image-2: ``auto`` or WxH with sides multiple of 16, longest edge <= 3840, ratio <= 3:1,
@@ -55,10 +57,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from sandbox.engine import EngineError, render_edit_images, render_placeholder, sniff_image_type
+from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
 
 NAME = "openai"
 PREFIX = "/openai/v1"
@@ -410,11 +411,56 @@ def _image_url(ref: Any, param: str) -> str:
     return url
 
 
+# The JSON encoding's types, from OpenAI's published OpenAPI document (`EditImageBodyJsonParam` in
+# components.schemas, the `application/json` body of POST /images/edits). Encoded here, never read at run time.
+# Each of these is `anyOf: [<type>, {"type": "null"}]`: an explicit null is accepted and means the default
+# (model gpt-image-1.5, n 1, quality auto, size auto, output_format png, moderation auto, background auto,
+# stream false; input_fidelity and output_compression have none and are simply not set).
+JSON_NULLABLE = frozenset({
+    "model", "n", "quality", "input_fidelity", "size", "output_format", "output_compression", "moderation",
+    "background", "stream",
+})
+# JSON types of the scalar fields (`{"type": "integer"}` etc.); multipart sends every field as text, so
+# these are checked for the JSON encoding only. `partial_images` has no schema (`{}`) and is left as it is.
+JSON_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "model": ("a string", (str,)),
+    "prompt": ("a string", (str,)),
+    "n": ("an integer", (int,)),
+    "quality": ("a string", (str,)),
+    "input_fidelity": ("a string", (str,)),
+    "size": ("a string", (str,)),
+    "user": ("a string", (str,)),
+    "output_format": ("a string", (str,)),
+    "output_compression": ("an integer", (int,)),
+    "moderation": ("a string", (str,)),
+    "background": ("a string", (str,)),
+    "stream": ("a boolean", (bool,)),
+}
+
+
+def json_scalars(fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body's scalar fields checked against their schema types: a value of the wrong JSON type
+    (the string "2" for `n`, a number for `prompt`, the string "true" for `stream`) is refused with
+    400 `invalid_type`; an explicit null where the schema allows it is dropped (the default applies)."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None and name in JSON_NULLABLE:
+            continue
+        expected = JSON_TYPES.get(name)
+        if expected is not None:
+            label, types = expected
+            wrong_bool = isinstance(value, bool) and bool not in types  # JSON true is not an integer
+            if wrong_bool or not isinstance(value, types):
+                raise invalid_type(name, label, value)
+        out[name] = value
+    return out
+
+
 async def params_from_json(state: SandboxState, body: Any) -> EditParams:
     """The JSON encoding (`images: [{image_url}]`, `mask: {image_url}`) -> EditParams; downloads the inputs."""
     if not isinstance(body, dict):
         raise _bad("Invalid body: expected a JSON object.", None, "invalid_type")
-    scalars = check_scalars({k: v for k, v in body.items() if k not in ("images", "mask")})
+    scalars = check_scalars(json_scalars({k: v for k, v in body.items() if k not in ("images", "mask")}))
     refs = body.get("images")
     if not isinstance(refs, list) or not refs:
         raise missing("images")

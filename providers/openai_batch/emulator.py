@@ -20,7 +20,7 @@ A batch moves ``validating -> in_progress -> finalizing -> completed`` (or ``fai
   the first line ends the batch ``failed`` with ``errors.data[{code, line, message, param}]`` and runs nothing.
 * in_progress: every line is one job of the shared runner (provider ``openai_batch`` in ``/_sandbox/requests`` and
   ``/_sandbox/stats``): it waits under the ``concurrency`` cap and takes ``latency_s + U(0, jitter_s)`` **per line**.
-  The line's ``body`` goes through the sync emulator's JSON edit form (``sandbox.providers.openai.params_from_json``
+  The line's ``body`` goes through the sync emulator's JSON edit form (``providers.openai.emulator.params_from_json``
   and ``execute_edit``: unknown parameters, types, ranges, sizes per model, mask rules, rendering with
   ``sandbox.engine``, simulated ``usage``); a bad body, an unreachable input or a moderation trigger fails that
   line only (a 4xx ``response`` in the error file), as the real service does. ``{"file_id"}`` image references
@@ -60,10 +60,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from sandbox.engine import sniff_image_type
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import bearer_key, submit_fault
-from sandbox.providers.openai import (
+from providers.openai.emulator import (
     MODERATION_TRIGGER,
     OpenAIError,
     execute_edit,
@@ -77,6 +74,9 @@ from sandbox.providers.openai import (
     parse_multipart,
     server_error,
 )
+from sandbox.engine import sniff_image_type
+from sandbox.inputs import summarize_for_log
+from sandbox.providers.common import bearer_key, submit_fault
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
 
