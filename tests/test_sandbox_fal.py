@@ -10,6 +10,9 @@ import base64
 import hashlib
 import io
 import json
+import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ import httpx
 import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from tests import sandbox_proc
 
@@ -289,9 +292,9 @@ def test_submit_status_result_roundtrip(client: httpx.Client, peer: Peer) -> Non
 
 
 def test_masked_edit_over_http_keeps_unmasked_pixels(client: httpx.Client) -> None:
-    source = _sample((256, 256))
-    mask = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
-    ImageDraw.Draw(mask).rectangle((64, 64, 191, 191), fill=(0, 0, 0, 0))
+    source = _sample((1024, 1024))  # within GPT Image 2's limits, so "auto" keeps the size
+    mask = Image.new("RGBA", (1024, 1024), (0, 0, 0, 255))
+    ImageDraw.Draw(mask).rectangle((256, 256, 767, 767), fill=(0, 0, 0, 0))
     sub = submit(client, {"prompt": "make it gold", "image_urls": [_data_uri(source)],
                           "mask_url": _data_uri(_png(mask)), "sync_mode": True})
     wait_completed(client, sub)
@@ -299,11 +302,12 @@ def test_masked_edit_over_http_keeps_unmasked_pixels(client: httpx.Client) -> No
     assert image["url"].startswith("data:image/png;base64,")
     out = Image.open(io.BytesIO(base64.b64decode(image["url"].split(",", 1)[1]))).convert("RGB")
     before = Image.open(io.BytesIO(source)).convert("RGB")
-    b, a = before.load(), out.load()
-    assert b is not None and a is not None
-    inside = [(x, y) for x in range(64, 192) for y in range(64, 192)]
-    assert all(b[x, y] == a[x, y] for x in range(256) for y in range(256) if not (64 <= x < 192 and 64 <= y < 192))
-    assert sum(b[p] != a[p] for p in inside) > len(inside) // 2
+    assert out.size == before.size == (image["width"], image["height"])
+    changed = ImageChops.difference(before, out).convert("L").point(lambda v: 255 if v else 0)
+    bbox = changed.getbbox()
+    assert bbox is not None and bbox[0] >= 256 and bbox[1] >= 256 and bbox[2] <= 768 and bbox[3] <= 768
+    inside = changed.crop((256, 256, 768, 768)).histogram()[255]
+    assert inside > 512 * 512 // 2
 
 
 INVALID = [
@@ -324,6 +328,25 @@ INVALID = [
     ({"prompt": "x", "image_urls": ["data:,x"], "output_format": "gif"}, ["body", "output_format"]),
     ({"prompt": "x", "image_urls": ["data:,x"], "quality": "ultra"}, ["body", "quality"]),
     ([1, 2], ["body"]),
+    # types exactly as fal's published schema states them: no string/bool/float coercion
+    ({"prompt": "x", "image_urls": ["data:,x"], "num_images": "2"}, ["body", "num_images"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "num_images": True}, ["body", "num_images"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "num_images": 2.5}, ["body", "num_images"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "sync_mode": "true"}, ["body", "sync_mode"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "sync_mode": 1}, ["body", "sync_mode"]),
+    ({"prompt": 7, "image_urls": ["data:,x"]}, ["body", "prompt"]),
+    ({"prompt": "x", "image_urls": "data:,x"}, ["body", "image_urls"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "image_size": {"width": "1024", "height": 1024}},
+     ["body", "image_size"]),
+    # explicit null where the schema has no null (required fields, fields with a non-null default)
+    ({"prompt": None, "image_urls": ["data:,x"]}, ["body", "prompt"]),
+    ({"prompt": "x", "image_urls": None}, ["body", "image_urls"]),
+    ({"prompt": "x", "image_urls": [None]}, ["body", "image_urls", 0]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "image_size": None}, ["body", "image_size"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "quality": None}, ["body", "quality"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "num_images": None}, ["body", "num_images"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "output_format": None}, ["body", "output_format"]),
+    ({"prompt": "x", "image_urls": ["data:,x"], "sync_mode": None}, ["body", "sync_mode"]),
 ]
 
 
@@ -337,6 +360,93 @@ def test_validation_errors_use_fals_422_shape(client: httpx.Client, body: Any, l
     assert loc in [d["loc"] for d in detail]
     assert stats(client)["accepted"] == 0
     assert stats(client)["rejected"] == {"validation": 1}
+
+
+def test_null_is_accepted_where_the_schema_allows_it(client: httpx.Client) -> None:
+    # mask_url is optional without a default (null = no mask); 2.0 is a JSON Schema integer
+    sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample((1024, 1024)))], "mask_url": None,
+                          "num_images": 2.0, "sync_mode": False})
+    done = wait_completed(client, sub)
+    assert "error" not in done
+    images = client.get(sub["response_url"]).json()["images"]
+    assert len(images) == 2 and all((i["width"], i["height"]) == (1024, 1024) for i in images)
+
+
+def test_omitted_fields_take_fals_defaults(client: httpx.Client) -> None:
+    source = _sample((1536, 1024))
+    sub = submit(client, {"prompt": "defaults", "image_urls": [_data_uri(source)]})
+    wait_completed(client, sub)
+    logs = [entry["message"] for entry in status(client, sub, "1").json()["logs"]]
+    assert ("Editing: 1 image(s), image_size=auto -> 1536x1024, quality=high, output_format=png." in logs), logs
+    images = client.get(sub["response_url"]).json()["images"]
+    assert len(images) == 1  # num_images 1
+    image = images[0]
+    assert image["content_type"] == "image/png" and image["url"].startswith("http")  # png, sync_mode false
+    content = httpx.get(image["url"]).content
+    decoded = Image.open(io.BytesIO(content))
+    assert decoded.format == "PNG" and decoded.size == (1536, 1024) == (image["width"], image["height"])
+
+
+def _within_gpt_image_2_limits(width: int, height: int) -> bool:
+    return (width % 16 == 0 and height % 16 == 0 and max(width, height) <= 3840
+            and max(width, height) / min(width, height) <= 3 and 655_360 <= width * height <= 8_294_400)
+
+
+# (image_size, first input's size) -> what is rendered; the decision is in providers/fal/emulator_schema.py
+SIZES = [
+    ("square_hd", (256, 192), (1024, 1024)),
+    ("square", (256, 192), (816, 816)),  # 512x512 is below 655,360 px: scaled up, 1:1 kept
+    ("portrait_4_3", (256, 192), (768, 1024)),
+    ("portrait_16_9", (256, 192), (608, 1088)),  # 576x1024 is below the minimum: nearest valid ~9:16
+    ("landscape_4_3", (256, 192), (1024, 768)),
+    ("landscape_16_9", (256, 192), (1088, 608)),
+    ("auto", (1536, 1024), (1536, 1024)),  # the first input's size when it is valid
+    ("auto", (512, 512), (816, 816)),  # too few pixels: scaled up
+    ("auto", (300, 200), (992, 672)),  # too few pixels and not on the 16-grid: nearest valid ~3:2
+    ("auto", (1000, 1000), (992, 992)),  # valid pixel count, edges rounded to multiples of 16
+    ("auto", (4000, 3000), (3312, 2480)),  # too many pixels: scaled down
+    ("auto", (1600, 400), (1408, 480)),  # 4:1 clamped to (nearly) 3:1 and scaled up
+]
+
+
+def test_presets_and_auto_render_sizes_within_gpt_image_2_limits(client: httpx.Client) -> None:
+    subs = []
+    for preset, first, expected in SIZES:
+        body = {"prompt": f"size {preset} {first}", "image_urls": [_data_uri(_sample(first))], "image_size": preset,
+                "quality": "low", "output_format": "jpeg"}
+        subs.append((submit(client, body), preset, first, expected))
+    for sub, preset, first, expected in subs:
+        wait_completed(client, sub)
+        image = client.get(sub["response_url"]).json()["images"][0]
+        content = httpx.get(image["url"]).content
+        decoded = Image.open(io.BytesIO(content))
+        got = (image["width"], image["height"])
+        assert got == expected and decoded.size == got, (preset, first, got, decoded.size)
+        assert len(content) == image["file_size"]
+        assert _within_gpt_image_2_limits(*got)
+
+
+def test_cached_render_sizes_match_the_bytes(client: httpx.Client) -> None:
+    client.patch("/_sandbox/config", json={"render": "cached"})
+    for preset, first, expected in [("square", (64, 64), (816, 816)), ("auto", (512, 512), (816, 816))]:
+        sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample(first))], "image_size": preset})
+        wait_completed(client, sub)
+        image = client.get(sub["response_url"]).json()["images"][0]
+        decoded = Image.open(io.BytesIO(httpx.get(image["url"]).content))
+        assert decoded.size == (image["width"], image["height"]) == expected
+
+
+def test_size_fitting_always_lands_within_the_limits() -> None:
+    from providers.fal.emulator_schema import output_size
+
+    for width in (1, 15, 16, 100, 333, 512, 577, 1000, 1024, 2047, 3840, 3841, 5000, 9999):
+        for height in (1, 17, 64, 250, 512, 768, 1080, 2000, 3840, 7000):
+            fitted = output_size((width, height))
+            assert _within_gpt_image_2_limits(*fitted), ((width, height), fitted)
+            if _within_gpt_image_2_limits(width, height):
+                assert fitted == (width, height)
+            ratio = min(max(width / height, 1 / 3), 3)
+            assert abs(fitted[0] / fitted[1] / ratio - 1) < 0.05, ((width, height), fitted)
 
 
 def test_valid_custom_size_is_accepted(client: httpx.Client) -> None:
@@ -410,6 +520,59 @@ def test_cancel_in_progress_and_already_completed(client: httpx.Client) -> None:
     again = client.put(sub["cancel_url"])
     assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
     assert stats(client)["cancelled"] == 1
+
+
+def test_cancel_in_every_state_and_what_follows(client: httpx.Client) -> None:
+    client.patch("/_sandbox/config", json={"concurrency": 1, "latency_s": 60})
+    body = {"prompt": "x", "image_urls": [_data_uri(_sample())]}
+    running = submit(client, body)
+    wait_for(lambda: status(client, running).json()["status"] == "IN_PROGRESS", what="IN_PROGRESS")
+    queued = submit(client, body)
+    assert status(client, queued).json()["status"] == "IN_QUEUE"
+
+    # queued: 202 CANCELLATION_REQUESTED, removed from the queue at once
+    cancel = client.put(queued["cancel_url"])
+    assert (cancel.status_code, cancel.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
+    after = status(client, queued, "1")
+    assert after.status_code == 200
+    assert after.json()["status"] == "COMPLETED" and after.json()["error_type"] == "request_cancelled"
+    assert "queue_position" not in after.json() and after.json()["logs"][-1]["level"] == "ERROR"
+    result = client.get(queued["response_url"])
+    assert result.status_code == 400 and result.json()["error_type"] == "request_cancelled"
+    assert result.headers["x-fal-error-type"] == "request_cancelled"
+    entry = client.get(f"/_sandbox/requests/{queued['request_id']}").json()
+    assert entry["started_at"] is None and entry["outcome"] == "cancelled"
+    with client.stream("GET", queued["status_url"] + "/stream") as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert [e["status"] for e in events] == ["COMPLETED"] and events[0]["error_type"] == "request_cancelled"
+
+    # running: 202 CANCELLATION_REQUESTED, then COMPLETED with the cancellation error
+    cancel = client.put(running["cancel_url"])
+    assert (cancel.status_code, cancel.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
+    done = wait_completed(client, running)
+    assert done["error_type"] == "request_cancelled" and "inference_time" in done["metrics"]
+    assert client.get(running["response_url"]).status_code == 400
+
+    # completed (cancelled or not): 400 ALREADY_COMPLETED, and the result is unchanged
+    for sub in (queued, running):
+        again = client.put(sub["cancel_url"])
+        assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
+    client.patch("/_sandbox/config", json={"latency_s": 0.05})
+    finished = submit(client, body)
+    wait_completed(client, finished)
+    before = client.get(finished["response_url"]).json()
+    late = client.put(finished["cancel_url"])
+    assert (late.status_code, late.json()) == (400, {"status": "ALREADY_COMPLETED"})
+    assert client.get(finished["response_url"]).json() == before
+    assert "error" not in status(client, finished).json()
+
+    # unknown id: 404 NOT_FOUND, and status/result stay 404
+    missing = running["cancel_url"].replace(running["request_id"], "00000000-0000-0000-0000-000000000000")
+    gone = client.put(missing)
+    assert (gone.status_code, gone.json()) == (404, {"status": "NOT_FOUND"})
+    assert client.get(missing.removesuffix("/cancel") + "/status").status_code == 404
+    assert client.get(missing.removesuffix("/cancel")).status_code == 404
+    assert stats(client)["cancelled"] == 2
 
 
 def test_concurrency_cap_queues_the_rest(client: httpx.Client) -> None:
@@ -610,7 +773,7 @@ def test_cached_render_serves_requested_size_and_format(client: httpx.Client) ->
         urls.append(image["url"])
         content = httpx.get(image["url"]).content
         decoded = Image.open(io.BytesIO(content))
-        assert decoded.format == "WEBP" and decoded.size == (576, 1024) and len(content) == image["file_size"]
+        assert decoded.format == "WEBP" and decoded.size == (608, 1088) and len(content) == image["file_size"]
     assert urls[0] != urls[1]
     assert httpx.get(urls[0]).content == httpx.get(urls[1]).content
 
@@ -647,15 +810,40 @@ def test_control_config_patch(client: httpx.Client) -> None:
     assert health["status"] == "ok" and "fal" in [p["name"] for p in health["providers"]]
 
 
-def test_status_stream_ends_with_completed(client: httpx.Client) -> None:
-    sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample())]})
+def _stream(client: httpx.Client, sub: dict[str, Any], logs: str) -> list[dict[str, Any]]:
     events = []
-    with client.stream("GET", sub["status_url"] + "/stream") as response:
+    with client.stream("GET", sub["status_url"] + "/stream", params={"logs": logs}) as response:
+        assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
+    return events
+
+
+def test_status_stream_ends_with_completed(client: httpx.Client) -> None:
+    sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample())]})
+    events = _stream(client, sub, "0")
     assert events[-1]["status"] == "COMPLETED"
+    assert all(e["logs"] is None for e in events)
+
+
+def test_status_stream_sends_each_log_line_once(client: httpx.Client, peer: Peer) -> None:
+    peer.files["slow.png"] = (_sample((320, 240)), "image/png")
+    peer.gates["slow.png"] = gate = threading.Event()
+    sub = submit(client, {"prompt": "x", "image_urls": [_data_uri(_sample()), f"{peer.base}/slow.png"]})
+    wait_for(lambda: status(client, sub).json()["status"] == "IN_PROGRESS", what="IN_PROGRESS")
+    threading.Timer(0.5, gate.set).start()  # the stream sees the held download, then the rest
+    events = _stream(client, sub, "1")
+    assert len(events) >= 2 and events[-1]["status"] == "COMPLETED"
+    assert all(isinstance(e["logs"], list) for e in events)
+    lines = [json.dumps(entry, sort_keys=True) for e in events for entry in e["logs"]]
+    assert len(lines) == len(set(lines)), "a log line was repeated across events"
+    # together the events carry exactly the request's log, in order; a poll still returns all of it
+    polled = status(client, sub, "1").json()["logs"]
+    assert [json.loads(line) for line in lines] == polled
+    assert polled[-1]["message"] == "Request completed."
+    assert sum(1 for e in events if e["logs"]) >= 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,8 +865,8 @@ def test_fal_client_sdk_contract(client: httpx.Client, sandbox_url: str, monkeyp
     assert final.error is None and final.metrics["inference_time"] > 0 and final.logs
     result = sdk.result(APP, handle.request_id)
     image = result["images"][0]
-    assert (image["width"], image["height"]) == (512, 512)
-    assert Image.open(io.BytesIO(httpx.get(image["url"]).content)).size == (512, 512)
+    assert (image["width"], image["height"]) == (816, 816)  # "square" fitted into GPT Image 2's limits
+    assert Image.open(io.BytesIO(httpx.get(image["url"]).content)).size == (816, 816)
     assert handle.get() == result
     entry = client.get(f"/_sandbox/requests/{handle.request_id}").json()
     assert entry["headers"]["x-fal-queue-priority"] == "low"
@@ -714,4 +902,65 @@ def test_fal_client_upload_then_edit(client: httpx.Client, sandbox_url: str, mon
         assert download.content == source and download.headers["content-type"] == "image/png"
     handle = sdk.submit(APP, arguments={"prompt": "mirror it", "image_urls": [url_v3, url_gcs]})
     result = handle.get()
-    assert (result["images"][0]["width"], result["images"][0]["height"]) == (320, 240)
+    assert (result["images"][0]["width"], result["images"][0]["height"]) == (944, 704)  # 320x240 fitted
+    assert Image.open(io.BytesIO(httpx.get(result["images"][0]["url"]).content)).size == (944, 704)
+
+
+JS_DIR = REPO / "tests" / "js"
+
+
+def _js_client_ready() -> str:
+    """The node binary, with tests/js's locked dependencies installed (`npm ci`) if they are missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node/npm are not installed")
+    if not (JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json").exists():
+        done = subprocess.run([npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"npm ci failed: {done.stdout}\n{done.stderr}"
+    return node
+
+
+def test_fal_js_client_against_the_sandbox(client: httpx.Client, sandbox_url: str, tmp_path: Path) -> None:
+    node = _js_client_ready()
+    source = _sample((320, 240))
+    (tmp_path / "in.png").write_bytes(source)
+    run = subprocess.run([node, str(JS_DIR / "fal_client_run.mjs"), sandbox_url, str(tmp_path / "in.png")],
+                         cwd=JS_DIR, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "FAL_KEY": "sandbox-test"})
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["input_sha256"] == hashlib.sha256(source).hexdigest()
+    assert out["submitted"]["status"] == "IN_QUEUE"
+    assert out["submitted"]["status_url"].startswith(sandbox_url + "/fal/openai/gpt-image-2/requests/")
+
+    # the Blob input was uploaded through the sandbox's storage and fed to the edit
+    entry = client.get(f"/_sandbox/requests/{out['submitted']['request_id']}").json()
+    assert entry["input"]["image_urls"][0].startswith(sandbox_url + "/files/")
+    assert entry["headers"]["x-fal-queue-priority"] == "low"
+    assert "POST /fal-rest/storage/upload/initiate" in out["requests"]
+    assert any(r.endswith("/status/stream") for r in out["requests"])
+
+    # streaming: fal-js appends each event's logs to what it has; no line arrives twice
+    assert out["stream"]["final"] == "COMPLETED"
+    accumulated = out["stream"]["events"][-1]["logs"]
+    assert accumulated[-1] == "Request completed." and len(accumulated) == len(set(accumulated))
+    assert accumulated == [e["message"] for e in client.get(out["submitted"]["status_url"],
+                                                            params={"logs": "1"}).json()["logs"]]
+
+    # the outputs downloaded by node are the bytes the sandbox serves, with the sizes the result states
+    images = out["stream_result"]["images"] + out["poll_result"]["images"]
+    assert [(i["width"], i["height"]) for i in images] == [(816, 816), (944, 704), (944, 704)]
+    assert [i["content_type"] for i in images] == ["image/png", "image/webp", "image/webp"]
+    for image in images:
+        assert image["status"] == 200 and image["bytes"] == image["file_size"]
+        served = httpx.get(image["url"]).content
+        assert hashlib.sha256(served).hexdigest() == image["sha256"]
+        assert Image.open(io.BytesIO(served)).size == (image["width"], image["height"])
+    assert out["stream_result"]["request_id"] == out["submitted"]["request_id"]
+
+    # errors as the JS client surfaces them
+    assert out["invalid"]["name"] == "ValidationError" and out["invalid"]["status"] == 422
+    assert out["invalid"]["validation"][0]["loc"] == ["body", "num_images"]
+    cancelled = out["cancel_completed"]
+    assert (cancelled["status"], cancelled["body"]) == (400, {"status": "ALREADY_COMPLETED"})

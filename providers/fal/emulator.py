@@ -15,6 +15,36 @@ Routes (``{app}`` = ``owner/app``, the endpoint path such as ``/edit`` is droppe
   ``client.QUEUE_URL_FORMAT = f"{base}/fal/"``, ``client.REST_URL = f"{base}/fal-rest"``,
   ``client.CDN_URL = base``.
 
+Fidelity rules for ``openai/gpt-image-2/edit`` (sources: shared/reference/provider-fal-and-modelrunner.md;
+[C] confirmed, [T] third-party, [I] inferred; each rule has a test in tests/test_sandbox_fal.py):
+
+- Types and defaults: as fal's published schema states them (section 5 [C]); see
+  :mod:`providers.fal.emulator_schema`.  ``num_images: "2"``, ``sync_mode: "true"``, ``null`` where the
+  field has a non-null default are a 422 ``{"detail": [{loc, msg, type}]}`` (section 1.7 [C]);
+  ``mask_url: null`` is accepted (fal's pydantic ``Optional`` field; the TS types say only "optional":
+  the sandbox accepts what either accepts).
+- Sizes: ``image_size`` presets and ``"auto"`` render the named (or first input's) size fitted into
+  GPT Image 2's limits (section 5: multiples of 16, edge <= 3840, aspect <= 3:1, 655,360..8,294,400
+  px; [C] for text-to-image, [I] for edit).  No source says what fal renders for the presets below
+  the pixel minimum (``square`` 512x512, ``portrait_16_9``/``landscape_16_9`` 576x1024): the sandbox
+  scales them up to the nearest valid size keeping the aspect ratio (816x816, 608x1088, 1088x608);
+  ``"auto"`` on a 512x512 input also renders 816x816.  ``width``/``height`` in the result are the
+  bytes' dimensions.  ModelRunner's emulator reuses the input schema but not this size fitting.
+- Cancel (section 1.8 [C] statuses, [T]/[I] codes): queued -> 202 ``CANCELLATION_REQUESTED`` and the
+  request is removed at once (status 200 COMPLETED with ``error_type="request_cancelled"``, result 400);
+  running -> 202 ``CANCELLATION_REQUESTED``, the runner is stopped and the request then ends the same
+  way; completed (including cancelled) -> 400 ``ALREADY_COMPLETED``; unknown id -> 404 ``NOT_FOUND``.
+  fal also documents an ``OK`` status; the sandbox never sends it (no source says when fal does).
+- Status: ``GET .../status?logs=1`` returns every log line so far (the Python client's
+  ``InProgress(logs)``); ``.../status/stream?logs=1`` sends an event per change and each event carries
+  only the lines new since the previous event (fal-js ``subscribeToStatus`` streaming mode appends
+  every event's ``logs`` to what it already has, so a repeated line would be shown twice; fal's docs
+  only say the stream runs "until it's completed").
+- Official clients: ``fal_client`` (Python, by patching ``QUEUE_URL_FORMAT``/``REST_URL``/``CDN_URL``)
+  and ``@fal-ai/client`` (JavaScript, a ``requestMiddleware`` that rewrites ``https://queue.fal.run/``
+  to ``{base}/fal/``; tests/js/fal_client_run.mjs) submit, poll/stream, fetch results and download the
+  outputs over plain http.
+
 Sandbox choices where fal's docs are silent: a cancelled request ends COMPLETED with
 ``error_type="request_cancelled"`` (result: 400) and gets an ERROR webhook; an injected job failure
 is a 422 ``downstream_service_error``; a start timeout (``X-Fal-Request-Timeout``) is a 504
@@ -45,7 +75,6 @@ from sandbox.engine import (
     image_dimensions,
     render_edit_images,
     render_placeholder,
-    resolve_size,
 )
 from sandbox.files import MEDIA_TYPES, FileStore, StoredFile
 from sandbox.inputs import summarize_for_log
@@ -93,6 +122,10 @@ def _extension(content_type: Any, file_name: Any) -> str:
         if suffix in MEDIA_TYPES:
             return "jpeg" if suffix == "jpg" else suffix
     return "bin"
+
+
+def _size_text(size: tuple[int, int] | str | None) -> str:
+    return size if isinstance(size, str) else "auto" if size is None else f"{size[0]}x{size[1]}"
 
 
 @lru_cache(maxsize=64)
@@ -270,9 +303,12 @@ class FalProvider:
             loc: list[str | int] = ["body", "mask_url"] if failed.mask else ["body", "image_urls", failed.index]
             job.log(f"Input {loc[1:]} failed: {failed.error}", "ERROR")
             return _model_error(loc, str(failed.error), failed.error.kind)
-        job.log(f"Editing: {inp.num_images} image(s), size={inp.image_size!s}, format={inp.output_format}.")
         try:
-            entries = await self.state.in_thread(self._render_and_store, inp, images, mask, job)
+            size = inp.output_size(image_dimensions(images[0], index=0))
+            requested = inp.image_size if isinstance(inp.image_size, str) else inp.target_size()
+            job.log(f"Editing: {inp.num_images} image(s), image_size={_size_text(requested)} -> {_size_text(size)}, "
+                    f"quality={inp.quality}, output_format={inp.output_format}.")
+            entries = await self.state.in_thread(self._render_and_store, inp, images, mask, size, job)
         except EngineError as exc:
             if exc.index is not None:
                 return _model_error(["body", "image_urls", exc.index], str(exc), exc.kind)
@@ -281,14 +317,14 @@ class FalProvider:
         return JobOutcome(True, 200, {"images": entries})
 
     def _render_and_store(
-        self, inp: GptImage2EditInput, images: list[bytes], mask: bytes | None, job: Job
+        self, inp: GptImage2EditInput, images: list[bytes], mask: bytes | None, render_size: tuple[int, int], job: Job
     ) -> list[dict[str, Any]]:
-        """Runs on a render thread."""
+        """Runs on a render thread; ``render_size`` is what GPT Image 2 renders (:func:`output_size`)."""
         fmt = inp.output_format
         files = self.state.files
         outputs: list[tuple[bytes | StoredFile, int, int]] = []
         if self.state.current.render == "cached":
-            width, height = resolve_size(image_dimensions(images[0], index=0), inp.target_size())
+            width, height = render_size
             for _ in range(inp.num_images):
                 if inp.sync_mode:
                     outputs.append((_placeholder(width, height, fmt), width, height))
@@ -296,7 +332,7 @@ class FalProvider:
                     stored = files.put_cached(f"{width}x{height}", fmt, lambda: _placeholder(width, height, fmt))
                     outputs.append((stored, width, height))
         else:
-            rendered = render_edit_images(images, inp.prompt, mask, inp.target_size(), fmt, inp.num_images,
+            rendered = render_edit_images(images, inp.prompt, mask, render_size, fmt, inp.num_images,
                                           quality=inp.quality)
             for item in rendered:
                 data_or_file: bytes | StoredFile = item.data if inp.sync_mode else files.put(item.data, fmt)
@@ -379,12 +415,16 @@ class FalProvider:
             with_logs = request.query_params.get("logs", "").lower() in ("1", "true", "yes")
 
             async def events(found: Job) -> AsyncIterator[str]:
-                last = ""
+                # each event carries only the log lines new since the previous event (fal-js accumulates them)
+                last, sent = "", 0
                 while True:
-                    body = json.dumps(self._status_body(found, with_logs))
-                    if body != last:
-                        yield f"data: {body}\n\n"
-                        last = body
+                    body = self._status_body(found, False)
+                    key = json.dumps(body)
+                    fresh = found.logs[sent:] if with_logs else []
+                    if key != last or fresh:
+                        body["logs"] = list(fresh) if with_logs else None
+                        yield f"data: {json.dumps(body)}\n\n"
+                        last, sent = key, sent + len(fresh)
                     if found.state is JobState.COMPLETED:
                         return
                     await asyncio.sleep(0.1)
