@@ -42,7 +42,7 @@ def _run(stack: LocalStack) -> list[dict[str, Any]]:
     manifests = verify_batch(report.batch_id, report.job_ids, "fal")
     assert [o["content_type"] for o in manifests["jpeg"]["outputs"]] == ["image/jpeg"]
     assert len(manifests["two-images"]["outputs"]) == 2 and len(manifests["three-refs"]["inputs"]) == 3
-    assert_mask_respected(manifests["masked"]["outputs"][0]["key"])
+    assert_mask_respected(manifests["masked"]["outputs"][0]["key"], size=(816, 816))  # auto: 512x512 fitted
     key = stack.env["EDITQ_FAL_KEY"]
     assert key not in json.dumps(manifests), "the API key leaked into a manifest"
     assert "editq.dispatch" in stack.log("worker0")  # the worker log has the task lines (ids only)...

@@ -63,10 +63,12 @@ def test_sample_batch_completes_with_verified_outputs(live: LocalStack) -> None:
                          for i in multi[0]["inputs"])
     # the masked edit changed no pixel outside the mask
     masked = by_cid["mug-label-001-a"]
-    src = Image.open(EXAMPLES / "mug.png").convert("RGB")
-    mask = Image.open(EXAMPLES / "mask_mug.png").convert("RGBA")
     out = Image.open(io.BytesIO(storage.get_bytes(masked["outputs"][0]["key"]))).convert("RGB")
-    assert out.size == src.size
+    # size auto on a 512x512 input: the nearest size GPT Image 2 makes (at least 655,360 pixels), 816x816;
+    # the source scaled to it (Lanczos) and the mask by nearest neighbour, as the sandbox's engine does
+    assert out.size == (816, 816)
+    src = Image.open(EXAMPLES / "mug.png").convert("RGB").resize(out.size, Image.Resampling.LANCZOS)
+    mask = Image.open(EXAMPLES / "mask_mug.png").convert("RGBA").resize(out.size, Image.Resampling.NEAREST)
     alpha = mask.getchannel("A").tobytes()
     src_px, out_px = src.tobytes(), out.tobytes()
     kept = edited = changed_inside = 0
