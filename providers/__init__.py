@@ -23,8 +23,8 @@ REGISTRY: dict[str, str] = {
     "fal": "providers.fal",
     "openai": "providers.legacy:openai",
     "openai_batch": "providers.legacy:openai_batch",
-    "oxen": "providers.legacy:oxen",
-    "wavespeed": "providers.legacy:wavespeed",
+    "oxen": "providers.oxen",
+    "wavespeed": "providers.wavespeed",
     "modelrunner": "providers.legacy:modelrunner",
     "replicate": "providers.legacy:replicate",
 }

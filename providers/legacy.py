@@ -17,8 +17,6 @@ from worker.providers.base import ProviderAdapter
 _OLD = {
     "openai": "worker.providers.openai:OpenAIAdapter",
     "openai_batch": "worker.providers.openai_batch:OpenAIBatchAdapter",
-    "oxen": "worker.providers.oxen:OxenAdapter",
-    "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
@@ -27,8 +25,6 @@ _OLD = {
 _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "openai": ("/openai/v1", "EDITQ_OPENAI_API_KEY", "sk-sandbox-key", {}),
     "openai_batch": ("/openai/v1", "EDITQ_OPENAI_BATCH_API_KEY", "sk-sandbox-batch-key", {}),
-    "oxen": ("/oxen/api/ai", "EDITQ_OXEN_API_KEY", "oxen-sandbox-key", {}),
-    "wavespeed": ("/wavespeed", "EDITQ_WAVESPEED_API_KEY", "ws-sandbox-key", {}),
     "modelrunner": ("/modelrunner", "EDITQ_MODELRUNNER_KEY", "mr-sandbox-key",
                     {"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"}),
     "replicate": ("/replicate", "EDITQ_REPLICATE_API_TOKEN", "r8_sandbox-token", {}),

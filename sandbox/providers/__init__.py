@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.providers import modelrunner, openai, openai_batch, oxen, replicate, wavespeed
+from sandbox.providers import modelrunner, openai, openai_batch, replicate
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
@@ -19,8 +19,6 @@ ProviderBuilder = Callable[[SandboxState], ProviderMount]
 _NOT_MOVED: dict[str, ProviderBuilder] = {
     "openai": openai.build,
     "openai_batch": openai_batch.build,
-    "oxen": oxen.build,
-    "wavespeed": wavespeed.build,
     "modelrunner": modelrunner.build,
     "replicate": replicate.build,
 }

@@ -45,10 +45,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sandbox.engine import EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.inputs import summarize_for_log
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
-
-from .common import (
+from sandbox.providers.common import (
     BEARER_AUTH,
     InputFailed,
     authorization_matches,
@@ -58,6 +55,8 @@ from .common import (
     retry_after,
     submit_fault,
 )
+from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.state import ProviderMount, SandboxState
 
 NAME = "wavespeed"
 PREFIX = "/wavespeed"

@@ -38,10 +38,9 @@ from PIL import Image
 from sandbox.engine import EngineError, render_edit_images, render_placeholder
 from sandbox.files import StoredFile
 from sandbox.inputs import summarize_for_log
+from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
 
 NAME = "oxen"
 PREFIX = "/oxen/api/ai"
