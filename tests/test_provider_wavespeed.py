@@ -1,5 +1,5 @@
-"""WaveSpeedAI (providers/wavespeed/): pure translation, error classification, the sandbox emulator over real HTTP, the official
-`wavespeed` SDK (2.0.5) against it, and the adapter's webhook verification on real sandbox deliveries."""
+"""WaveSpeedAI (providers/wavespeed/): pure translation, error classification, the sandbox emulator over real HTTP,
+the official `wavespeed` SDK (2.0.5) against it, and the adapter's webhook verification on real sandbox deliveries."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from schemas.job import EditJob, InputRecord
-from schemas.params import size_problems
-from tests.sandbox_proc import sandbox_process, wait_for
 from providers.types import InputUrls, WebhookEvent
 from providers.wavespeed import SPEC, WaveSpeedSettings
 from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
+from schemas.job import EditJob, InputRecord
+from schemas.params import size_problems
+from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 from worker.provider_client import ProviderClient
 
@@ -447,3 +447,48 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
     a = WaveSpeedProtocol(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
     with pytest.raises(WebhookRejected, match="signature does not match"):
         run(a.verify_webhook(client_of(a), headers, body, now=time.time()))
+
+
+def test_the_webhook_secret_is_fetched_through_the_client_once_and_a_failed_fetch_keeps_the_door_shut() -> None:
+    secret = "whsec_fetched-secret-1"
+    calls: list[httpx.Request] = []
+    answers = [httpx.Response(500, text="down"), httpx.Response(200, json={"code": 200, "data": {"secret": secret}})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answers.pop(0)
+
+    a = adapter()
+    client = mocked(a, handler)
+    body = json.dumps({"id": "t1", "status": "completed", "outputs": []}).encode()
+    ts = int(time.time())
+    headers = {"webhook-id": "m1", "webhook-timestamp": str(ts), "webhook-signature": sign_v3(secret, "m1", ts, body)}
+    with pytest.raises(WebhookRejected, match="signature does not match"):
+        run(a.verify_webhook(client, headers, body, now=ts))  # the fetch failed: nothing verifies
+    event = run(a.verify_webhook(client, headers, body, now=ts + 61))  # a minute later it is fetched again
+    assert event.request_id == "t1"
+    run(a.verify_webhook(client, {**headers, "webhook-timestamp": str(ts + 62),
+                                  "webhook-signature": sign_v3(secret, "m1", ts + 62, body)}, body, now=ts + 62))
+    assert [(r.method, str(r.url)) for r in calls] == [("GET", "https://api.wavespeed.test/api/v3/webhook/secret")] * 2
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in calls)
+    assert calls[0].extensions["timeout"]["read"] == 10.0
+
+
+def test_spec_matches_the_old_adapter() -> None:
+    assert (SPEC.name, SPEC.synchronous, SPEC.webhooks, SPEC.batches, SPEC.auth_scheme) == (
+        "wavespeed", False, True, False, "Bearer")
+    assert SPEC.local_env("http://sb:1") == {"EDITQ_WAVESPEED_BASE_URL": "http://sb:1/wavespeed",
+                                             "EDITQ_WAVESPEED_API_KEY": "ws-sandbox-key"}
+    assert isinstance(SPEC.load_protocol(), WaveSpeedProtocol)
+
+
+def test_contract_cases_hold_against_validate() -> None:
+    from providers.wavespeed.cases import CASES
+
+    a = adapter()
+    for fields in CASES.accepted:
+        assert a.validate(make_job(**fields)) == [], fields
+    for fields, words in CASES.refused:
+        extra: dict[str, Any] = {"mask_input": record("mask.png")} if "mask" in fields else {}
+        problems = a.validate(make_job(**fields, **extra))
+        assert any(p.startswith("wavespeed: ") and words in p for p in problems), (fields, problems)
