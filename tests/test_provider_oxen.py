@@ -370,3 +370,48 @@ def test_contract_cases_hold_against_validate() -> None:
         extra: dict[str, Any] = {"mask_input": rec("mask_mug.png")} if "mask" in fields else {}
         problems = a.validate(job(**fields, **extra))
         assert any(p.startswith("oxen: ") and words in p for p in problems), (fields, problems)
+
+
+# ---- emulator faithfulness (shared/reference/provider-replicate-wavespeed-oxen.md §6) ---------------------
+def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
+    from providers.oxen.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+    from schemas.params import size_problems
+
+    for aspect in ASPECT_RATIOS:
+        for tier in RESOLUTIONS:
+            for first in ((512, 512), (768, 512), (100, 1000)):
+                size = output_size(aspect, tier, first)
+                assert size_problems(*size) == [], (aspect, tier, first, size)
+    assert output_size("16:9", "1K", (1, 1)) == (1088, 608)  # 1024x576 is below the pixel floor
+    assert output_size("1:1", "4K", (1, 1)) == (2880, 2880)  # 3840x3840 is above the pixel cap
+    assert output_size("16:9", "2K", (1, 1)) == (2048, 1152) and output_size("auto", "1K", (512, 512)) == (1024, 1024)
+
+
+@pytest.mark.parametrize(("extra", "detail"), [
+    ({"target_namespace": 7}, "target_namespace must be a non-empty string (a user or organization name)."),
+    ({"target_namespace": ""}, "target_namespace must be a non-empty string (a user or organization name)."),
+    ({"mask_url": 5}, "mask_url must be a URI."),
+    ({"prompt": 5}, "prompt is required and must be a non-empty string."),
+    ({"input_image": "https://x/a.png"}, "input_image must be a non-empty array of image URLs for images/edit."),
+    ({"resolution": "2k"}, "resolution must be one of: 1K, 2K, 4K (got '2k')."),
+    ({"aspect_ratio": None}, "aspect_ratio must be one of: auto, 1:1, 16:9, 9:16, 4:3, 3:4, 3:2, 2:3, 21:9, 9:21 "
+                             "(got None)."),
+    ({"quality": True}, "quality must be one of: low, medium, high (got True)."),
+])
+def test_emulator_refuses_wrong_types_as_oxen(extra: dict[str, Any], detail: str) -> None:
+    from providers.oxen.emulator import OxenError, parse_params
+
+    with pytest.raises(OxenError) as info:
+        parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"], **extra})
+    assert (info.value.status, info.value.etype, info.value.detail) == (400, "invalid_params", detail)
+
+
+def test_emulator_accepts_documented_defaults_and_null_where_there_is_no_default() -> None:
+    from providers.oxen.emulator import parse_params
+
+    params = parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"],
+                           "aspect_ratio": "16:9", "resolution": "2K", "quality": "high", "output_format": "png",
+                           "response_format": "url", "mask_url": None, "target_namespace": None})
+    assert (params.aspect_ratio, params.resolution, params.quality, params.mask_url) == ("16:9", "2K", "high", None)
+    assert parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"],
+                         "target_namespace": "acme"}).resolution == "2K"

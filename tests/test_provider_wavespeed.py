@@ -492,3 +492,46 @@ def test_contract_cases_hold_against_validate() -> None:
         extra: dict[str, Any] = {"mask_input": record("mask.png")} if "mask" in fields else {}
         problems = a.validate(make_job(**fields, **extra))
         assert any(p.startswith("wavespeed: ") and words in p for p in problems), (fields, problems)
+
+
+# ------------------------------------------------------------------------------------------------ emulator faithfulness
+def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
+    from providers.wavespeed.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+
+    for aspect in ASPECT_RATIOS:
+        for resolution in RESOLUTIONS:
+            size = output_size(aspect, resolution)
+            assert size_problems(*size) == [], (aspect, resolution, size)
+    w, h = output_size("21:9", "2k")  # 4778x2048 before the caps
+    assert max(w, h) <= 3840 and w * h <= 8_294_400
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"images": "https://x/a.png", "prompt": "x"}, "images is required and must be a non-empty array of image URLs"),
+    ({"images": [5], "prompt": "x"}, "images must contain image URL strings"),
+    ({"images": ["https://x/a.png"], "prompt": 5}, "prompt is required"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "quality": "auto"},
+     "quality must be one of low, medium, high; got 'auto'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "resolution": "1K"}, "resolution must be one of 1k, 2k, 4k; got '1K'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": 1}, "aspect_ratio must be one of 1:1, 1:2, 2:1, "
+     "1:3, 3:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9; got 1"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "enable_sync_mode": 1}, "enable_sync_mode must be a boolean"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "enable_base64_output": "false"},
+     "enable_base64_output must be a boolean"),
+])
+def test_emulator_refuses_wrong_types_as_wavespeed(body: dict[str, Any], message: str) -> None:
+    from providers.wavespeed.emulator import Problem, check_body
+
+    with pytest.raises(Problem, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        check_body(body)
+
+
+def test_emulator_accepts_documented_defaults_and_explicit_null() -> None:
+    from providers.wavespeed.emulator import check_body
+
+    body = {"images": ["https://x/a.png"], "prompt": "x", "resolution": "1k", "quality": "medium",
+            "enable_sync_mode": False, "enable_base64_output": False}
+    assert check_body(body) == body
+    nulls = {"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": None, "resolution": None,
+             "quality": None, "output_format": None}
+    assert check_body(nulls) == nulls
