@@ -512,7 +512,8 @@ def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
     ({"images": ["https://x/a.png"], "prompt": 5}, "prompt is required"),
     ({"images": ["https://x/a.png"], "prompt": "x", "quality": "auto"},
      "quality must be one of low, medium, high; got 'auto'"),
-    ({"images": ["https://x/a.png"], "prompt": "x", "resolution": "1K"}, "resolution must be one of 1k, 2k, 4k; got '1K'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "resolution": "1K"},
+     "resolution must be one of 1k, 2k, 4k; got '1K'"),
     ({"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": 1}, "aspect_ratio must be one of 1:1, 1:2, 2:1, "
      "1:3, 3:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9; got 1"),
     ({"images": ["https://x/a.png"], "prompt": "x", "enable_sync_mode": 1}, "enable_sync_mode must be a boolean"),
