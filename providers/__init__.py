@@ -23,8 +23,8 @@ REGISTRY: dict[str, str] = {
     "fal": "providers.fal",
     "openai": "providers.openai",
     "openai_batch": "providers.openai_batch",
-    "oxen": "providers.legacy:oxen",
-    "wavespeed": "providers.legacy:wavespeed",
+    "oxen": "providers.oxen",
+    "wavespeed": "providers.wavespeed",
     "modelrunner": "providers.modelrunner",
     "replicate": "providers.legacy:replicate",
 }

@@ -15,15 +15,11 @@ from worker.provider_client import ProviderClient
 from worker.providers.base import ProviderAdapter
 
 _OLD = {
-    "oxen": "worker.providers.oxen:OxenAdapter",
-    "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 
 
 _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "oxen": ("/oxen/api/ai", "EDITQ_OXEN_API_KEY", "oxen-sandbox-key", {}),
-    "wavespeed": ("/wavespeed", "EDITQ_WAVESPEED_API_KEY", "ws-sandbox-key", {}),
     "replicate": ("/replicate", "EDITQ_REPLICATE_API_TOKEN", "r8_sandbox-token", {}),
 }
 
@@ -31,10 +27,6 @@ _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
 _CAPS: dict[str, tuple[str, str, str, str, str]] = {
     "replicate": ("`POST /v1/models/openai/gpt-image-2/predictions`", "Standard-Webhooks webhook (`completed`) + poll",
                   "no (refused)", "1", "`auto`, 1024x1024, 1536x1024, 1024x1536"),
-    "wavespeed": ("`POST /api/v3/openai/gpt-image-2/edit`", "`v3,` hex-HMAC webhook + poll", "no (refused)", "1",
-                  "`auto` or exact aspect ratio x 1k/2k/4k"),
-    "oxen": ("`POST /api/ai/images/edit`, synchronous", "the answer itself (`editq.sync` queue)",
-             "yes (converted to white = edit)", "1", "`auto` (+ exact ratios if enabled)"),
 }
 
 

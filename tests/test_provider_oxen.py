@@ -1,5 +1,5 @@
-"""Oxen.ai images/edit: pure translation, error classification, the emulator's strictness, and the adapter
-against the real sandbox (`python -m sandbox` in a subprocess, real HTTP)."""
+"""Oxen.ai images/edit (providers/oxen/): pure translation, error classification, the emulator's strictness, and
+the protocol against the real sandbox (`python -m sandbox` in a subprocess, real HTTP)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from providers.oxen import SPEC, OxenSettings
+from providers.oxen.protocol import OxenProtocol, aspect_and_tier, classify_oxen_error, white_is_edit
+from providers.types import InputUrls
 from schemas.job import EditJob, InputRecord
 from tests.sandbox_proc import sandbox_process
 from worker.errors import ErrorKind, ProviderError
-from worker.providers.base import InputUrls
-from worker.providers.oxen import OxenAdapter, OxenSettings, aspect_and_tier, classify_oxen_error, white_is_edit
+from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -42,8 +44,12 @@ def job(**kw: Any) -> EditJob:
     return EditJob(**base)
 
 
-def adapter(base_url: str = "http://oxen.invalid/api/ai", **kw: Any) -> OxenAdapter:
-    return OxenAdapter(OxenSettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
+def adapter(base_url: str = "http://oxen.invalid/api/ai", **kw: Any) -> OxenProtocol:
+    return OxenProtocol(OxenSettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
+
+
+def client_of(a: OxenProtocol, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http)
 
 
 # ---- pure ---------------------------------------------------------------------------------------------
@@ -117,7 +123,8 @@ def test_error_classification() -> None:
                                                 "url: https://s3/x"}}, {})
     assert fetch.kind is ErrorKind.unknown
     assert classify_oxen_error(504, "gateway", {}).maybe_billed
-    leaked = classify_oxen_error(401, {"error": {"detail": f"bad key {KEY}"}}, {}, secrets=[KEY])
+    client_of(adapter(), httpx.AsyncClient())  # the client registers the key with the one redactor
+    leaked = classify_oxen_error(401, {"error": {"detail": f"bad key {KEY}"}}, {})
     assert KEY not in leaked.reason and leaked.kind is ErrorKind.terminal
 
 
@@ -132,7 +139,7 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.api_key is not None and s.api_key.get_secret_value() == "k1"
     assert (s.base_url, s.model, s.resolution, s.timeout_s) == ("https://hub.oxen.ai/api/ai", "gpt-image-2-edit",
                                                                 "2K", 300.0)
-    assert OxenAdapter.synchronous and not OxenAdapter.supports_webhooks
+    assert SPEC.synchronous and not SPEC.webhooks and not s.webhooks
 
 
 def test_transport_failures_after_sending_are_maybe_billed() -> None:
@@ -142,11 +149,130 @@ def test_transport_failures_after_sending_are_maybe_billed() -> None:
     async def go() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
             a = adapter()
-            await a.submit(http, job(), a.build_request(job(), InputUrls(images=["u"]), None))
+            await a.submit(client_of(a, http), job(), a.build_request(job(), InputUrls(images=["u"]), None))
 
     with pytest.raises(ProviderError) as info:
         asyncio.run(go())
     assert info.value.kind is ErrorKind.retryable and info.value.maybe_billed and KEY not in info.value.reason
+
+
+def _send(a: OxenProtocol, j: EditJob, handler: Any, inputs: InputUrls | None = None) -> Any:
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await a.submit(client_of(a, http), j, a.build_request(j, inputs or InputUrls(images=["u"]), None))
+
+    return asyncio.run(go())
+
+
+def test_the_edit_call_holds_the_connection_with_its_own_timeouts() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"model": "gpt-image-2", "created": 7, "images": [{"url": "https://o/x.png"}]},
+                              headers={"x-request-id": "rq-1"})
+
+    a = adapter(timeout_s=123.0, connect_timeout_s=4.0)
+    req = a.build_request(job(), InputUrls(images=["u"]), None)
+    assert (req.timeout_s, req.connect_timeout_s, req.what) == (123.0, 4.0, "edit")
+    sub = _send(a, job(), handler)
+    (request,) = seen
+    assert request.extensions["timeout"] == {"connect": 4.0, "read": 123.0, "write": 123.0, "pool": 123.0}
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert str(request.url) == "http://oxen.invalid/api/ai/images/edit"
+    assert sub.request_id == "rq-1" and sub.handle == {"sync": True, "created": 7}
+    assert sub.outcome.done and [o.url for o in sub.outcome.result.outputs] == ["https://o/x.png"]
+
+
+def test_a_failure_to_connect_is_not_sent_and_not_billed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("no route")
+
+    with pytest.raises(ProviderError) as info:
+        _send(adapter(), job(), handler)
+    assert info.value.kind is ErrorKind.retryable and not info.value.maybe_billed
+    assert info.value.reason == "oxen edit: not sent (ConnectTimeout)"
+
+
+def test_a_connection_lost_after_sending_may_have_been_billed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed")
+
+    with pytest.raises(ProviderError) as info:
+        _send(adapter(), job(), handler)
+    assert info.value.kind is ErrorKind.retryable and info.value.maybe_billed
+    assert "may have been processed and billed" in info.value.reason
+
+
+def test_a_2xx_answer_that_cannot_be_read_is_malformed_and_maybe_billed() -> None:
+    with pytest.raises(ProviderError) as info:
+        _send(adapter(), job(), lambda r: httpx.Response(200, text="<html>ok</html>"))
+    assert info.value.kind is ErrorKind.unknown and info.value.maybe_billed
+    assert info.value.reason.startswith("oxen edit: malformed answer: HTTP 200 with a body that is not a JSON object")
+
+
+def test_error_answers_are_classified_through_the_client() -> None:
+    body = {"error": {"type": "invalid_params", "detail": f"bad key {KEY}"}, "status": "error"}
+    with pytest.raises(ProviderError) as info:
+        _send(adapter(), job(), lambda r: httpx.Response(400, json=body, headers={"x-request-id": "rq-9"}))
+    err = info.value
+    assert (err.kind, err.status_code, err.provider_code) == (ErrorKind.terminal, 400, "invalid_params")
+    assert KEY not in err.reason and err.reason.endswith("(request rq-9)")
+
+
+class FakeMasks:
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.stored: list[tuple[bytes, str]] = []
+
+    async def read(self, rec: InputRecord) -> bytes:
+        return self.blob
+
+    async def put_png(self, data: bytes, sha256: str) -> str:
+        self.stored.append((data, sha256))
+        return f"https://s3.test/inputs/{sha256}.png"
+
+
+def test_the_mask_is_sent_converted_and_stored_content_addressed() -> None:
+    canonical = (EXAMPLES / "mask_mug.png").read_bytes()
+    masks = FakeMasks(canonical)
+    a = OxenProtocol(adapter().settings, masks=masks)
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import json
+
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"images": [{"url": "https://o/x.png"}]})
+
+    j = job(mask="mask_mug.png", mask_input=rec("mask_mug.png"))
+    _send(a, j, handler, InputUrls(images=["u"], mask="https://s3.test/inputs/canonical.png"))
+    ((data, digest),) = masks.stored
+    assert data == white_is_edit(canonical) and digest == hashlib.sha256(data).hexdigest()
+    assert sent[0]["mask_url"] == f"https://s3.test/inputs/{digest}.png"
+
+
+def test_a_mask_that_does_not_match_its_record_or_has_no_alpha_is_refused_unsent() -> None:
+    calls: list[httpx.Request] = []
+    j = job(mask="mask_mug.png", mask_input=rec("mask_mug.png"))
+    inputs = InputUrls(images=["u"], mask="https://s3.test/m.png")
+    with pytest.raises(ProviderError) as info:
+        _send(OxenProtocol(adapter().settings, masks=FakeMasks(b"other")), j, calls.append, inputs)
+    assert info.value.kind is ErrorKind.terminal and "does not match its sha256" in info.value.reason
+    opaque = io.BytesIO()
+    Image.new("RGB", (512, 512)).save(opaque, format="PNG")
+    no_alpha = dict(job(mask="m.png", mask_input=rec("mask_mug.png")).mask_input.model_dump(),  # type: ignore[union-attr]
+                    sha256=hashlib.sha256(opaque.getvalue()).hexdigest())
+    j2 = job(mask="m.png", mask_input=InputRecord(**no_alpha))
+    with pytest.raises(ProviderError) as info:
+        _send(OxenProtocol(adapter().settings, masks=FakeMasks(opaque.getvalue())), j2, calls.append, inputs)
+    assert info.value.provider_code == "invalid_mask" and "no alpha channel" in info.value.reason
+    assert calls == []
+
+
+def test_a_lost_synchronous_answer_is_billed_and_redone() -> None:
+    out = asyncio.run(adapter().poll(client_of(adapter(), httpx.AsyncClient()), "oxen-1", {"sync": True}))
+    assert out.done and out.error is not None and out.error.maybe_billed and out.error.kind is ErrorKind.retryable
 
 
 # ---- against the real sandbox ---------------------------------------------------------------------------
@@ -169,7 +295,7 @@ def test_adapter_edits_three_references_as_jpeg_against_the_sandbox(sandbox: str
         async with httpx.AsyncClient() as http:
             req = a.build_request(j, InputUrls(images=[_uri("mug.png"), _uri("bottle.png"), _uri("backpack.png")]),
                                   None)
-            sub = await a.submit(http, j, req)
+            sub = await a.submit(client_of(a, http), j, req)
             assert sub.outcome is not None and sub.outcome.result is not None
             out = sub.outcome.result.outputs
             assert len(out) == 1 and out[0].url and out[0].content_type == "image/jpeg"
@@ -224,3 +350,68 @@ def test_sandbox_auth_credits_and_bad_input_url(sandbox: str) -> None:
     assert r.status_code == 200
     with Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["b64_json"]))) as im:
         assert im.size == (2048, 1152)  # Oxen's default tier is 2K
+
+
+def test_spec_matches_the_old_adapter() -> None:
+    assert (SPEC.name, SPEC.synchronous, SPEC.webhooks, SPEC.batches, SPEC.auth_scheme) == (
+        "oxen", True, False, False, "Bearer")
+    assert SPEC.local_env("http://sb:1") == {"EDITQ_OXEN_BASE_URL": "http://sb:1/oxen/api/ai",
+                                             "EDITQ_OXEN_API_KEY": "oxen-sandbox-key"}
+    assert isinstance(SPEC.load_protocol(), OxenProtocol)
+
+
+def test_contract_cases_hold_against_validate() -> None:
+    from providers.oxen.cases import CASES
+
+    a = adapter()
+    for fields in CASES.accepted:
+        assert a.validate(job(**fields)) == [], fields
+    for fields, words in CASES.refused:
+        extra: dict[str, Any] = {"mask_input": rec("mask_mug.png")} if "mask" in fields else {}
+        problems = a.validate(job(**fields, **extra))
+        assert any(p.startswith("oxen: ") and words in p for p in problems), (fields, problems)
+
+
+# ---- emulator faithfulness (shared/reference/provider-replicate-wavespeed-oxen.md §6) ---------------------
+def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
+    from providers.oxen.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+    from schemas.params import size_problems
+
+    for aspect in ASPECT_RATIOS:
+        for tier in RESOLUTIONS:
+            for first in ((512, 512), (768, 512), (100, 1000)):
+                size = output_size(aspect, tier, first)
+                assert size_problems(*size) == [], (aspect, tier, first, size)
+    assert output_size("16:9", "1K", (1, 1)) == (1088, 608)  # 1024x576 is below the pixel floor
+    assert output_size("1:1", "4K", (1, 1)) == (2880, 2880)  # 3840x3840 is above the pixel cap
+    assert output_size("16:9", "2K", (1, 1)) == (2048, 1152) and output_size("auto", "1K", (512, 512)) == (1024, 1024)
+
+
+@pytest.mark.parametrize(("extra", "detail"), [
+    ({"target_namespace": 7}, "target_namespace must be a non-empty string (a user or organization name)."),
+    ({"target_namespace": ""}, "target_namespace must be a non-empty string (a user or organization name)."),
+    ({"mask_url": 5}, "mask_url must be a URI."),
+    ({"prompt": 5}, "prompt is required and must be a non-empty string."),
+    ({"input_image": "https://x/a.png"}, "input_image must be a non-empty array of image URLs for images/edit."),
+    ({"resolution": "2k"}, "resolution must be one of: 1K, 2K, 4K (got '2k')."),
+    ({"aspect_ratio": None}, "aspect_ratio must be one of: auto, 1:1, 16:9, 9:16, 4:3, 3:4, 3:2, 2:3, 21:9, 9:21 "
+                             "(got None)."),
+    ({"quality": True}, "quality must be one of: low, medium, high (got True)."),
+])
+def test_emulator_refuses_wrong_types_as_oxen(extra: dict[str, Any], detail: str) -> None:
+    from providers.oxen.emulator import OxenError, parse_params
+
+    with pytest.raises(OxenError) as info:
+        parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"], **extra})
+    assert (info.value.status, info.value.etype, info.value.detail) == (400, "invalid_params", detail)
+
+
+def test_emulator_accepts_documented_defaults_and_null_where_there_is_no_default() -> None:
+    from providers.oxen.emulator import parse_params
+
+    params = parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"],
+                           "aspect_ratio": "16:9", "resolution": "2K", "quality": "high", "output_format": "png",
+                           "response_format": "url", "mask_url": None, "target_namespace": None})
+    assert (params.aspect_ratio, params.resolution, params.quality, params.mask_url) == ("16:9", "2K", "high", None)
+    assert parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"],
+                         "target_namespace": "acme"}).resolution == "2K"

@@ -1,5 +1,5 @@
-"""WaveSpeedAI: pure translation, error classification, the sandbox emulator over real HTTP, the official
-`wavespeed` SDK (2.0.5) against it, and the adapter's webhook verification on real sandbox deliveries."""
+"""WaveSpeedAI (providers/wavespeed/): pure translation, error classification, the sandbox emulator over real HTTP,
+the official `wavespeed` SDK (2.0.5) against it, and the adapter's webhook verification on real sandbox deliveries."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from providers.types import InputUrls, WebhookEvent
+from providers.wavespeed import SPEC, WaveSpeedSettings
+from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
 from schemas.job import EditJob, InputRecord
 from schemas.params import size_problems
 from tests.sandbox_proc import sandbox_process, wait_for
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import InputUrls, WebhookEvent
-from worker.providers.wavespeed import SIZE_TABLE, WaveSpeedAdapter, WaveSpeedSettings
+from worker.provider_client import ProviderClient
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -49,9 +51,14 @@ def make_job(**over: Any) -> EditJob:
     return EditJob.model_validate(data)
 
 
-def adapter(**settings: Any) -> WaveSpeedAdapter:
+def adapter(**settings: Any) -> WaveSpeedProtocol:
     base = {"api_key": KEY, "base_url": "https://api.wavespeed.test"}
-    return WaveSpeedAdapter(WaveSpeedSettings(**{**base, **settings}))
+    return WaveSpeedProtocol(WaveSpeedSettings(**{**base, **settings}))
+
+
+def client_of(a: WaveSpeedProtocol, http: httpx.AsyncClient | None = None) -> ProviderClient:
+    """The provider's client for `a`'s settings on `http` (a real pooled client when None)."""
+    return ProviderClient(SPEC, a.settings, http or httpx.AsyncClient())
 
 
 def run(coro: Any) -> Any:
@@ -110,7 +117,7 @@ def test_other_models_are_refused() -> None:
 
 
 def test_size_table_entries_are_valid_gpt_image_2_sizes_and_match_the_sandbox() -> None:
-    from sandbox.providers.wavespeed import output_size
+    from providers.wavespeed.emulator import output_size
 
     for (w, h), (aspect, resolution) in SIZE_TABLE.items():
         assert size_problems(w, h) == [], (w, h)
@@ -151,13 +158,18 @@ def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Asy
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
+def mocked(a: WaveSpeedProtocol, handler: Callable[[httpx.Request], httpx.Response]) -> ProviderClient:
+    return client_of(a, mock_client(handler))
+
+
 async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderError:
     a = adapter()
     job = make_job()
     req = a.build_request(job, InputUrls(images=["https://s3/a"]), None)
-    async with mock_client(handler) as http:
+    client = mocked(a, handler)
+    async with client.http:
         with pytest.raises(ProviderError) as info:
-            await a.submit(http, job, req)
+            await a.submit(client, job, req)
     return info.value
 
 
@@ -201,8 +213,9 @@ async def _poll_with(data: dict[str, Any], status: int = 200) -> Any:
         assert request.url.path == "/api/v3/predictions/abc/result"
         return httpx.Response(status, json={"code": status, "message": "x", "data": data})
 
-    async with mock_client(handler) as http:
-        return await a.poll(http, "abc", {"id": "abc"})
+    client = mocked(a, handler)
+    async with client.http:
+        return await a.poll(client, "abc", {"id": "abc"})
 
 
 def test_poll_outcomes() -> None:
@@ -365,14 +378,15 @@ def test_wavespeed_sdk_contract(sandbox_url: str, http: httpx.Client) -> None:
 
 # ------------------------------------------------------------------------------------------------ adapter <-> sandbox
 def test_adapter_submits_polls_and_verifies_a_real_delivery(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
-    a = WaveSpeedAdapter(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
+    a = WaveSpeedProtocol(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
     job = make_job(images=["a.png", "b.png", "c.png"], inputs=[record(), record("b.png"), record("c.png")],
                    output_format="jpeg", size="1024x1536")
     urls = [data_uri(EXAMPLES / n) for n in ("mug.png", "bottle.png", "backpack.png")]
     hook = f"{peer.url}/webhooks/wavespeed?job=job_1"
 
     async def flow() -> tuple[Any, Any, WebhookEvent, list[str]]:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient() as http:
+            client = client_of(a, http)
             sub = await a.submit(client, job, a.build_request(job, InputUrls(images=urls), hook))
             outcome = await a.poll(client, sub.request_id, sub.handle)
             while not outcome.done:
@@ -401,7 +415,7 @@ def test_adapter_submits_polls_and_verifies_a_real_delivery(sandbox_url: str, ht
     assert event.payload["outputs"] == [o.url for o in outcome.result.outputs]
     assert event.payload["input"]["aspect_ratio"] == "2:3"
     assert rejected == ["signature does not match", "signature does not match", "timestamp outside tolerance"]
-    same = run(a.webhook_outcome(httpx.AsyncClient(), event, sub.handle))
+    same = run(a.webhook_outcome(client_of(a), event, sub.handle))
     assert [o.url for o in same.result.outputs] == [o.url for o in outcome.result.outputs]
     img = Image.open(io.BytesIO(httpx.get(outcome.result.outputs[0].url).content))
     assert (img.format, img.size) == ("JPEG", (1024, 1536))
@@ -413,13 +427,13 @@ def test_configured_secret_is_used_as_raw_utf8_not_base64() -> None:
     body = json.dumps({"id": "t1", "status": "completed", "outputs": []}).encode()
     ts = int(time.time())
     good = {"webhook-id": "m1", "webhook-timestamp": str(ts), "webhook-signature": sign_v3(secret, "m1", ts, body)}
-    event = run(a.verify_webhook(httpx.AsyncClient(), good, body, now=ts))
+    event = run(a.verify_webhook(client_of(a), good, body, now=ts))
     assert (event.delivery_id, event.request_id) == ("m1", "t1")
     b64_keyed = "v3," + hmac.new(b"ABC", f"m1.{ts}.".encode() + body, hashlib.sha256).hexdigest()
     with pytest.raises(WebhookRejected):
-        run(a.verify_webhook(httpx.AsyncClient(), {**good, "webhook-signature": b64_keyed}, body, now=ts))
+        run(a.verify_webhook(client_of(a), {**good, "webhook-signature": b64_keyed}, body, now=ts))
     with pytest.raises(WebhookRejected, match="missing header webhook-id"):
-        run(a.verify_webhook(httpx.AsyncClient(), {"webhook-timestamp": str(ts)}, body, now=ts))
+        run(a.verify_webhook(client_of(a), {"webhook-timestamp": str(ts)}, body, now=ts))
 
 
 def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: httpx.Client, peer: Peer) -> None:
@@ -430,6 +444,95 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
         _, headers, body = wait_for(lambda: next(iter(peer.for_id(sub["id"])), None), what="webhook")
     finally:
         http.patch(f"{sandbox_url}/_sandbox/config", json={"webhook_bad_signature_rate": 0.0})
-    a = WaveSpeedAdapter(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
+    a = WaveSpeedProtocol(WaveSpeedSettings(api_key=SecretStr(KEY), base_url=f"{sandbox_url}/wavespeed"))
     with pytest.raises(WebhookRejected, match="signature does not match"):
-        run(a.verify_webhook(httpx.AsyncClient(), headers, body, now=time.time()))
+        run(a.verify_webhook(client_of(a), headers, body, now=time.time()))
+
+
+def test_the_webhook_secret_is_fetched_through_the_client_once_and_a_failed_fetch_keeps_the_door_shut() -> None:
+    secret = "whsec_fetched-secret-1"
+    calls: list[httpx.Request] = []
+    answers = [httpx.Response(500, text="down"), httpx.Response(200, json={"code": 200, "data": {"secret": secret}})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answers.pop(0)
+
+    a = adapter()
+    client = mocked(a, handler)
+    body = json.dumps({"id": "t1", "status": "completed", "outputs": []}).encode()
+    ts = int(time.time())
+    headers = {"webhook-id": "m1", "webhook-timestamp": str(ts), "webhook-signature": sign_v3(secret, "m1", ts, body)}
+    with pytest.raises(WebhookRejected, match="signature does not match"):
+        run(a.verify_webhook(client, headers, body, now=ts))  # the fetch failed: nothing verifies
+    event = run(a.verify_webhook(client, headers, body, now=ts + 61))  # a minute later it is fetched again
+    assert event.request_id == "t1"
+    run(a.verify_webhook(client, {**headers, "webhook-timestamp": str(ts + 62),
+                                  "webhook-signature": sign_v3(secret, "m1", ts + 62, body)}, body, now=ts + 62))
+    assert [(r.method, str(r.url)) for r in calls] == [("GET", "https://api.wavespeed.test/api/v3/webhook/secret")] * 2
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in calls)
+    assert calls[0].extensions["timeout"]["read"] == 10.0
+
+
+def test_spec_matches_the_old_adapter() -> None:
+    assert (SPEC.name, SPEC.synchronous, SPEC.webhooks, SPEC.batches, SPEC.auth_scheme) == (
+        "wavespeed", False, True, False, "Bearer")
+    assert SPEC.local_env("http://sb:1") == {"EDITQ_WAVESPEED_BASE_URL": "http://sb:1/wavespeed",
+                                             "EDITQ_WAVESPEED_API_KEY": "ws-sandbox-key"}
+    assert isinstance(SPEC.load_protocol(), WaveSpeedProtocol)
+
+
+def test_contract_cases_hold_against_validate() -> None:
+    from providers.wavespeed.cases import CASES
+
+    a = adapter()
+    for fields in CASES.accepted:
+        assert a.validate(make_job(**fields)) == [], fields
+    for fields, words in CASES.refused:
+        extra: dict[str, Any] = {"mask_input": record("mask.png")} if "mask" in fields else {}
+        problems = a.validate(make_job(**fields, **extra))
+        assert any(p.startswith("wavespeed: ") and words in p for p in problems), (fields, problems)
+
+
+# ------------------------------------------------------------------------------------------------ emulator faithfulness
+def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
+    from providers.wavespeed.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+
+    for aspect in ASPECT_RATIOS:
+        for resolution in RESOLUTIONS:
+            size = output_size(aspect, resolution)
+            assert size_problems(*size) == [], (aspect, resolution, size)
+    w, h = output_size("21:9", "2k")  # 4778x2048 before the caps
+    assert max(w, h) <= 3840 and w * h <= 8_294_400
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"images": "https://x/a.png", "prompt": "x"}, "images is required and must be a non-empty array of image URLs"),
+    ({"images": [5], "prompt": "x"}, "images must contain image URL strings"),
+    ({"images": ["https://x/a.png"], "prompt": 5}, "prompt is required"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "quality": "auto"},
+     "quality must be one of low, medium, high; got 'auto'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "resolution": "1K"},
+     "resolution must be one of 1k, 2k, 4k; got '1K'"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": 1}, "aspect_ratio must be one of 1:1, 1:2, 2:1, "
+     "1:3, 3:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9; got 1"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "enable_sync_mode": 1}, "enable_sync_mode must be a boolean"),
+    ({"images": ["https://x/a.png"], "prompt": "x", "enable_base64_output": "false"},
+     "enable_base64_output must be a boolean"),
+])
+def test_emulator_refuses_wrong_types_as_wavespeed(body: dict[str, Any], message: str) -> None:
+    from providers.wavespeed.emulator import Problem, check_body
+
+    with pytest.raises(Problem, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        check_body(body)
+
+
+def test_emulator_accepts_documented_defaults_and_explicit_null() -> None:
+    from providers.wavespeed.emulator import check_body
+
+    body = {"images": ["https://x/a.png"], "prompt": "x", "resolution": "1k", "quality": "medium",
+            "enable_sync_mode": False, "enable_base64_output": False}
+    assert check_body(body) == body
+    nulls = {"images": ["https://x/a.png"], "prompt": "x", "aspect_ratio": None, "resolution": None,
+             "quality": None, "output_format": None}
+    assert check_body(nulls) == nulls

@@ -11,14 +11,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.providers import oxen, replicate, wavespeed
+from sandbox.providers import replicate
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
 
 _NOT_MOVED: dict[str, ProviderBuilder] = {
-    "oxen": oxen.build,
-    "wavespeed": wavespeed.build,
     "replicate": replicate.build,
 }
 

@@ -10,8 +10,6 @@ from worker.providers.base import ProviderAdapter
 # name -> "module:Class". Adding a provider = one module + one line here.
 REGISTRY: dict[str, str] = {
     "fal": "worker.providers.fal:FalAdapter",
-    "oxen": "worker.providers.oxen:OxenAdapter",
-    "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 

@@ -15,16 +15,19 @@ Routes:
   is completed or failed, signed ``webhook-signature: v3,<hex HMAC-SHA256>`` over ``{id}.{timestamp}.{body}`` with
   the secret minus ``whsec_`` as raw UTF-8 key bytes; retried 3 times with backoff (sandbox config).
 
-Strict like the real API where it is documented: ``images`` and ``prompt`` required, ``aspect_ratio`` among the 15
-documented ratios, ``resolution`` 1k/2k/4k, ``quality`` low/medium/high, ``enable_base64_output`` together with a
-webhook -> 400. Sandbox choices where WaveSpeed is silent: error bodies are the envelope ``{code, message,
-data: null}`` with the HTTP status in ``code`` (400 validation, 401 auth, 404 unknown model or prediction, 429 +
-Retry-After, 500); ``output_format`` accepts jpeg/png/webp (default jpeg); unknown fields are ignored (and
-logged); the pixel size of (aspect_ratio, resolution) is: short side 1024/2048 px at 1k/2k, long side 3840 px at
-4k, rounded to multiples of 16 and scaled down to GPT Image 2's 8,294,400-pixel cap; without ``aspect_ratio`` the
-documented ratio nearest the first input image's is used. An injected job failure is a ``failed`` task whose error
-names an upstream ``HTTP 500`` (the official SDK re-runs such tasks); an unusable input is a ``failed`` task naming
-the image.
+Strict like the real API where it is documented: ``images`` (an array of URL strings) and ``prompt`` (a string)
+required, ``aspect_ratio`` among the 15 documented ratios, ``resolution`` 1k/2k/4k, ``quality`` low/medium/high,
+the two ``enable_*`` flags JSON booleans, ``enable_base64_output`` together with a webhook -> 400; a value of
+another type is refused like a value outside the list. The documented defaults (``resolution: "1k"``,
+``quality: "medium"``, ``enable_sync_mode: false``, ``enable_base64_output: false``) are accepted when sent, and
+an explicit ``null`` for an optional string field means "omitted". Sandbox choices where WaveSpeed is silent: error
+bodies are the envelope ``{code, message, data: null}`` with the HTTP status in ``code`` (400 validation, 401 auth,
+404 unknown model or prediction, 429 + Retry-After, 500); ``output_format`` accepts jpeg/png/webp (default jpeg);
+unknown fields are ignored (and logged); the pixel size of (aspect_ratio, resolution) is: short side 1024/2048 px
+at 1k/2k, long side 3840 px at 4k, rounded down to multiples of 16 and scaled down to what GPT Image 2 makes
+(8,294,400 pixels, longest edge 3840 px); without ``aspect_ratio`` the documented ratio nearest the first input
+image's is used. An injected job failure is a ``failed`` task whose error names an upstream ``HTTP 500`` (the
+official SDK re-runs such tasks); an unusable input is a ``failed`` task naming the image.
 """
 
 from __future__ import annotations
@@ -45,10 +48,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sandbox.engine import EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.inputs import summarize_for_log
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
-
-from .common import (
+from sandbox.providers.common import (
     BEARER_AUTH,
     InputFailed,
     authorization_matches,
@@ -58,6 +58,8 @@ from .common import (
     retry_after,
     submit_fault,
 )
+from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from sandbox.state import ProviderMount, SandboxState
 
 NAME = "wavespeed"
 PREFIX = "/wavespeed"
@@ -68,6 +70,7 @@ RESOLUTIONS = {"1k": 1024, "2k": 2048, "4k": 3840}
 QUALITIES = ("low", "medium", "high")
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 MAX_PIXELS = 8_294_400
+MAX_EDGE = 3840
 SYNC_WAIT_S = 300.0
 _STATUS = {JobState.IN_QUEUE: "created", JobState.IN_PROGRESS: "processing"}
 
@@ -77,13 +80,17 @@ def _envelope(code: int, message: str, data: Any = None, headers: dict[str, str]
 
 
 def output_size(aspect: str, resolution: str) -> tuple[int, int]:
-    """The sandbox's pixel size for an (aspect_ratio, resolution) pair (see the module docstring)."""
+    """The sandbox's pixel size for an (aspect_ratio, resolution) pair (see the module docstring): never
+    beyond what GPT Image 2 makes (longest edge 3840 px, 8,294,400 pixels)."""
     w, h = (int(x) for x in aspect.split(":"))
     base = RESOLUTIONS[resolution]
     scale = base / max(w, h) if resolution == "4k" else base / min(w, h)
     width, height = w * scale, h * scale
     if width * height > MAX_PIXELS:
         shrink = math.sqrt(MAX_PIXELS / (width * height))
+        width, height = width * shrink, height * shrink
+    if max(width, height) > MAX_EDGE:
+        shrink = MAX_EDGE / max(width, height)
         width, height = width * shrink, height * shrink
     return max(16, int(width) // 16 * 16), max(16, int(height) // 16 * 16)
 

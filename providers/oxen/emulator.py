@@ -13,8 +13,15 @@ Answer: ``{"model", "created", "images": [{"url"}]}`` (URLs served by this sandb
 ``[{"b64_json"}]``. Errors: ``{"error": {"type", "title", "detail"}, "status": "error",
 "status_message": type}``; an unknown model gets ``{"error": {"message": "Model not found: X"}}`` (404).
 
-Sandbox choices where Oxen's docs are silent: output size = the ratio (auto: the first image's) with
-the longest edge 1024 (1K), 2048 (2K) or 3840 (4K), both sides rounded to multiples of 16; a mask of
+Types are refused as Oxen's validation does (``invalid_params``): ``model``, ``prompt``, ``mask_url`` and
+``target_namespace`` must be strings, ``input_image`` an array of strings, the choice fields one of their
+values. The documented defaults are accepted when sent explicitly; ``null`` is accepted only for the fields
+without a default (``mask_url``, ``target_namespace``), as "omitted".
+
+Sandbox choices where Oxen's docs are silent: output size = the ratio (auto: the first image's, held
+within 1:3..3:1) with the longest edge 1024 (1K), 2048 (2K) or 3840 (4K), brought within what GPT Image 2
+makes (655,360 to 8,294,400 pixels, longest edge 3840, sides multiples of 16: 1K 16:9 is 1088x608, 4K 1:1
+is 2880x2880); a mask of
 another size is resized to the first image; input download failures are 400 ``invalid_params`` with
 the ``"<code> Client Error: <reason> for url: <url>"`` wording; the key ``oxen-no-credits`` gets 402
 "Insufficient credits"; faults: 429 ``rate_limit_exceeded`` with ``Retry-After``, 500 ``unknown_error``,
@@ -26,6 +33,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,10 +46,9 @@ from PIL import Image
 from sandbox.engine import EngineError, render_edit_images, render_placeholder
 from sandbox.files import StoredFile
 from sandbox.inputs import summarize_for_log
+from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
 from sandbox.runner import Job, JobOutcome, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
 
 NAME = "oxen"
 PREFIX = "/oxen/api/ai"
@@ -53,6 +60,7 @@ FORMATS = ("png", "jpeg", "webp")
 FIELDS = frozenset({"model", "prompt", "input_image", "mask_url", "aspect_ratio", "resolution", "quality",
                     "output_format", "response_format", "target_namespace"})
 MAX_IMAGES = 16
+MIN_PIXELS, MAX_PIXELS, MAX_EDGE, MAX_ASPECT = 655_360, 8_294_400, 3840, 3.0  # GPT Image 2's limits
 NO_CREDITS_KEY = "oxen-no-credits"
 _INVALID_TITLE = "Invalid parameters supplied, please check your request and try again."
 
@@ -114,6 +122,9 @@ def parse_params(body: Any) -> OxenParams:
     mask = body.get("mask_url")
     if mask is not None and (not isinstance(mask, str) or not mask.startswith(("http://", "https://", "data:"))):
         raise _invalid("mask_url must be a URI.")
+    namespace = body.get("target_namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace.strip()):
+        raise _invalid("target_namespace must be a non-empty string (a user or organization name).")
 
     def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
         value = body.get(name, default)
@@ -132,14 +143,31 @@ def parse_params(body: Any) -> OxenParams:
 
 
 def output_size(aspect: str, resolution: str, first: tuple[int, int]) -> tuple[int, int]:
+    """The tier's longest edge at the ratio (auto: the first image's, within 1:3..3:1), then brought within
+    what GPT Image 2 makes: 655,360 to 8,294,400 pixels, sides multiples of 16, longest edge 3840 px."""
+    rw: float
+    rh: float
     if aspect == "auto":
         rw, rh = first
+        if max(rw, rh) > MAX_ASPECT * min(rw, rh):
+            rw, rh = (MAX_ASPECT, 1.0) if rw > rh else (1.0, MAX_ASPECT)
     else:
         a, b = aspect.split(":")
         rw, rh = int(a), int(b)
     edge = RESOLUTIONS[resolution]
     w, h = (float(edge), edge * rh / rw) if rw >= rh else (edge * rw / rh, float(edge))
-    return max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
+    if w * h < MIN_PIXELS:
+        grow = math.sqrt(MIN_PIXELS / (w * h))
+        w, h = w * grow, h * grow
+    if w * h > MAX_PIXELS:
+        shrink = math.sqrt(MAX_PIXELS / (w * h))
+        w, h = w * shrink, h * shrink
+    width, height = max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
+    if width * height < MIN_PIXELS:  # rounding fell below the floor: round up instead
+        width, height = math.ceil(w / 16) * 16, math.ceil(h / 16) * 16
+    if width * height > MAX_PIXELS or max(width, height) > MAX_EDGE:  # above the cap: round down
+        width, height = int(w) // 16 * 16, int(h) // 16 * 16
+    return width, height
 
 
 def white_mask_to_alpha(mask: bytes, size: tuple[int, int]) -> bytes:

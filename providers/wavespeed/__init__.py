@@ -1,0 +1,45 @@
+"""WaveSpeedAI API v3 for `openai/gpt-image-2/edit` (facts: provider-replicate-wavespeed-oxen.md §5)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from providers.spec import Capabilities, ProviderSettings, ProviderSpec
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+class WaveSpeedSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITQ_WAVESPEED_", extra="ignore", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("EDITQ_WAVESPEED_API_KEY", "WAVESPEED_API_KEY")
+    )
+    base_url: str = "https://api.wavespeed.ai"
+    webhook_secret: SecretStr | None = None  # whsec_...; fetched from /api/v3/webhook/secret when unset
+    concurrency: int = 2  # Bronze tier; Silver 300, Gold 3,000, Ultra 10,000 (tasks over it wait at WaveSpeed)
+    output_formats: str = ",".join(OUTPUT_FORMATS)  # narrow if WaveSpeed refuses one
+
+    def allowed_formats(self) -> list[str]:
+        return [f.strip() for f in self.output_formats.split(",") if f.strip()]
+
+
+SPEC = ProviderSpec(
+    name="wavespeed",
+    title="WaveSpeedAI",
+    settings_cls=WaveSpeedSettings,
+    protocol="providers.wavespeed.protocol:WaveSpeedProtocol",
+    emulator="providers.wavespeed.emulator:build",
+    sandbox_path="/wavespeed",
+    key_env="EDITQ_WAVESPEED_API_KEY",
+    sandbox_key="ws-sandbox-key",
+    summary="API v3 task queue, v3 hex-HMAC webhooks (secret fetched from the API), poll result; no mask",
+    capabilities=Capabilities(
+        protocol="`POST /api/v3/openai/gpt-image-2/edit`",
+        completion="`v3,` hex-HMAC webhook + poll",
+        mask="no (refused)",
+        num_images="1",
+        sizes="`auto` or exact aspect ratio x 1k/2k/4k",
+    ),
+)
