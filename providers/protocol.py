@@ -13,6 +13,7 @@ The pipeline never looks inside a provider's payloads; everything comes back as 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +27,15 @@ if TYPE_CHECKING:
     from worker.provider_client import ProviderClient
 
 POLL_CONCURRENCY = 32
+
+
+def engine_service(target: str, *args: Any, **kwargs: Any) -> Any:
+    """An engine service a protocol needs besides the client (reading input bytes from our storage,
+    staging a converted mask, OpenAI Batch's state shared by workers), named "module:Class" and built on
+    first use. The services live in worker/ (worker/provider_inputs.py, worker/batch_ingest.py), so a
+    protocol module never imports storage or Redis; tests hand the protocol their own instead."""
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(*args, **kwargs)
 
 
 class ProviderProtocol(ABC):

@@ -1,7 +1,7 @@
 """The engine's input reader for protocols that send input bytes (OpenAI's multipart edits): our own S3,
 read by key (not through presigned URLs, which may name a host only providers can reach), each blob
 checked against the sha256 recorded at enqueue before anything is sent. Implements
-`providers.openai.protocol.InputReader`."""
+`providers.openai.protocol.InputReader`; and the store of Oxen's converted masks (`StorageMasks`)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,30 @@ class StorageInputs:
             return blob
 
         return list(await asyncio.gather(*(one(r) for r in records)))
+
+
+class StorageMasks:
+    """Oxen's converted mask (white = edit), stored content-addressed next to the inputs. Implements
+    `providers.oxen.protocol.MaskStore`."""
+
+    async def read(self, rec: InputRecord) -> bytes:
+        from worker.storage import get_storage
+
+        try:
+            return await asyncio.to_thread(get_storage().get_bytes, rec.s3_key)
+        except Exception as exc:  # boto raises several types
+            raise ProviderError(ErrorKind.retryable, f"oxen: could not read the mask from storage "
+                                f"({type(exc).__name__})") from None
+
+    async def put_png(self, data: bytes, sha256: str) -> str:
+        from worker.storage import get_storage
+
+        storage = get_storage()
+        key = storage.input_key(sha256, "png")
+        try:
+            if not await asyncio.to_thread(storage.exists, key):
+                await asyncio.to_thread(storage.put_bytes, key, data, "image/png", sha256)
+        except Exception as exc:
+            raise ProviderError(ErrorKind.retryable, f"oxen: could not store the converted mask "
+                                f"({type(exc).__name__})") from None
+        return storage.presign(key)

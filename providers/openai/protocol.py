@@ -17,7 +17,6 @@ own S3 by key and checking each sha256: worker/provider_inputs.py); the protocol
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -31,7 +30,7 @@ from providers.openai.common import (
     usage_and_cost,
     validate_edit,
 )
-from providers.protocol import ProviderProtocol
+from providers.protocol import ProviderProtocol, engine_service
 from providers.signatures import lost_sync_answer
 from providers.spec import ProviderSettings
 from providers.types import (
@@ -132,8 +131,7 @@ class OpenAIProtocol(ProviderProtocol):
     @property
     def inputs(self) -> InputReader:
         if self._inputs is None:
-            module, cls = ENGINE_INPUTS.split(":")
-            self._inputs = getattr(importlib.import_module(module), cls)(NAME)
+            self._inputs = engine_service(ENGINE_INPUTS, NAME)
         return self._inputs
 
     @inputs.setter

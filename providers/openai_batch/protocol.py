@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import importlib
 import json
 import re
 import secrets
@@ -88,7 +87,7 @@ from providers.openai.common import (
     validate_edit,
 )
 from providers.openai_batch import OpenAIBatchSettings
-from providers.protocol import ProviderProtocol
+from providers.protocol import ProviderProtocol, engine_service
 from providers.spec import ProviderSettings
 from providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
 from schemas.job import EditJob
@@ -457,8 +456,7 @@ class OpenAIBatchProtocol(ProviderProtocol):
     @property
     def store(self) -> BatchStore:
         if self._store is None:  # the engine's, made on first use (processes that never poll need none)
-            module, cls = ENGINE_STORE.split(":")
-            self._store = getattr(importlib.import_module(module), cls)(results_ttl_s=self.settings.results_ttl_s)
+            self._store = engine_service(ENGINE_STORE, results_ttl_s=self.settings.results_ttl_s)
         return self._store
 
     def deadline_s(self) -> float | None:

@@ -25,8 +25,8 @@ Choices where the sources are silent or conflict (safe for the user's money and 
   canonical (OpenAI) convention, alpha 0 = edit. `submit` converts the mask (alpha 0 -> white,
   anything else -> black), stores it content-addressed in S3 and sends its presigned URL. The mask
   must be a PNG with an alpha channel and the first image's size. The storage reads and writes go
-  through `OxenProtocol.masks` (a `MaskStore`; by default `providers/oxen/staging.py`, editq's S3),
-  so this module stays free of storage and network code.
+  through `OxenProtocol.masks` (a `MaskStore`; by default the engine's
+  `worker/provider_inputs.py:StorageMasks`, editq's S3), so this module stays free of storage and network code.
 * The edit call holds the connection for the whole edit: `timeout_s` (300 s) for the answer,
   `connect_timeout_s` (10 s) to connect. The client maps the failures: one to connect is `not sent`;
   a timeout or a dropped connection after sending is `maybe_billed` (the pipeline records an
@@ -48,7 +48,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from providers.oxen import OxenSettings
-from providers.protocol import ProviderProtocol
+from providers.protocol import ProviderProtocol, engine_service
 from providers.signatures import lost_sync_answer
 from providers.spec import ProviderSettings
 from providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
@@ -70,6 +70,8 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_IMAGES = 16
 
+
+ENGINE_MASKS = "worker.provider_inputs:StorageMasks"  # the engine's MaskStore (our S3)
 
 class MaskStore(Protocol):
     """Where the converted mask is kept so Oxen can fetch it (editq's S3 in production)."""
@@ -273,10 +275,7 @@ class OxenProtocol(ProviderProtocol):
     @property
     def masks(self) -> MaskStore:
         if self._masks is None:
-            # the one storage dependency, kept out of this module (see the module docstring)
-            from providers.oxen.staging import S3MaskStore
-
-            self._masks = S3MaskStore()
+            self._masks = engine_service(ENGINE_MASKS)  # our storage, kept out of this module
         return self._masks
 
     def validate(self, job: EditJob) -> list[str]:
