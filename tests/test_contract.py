@@ -11,9 +11,7 @@ import importlib
 import io
 import json
 import secrets
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -29,6 +27,7 @@ from providers.types import InputUrls, Outcome, Submitted
 from schemas.job import EditJob
 from tests.conftest import EXAMPLES, ROOT
 from tests.e2e import configure_sandbox, start, using
+from tests.webhook_peer import Peer, peer_fixture
 from worker import aio
 from worker.errors import ProviderError, WebhookRejected
 from worker.provider_client import client_for
@@ -105,37 +104,6 @@ def test_refused_jobs_are_refused_at_enqueue_naming_provider_and_field(name: str
 
 
 # ---- against the sandbox ---------------------------------------------------------------------------------
-class Peer:
-    """Records raw webhook deliveries by path."""
-
-    def __init__(self) -> None:
-        self.deliveries: dict[str, tuple[dict[str, str], bytes]] = {}
-        self.cond = threading.Condition()
-        peer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with peer.cond:
-                    peer.deliveries[self.path.split("?")[0]] = ({k.lower(): v for k, v in self.headers.items()}, body)
-                    peer.cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, path: str, timeout: float = 60) -> tuple[dict[str, str], bytes]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: path in self.deliveries, timeout), f"no delivery to {path}"
-            return self.deliveries[path]
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     env = dict(PLUGIN)
@@ -147,9 +115,7 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def peer() -> Iterator[Peer]:
-    p = Peer()
-    yield p
-    p.server.shutdown()
+    yield from peer_fixture()
 
 
 def _inputs(stack: LocalStack) -> tuple[list[Any], InputUrls]:

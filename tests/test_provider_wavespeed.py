@@ -9,10 +9,8 @@ import hashlib
 import hmac
 import io
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +25,7 @@ from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
 from schemas.job import EditJob, InputRecord
 from schemas.params import size_problems
 from tests.sandbox_proc import sandbox_process, wait_for
+from tests.webhook_peer import Peer, peer_fixture
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 from worker.provider_client import ProviderClient
 
@@ -241,40 +240,9 @@ def sandbox_url() -> Iterator[str]:
         yield url
 
 
-class Peer:
-    """A webhook receiver that records raw deliveries."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[str, dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        peer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with peer.lock:
-                    peer.deliveries.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def for_id(self, rid: str) -> list[tuple[str, dict[str, str], bytes]]:
-        with self.lock:
-            return [d for d in self.deliveries if json.loads(d[2]).get("id") == rid]
-
-
 @pytest.fixture(scope="module")
 def peer() -> Iterator[Peer]:
-    p = Peer()
-    yield p
-    p.server.shutdown()
+    yield from peer_fixture()
 
 
 @pytest.fixture()
