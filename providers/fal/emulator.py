@@ -81,13 +81,13 @@ from sandbox.inputs import summarize_for_log
 from sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
+    admit,
     authorization_matches,
     fetch_inputs,
     kept_headers,
     queue_priority,
     queue_urls,
     retry_after,
-    submit_fault,
 )
 from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
@@ -231,18 +231,14 @@ class FalProvider:
     async def submit(self, request: Request, endpoint: str) -> Response:
         runner, cfg = self.state.runner, self.state.current
         raw = await request.body()
-        denied = self._unauthorized(request)
-        if denied is not None:
-            runner.reject(NAME, "auth")
-            return denied
-        fault = await submit_fault(self.state, NAME)
-        if fault == "timeout":
-            return _nginx(504, "Gateway Time-out")
-        if fault == "5xx":
-            return _nginx(503, "Service Temporarily Unavailable")
-        if fault == "429":
-            return _json(429, {"detail": "Too many requests.", "error_type": "rate_limited"},
-                         {**retry_after(cfg), "X-Fal-Error-Type": "rate_limited"})
+        refused = await admit(self.state, NAME, request, self._unauthorized, {
+            "timeout": lambda: _nginx(504, "Gateway Time-out"),
+            "5xx": lambda: _nginx(503, "Service Temporarily Unavailable"),
+            "429": lambda: _json(429, {"detail": "Too many requests.", "error_type": "rate_limited"},
+                                 {**retry_after(cfg), "X-Fal-Error-Type": "rate_limited"}),
+        })
+        if refused is not None:
+            return refused
         endpoint = endpoint.strip("/")
         model = self.models.get(endpoint)
         if model is None:

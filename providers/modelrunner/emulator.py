@@ -48,6 +48,7 @@ from sandbox.inputs import summarize_for_log
 from sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
+    admit,
     authorization_matches,
     fetch_inputs,
     iso_utc,
@@ -56,7 +57,6 @@ from sandbox.providers.common import (
     queue_urls,
     random_id,
     retry_after,
-    submit_fault,
 )
 from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import StandardWebhookSigner
@@ -240,17 +240,13 @@ class ModelRunnerProvider:
     async def submit(self, request: Request, endpoint: str) -> Response:
         runner, cfg = self.state.runner, self.state.current
         raw = await request.body()
-        denied = self._unauthorized(request)
-        if denied is not None:
-            runner.reject(NAME, "auth")
-            return denied
-        fault = await submit_fault(self.state, NAME)
-        if fault == "timeout":
-            return _error(504, "Gateway timeout")
-        if fault == "5xx":
-            return _error(500, "Internal server error")
-        if fault == "429":
-            return _error(429, "Too many requests", headers=retry_after(cfg))
+        refused = await admit(self.state, NAME, request, self._unauthorized, {
+            "timeout": lambda: _error(504, "Gateway timeout"),
+            "5xx": lambda: _error(500, "Internal server error"),
+            "429": lambda: _error(429, "Too many requests", headers=retry_after(cfg)),
+        })
+        if refused is not None:
+            return refused
         endpoint = endpoint.strip("/")
         if endpoint not in MODELS:
             runner.reject(NAME, "not_found")

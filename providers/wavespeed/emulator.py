@@ -51,12 +51,12 @@ from sandbox.inputs import summarize_for_log
 from sandbox.providers.common import (
     BEARER_AUTH,
     InputFailed,
+    admit,
     authorization_matches,
     fetch_inputs,
     iso_utc,
     kept_headers,
     retry_after,
-    submit_fault,
 )
 from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.state import ProviderMount, SandboxState
@@ -205,18 +205,14 @@ class WaveSpeedProvider:
     async def submit(self, request: Request, model: str) -> Response:
         runner, cfg = self.state.runner, self.state.current
         raw = await request.body()
-        denied = self._unauthorized(request)
-        if denied is not None:
-            runner.reject(NAME, "auth")
-            return denied
-        fault = await submit_fault(self.state, NAME)
-        if fault == "timeout":
-            return _envelope(504, "gateway timeout")
-        if fault == "5xx":
-            return _envelope(500, "internal server error")
-        if fault == "429":
-            return _envelope(429, "too many requests: rate limit exceeded for your account level",
-                             headers=retry_after(cfg))
+        refused = await admit(self.state, NAME, request, self._unauthorized, {
+            "timeout": lambda: _envelope(504, "gateway timeout"),
+            "5xx": lambda: _envelope(500, "internal server error"),
+            "429": lambda: _envelope(429, "too many requests: rate limit exceeded for your account level",
+                                     headers=retry_after(cfg)),
+        })
+        if refused is not None:
+            return refused
         model = model.strip("/")
         if model != MODEL:
             runner.reject(NAME, "not_found")

@@ -11,11 +11,11 @@ import asyncio
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Literal, overload
 
-from fastapi import Request
+from fastapi import Request, Response
 
 from sandbox.config import SandboxConfig
 from sandbox.inputs import InputError, fetch_image
@@ -39,6 +39,20 @@ def bearer_key(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not key:
         return None
     return key
+
+
+# ---- the checks every queue API's submit starts with ---------------------------------------------------------------
+async def admit(state: SandboxState, provider: str, request: Request,
+                unauthorized: Callable[[Request], Response | None],
+                answers: Mapping[Fault, Callable[[], Response]]) -> Response | None:
+    """Authorization first (a refusal is logged as `auth`), then the submit-time faults in `answers`' order,
+    each answered in the provider's own shape. None: the request is admitted."""
+    denied = unauthorized(request)
+    if denied is not None:
+        state.runner.reject(provider, "auth")
+        return denied
+    fault = await submit_fault(state, provider, tuple(answers))
+    return answers[fault]() if fault is not None else None
 
 
 # ---- submit-time faults ------------------------------------------------------------------------------------------
