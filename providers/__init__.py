@@ -26,7 +26,7 @@ REGISTRY: dict[str, str] = {
     "oxen": "providers.legacy:oxen",
     "wavespeed": "providers.legacy:wavespeed",
     "modelrunner": "providers.legacy:modelrunner",
-    "replicate": "providers.legacy:replicate",
+    "replicate": "providers.replicate",
 }
 
 PLUGINS_ENV = "EDITQ_PROVIDER_MODULES"

@@ -20,7 +20,6 @@ _OLD = {
     "oxen": "worker.providers.oxen:OxenAdapter",
     "wavespeed": "worker.providers.wavespeed:WaveSpeedAdapter",
     "modelrunner": "worker.providers.modelrunner:ModelRunnerAdapter",
-    "replicate": "worker.providers.replicate:ReplicateAdapter",
 }
 
 
@@ -31,7 +30,6 @@ _SANDBOX: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "wavespeed": ("/wavespeed", "EDITQ_WAVESPEED_API_KEY", "ws-sandbox-key", {}),
     "modelrunner": ("/modelrunner", "EDITQ_MODELRUNNER_KEY", "mr-sandbox-key",
                     {"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"}),
-    "replicate": ("/replicate", "EDITQ_REPLICATE_API_TOKEN", "r8_sandbox-token", {}),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.providers import modelrunner, openai, openai_batch, oxen, replicate, wavespeed
+from sandbox.providers import modelrunner, openai, openai_batch, oxen, wavespeed
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
@@ -22,7 +22,6 @@ _NOT_MOVED: dict[str, ProviderBuilder] = {
     "oxen": oxen.build,
     "wavespeed": wavespeed.build,
     "modelrunner": modelrunner.build,
-    "replicate": replicate.build,
 }
 
 

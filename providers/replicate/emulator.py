@@ -58,11 +58,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.files import MEDIA_TYPES, StoredFile
 from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.providers.common import (
+    InputFailed,
+    authorization_matches,
+    fetch_inputs,
+    iso_utc,
+    kept_headers,
+    random_id,
+    submit_fault,
+)
 from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import StandardWebhookSigner
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, authorization_matches, fetch_inputs, iso_utc, kept_headers, random_id, submit_fault
 
 NAME = "replicate"
 PREFIX = "/replicate"
