@@ -272,11 +272,9 @@ def reset_caches() -> None:
     import providers
     from schemas.settings import get_settings
     from worker.celery_app import reconfigure
-    from worker.providers import get_adapter
     from worker.storage import get_storage
 
     get_settings.cache_clear()
     providers.cache_clear()
-    get_adapter.cache_clear()
     get_storage.cache_clear()
     reconfigure()

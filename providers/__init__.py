@@ -26,7 +26,7 @@ REGISTRY: dict[str, str] = {
     "oxen": "providers.oxen",
     "wavespeed": "providers.wavespeed",
     "modelrunner": "providers.modelrunner",
-    "replicate": "providers.legacy:replicate",
+    "replicate": "providers.replicate",
 }
 
 PLUGINS_ENV = "EDITQ_PROVIDER_MODULES"
@@ -46,9 +46,7 @@ def _targets_for(plugins: str) -> dict[str, str]:
 
 @cache
 def _load(target: str) -> ProviderSpec:
-    module, _, attr = target.partition(":")
-    mod = importlib.import_module(module)
-    spec = mod.spec_for(attr) if attr else mod.SPEC
+    spec = importlib.import_module(target).SPEC
     assert isinstance(spec, ProviderSpec), target
     return spec
 

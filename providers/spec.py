@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class ProviderSettings(BaseSettings):
     """Common knobs; each provider subclasses this with its own env prefix (e.g. EDITQ_FAL_).
 
-    `auth_hosts`: hosts besides `base_url`'s that may receive the API key (Replicate's output CDN).
+    `auth_hosts`: hosts besides `base_url`'s that may receive the API key (Replicate's output CDN); an
+    entry with a leading dot (`.replicate.delivery`) also covers every host under it.
     The client refuses to send credentials anywhere else, whatever an answer names."""
 
     api_key: SecretStr | None = None

@@ -1,7 +1,7 @@
 """Runtime configuration, read from the environment (prefix `EDITQ_`) by pydantic-settings.
 
-Provider-specific settings (keys, base URLs, limits) live beside each adapter in
-`worker/providers/`; this module holds what every process shares.
+Provider-specific settings (keys, base URLs, limits) live beside each provider in
+`providers/<name>/`; this module holds what every process shares.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from worker.providers.common import NOT_SENT
+from worker.provider_client import NOT_SENT
 from worker.transport import AsyncClient, async_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

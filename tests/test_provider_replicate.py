@@ -1,5 +1,6 @@
-"""Replicate adapter: pure translation (validate, build_request, answers -> Outcome, errors, webhook
-verification, output auth) and its I/O against the real sandbox over HTTP (a `python -m sandbox` process)."""
+"""Replicate protocol: pure translation (validate, build_request, answers -> Outcome, errors, webhook
+verification, output auth), its calls through a ProviderClient on a mock transport, and its I/O against
+the real sandbox over HTTP (a `python -m sandbox` process)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from providers.replicate import SPEC, ReplicateSettings
+from providers.replicate.protocol import ReplicateProtocol, answer_error, api_url, parse_get
+from providers.types import Answer, InputUrls, Outcome
 from schemas.job import EditJob, InputRecord
 from tests.sandbox_proc import sandbox_process, wait_for
+from worker import redact
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.providers.base import InputUrls, Outcome
-from worker.providers.replicate import ReplicateAdapter, ReplicateSettings
+from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -47,9 +51,22 @@ def make_job(**kw: Any) -> EditJob:
     return EditJob(**data)
 
 
-def adapter(**kw: Any) -> ReplicateAdapter:
+def adapter(**kw: Any) -> ReplicateProtocol:
     settings = ReplicateSettings(api_key=SecretStr(KEY), base_url="https://api.replicate.com", **kw)
-    return ReplicateAdapter(settings)
+    return ReplicateProtocol(settings)
+
+
+def client_of(a: ReplicateProtocol, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(SPEC, a.settings, http)
+
+
+def mock_client(a: ReplicateProtocol, handler: Any) -> ProviderClient:
+    return client_of(a, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+def _ans(status: int, json_body: Any = None, text: str = "", headers: dict[str, str] | None = None) -> Answer:
+    body = json.dumps(json_body).encode() if json_body is not None else text.encode()
+    return Answer(status, headers or {}, body)
 
 
 # ================================================================ validate
@@ -181,32 +198,33 @@ def test_outcome_terminal_failures_are_classified() -> None:
 
 # ================================================================ HTTP errors
 def test_error_429_keeps_retry_after_from_header_or_body() -> None:
-    a = adapter()
     body = {"title": "Too Many Requests", "detail": "Request was throttled. Your rate limit resets in ~30s.",
             "status": 429}
-    with_header = a.error(httpx.Response(429, json=body, headers={"Retry-After": "7"}), "create")
+    with_header = answer_error(_ans(429, body, headers={"Retry-After": "7"}), "create")
     assert with_header.kind is ErrorKind.retryable and with_header.retry_after_s == 7.0
     assert not with_header.maybe_billed and with_header.provider_code == "rate_limited"
-    from_body = a.error(httpx.Response(429, json=body), "create")
+    from_body = answer_error(_ans(429, body), "create")
     assert from_body.retry_after_s == 30.0
     assert from_body.reason == ("replicate create: HTTP 429 Too Many Requests: Request was throttled. "
                                 "Your rate limit resets in ~30s.")
 
 
 def test_error_classes_and_no_key_in_messages() -> None:
-    a = adapter()
-    r422 = a.error(httpx.Response(422, json={"title": "Input validation failed", "status": 422,
-                                             "detail": "- input.aspect_ratio: must be one of 1:1"}), "create")
+    redact.register(KEY)  # a ProviderClient registers its key; the reason is redacted centrally
+    r422 = answer_error(_ans(422, {"title": "Input validation failed", "status": 422,
+                                   "detail": "- input.aspect_ratio: must be one of 1:1"}), "create")
     assert r422.kind is ErrorKind.terminal and r422.provider_code == "invalid_input"
     assert "input.aspect_ratio" in r422.reason
-    r401 = a.error(httpx.Response(401, json={"title": "Unauthenticated", "status": 401,
-                                             "detail": f"Invalid token {KEY}"}), "create")
-    assert r401.kind is ErrorKind.terminal and KEY not in r401.reason and "[redacted]" in r401.reason
-    r402 = a.error(httpx.Response(402, json={"detail": "Insufficient credit", "status": 402}), "create")
+    r401 = answer_error(_ans(401, {"title": "Unauthenticated", "status": 401, "detail": f"Invalid token {KEY}"}),
+                        "create")
+    assert r401.kind is ErrorKind.terminal and KEY not in r401.reason and "***" in r401.reason
+    r402 = answer_error(_ans(402, {"detail": "Insufficient credit", "status": 402}), "create")
     assert r402.kind is ErrorKind.terminal and r402.provider_code == "insufficient_credit"
-    assert a.error(httpx.Response(504, text="gateway"), "create").maybe_billed is True
-    r503 = a.error(httpx.Response(503, text="<html>down</html>"), "create")
+    assert answer_error(_ans(504, text="gateway"), "create").maybe_billed is True
+    assert answer_error(_ans(504, text="gateway"), "get").maybe_billed is False
+    r503 = answer_error(_ans(503, text="<html>down</html>"), "create")
     assert r503.kind is ErrorKind.retryable and r503.maybe_billed is False
+    assert answer_error(_ans(409, {"detail": "busy"}), "create").kind is ErrorKind.retryable
 
 
 # ================================================================ webhook verification (pure, configured secret)
@@ -216,10 +234,12 @@ def _sign(body: bytes, msg_id: str, ts: int, secret_bytes: bytes = SECRET_BYTES)
             "webhook-signature": "v1," + base64.b64encode(mac).decode()}
 
 
-def _verify(a: ReplicateAdapter, headers: dict[str, str], body: bytes, now: float) -> Any:
+def _verify(a: ReplicateProtocol, headers: dict[str, str], body: bytes, now: float) -> Any:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"a configured secret needs no request: {request.url}")
+
     async def go() -> Any:
-        async with httpx.AsyncClient() as http:
-            return await a.verify_webhook(http, headers, body, now=now)
+        return await a.verify_webhook(mock_client(a, refuse), headers, body, now=now)
 
     return asyncio.run(go())
 
@@ -253,16 +273,134 @@ def test_verify_webhook_accepts_valid_and_refuses_forgeries() -> None:
 
 def test_output_headers_only_for_trusted_hosts() -> None:
     a = adapter()
+    client = client_of(a, httpx.AsyncClient())
     auth = {"Authorization": f"Bearer {KEY}"}
-    assert a.output_headers("https://replicate.delivery/xezq/abc/out-0.png") == auth
-    assert a.output_headers("https://pbxt.replicate.delivery/abc/out-0.webp") == auth
-    assert a.output_headers("https://api.replicate.com/v1/files/abc") == auth
-    assert a.output_headers("https://replicate.delivery.evil.com/x.png") == {}
-    assert a.output_headers("https://evil.com/replicate.delivery/x.png") == {}
-    assert a.output_headers("http://replicate.delivery/x.png") == {}
+
+    def headers(url: str) -> dict[str, str]:
+        return client.output_headers(url, a.output_auth(url))
+
+    assert headers("https://replicate.delivery/xezq/abc/out-0.png") == auth
+    assert headers("https://pbxt.replicate.delivery/abc/out-0.webp") == auth
+    assert headers("https://api.replicate.com/v1/files/abc") == auth
+    assert headers("https://replicate.delivery.evil.com/x.png") == {}
+    assert headers("https://evil.com/replicate.delivery/x.png") == {}
+    assert headers("http://replicate.delivery/x.png") == {}
+    assert a.output_auth("http://replicate.delivery/x.png") is False
+    # any subdomain of replicate.delivery (the default `.replicate.delivery` entry), nothing beside it
+    assert a.output_auth("https://tjzk.replicate.delivery/x.png") is True
+    assert headers("https://tjzk.replicate.delivery/x.png") == auth
+    assert headers("https://notreplicate.delivery/x.png") == {}
+    narrow = adapter(auth_hosts=["replicate.delivery"])  # an exact entry covers that host only
+    assert client_of(narrow, httpx.AsyncClient()).output_headers("https://tjzk.replicate.delivery/x.png", True) == {}
     # a urls.get on another host is never trusted with the token
-    assert a._api_url("https://evil.com/v1/predictions/p1", "/v1/predictions/p1") == \
+    assert api_url(a.settings.base_url, "https://evil.com/v1/predictions/p1", "/v1/predictions/p1") == \
         "https://api.replicate.com/v1/predictions/p1"
+
+
+def test_auth_hosts_default_and_both_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ReplicateSettings().auth_hosts == [".replicate.delivery"]
+    monkeypatch.setenv("EDITQ_REPLICATE_OUTPUT_AUTH_HOSTS", '["cdn.example"]')
+    assert ReplicateSettings().auth_hosts == ["cdn.example"]
+    monkeypatch.setenv("EDITQ_REPLICATE_AUTH_HOSTS", '["cdn2.example"]')
+    assert ReplicateSettings().auth_hosts == ["cdn2.example"]
+
+
+# ================================================================ calls through the client (mock transport)
+def test_poll_cancel_and_secret_go_through_the_client_with_the_token() -> None:
+    seen: list[tuple[str, str, str | None]] = []
+    pred = _pred("succeeded", output=["https://replicate.delivery/o.png"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url), request.headers.get("authorization")))
+        if request.url.path == "/v1/webhooks/default/secret":
+            return httpx.Response(200, json={"key": SECRET})
+        return httpx.Response(200, json=pred)
+
+    a = adapter()
+    now = 1_800_000_000
+    body = json.dumps(pred).encode()
+
+    async def go() -> None:
+        client = mock_client(a, handler)
+        out = await a.poll(client, "p1", {"get": "https://evil.com/v1/predictions/p1"})
+        assert out.result is not None
+        await a.cancel(client, "p1", {})
+        event = await a.verify_webhook(client, _sign(body, "msg_1", now), body, now=now)
+        assert event.request_id == "p1"
+        await a.verify_webhook(client, _sign(body, "msg_2", now), body, now=now + 1)  # cached
+
+    asyncio.run(go())
+    bearer = f"Bearer {KEY}"
+    assert seen == [
+        ("GET", "https://api.replicate.com/v1/predictions/p1", bearer),
+        ("POST", "https://api.replicate.com/v1/predictions/p1/cancel", bearer),
+        ("GET", "https://api.replicate.com/v1/webhooks/default/secret", bearer),
+    ]
+
+
+def test_secret_fetch_failure_refuses_the_delivery_and_is_retried() -> None:
+    calls: list[str] = []
+    answers = [httpx.Response(500, json={"detail": "down"}), httpx.Response(200, json={"nokey": 1}),
+               httpx.Response(200, json={"key": SECRET})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return answers.pop(0)
+
+    a = adapter()
+    now = 1_800_000_000
+    body = json.dumps(_pred("succeeded")).encode()
+
+    async def go() -> None:
+        client = mock_client(a, handler)
+        with pytest.raises(WebhookRejected):  # a failed fetch is tried again once, then the delivery refused
+            await a.verify_webhook(client, _sign(body, "m", now), body, now=now)
+        assert len(calls) == 2
+        # a failed fetch does not count towards the once-a-minute limit: the next delivery fetches again
+        assert (await a.verify_webhook(client, _sign(body, "m", now), body, now=now + 1)).request_id == "p1"
+
+    asyncio.run(go())
+    assert calls == ["/v1/webhooks/default/secret"] * 3
+
+
+def test_unreadable_answers_are_malformed_errors_never_crashes() -> None:
+    bad = parse_get
+    with pytest.raises(ProviderError) as info:
+        bad(_ans(200, text="<html>oops</html>"))
+    assert info.value.kind is ErrorKind.unknown and "malformed answer" in info.value.reason
+    with pytest.raises(ProviderError) as info:
+        bad(_ans(503, {"detail": "busy"}))
+    assert info.value.kind is ErrorKind.retryable
+    gone = bad(_ans(404, {"title": "Not found", "detail": "no such prediction", "status": 404}))
+    assert gone.done and gone.error is not None and gone.error.provider_code == "not_found"
+
+    a = adapter()
+
+    async def go() -> None:
+        created = mock_client(a, lambda r: httpx.Response(201, json={"status": "starting"}))
+        job = make_job()
+        with pytest.raises(ProviderError) as info:
+            await a.submit(created, job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
+        assert info.value.maybe_billed is True and "no prediction id" in info.value.reason
+
+        def lost(request: httpx.Request) -> httpx.Response:
+            raise httpx.ReadTimeout("slow", request=request)
+
+        with pytest.raises(ProviderError) as info:
+            await a.submit(mock_client(a, lost), job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
+        assert info.value.kind is ErrorKind.retryable and info.value.maybe_billed is True
+
+        def refused(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused", request=request)
+
+        with pytest.raises(ProviderError) as info:
+            await a.submit(mock_client(a, refused), job,
+                           a.build_request(job, InputUrls(images=["https://s3/a"]), None))
+        assert info.value.kind is ErrorKind.retryable and info.value.maybe_billed is False
+        # cancel never raises: a failed cancel changes nothing
+        await a.cancel(mock_client(a, refused), "p1", {})
+
+    asyncio.run(go())
 
 
 # ================================================================ I/O against the real sandbox
@@ -288,17 +426,17 @@ def _data_uri(name: str = "mug.png") -> str:
     return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
 
 
-def _live(base: str, **kw: Any) -> ReplicateAdapter:
-    return ReplicateAdapter(ReplicateSettings(api_key=SecretStr(KEY), base_url=base + "/replicate", **kw))
+def _live(base: str, **kw: Any) -> ReplicateProtocol:
+    return ReplicateProtocol(ReplicateSettings(api_key=SecretStr(KEY), base_url=base + "/replicate", **kw))
 
 
-async def _run_to_end(a: ReplicateAdapter, http: httpx.AsyncClient, job: EditJob, webhook: str | None = None,
+async def _run_to_end(a: ReplicateProtocol, http: httpx.AsyncClient, job: EditJob, webhook: str | None = None,
                       timeout: float = 20) -> tuple[str, Outcome]:
     req = a.build_request(job, InputUrls(images=[_data_uri()]), webhook)
-    sub = await a.submit(http, job, req)
+    sub = await a.submit(client_of(a, http), job, req)
     deadline = time.monotonic() + timeout
     while True:
-        out = await a.poll(http, sub.request_id, sub.handle)
+        out = await a.poll(client_of(a, http), sub.request_id, sub.handle)
         if out.done or time.monotonic() > deadline:
             return sub.request_id, out
         await asyncio.sleep(0.02)
@@ -315,7 +453,7 @@ def test_submit_poll_and_authenticated_output_download(sb: str) -> None:
             assert ref.url and ref.url.startswith(f"{sb}/replicate/delivery/")
             assert out.result.usage is not None and out.result.usage.output_tokens
             assert (await http.get(ref.url)).status_code == 401  # outputs need the token
-            got = await http.get(ref.url, headers=a.output_headers(ref.url))
+            got = await http.get(ref.url, headers=client_of(a, http).output_headers(ref.url, a.output_auth(ref.url)))
             assert got.status_code == 200 and got.content[:3] == b"\xff\xd8\xff"
             log = httpx.get(f"{sb}/_sandbox/requests/{rid}").json()
             assert log["input"]["input"]["aspect_ratio"] == "1:1"
@@ -358,14 +496,15 @@ def test_sandbox_webhook_verifies_with_fetched_and_cached_secret(sb: str) -> Non
                 assert out.done and out.result is not None
                 headers, body = wait_for(lambda: hooks.got[0] if hooks.got else None, what="webhook")
                 now = time.time()
-                event = await a.verify_webhook(http, headers, body, now=now)
+                event = await a.verify_webhook(client_of(a, http), headers, body, now=now)
                 assert event.request_id == rid and event.delivery_id == f"msg_{rid}"
                 assert json.loads(body)["status"] == "succeeded"
-                polled = await a.webhook_outcome(http, event, {})
+                polled = await a.webhook_outcome(client_of(a, http), event, {})
                 assert polled.result is not None
                 assert [o.url for o in polled.result.outputs] == [o.url for o in out.result.outputs]
                 with pytest.raises(WebhookRejected):
-                    await a.verify_webhook(http, headers, body.replace(b"succeeded", b"succeedes"), now=now)
+                    await a.verify_webhook(client_of(a, http), headers, body.replace(b"succeeded", b"succeedes"),
+                                           now=now)
 
         asyncio.run(go())
     finally:
@@ -381,7 +520,7 @@ def test_create_429_is_not_retried_and_creates_nothing(sb: str) -> None:
         async with httpx.AsyncClient() as http:
             job = make_job()
             with pytest.raises(ProviderError) as info:
-                await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+                await a.submit(client_of(a, http), job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
             return info.value
 
     err = asyncio.run(go())
@@ -396,16 +535,16 @@ def test_create_timeout_is_maybe_billed_and_bad_token_is_terminal(sb: str) -> No
     httpx.patch(sb + "/_sandbox/config", json={"submit_timeout_rate": 1.0, "timeout_hold_s": 2.0}).raise_for_status()
     job = make_job()
 
-    async def go(a: ReplicateAdapter) -> ProviderError:
+    async def go(a: ReplicateProtocol) -> ProviderError:
         async with httpx.AsyncClient() as http:
             with pytest.raises(ProviderError) as info:
-                await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+                await a.submit(client_of(a, http), job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
             return info.value
 
     slow = asyncio.run(go(_live(sb, timeout_s=0.3)))
     assert slow.kind is ErrorKind.retryable and slow.maybe_billed is True
     httpx.patch(sb + "/_sandbox/config", json={"submit_timeout_rate": 0.0}).raise_for_status()
-    anonymous = ReplicateAdapter(ReplicateSettings(api_key=None, base_url=sb + "/replicate"))
+    anonymous = ReplicateProtocol(ReplicateSettings(api_key=None, base_url=sb + "/replicate"))
     denied = asyncio.run(go(anonymous))
     assert denied.kind is ErrorKind.terminal and denied.status_code == 401
     assert denied.reason.startswith("replicate create: HTTP 401 Unauthenticated")
@@ -419,22 +558,23 @@ def test_cancel_running_and_cancel_after_aborts_a_queued_prediction(sb: str) -> 
     async def go() -> None:
         async with httpx.AsyncClient() as http:
             job = make_job()
-            blocker = await a.submit(http, job, a.build_request(job, InputUrls(images=[_data_uri()]), None))
+            inputs = InputUrls(images=[_data_uri()])
+            blocker = await a.submit(client_of(a, http), job, a.build_request(job, inputs, None))
             queued = await deadline_adapter.submit(
-                http, job, deadline_adapter.build_request(job, InputUrls(images=[_data_uri()]), None))
-            assert (await a.poll(http, queued.request_id, queued.handle)).info["status"] == "starting"
+                client_of(deadline_adapter, http), job, deadline_adapter.build_request(job, inputs, None))
+            assert (await a.poll(client_of(a, http), queued.request_id, queued.handle)).info["status"] == "starting"
             end = time.monotonic() + 15
             while True:  # Cancel-After is at least 5 s
-                out = await a.poll(http, queued.request_id, queued.handle)
+                out = await a.poll(client_of(a, http), queued.request_id, queued.handle)
                 if out.done or time.monotonic() > end:
                     break
                 await asyncio.sleep(0.05)
             err = out.error
             assert out.done and err is not None and err.provider_code == "aborted", out
             assert err.kind is ErrorKind.retryable and not err.maybe_billed
-            assert (await a.poll(http, blocker.request_id, blocker.handle)).info["status"] == "processing"
-            await a.cancel(http, blocker.request_id, blocker.handle)
-            out = await a.poll(http, blocker.request_id, blocker.handle)
+            assert (await a.poll(client_of(a, http), blocker.request_id, blocker.handle)).info["status"] == "processing"
+            await a.cancel(client_of(a, http), blocker.request_id, blocker.handle)
+            out = await a.poll(client_of(a, http), blocker.request_id, blocker.handle)
             err = out.error
             assert out.done and err is not None and err.provider_code == "canceled"
             assert err.kind is ErrorKind.terminal
@@ -449,10 +589,10 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
     import secrets
     from types import SimpleNamespace
 
+    from providers.fal.protocol import FalProtocol
+    from providers.types import Submitted
     from schemas.settings import Settings, get_settings
     from worker.pipeline import Pipeline
-    from worker.providers.base import Submitted
-    from worker.providers.fal import FalAdapter
     from worker.state import JobStore, State
 
     monkeypatch.setenv("EDITQ_KEY_PREFIX", f"editq-rcap-{secrets.token_hex(4)}")
@@ -465,7 +605,7 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
                                send_collect=lambda: None, send_dispatch=lambda *a: None)
         pipe = Pipeline(store=store, storage=object(), settings=settings, kick=kick)  # type: ignore[arg-type]
         rep = adapter(poll_safety_net_s=120)
-        fal = FalAdapter()
+        fal = FalProtocol()
         scores = {}
         for name, adp in (("replicate", rep), ("fal", fal)):
             job = make_job(job_id=f"job_{name}", idempotency_key=f"k_{name}", provider=name)

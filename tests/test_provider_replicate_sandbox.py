@@ -211,18 +211,19 @@ def _post(sb: str, body: Any, headers: dict[str, str] | None = None, path: str =
     ("body", "headers", "path", "status", "title", "detail"),
     [
         ({"input": {"prompt": "x"}}, {"Authorization": ""}, None, 401, "Unauthenticated", "authentication token"),
-        ({"input": {"prompt": "x"}, "webhook_url": "https://x"}, None, None, 422, "Invalid request body",
-         "- webhook_url: Additional property webhook_url is not allowed"),
-        ({"webhook": "https://x/h"}, None, None, 422, "Invalid request body", "- input: input is required"),
-        ({"input": {}}, None, None, 422, "Input validation failed", "- input.prompt: Field required"),
+        ({"input": {"prompt": "x"}, "webhook_url": "https://x"}, None, None, 422, "Input validation failed",
+         "- Additional property webhook_url is not allowed"),
+        ({"webhook": "https://x/h"}, None, None, 422, "Input validation failed", "- input is required"),
+        ({"input": {}}, None, None, 422, "Input validation failed", "- input: prompt is required"),
         ({"input": {"prompt": "x", "aspect_ratio": "4:3"}}, None, None, 422, "Input validation failed",
-         "- input.aspect_ratio: aspect_ratio must be one of the following: '1:1', '3:2'"),
+         '- input.aspect_ratio: aspect_ratio must be one of the following: "1:1", "3:2"'),
         ({"input": {"prompt": "x", "mask": "https://m.png"}}, None, None, 422, "Input validation failed",
-         "- input.mask: Additional property mask is not allowed"),
+         "- input: Additional property mask is not allowed"),
         ({"input": {"prompt": "x", "number_of_images": 11}}, None, None, 422, "Input validation failed",
-         "- input.number_of_images: Input should be less than or equal to 10"),
-        ({"input": {"prompt": "x"}, "webhook_events_filter": ["done"]}, None, None, 422, "Invalid request body",
-         "- webhook_events_filter: each item must be one of: start, output, logs, completed"),
+         "- input.number_of_images: Must be less than or equal to 10"),
+        ({"input": {"prompt": "x"}, "webhook_events_filter": ["done"]}, None, None, 422, "Input validation failed",
+         '- webhook_events_filter.0: webhook_events_filter.0 must be one of the following: "start", "output", '
+         '"logs", "completed"'),
         ({"input": {"prompt": "x"}}, {"Prefer": "wait=0"}, None, 400, "Invalid Prefer header", "1 to 60"),
         ({"input": {"prompt": "x"}}, {"Cancel-After": "3s"}, None, 400, "Invalid Cancel-After header",
          "at least 5 seconds"),
@@ -241,7 +242,8 @@ def test_strict_validation_with_problem_details(
     data = resp.json()
     assert data["status"] == status and data["title"] == title and detail in data["detail"]
     if title == "Input validation failed":
-        assert data["invalid_fields"] and data["invalid_fields"][0]["field"].startswith("input.")
+        assert data["invalid_fields"] and data["detail"].endswith("\n")
+        assert set(data["invalid_fields"][0]) == {"type", "field", "description"}
 
 
 def test_prediction_object_prefer_wait_and_version_route(sb: str) -> None:
@@ -310,3 +312,131 @@ def test_per_provider_fault_overrides() -> None:
                 {"replicate": {"submit_typo_rate": 0.1}}):
         with pytest.raises(ValidationError):
             cfg.updated({"provider_faults": bad})
+
+
+# ================================================================ faithfulness to Replicate's published behaviour
+def _faults(resp: httpx.Response) -> list[tuple[str, str, str]]:
+    assert resp.status_code == 422, resp.text
+    data = resp.json()
+    assert data["title"] == "Input validation failed" and data["status"] == 422
+    faults = [(f["type"], f["field"], f["description"]) for f in data["invalid_fields"]]
+    # `detail` lists every fault on its own line, `- field: description` (no field: the body itself)
+    assert data["detail"] == "".join(f"- {f}: {d}\n" if f else f"- {d}\n" for _, f, d in faults)
+    return faults
+
+
+def test_input_types_are_refused_strictly_and_all_at_once_like_replicate(sb: str) -> None:
+    """Replicate checks the body and the model input against their JSON schemas, reports every violation in
+    one 422 (`invalid_fields` with type/field/description) and coerces nothing: "2" is not an integer."""
+    before = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]["accepted"]
+    assert _faults(_post(sb, {"input": {"prompt": "x", "number_of_images": "2"}})) == [
+        ("invalid_type", "input.number_of_images", "Invalid type. Expected: integer, given: string")]
+    assert _faults(_post(sb, {"input": {"prompt": 5, "input_images": "https://a.png", "quality": None}})) == [
+        ("invalid_type", "input.prompt", "Invalid type. Expected: string, given: integer"),
+        ("invalid_type", "input.input_images", "Invalid type. Expected: array, given: string"),
+        ("invalid_type", "input.quality", "Invalid type. Expected: string, given: null"),
+    ]
+    assert _faults(_post(sb, {"input": {"number_of_images": 0, "output_compression": 101.5, "seed": 1},
+                              "model": "x"})) == [
+        ("additional_property_not_allowed", "", "Additional property model is not allowed"),
+        ("required", "input", "prompt is required"),
+        ("additional_property_not_allowed", "input", "Additional property seed is not allowed"),
+        ("number_gte", "input.number_of_images", "Must be greater than or equal to 1"),
+        ("invalid_type", "input.output_compression", "Invalid type. Expected: integer, given: number"),
+    ]
+    assert _faults(_post(sb, {"input": {"prompt": "x", "input_images": ["ftp://a", 3]}, "webhook": "hooks"})) == [
+        ("format", "webhook", "Does not match format 'uri'"),
+        ("format", "input.input_images.0", "Does not match format 'uri'"),
+        ("invalid_type", "input.input_images.1", "Invalid type. Expected: string, given: integer"),
+    ]
+    assert _faults(_post(sb, {"input": {"prompt": "x"}}, path="/v1/predictions")) == [
+        ("required", "", "version is required")]
+    assert _faults(_post(sb, {"input": []})) == [
+        ("invalid_type", "input", "Invalid type. Expected: object, given: array")]
+    assert _faults(_post(sb, ["input"])) == [("invalid_type", "", "Invalid type. Expected: object, given: array")]
+    # a whole number written as 1.0 is an integer for JSON schema
+    ok = _post(sb, {"input": {"prompt": "x", "number_of_images": 1.0, "input_images": [_data_uri()]}},
+               {"Prefer": "wait=30"})
+    assert ok.status_code == 201 and ok.json()["status"] == "succeeded"
+    after = httpx.get(sb + "/_sandbox/stats").json()["providers"]["replicate"]["accepted"]
+    assert after == before + 1  # nothing refused was created
+
+
+def _get(sb: str, pid: str) -> dict[str, Any]:
+    resp = httpx.get(f"{sb}/replicate/v1/predictions/{pid}", headers=AUTH, timeout=10)
+    assert resp.status_code == 200
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+REQUIRED_FIELDS = {"id", "model", "version", "input", "output", "data_removed", "error", "status", "created_at",
+                   "urls"}
+
+
+def test_cancel_answers_in_every_state(sb: str) -> None:
+    """`POST /v1/predictions/{id}/cancel` answers 200 with the prediction object in every state: a queued or
+    running prediction becomes `canceled` (a user cancel is never `aborted`, even with a Cancel-After
+    deadline); a finished one is answered unchanged; an unknown id is a 404 problem."""
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 30.0, "concurrency": 1}).raise_for_status()
+    body = {"input": {"prompt": "x", "input_images": [_data_uri()]}}
+    running = _post(sb, body).json()
+    queued = _post(sb, body, {"Cancel-After": "1h"}).json()
+    wait_for(lambda: _get(sb, running["id"])["status"] == "processing" or None, what="running")
+    assert _get(sb, queued["id"])["status"] == "starting"
+
+    def cancel(pid: str) -> httpx.Response:
+        return httpx.post(f"{sb}/replicate/v1/predictions/{pid}/cancel", headers=AUTH, timeout=10)
+
+    for pred, started in ((queued, False), (running, True)):
+        resp = cancel(pred["id"])
+        assert resp.status_code == 200
+        p = resp.json()
+        assert set(p) >= REQUIRED_FIELDS and p["status"] == "canceled" and p["error"] is None
+        assert p["output"] is None and p["completed_at"] and bool(p["started_at"]) is started
+        assert _get(sb, pred["id"])["status"] == "canceled"
+        again = cancel(pred["id"])  # cancelling a canceled prediction changes nothing
+        assert again.status_code == 200 and again.json()["status"] == "canceled"
+    assert "deadline" in _get(sb, queued["id"])
+
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 0.05, "concurrency": 8}).raise_for_status()
+    done = _post(sb, body, {"Prefer": "wait=30"}).json()
+    assert done["status"] == "succeeded"
+    after = cancel(done["id"])
+    assert after.status_code == 200 and after.json() == _get(sb, done["id"])
+    assert after.json()["status"] == "succeeded" and after.json()["output"] == done["output"]
+
+    httpx.patch(sb + "/_sandbox/config", json={"job_failure_rate": 1.0}).raise_for_status()
+    failed = _post(sb, body, {"Prefer": "wait=30"}).json()
+    assert failed["status"] == "failed" and failed["error"]
+    unchanged = cancel(failed["id"]).json()
+    assert unchanged["status"] == "failed" and unchanged["error"] == failed["error"]
+
+    missing = cancel("nope")
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+
+
+def test_logs_are_the_models_output_only_and_grow_with_the_status(sb: str) -> None:
+    """`logs` is what the model printed so far: empty while `starting`, the lines printed up to now while
+    `processing`, each line once, and the token counts only once it `succeeded`; never the emulator's own
+    bookkeeping ("Request started." ...)."""
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 30.0, "concurrency": 1}).raise_for_status()
+    body = {"input": {"prompt": "x", "input_images": [_data_uri()], "output_format": "png"}}
+    first = _post(sb, body).json()
+    second = _post(sb, body).json()
+    assert second["status"] == "starting" and second["logs"] == ""
+    processing = wait_for(lambda: (lambda p: p if p["status"] == "processing" and p["logs"] else None)(
+        _get(sb, first["id"])), what="processing with logs")
+    lines = processing["logs"].split("\n")
+    assert lines and "Request started." not in lines and "Request queued." not in lines
+    assert len(lines) == len(set(lines)) and "token count" not in processing["logs"]
+    httpx.post(f"{sb}/replicate/v1/predictions/{first['id']}/cancel", headers=AUTH, timeout=10)
+    httpx.post(f"{sb}/replicate/v1/predictions/{second['id']}/cancel", headers=AUTH, timeout=10)
+
+    httpx.patch(sb + "/_sandbox/config", json={"latency_s": 0.05, "concurrency": 8}).raise_for_status()
+    done = _post(sb, body, {"Prefer": "wait=30"}).json()
+    final = done["logs"].split("\n")
+    assert done["status"] == "succeeded" and not final[0].startswith("Request ")
+    assert final[-3].startswith("Input text token count: ") and final[-1].startswith("Output token count: ")
+    assert not any(line.startswith(("Request ", "Unhandled error")) for line in final)
+    assert len(final) == len(set(final))

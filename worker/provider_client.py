@@ -72,7 +72,11 @@ class ProviderClient:
         return self.settings.base_url.rstrip("/") + req.url
 
     def may_authenticate(self, url: str) -> bool:
-        return host_of(url) in self.hosts
+        """The URL's host is one the spec allows: `base_url`'s, an `auth_hosts` entry, or a subdomain of an
+        entry written with a leading dot (`.replicate.delivery`: that host and every host under it)."""
+        host = host_of(url)
+        return host in self.hosts or any(
+            h.startswith(".") and (host == h[1:] or host.endswith(h)) for h in self.hosts)
 
     def auth_headers(self, url: str) -> dict[str, str]:
         """Credentials for `url`; refused (not sent) for a host the spec does not allow."""

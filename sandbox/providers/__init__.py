@@ -11,14 +11,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.providers import replicate
 from sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
-
-_NOT_MOVED: dict[str, ProviderBuilder] = {
-    "replicate": replicate.build,
-}
 
 
 def builders() -> list[ProviderBuilder]:
@@ -30,8 +25,6 @@ def builders() -> list[ProviderBuilder]:
         if spec.emulator:
             module, fn = spec.emulator.split(":")
             out.append(getattr(importlib.import_module(module), fn))
-        elif spec.name in _NOT_MOVED:
-            out.append(_NOT_MOVED[spec.name])
     return out
 
 

@@ -20,11 +20,16 @@ or ``Token <token>``):
 - ``GET /replicate/delivery/{file}``: the outputs (stands in for ``replicate.delivery``); needs the
   Authorization header, like Replicate's outputs of API predictions.
 
-Model ``openai/gpt-image-2``: strict input validation (unknown keys and out-of-range values are refused
-with **422** ``{"title": "Input validation failed", "detail": "- input.<field>: ...", "status": 422,
-"invalid_fields": [...]}``); the value sets follow the widest published schema copy (aspect ratios incl.
-``auto``, 16:9, 9:16 and pixel sizes; 1-10 images; ``background`` incl. ``transparent``). There is no mask
-input. Logs carry the token counts the model prints (``Input text token count: N`` ...).
+Model ``openai/gpt-image-2``: the body and the input are checked as Replicate checks them against their JSON
+schemas: every violation in one **422** ``{"detail": "- <field>: <description>\\n...", "status": 422,
+"title": "Input validation failed", "invalid_fields": [{"type", "field", "description"}]}`` with Replicate's
+types and wording (``required``, ``additional_property_not_allowed``, ``enum``, ``invalid_type`` -- strict:
+``"2"`` is not an integer --, ``number_gte``/``number_lte``, ``string_gte``, ``array_max_items``, ``format``).
+The value sets follow the widest published schema copy (aspect ratios incl. ``auto``, 16:9, 9:16 and pixel
+sizes; 1-10 images; ``background`` incl. ``transparent``). There is no mask input. ``logs`` is the model's
+output so far (empty while ``starting``; never the runner's own lines), ending with the token counts the
+model prints on success (``Input text token count: N`` ...). Cancel answers 200 with the prediction in every
+state: queued or running -> ``canceled``; finished -> unchanged; unknown id -> 404.
 
 Webhooks: the prediction JSON (the same body ``GET`` returns), signed Standard-Webhooks style
 (``webhook-id: msg_<prediction id>``, the same on every resend and duplicate). Only the ``completed``
@@ -53,16 +58,23 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
 from sandbox.files import MEDIA_TYPES, StoredFile
 from sandbox.inputs import InputError, fetch_image, summarize_for_log
+from sandbox.providers.common import (
+    InputFailed,
+    authorization_matches,
+    fetch_inputs,
+    iso_utc,
+    kept_headers,
+    random_id,
+    submit_fault,
+)
 from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
 from sandbox.signing import StandardWebhookSigner
 from sandbox.state import ProviderMount, SandboxState
-
-from .common import InputFailed, authorization_matches, fetch_inputs, iso_utc, kept_headers, random_id, submit_fault
 
 NAME = "replicate"
 PREFIX = "/replicate"
@@ -120,6 +132,15 @@ class GptImage2Input(BaseModel):
         return int(w), int(h)
 
 
+# what the shared runner writes into a job's log about the job itself: not the model's output, so not in `logs`
+RUNNER_LINES = ("Request queued.", "Request started.", "Request completed.", "Request failed: ", "Unhandled error: ")
+
+
+def model_log_lines(job: Job) -> list[str]:
+    """The lines the model printed so far, each once and in order (Replicate's `logs` is the model's output)."""
+    return [e["message"] for e in job.logs if not e["message"].startswith(RUNNER_LINES)]
+
+
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
             **extra: Any) -> JSONResponse:
     """An RFC 7807 problem-details answer, Replicate's error shape."""
@@ -146,20 +167,129 @@ def parse_duration(value: str) -> float | None:
     return float(h * 3600 + mins * 60 + s)
 
 
-def _validation_problem(exc: ValidationError) -> JSONResponse:
-    fields = []
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in ("input", *err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"Additional property {err['loc'][-1]} is not allowed"
-        elif err["type"] == "literal_error":
-            field = str(err["loc"][-1]) if err["loc"] else "value"
-            msg = f"{field} must be one of the following: {err.get('ctx', {}).get('expected', '')}"
-        fields.append({"type": err["type"], "field": loc, "description": msg})
-        lines.append(f"- {loc}: {msg}")
-    return problem(422, "Input validation failed", "\n".join(lines) + "\n", invalid_fields=fields)
+# ---- validation answers in Replicate's shape ------------------------------------------------------------------
+# Replicate checks a request against the model's JSON schema and answers every violation at once:
+# 422 {"detail": "- <field>: <description>\\n...", "status": 422, "title": "Input validation failed",
+# "invalid_fields": [{"type", "field", "description"}]}; `field` is the object holding the fault for
+# `required` / `additional_property_not_allowed` ("" for the body, "input" for the model input) and the
+# property itself otherwise. Types are checked strictly: "2" is not an integer.
+_STRINGS = ("prompt", "openai_api_key", "user_id")
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "aspect_ratio": ("1:1", "3:2", "2:3", "16:9", "9:16", "auto", *PIXEL_SIZES),
+    "quality": ("low", "medium", "high", "auto"),
+    "background": ("auto", "transparent", "opaque"),
+    "moderation": ("auto", "low"),
+    "output_format": ("webp", "png", "jpeg"),
+}
+_INTEGERS: dict[str, tuple[int, int]] = {"output_compression": (0, 100), "number_of_images": (1, 10)}
+MAX_INPUT_IMAGES = 16
+
+
+def json_type(value: Any) -> str:
+    """The JSON schema type name of a decoded JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def invalid(kind: str, field: str, description: str) -> dict[str, str]:
+    return {"type": kind, "field": field, "description": description}
+
+
+def _wrong_type(field: str, expected: str, value: Any) -> dict[str, str]:
+    return invalid("invalid_type", field, f"Invalid type. Expected: {expected}, given: {json_type(value)}")
+
+
+def _enum(field: str, name: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    quoted = ", ".join(f'"{a}"' for a in allowed)
+    return invalid("enum", field, f"{name} must be one of the following: {quoted}")
+
+
+def input_faults(inp: dict[str, Any]) -> list[dict[str, str]]:
+    """`openai/gpt-image-2`'s input schema (the widest published copy) checked the way Replicate does."""
+    faults = []
+    if "prompt" not in inp:
+        faults.append(invalid("required", "input", "prompt is required"))
+    known = {*_STRINGS, *_ENUMS, *_INTEGERS, "input_images"}
+    faults += [invalid("additional_property_not_allowed", "input", f"Additional property {k} is not allowed")
+               for k in inp if k not in known]
+    for name, value in inp.items():
+        field = f"input.{name}"
+        if name in _STRINGS or name in _ENUMS:
+            if not isinstance(value, str):
+                faults.append(_wrong_type(field, "string", value))
+            elif name in _ENUMS and value not in _ENUMS[name]:
+                faults.append(_enum(field, name, _ENUMS[name]))
+            elif name == "prompt" and not value:
+                faults.append(invalid("string_gte", field, "String length must be greater than or equal to 1"))
+        elif name in _INTEGERS:
+            low, high = _INTEGERS[name]
+            if json_type(value) != "integer":
+                faults.append(_wrong_type(field, "integer", value))
+            elif value < low:
+                faults.append(invalid("number_gte", field, f"Must be greater than or equal to {low}"))
+            elif value > high:
+                faults.append(invalid("number_lte", field, f"Must be less than or equal to {high}"))
+        elif name == "input_images":
+            if not isinstance(value, list):
+                faults.append(_wrong_type(field, "array", value))
+                continue
+            if len(value) > MAX_INPUT_IMAGES:
+                faults.append(invalid("array_max_items", field, f"Array must have at most {MAX_INPUT_IMAGES} items"))
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    faults.append(_wrong_type(f"{field}.{i}", "string", item))
+                elif not item.startswith(("http://", "https://", "data:")):
+                    faults.append(invalid("format", f"{field}.{i}", "Does not match format 'uri'"))
+    return faults
+
+
+def body_faults(body: dict[str, Any], *, version_route: bool) -> list[dict[str, str]]:
+    """The request body (`schemas_prediction_request`, additionalProperties false)."""
+    faults = []
+    if version_route and "version" not in body:
+        faults.append(invalid("required", "", "version is required"))
+    if "input" not in body:
+        faults.append(invalid("required", "", "input is required"))
+    allowed = BODY_KEYS | ({"version"} if version_route else set())
+    faults += [invalid("additional_property_not_allowed", "", f"Additional property {k} is not allowed")
+               for k in body if k not in allowed]
+    if "version" in body and version_route and not isinstance(body["version"], str):
+        faults.append(_wrong_type("version", "string", body["version"]))
+    if "input" in body and not isinstance(body["input"], dict):
+        faults.append(_wrong_type("input", "object", body["input"]))
+    for key in ("webhook", "webhook_completed"):
+        if body.get(key) is not None:
+            if not isinstance(body[key], str):
+                faults.append(_wrong_type(key, "string", body[key]))
+            elif not body[key].startswith(("https://", "http://")):
+                faults.append(invalid("format", key, "Does not match format 'uri'"))
+    events = body.get("webhook_events_filter")
+    if events is not None:
+        if not isinstance(events, list):
+            faults.append(_wrong_type("webhook_events_filter", "array", events))
+        else:
+            faults += [_enum(f"webhook_events_filter.{i}", f"webhook_events_filter.{i}", EVENTS)
+                       for i, e in enumerate(events) if e not in EVENTS]
+    if "stream" in body and not isinstance(body["stream"], bool):
+        faults.append(_wrong_type("stream", "boolean", body["stream"]))
+    return faults
+
+
+def validation_problem(faults: list[dict[str, str]]) -> JSONResponse:
+    lines = "".join(f"- {f['field']}: {f['description']}\n" if f["field"] else f"- {f['description']}\n"
+                    for f in faults)
+    return problem(422, "Input validation failed", lines, invalid_fields=faults)
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, str | None, bytes]]:
@@ -257,12 +387,12 @@ class ReplicateProvider:
             metrics["total_time"] = round(job.completed_at - job.received_at, 6)
             if job.inference_time is not None:
                 metrics["predict_time"] = job.inference_time
-        logs = "" if job.state is JobState.IN_QUEUE else "\n".join(e["message"] for e in job.logs
-                                                                   if e["message"] != "Request queued.")
+        lines = [] if job.state is JobState.IN_QUEUE else model_log_lines(job)
         if outcome is not None and outcome.ok:
             tokens = outcome.body["tokens"]
-            logs += (f"\nInput text token count: {tokens['text']}\nInput image token count: {tokens['image']}"
-                     f"\nOutput token count: {tokens['output']}")
+            lines += [f"Input text token count: {tokens['text']}", f"Input image token count: {tokens['image']}",
+                      f"Output token count: {tokens['output']}"]
+        logs = "\n".join(lines)
         body: dict[str, Any] = {
             "id": job.request_id,
             "model": job.model,
@@ -335,34 +465,24 @@ class ReplicateProvider:
             return problem(400, "Invalid JSON", f"The request body is not valid JSON: {exc}")
         if not isinstance(body, dict):
             runner.reject(NAME, "validation")
-            return problem(422, "Invalid request body", "The request body must be a JSON object.")
+            return validation_problem([_wrong_type("", "object", body)])
+        faults = body_faults(body, version_route=version_route)
         if version_route:
             version = body.pop("version", None)
-            if not isinstance(version, str) or not version:
-                runner.reject(NAME, "validation")
-                return problem(422, "Invalid request body", "- version: version is required\n")
-            model = version.split(":")[0] if ":" in version and "/" in version else version
-        if model != MODEL:
+            if isinstance(version, str) and version:
+                model = version.split(":")[0] if ":" in version and "/" in version else version
+        if model and model != MODEL:
             runner.reject(NAME, "not_found")
             return problem(404, "Not found", f"Model {model} not found (this sandbox serves {MODEL}).")
-        unknown = sorted(set(body) - BODY_KEYS)
-        if unknown:
-            runner.reject(NAME, "validation")
-            return problem(422, "Invalid request body", "".join(f"- {k}: Additional property {k} is not allowed\n"
-                                                                for k in unknown))
         inp = body.get("input")
-        if not isinstance(inp, dict):
+        if isinstance(inp, dict):
+            faults += input_faults(inp)
+        if faults:
             runner.reject(NAME, "validation")
-            return problem(422, "Invalid request body", "- input: input is required and must be an object\n")
+            return validation_problem(faults)
+        assert isinstance(inp, dict)
         webhook = body.get("webhook") or body.get("webhook_completed")
-        if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("https://", "http://"))):
-            runner.reject(NAME, "validation")
-            return problem(422, "Invalid request body", "- webhook: webhook must be an HTTPS URL\n")
         events = body.get("webhook_events_filter")
-        if events is not None and (not isinstance(events, list) or any(e not in EVENTS for e in events)):
-            runner.reject(NAME, "validation")
-            return problem(422, "Invalid request body",
-                           f"- webhook_events_filter: each item must be one of: {', '.join(EVENTS)}\n")
         if body.get("webhook_completed") and not body.get("webhook"):
             events = ["completed"]
         prefer = request.headers.get("prefer")
@@ -380,11 +500,7 @@ class ReplicateProvider:
                 runner.reject(NAME, "validation")
                 return problem(400, "Invalid Cancel-After header",
                                "Cancel-After must be a duration such as 30s, 5m or 1h30m, at least 5 seconds.")
-        try:
-            payload = GptImage2Input.model_validate(inp)
-        except ValidationError as exc:
-            runner.reject(NAME, "validation")
-            return _validation_problem(exc)
+        payload = GptImage2Input.model_validate(inp)  # checked above: this cannot fail
         now = time.time()
         job = Job(
             provider=NAME,
