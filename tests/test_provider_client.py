@@ -208,3 +208,10 @@ def test_every_registered_secret_is_redacted_from_every_error() -> None:
     client("https://queue.fal.run", lambda r: httpx.Response(200))  # registers its key
     assert KEY not in ProviderError(ErrorKind.terminal, f"bad key {KEY}").reason
     assert redact.redact(f"a {KEY}\n") == "a ***\n"
+
+
+def test_a_dotted_auth_host_covers_its_subdomains_only() -> None:
+    c = client("https://queue.fal.run", lambda r: httpx.Response(200), auth_hosts=[".cdn.example"])
+    assert c.may_authenticate("https://cdn.example/a") and c.may_authenticate("https://x.y.cdn.example/a")
+    assert not c.may_authenticate("https://cdn.example.evil.test/a")
+    assert not c.may_authenticate("https://evilcdn.example/a")
