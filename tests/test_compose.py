@@ -636,6 +636,8 @@ def compose_run_commands(markdown: str) -> list[tuple[str, list[str], list[str]]
     found: list[tuple[str, list[str], list[str]]] = []
     for block in re.findall(r"```[^\n]*\n(.*?)```", markdown, re.DOTALL):
         for line in block.splitlines():
+            if not line.strip().startswith("docker compose run"):
+                continue  # other lines of the block need not be shell (a layout, prose with apostrophes)
             argv = shlex.split(line, comments=True)
             if argv[:3] != ["docker", "compose", "run"]:
                 continue

@@ -432,6 +432,8 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
 def test_rest_url_host_may_receive_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     from providers.spec import credential_hosts
 
+    for name in ("EDITQ_MODELRUNNER_BASE_URL", "EDITQ_MODELRUNNER_REST_URL", "EDITQ_MODELRUNNER_AUTH_HOSTS"):
+        monkeypatch.delenv(name, raising=False)  # a stack started earlier in this process may have set them
     assert credential_hosts(ModelRunnerSettings()) == {"queue.modelrunner.run", "modelrunner.run"}
     monkeypatch.setenv("EDITQ_MODELRUNNER_REST_URL", "http://127.0.0.1:8900/modelrunner")
     monkeypatch.setenv("EDITQ_MODELRUNNER_AUTH_HOSTS", '["media.modelrunner.ai"]')

@@ -56,7 +56,13 @@ LAYOUT: Mapping[str, str] = {
     # webhooks
     "webhook_seen": "{prefix}:whseen:{provider}:{delivery_id}",  # string with TTL: delivery dedupe
     # provider adapters
-    "openai_batch": "{prefix}:oaib:{batch_id}:{what}",  # OpenAI Batch API state (meta, results, lock, ...)
+    # OpenAI Batch, per provider batch (worker/batch_ingest.py)
+    "oaib_meta": "{prefix}:oaib:{batch_id}:meta",  # hash: line count, created at
+    "oaib_status": "{prefix}:oaib:{batch_id}:status",  # the shared GET /batches/{id} answer (short TTL)
+    "oaib_results": "{prefix}:oaib:{batch_id}:results",  # hash custom_id -> the job's record
+    "oaib_lock": "{prefix}:oaib:{batch_id}:lock",  # the ingest lock (a token with a lease)
+    "oaib_ingested": "{prefix}:oaib:{batch_id}:ingested",  # set once both files were read whole
+    "oaib_cancelled": "{prefix}:oaib:{batch_id}:cancelled",  # set of custom_ids cancelled by editq
     # benchmarks (bench/naive.py, the design editq is compared with)
     "naive_ready": "{prefix}:naive:ready",  # counter: naive workers that are up
     "naive_done": "{prefix}:naive:done:{batch}",  # list: finished naive jobs of a run
@@ -182,33 +188,30 @@ class Keys:
     def webhook_seen(self, provider: str, delivery_id: str) -> str:
         return self._fill("webhook_seen", provider=provider, delivery_id=delivery_id)
 
-    def openai_batch(self, batch_id: str, what: str) -> str:
-        return self._fill("openai_batch", batch_id=batch_id, what=what)
-
     # OpenAI Batch (providers/openai_batch, through worker/batch_ingest.py): per provider batch
     def oaib_meta(self, batch_id: str) -> str:
         """Hash: how many lines the provider batch has (cancel counts against it), when it was created."""
-        return self.openai_batch(batch_id, "meta")
+        return self._fill("oaib_meta", batch_id=batch_id)
 
     def oaib_status(self, batch_id: str) -> str:
         """The last `GET /batches/{id}` answer, shared by every poller for status_ttl_s."""
-        return self.openai_batch(batch_id, "status")
+        return self._fill("oaib_status", batch_id=batch_id)
 
     def oaib_results(self, batch_id: str) -> str:
         """Hash custom_id -> the job's record (staged output keys, usage, or the classified error)."""
-        return self.openai_batch(batch_id, "results")
+        return self._fill("oaib_results", batch_id=batch_id)
 
     def oaib_lock(self, batch_id: str) -> str:
         """The ingest lock: one worker reads a batch's files at a time."""
-        return self.openai_batch(batch_id, "lock")
+        return self._fill("oaib_lock", batch_id=batch_id)
 
     def oaib_ingested(self, batch_id: str) -> str:
         """Set (to the batch's final status) once both files have been read whole."""
-        return self.openai_batch(batch_id, "ingested")
+        return self._fill("oaib_ingested", batch_id=batch_id)
 
     def oaib_cancelled(self, batch_id: str) -> str:
         """Set of custom_ids cancelled by editq (the batch is cancelled when all are)."""
-        return self.openai_batch(batch_id, "cancelled")
+        return self._fill("oaib_cancelled", batch_id=batch_id)
 
     @property
     def naive_ready(self) -> str:
