@@ -85,6 +85,7 @@ from sandbox.providers.common import (
     authorization_matches,
     fetch_inputs,
     kept_headers,
+    look_up,
     queue_priority,
     queue_urls,
     retry_after,
@@ -107,6 +108,15 @@ def _nginx(code: int, text: str, headers: dict[str, str] | None = None) -> HTMLR
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _request_not_found() -> JSONResponse:
+    return _json(404, {"detail": "Request not found."})
+
+
+def _with_logs(request: Request) -> bool:
+    """Whether a status request asks for the logs (``?logs=1``)."""
+    return request.query_params.get("logs", "").lower() in ("1", "true", "yes")
 
 
 def _model_error(loc: list[str | int], msg: str, type_: str) -> JobOutcome:
@@ -212,6 +222,11 @@ class FalProvider:
         if job is None or job.extra.get("app") != f"{owner}/{app}":
             return None
         return job
+
+    def _look_up(self, request: Request, owner: str, app: str, request_id: str,
+                 not_found: Callable[[], JSONResponse]) -> Job | JSONResponse:
+        """The job of a status/result/cancel route, or the answer to return instead (401, then ``not_found``)."""
+        return look_up(request, self._unauthorized, lambda: self._find(owner, app, request_id), not_found)
 
     def _status_body(self, job: Job, with_logs: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"status": job.state.value, "request_id": job.request_id, **self._urls(job),
@@ -390,25 +405,18 @@ class FalProvider:
 
         @router.get("/{owner}/{app}/requests/{request_id}/status", response_model=None)
         async def status(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(owner, app, request_id)
-            if job is None:
-                return _json(404, {"detail": "Request not found."})
-            with_logs = request.query_params.get("logs", "").lower() in ("1", "true", "yes")
+            job = self._look_up(request, owner, app, request_id, _request_not_found)
+            if isinstance(job, Response):
+                return job
             code = 200 if job.state is JobState.COMPLETED else 202
-            return _json(code, self._status_body(job, with_logs), {"x-fal-request-id": job.request_id})
+            return _json(code, self._status_body(job, _with_logs(request)), {"x-fal-request-id": job.request_id})
 
         @router.get("/{owner}/{app}/requests/{request_id}/status/stream", response_model=None)
         async def status_stream(owner: str, app: str, request_id: str, request: Request) -> Response:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(owner, app, request_id)
-            if job is None:
-                return _json(404, {"detail": "Request not found."})
-            with_logs = request.query_params.get("logs", "").lower() in ("1", "true", "yes")
+            job = self._look_up(request, owner, app, request_id, _request_not_found)
+            if isinstance(job, Response):
+                return job
+            with_logs = _with_logs(request)
 
             async def events(found: Job) -> AsyncIterator[str]:
                 # each event carries only the log lines new since the previous event (fal-js accumulates them)
@@ -430,12 +438,9 @@ class FalProvider:
 
         @router.get("/{owner}/{app}/requests/{request_id}", response_model=None)
         async def result(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(owner, app, request_id)
-            if job is None:
-                return _json(404, {"detail": "Request not found."})
+            job = self._look_up(request, owner, app, request_id, _request_not_found)
+            if isinstance(job, Response):
+                return job
             headers = {"x-fal-request-id": job.request_id}
             if job.state is not JobState.COMPLETED or job.outcome is None:
                 where = "in queue" if job.state is JobState.IN_QUEUE else "in progress"
@@ -445,12 +450,9 @@ class FalProvider:
 
         @router.put("/{owner}/{app}/requests/{request_id}/cancel", response_model=None)
         async def cancel(owner: str, app: str, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(owner, app, request_id)
-            if job is None:
-                return _json(404, {"status": "NOT_FOUND"})
+            job = self._look_up(request, owner, app, request_id, lambda: _json(404, {"status": "NOT_FOUND"}))
+            if isinstance(job, Response):
+                return job
             if self.state.runner.cancel(job) is CancelResult.ALREADY_COMPLETED:
                 return _json(400, {"status": "ALREADY_COMPLETED"})
             return _json(202, {"status": "CANCELLATION_REQUESTED"})

@@ -53,6 +53,7 @@ from sandbox.providers.common import (
     fetch_inputs,
     iso_utc,
     kept_headers,
+    look_up,
     queue_priority,
     queue_urls,
     random_id,
@@ -235,6 +236,11 @@ class ModelRunnerProvider:
             return None
         return job
 
+    def _look_up(self, request: Request, endpoint: str | None, request_id: str) -> Job | JSONResponse:
+        """The job of a status/result/cancel route, or the answer to return instead (401, then 404)."""
+        return look_up(request, self._unauthorized, lambda: self._find(endpoint, request_id),
+                       lambda: _error(404, "Request not found", request_id=request_id))
+
     # --- submit -----------------------------------------------------------------------------------
 
     async def submit(self, request: Request, endpoint: str) -> Response:
@@ -343,12 +349,9 @@ class ModelRunnerProvider:
             return denied or JSONResponse({"key": self.signer.secret})
 
         async def result_for(endpoint: str | None, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(endpoint, request_id)
-            if job is None:
-                return _error(404, "Request not found", request_id=request_id)
+            job = self._look_up(request, endpoint, request_id)
+            if isinstance(job, Response):
+                return job
             if job.state is not JobState.COMPLETED or job.outcome is None:
                 return _error(400, "Request is not completed yet", request_id=request_id)
             body = result_object(job)
@@ -365,25 +368,15 @@ class ModelRunnerProvider:
 
         @router.get("/{endpoint:path}/requests/{request_id}/status", response_model=None)
         async def status(endpoint: str, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(endpoint, request_id)
-            if job is None:
-                return _error(404, "Request not found", request_id=request_id)
+            job = self._look_up(request, endpoint, request_id)
+            if isinstance(job, Response):
+                return job
             body = self._envelope(job)
             return JSONResponse(body, status_code=400 if body["status"] == "FAILED" else 200)
 
         async def cancel(endpoint: str, request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(endpoint, request_id)
-            if job is None:
-                return _error(404, "Request not found", request_id=request_id)
             # model endpoints: cancels nothing, answers the current status exactly as the status URL does
-            body = self._envelope(job)
-            return JSONResponse(body, status_code=400 if body["status"] == "FAILED" else 200)
+            return await status(endpoint, request_id, request)
 
         router.add_api_route("/{endpoint:path}/requests/{request_id}/cancel", cancel, methods=["PUT", "GET"],
                              response_model=None)

@@ -69,6 +69,7 @@ from sandbox.providers.common import (
     fetch_inputs,
     iso_utc,
     kept_headers,
+    look_up,
     random_id,
     submit_fault,
 )
@@ -146,6 +147,10 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     """An RFC 7807 problem-details answer, Replicate's error shape."""
     return JSONResponse({"title": title, "detail": detail, "status": status, **extra}, status_code=status,
                         headers=headers, media_type="application/problem+json")
+
+
+def _prediction_not_found() -> JSONResponse:
+    return problem(404, "Not found", "The requested prediction does not exist.")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -638,22 +643,16 @@ class ReplicateProvider:
 
         @router.get("/v1/predictions/{prediction_id}", response_model=None)
         async def get(prediction_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(prediction_id)
-            if job is None:
-                return problem(404, "Not found", "The requested prediction does not exist.")
+            job = look_up(request, self._unauthorized, lambda: self._find(prediction_id), _prediction_not_found)
+            if isinstance(job, Response):
+                return job
             return JSONResponse(self.prediction(job))
 
         @router.post("/v1/predictions/{prediction_id}/cancel", response_model=None)
         async def cancel(prediction_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self._find(prediction_id)
-            if job is None:
-                return problem(404, "Not found", "The requested prediction does not exist.")
+            job = look_up(request, self._unauthorized, lambda: self._find(prediction_id), _prediction_not_found)
+            if isinstance(job, Response):
+                return job
             if self.state.runner.cancel(job) is CancelResult.CANCELLATION_REQUESTED:
                 await self._wait_done(job, 2.0)
             return JSONResponse(self.prediction(job))

@@ -56,6 +56,7 @@ from sandbox.providers.common import (
     fetch_inputs,
     iso_utc,
     kept_headers,
+    look_up,
     retry_after,
 )
 from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
@@ -295,12 +296,10 @@ class WaveSpeedProvider:
         router = APIRouter(prefix=PREFIX, tags=["wavespeed"])
 
         async def result(request_id: str, request: Request) -> JSONResponse:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            job = self.state.runner.get(NAME, request_id)
-            if job is None:
-                return _envelope(404, f"prediction {request_id} not found")
+            job = look_up(request, self._unauthorized, lambda: self.state.runner.get(NAME, request_id),
+                          lambda: _envelope(404, f"prediction {request_id} not found"))
+            if isinstance(job, Response):
+                return job
             return _envelope(200, "success", task_data(job))
 
         router.add_api_route("/api/v3/predictions/{request_id}/result", result, methods=["GET"],

@@ -13,13 +13,13 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Literal, overload
+from typing import Literal, TypeVar, overload
 
 from fastapi import Request, Response
 
 from sandbox.config import SandboxConfig
 from sandbox.inputs import InputError, fetch_image
-from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL
+from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, Job
 from sandbox.state import SandboxState
 
 # ---- auth ------------------------------------------------------------------------------------------------------
@@ -53,6 +53,21 @@ async def admit(state: SandboxState, provider: str, request: Request,
         return denied
     fault = await submit_fault(state, provider, tuple(answers))
     return answers[fault]() if fault is not None else None
+
+
+# ---- the checks every route about one job starts with (status, result, cancel) -------------------------------------
+Answer = TypeVar("Answer", bound=Response)
+
+
+def look_up(request: Request, unauthorized: Callable[[Request], Answer | None], find: Callable[[], Job | None],
+            not_found: Callable[[], Answer]) -> Job | Answer:
+    """Authorization first, then the job ``find`` looks up (called only once the request is authorized): the job,
+    or the refusal / the 404 in the provider's own shape, for the route to return as it is. Nothing is logged."""
+    denied = unauthorized(request)
+    if denied is not None:
+        return denied
+    job = find()
+    return not_found() if job is None else job
 
 
 # ---- submit-time faults ------------------------------------------------------------------------------------------
@@ -156,6 +171,6 @@ def kept_headers(request: Request, *, prefix: str | None = None,
 
 __all__ = [
     "ALL_FAULTS", "BEARER_AUTH", "KEY_AUTH", "Fault", "InputFailed", "authorization_matches", "bearer_key",
-    "fetch_inputs", "iso_utc", "kept_headers", "queue_priority", "queue_urls", "random_id", "retry_after",
-    "submit_fault",
+    "fetch_inputs", "iso_utc", "kept_headers", "look_up", "queue_priority", "queue_urls", "random_id",
+    "retry_after", "submit_fault",
 ]
