@@ -38,8 +38,8 @@ def example_record(name: str, fmt: str = "png") -> InputRecord:
                        height=h, s3_key=f"inputs/{name}")
 
 
-def make_job(provider: str | None = None, **over: Any) -> EditJob:
-    """An EditJob for `provider` (the default provider when None); `over` replaces any field."""
+def make_job(provider: str | None = None, /, **over: Any) -> EditJob:
+    """An EditJob for `provider` (the default provider when None); `over` replaces any field (`provider` too)."""
     data: dict[str, Any] = {"prompt": "make it sepia", "images": ["mug.png"], "job_id": "job_1",
                             "batch_id": "batch_1", "idempotency_key": "k"}
     if provider is not None:
@@ -50,7 +50,7 @@ def make_job(provider: str | None = None, **over: Any) -> EditJob:
     return EditJob.model_validate(data)
 
 
-def data_uri(image: str | Path) -> str:
+def data_uri(image: str | Path = "mug.png") -> str:
     """A base64 data URI of an image file: a path, or a name in examples/ (jpeg for .jpg, else png)."""
     path = image if isinstance(image, Path) else EXAMPLES / image
     mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"

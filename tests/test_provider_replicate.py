@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,10 +25,14 @@ from providers.replicate import SPEC, ReplicateSettings
 from providers.replicate.protocol import ReplicateProtocol, answer_error, api_url, parse_get
 from providers.types import Answer, InputUrls, Outcome
 from schemas.job import EditJob, InputRecord
+from tests.factories import client_of as _client_of
+from tests.factories import data_uri as _data_uri
+from tests.factories import make_job as _make_job
+from tests.factories import mock_client as _mock_client
+from tests.factories import patched_sandbox, record
 from tests.sandbox_proc import sandbox_process, wait_for
 from worker import redact
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -38,30 +43,18 @@ T = TypeVar("T")
 
 
 def _record(name: str = "a") -> InputRecord:
-    return InputRecord(ref=f"{name}.png", sha256=hashlib.sha256(name.encode()).hexdigest(), bytes=10, format="png",
-                       width=512, height=512, s3_key=f"inputs/{name}.png")
+    return record(f"{name}.png", sha256=hashlib.sha256(name.encode()).hexdigest(), bytes=10)
 
 
-def make_job(**kw: Any) -> EditJob:
-    data: dict[str, Any] = {
-        "prompt": "Put the mug on a table", "images": ["a.png"], "job_id": "job_1", "batch_id": "batch_1",
-        "inputs": [_record()], "idempotency_key": "k1", "provider": "replicate",
-    }
-    data.update(kw)
-    return EditJob(**data)
+make_job = partial(_make_job, "replicate", prompt="Put the mug on a table", images=["a.png"], inputs=[_record()],
+                   idempotency_key="k1")
+client_of = partial(_client_of, SPEC)
+mock_client = partial(_mock_client, SPEC)
 
 
 def adapter(**kw: Any) -> ReplicateProtocol:
     settings = ReplicateSettings(api_key=SecretStr(KEY), base_url="https://api.replicate.com", **kw)
     return ReplicateProtocol(settings)
-
-
-def client_of(a: ReplicateProtocol, http: httpx.AsyncClient) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http)
-
-
-def mock_client(a: ReplicateProtocol, handler: Any) -> ProviderClient:
-    return client_of(a, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
 def _ans(status: int, json_body: Any = None, text: str = "", headers: dict[str, str] | None = None) -> Answer:
@@ -417,13 +410,7 @@ def sandbox() -> Iterator[str]:
 
 @pytest.fixture
 def sb(sandbox: str) -> Iterator[str]:
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-    yield sandbox
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-
-
-def _data_uri(name: str = "mug.png") -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+    yield from patched_sandbox(sandbox, BASELINE)
 
 
 def _live(base: str, **kw: Any) -> ReplicateProtocol:

@@ -3,7 +3,6 @@ and the official `replicate` 1.0.7 client pointed at it by base URL only (the SD
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -21,6 +20,8 @@ import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
+from tests.factories import data_uri as _data_uri
+from tests.factories import patched_sandbox
 from tests.sandbox_proc import sandbox_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,13 +48,7 @@ def sandbox() -> Iterator[str]:
 
 @pytest.fixture
 def sb(sandbox: str) -> Iterator[str]:
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-    yield sandbox
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-
-
-def _data_uri(name: str = "mug.png") -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+    yield from patched_sandbox(sandbox, BASELINE)
 
 
 class Hooks:
