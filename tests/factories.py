@@ -81,3 +81,10 @@ def patched_sandbox(url: str, baseline: dict[str, Any]) -> Iterator[str]:
     httpx.patch(url + "/_sandbox/config", json=baseline, timeout=5).raise_for_status()
     yield url
     httpx.patch(url + "/_sandbox/config", json=baseline, timeout=5).raise_for_status()
+
+
+def provider_http(sandbox_url: str, provider: str, auth: str, config: dict[str, Any]) -> Iterator[httpx.Client]:
+    """For a fixture: a client on the sandbox's `provider` routes (Authorization: `auth`), `config` applied first."""
+    with httpx.Client(base_url=f"{sandbox_url}/{provider}", headers={"Authorization": auth}, timeout=30) as c:
+        assert c.patch(sandbox_url + "/_sandbox/config", json=config).status_code == 200
+        yield c

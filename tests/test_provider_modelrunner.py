@@ -23,7 +23,7 @@ from standardwebhooks import Webhook
 from providers.modelrunner import SPEC, ModelRunnerSettings
 from providers.modelrunner.protocol import ModelRunnerProtocol
 from providers.types import InputUrls, WebhookEvent
-from tests.factories import EXAMPLES, data_uri, mock_http, record, run
+from tests.factories import EXAMPLES, data_uri, mock_http, provider_http, record, run
 from tests.factories import client_of as _client_of
 from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
@@ -213,11 +213,9 @@ def peer() -> Iterator[Peer]:
 
 @pytest.fixture()
 def http(sandbox_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox_url + "/modelrunner", headers={"Authorization": "Key test"}, timeout=30) as c:
-        assert c.patch(sandbox_url + "/_sandbox/config", json={
-            "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "concurrency": 8,
-            "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"}).status_code == 200
-        yield c
+    yield from provider_http(sandbox_url, "modelrunner", "Key test", {
+        "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "concurrency": 8,
+        "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"})
 
 
 def _wait_status(http: httpx.Client, sub: dict[str, Any], *states: str) -> httpx.Response:

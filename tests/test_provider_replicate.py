@@ -9,11 +9,9 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +28,8 @@ from tests.factories import data_uri as _data_uri
 from tests.factories import make_job as _make_job
 from tests.factories import mock_client as _mock_client
 from tests.factories import patched_sandbox, record
-from tests.sandbox_proc import sandbox_process, wait_for
+from tests.sandbox_proc import sandbox_process
+from tests.webhook_peer import Peer
 from worker import redact
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
@@ -448,40 +447,15 @@ def test_submit_poll_and_authenticated_output_download(sb: str) -> None:
     asyncio.run(go())
 
 
-class _Hooks:
-    """A local receiver that records deliveries (headers + raw body)."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        hooks = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_sandbox_webhook_verifies_with_fetched_and_cached_secret(sb: str) -> None:
-    hooks = _Hooks()
+    hooks = Peer()
     a = _live(sb)  # no secret configured: fetched from GET /v1/webhooks/default/secret
     try:
         async def go() -> None:
             async with httpx.AsyncClient() as http:
-                rid, out = await _run_to_end(a, http, make_job(), hooks.url)
+                rid, out = await _run_to_end(a, http, make_job(), hooks.url + "/hook")
                 assert out.done and out.result is not None
-                headers, body = wait_for(lambda: hooks.got[0] if hooks.got else None, what="webhook")
+                headers, body = await asyncio.to_thread(hooks.wait, "/hook")
                 now = time.time()
                 event = await a.verify_webhook(client_of(a, http), headers, body, now=now)
                 assert event.request_id == rid and event.delivery_id == f"msg_{rid}"

@@ -23,7 +23,7 @@ from providers.types import InputUrls, WebhookEvent
 from providers.wavespeed import SPEC, WaveSpeedSettings
 from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
 from schemas.params import size_problems
-from tests.factories import EXAMPLES, data_uri, mock_client, record, run
+from tests.factories import EXAMPLES, data_uri, mock_client, provider_http, record, run
 from tests.factories import client_of as _client_of
 from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
@@ -213,11 +213,9 @@ def peer() -> Iterator[Peer]:
 
 @pytest.fixture()
 def http(sandbox_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox_url + "/wavespeed", headers={"Authorization": "Bearer test"}, timeout=30) as c:
-        assert c.patch(sandbox_url + "/_sandbox/config", json={
-            "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "submit_429_rate": 0.0,
-            "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"}).status_code == 200
-        yield c
+    yield from provider_http(sandbox_url, "wavespeed", "Bearer test", {
+        "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "submit_429_rate": 0.0,
+        "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"})
 
 
 def _submit(http: httpx.Client, body: dict[str, Any], **params: str) -> httpx.Response:
