@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
+from producer.api import status, submit_batch, wait
 from producer.stack import LocalStack, scoped_env
 from tests import sandbox_proc
 
@@ -149,3 +152,66 @@ def assert_mask_respected(output_key: str, *, size: tuple[int, int] | None = Non
     assert kept and edit
     assert all(a[3 * i : 3 * i + 3] == b[3 * i : 3 * i + 3] for i in kept)
     assert sum(a[3 * i : 3 * i + 3] != b[3 * i : 3 * i + 3] for i in edit) > len(edit) // 2
+
+
+def canonical_lines(provider: str) -> list[dict[str, Any]]:
+    """The canonical batch for `provider`, at quality low."""
+    return [{**row, "provider": provider, "quality": "low"} for row in CANONICAL]
+
+
+def copy_examples(dest: Path, names: tuple[str, ...] = ("mug.png", "mask_mug.png", "bottle.png", "backpack.png")) \
+        -> None:
+    for name in names:
+        shutil.copyfile(EXAMPLES / name, dest / name)
+
+
+@contextmanager
+def undelivered_job(stack: LocalStack, line: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """One job of `line` (its prompt made unique) with the sandbox losing every webhook: (job id, request id)."""
+    assert sandbox_request(stack, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 1.0}).status_code == 200
+    try:
+        report = submit_batch([{**line, "prompt": f"{PROMPT} ({time.time_ns()})"}], base_dir=EXAMPLES)
+        (job_id,) = report.job_ids
+        yield job_id, wait_for(lambda: status(job_id)["request_id"], what="request id")
+    finally:
+        sandbox_request(stack, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 0.0})
+
+
+def assert_receiver_refuses_forgeries(stack: LocalStack, provider: str, job_id: str, body: bytes, tampered: bytes,
+                                      sign: Callable[[str, str, int, bytes], str], secret: str, wrong_secret: str,
+                                      ids: tuple[str, str]) -> None:
+    """Standard Webhooks deliveries of `body` for a submitted job: tampered, wrongly keyed, stale and replayed ones
+    are refused without touching the job, then a valid one is accepted once (a second time: duplicate)."""
+    url = f"{stack.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/{provider}?job={job_id}"
+
+    def post(msg_id: str, ts: int, sig: str, raw: bytes = body) -> httpx.Response:
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig,
+                   "content-type": "application/json"}
+        return httpx.post(url, content=raw, headers=headers, timeout=15)
+
+    first, second = ids
+    before = status(job_id)
+    assert before["state"] == "submitted"
+    now = int(time.time())
+    old = now - 400
+    forged = [
+        post(first, now, sign(secret, first, now, body), tampered),  # tampered
+        post(first, now, sign(wrong_secret, first, now, body)),  # wrong key
+        post(first, old, sign(secret, first, old, body)),  # stale (validly signed 400 s ago)
+        post(first, now, sign(secret, first, old, body)),  # that delivery replayed with a fresh timestamp
+    ]
+    assert [r.status_code for r in forged] == [401, 401, 401, 401]
+    assert [r.json()["error"] for r in forged] == [
+        "rejected: signature does not match", "rejected: signature does not match",
+        "rejected: timestamp outside tolerance", "rejected: signature does not match",
+    ]
+    after = status(job_id)
+    assert (after["state"], after["history"]) == ("submitted", before["history"])
+
+    valid = post(second, now, sign(secret, second, now, body))
+    assert (valid.status_code, valid.json()) == (200, {"status": "accepted"})
+    again = post(second, now, sign(secret, second, now, body))
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    final = wait(job_id, timeout=30, interval=0.1)
+    assert final["state"] == "succeeded" and len(final["outputs"]) == 1
+    assert [h["state"] for h in final["history"]].count("ready") == 1

@@ -27,6 +27,7 @@ from providers.types import InputUrls, Outcome, Submitted
 from schemas.job import EditJob
 from tests.conftest import EXAMPLES, ROOT
 from tests.e2e import configure_sandbox, start, using
+from tests.factories import make_job, record
 from tests.webhook_peer import Peer, peer_fixture
 from worker import aio
 from worker.errors import ProviderError, WebhookRejected
@@ -64,15 +65,9 @@ def test_every_registered_provider_has_cases() -> None:
 
 def _job(name: str, fields: dict[str, Any], inputs: list[Any] | None = None) -> EditJob:
     data: dict[str, Any] = {"job_id": "job_" + secrets.token_hex(4), "batch_id": "batch_contract",
-                            "prompt": "make it teal", "images": ["mug.png"], "provider": name,
-                            "idempotency_key": secrets.token_hex(8), **fields}
-    if inputs is None:
-        from schemas.job import InputRecord
-
-        inputs = [InputRecord(ref="mug.png", sha256="0" * 64, bytes=1, format="png", width=512, height=512,
-                              s3_key="inputs/mug.png")]
-    data["inputs"] = inputs
-    return EditJob.model_validate(data)
+                            "prompt": "make it teal", "idempotency_key": secrets.token_hex(8), **fields}
+    data["inputs"] = [record()] if inputs is None else inputs
+    return make_job(name, **data)
 
 
 def _protocol(name: str) -> ProviderProtocol:

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import time
+from functools import partial
 from typing import Any
 
 import httpx
@@ -18,26 +19,17 @@ from nacl.signing import SigningKey
 from providers.fal import SPEC, FalSettings
 from providers.fal.protocol import FalProtocol
 from providers.types import InputUrls
-from schemas.job import EditJob, InputRecord
+from tests.factories import client_of, make_job, record
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 from worker.provider_client import ProviderClient
 
-REC = InputRecord(ref="a.png", sha256="0" * 64, bytes=1, format="png", width=512, height=512, s3_key="k")
-
-
-def job(**kw: Any) -> EditJob:
-    base: dict[str, Any] = dict(job_id="j1", batch_id="b1", prompt="make it blue", images=["a.png"], inputs=[REC],
-                                idempotency_key="k")
-    base.update(kw)
-    return EditJob(**base)
+REC = record("a.png", s3_key="k")
+job = partial(make_job, None, job_id="j1", batch_id="b1", prompt="make it blue", images=["a.png"], inputs=[REC])
+client_on = partial(client_of, SPEC)
 
 
 def adapter(**kw: Any) -> FalProtocol:
     return FalProtocol(FalSettings(api_key="secret-key-123", base_url="https://queue.example", **kw))
-
-
-def client_on(a: FalProtocol, http: httpx.AsyncClient) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http)
 
 
 def test_build_request_is_exact() -> None:

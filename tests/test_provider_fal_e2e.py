@@ -11,12 +11,12 @@ import pytest
 from producer.api import submit_batch, wait
 from producer.stack import LocalStack
 from tests.e2e import (
-    CANONICAL,
     EXAMPLES,
     FAST_POLLS,
     WEBHOOKS_ONLY,
     accepted_webhooks,
     assert_mask_respected,
+    canonical_lines,
     sandbox_log,
     start,
     using,
@@ -35,8 +35,7 @@ def polled() -> Iterator[LocalStack]:
 
 
 def _run(stack: LocalStack) -> list[dict[str, Any]]:
-    lines = [{**row, "provider": "fal", "quality": "low"} for row in CANONICAL]
-    report = submit_batch(lines, base_dir=EXAMPLES)
+    report = submit_batch(canonical_lines("fal"), base_dir=EXAMPLES)
     assert report.invalid == [] and report.enqueued == 4
     assert wait(report.batch_id, timeout=90, interval=0.1)["counts"] == {"succeeded": 4}
     manifests = verify_batch(report.batch_id, report.job_ids, "fal")

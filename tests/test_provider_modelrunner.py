@@ -11,7 +11,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -23,48 +23,23 @@ from standardwebhooks import Webhook
 from providers.modelrunner import SPEC, ModelRunnerSettings
 from providers.modelrunner.protocol import ModelRunnerProtocol
 from providers.types import InputUrls, WebhookEvent
-from schemas.job import EditJob, InputRecord
+from tests.factories import EXAMPLES, data_uri, mock_http, provider_http, record, run
+from tests.factories import client_of as _client_of
+from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
 from tests.webhook_peer import Peer, peer_fixture
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.provider_client import ProviderClient
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
 MODEL = "openai/gpt-image-2/edit"
 KEY = "mr-secret-key-456"
+make_job = partial(_make_job, "modelrunner", quality="low")
+client_of = partial(_client_of, SPEC)
 T = TypeVar("T")
-
-
-def record(name: str = "mug.png", w: int = 512, h: int = 512) -> InputRecord:
-    return InputRecord(ref=name, sha256="0" * 64, bytes=1, format="png", width=w, height=h, s3_key=f"inputs/{name}")
-
-
-def make_job(**over: Any) -> EditJob:
-    data: dict[str, Any] = {
-        "prompt": "make it sepia", "images": ["mug.png"], "provider": "modelrunner", "job_id": "job_1",
-        "batch_id": "batch_1", "inputs": [record()], "idempotency_key": "k", "quality": "low",
-    }
-    data.update(over)
-    return EditJob.model_validate(data)
 
 
 def adapter(**settings: Any) -> ModelRunnerProtocol:
     base = {"api_key": KEY, "base_url": "https://queue.modelrunner.test", "rest_url": "https://modelrunner.test"}
     return ModelRunnerProtocol(ModelRunnerSettings(**{**base, **settings}))
-
-
-def client_of(a: ModelRunnerProtocol, http: httpx.AsyncClient | None = None) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http or httpx.AsyncClient())
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def data_uri(path: Path) -> str:
-    mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def sign_v1(secret: str, msg_id: str, ts: int, body: bytes) -> str:
@@ -124,14 +99,10 @@ def test_build_request_custom_size_model_path_and_field_names() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ errors (in-process)
-def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
-
-
 async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderError:
     a = adapter()
     job = make_job()
-    async with mock_client(handler) as http:
+    async with mock_http(handler) as http:
         with pytest.raises(ProviderError) as info:
             await a.submit(client_of(a, http), job, a.build_request(job, InputUrls(images=["https://s3/a"]), None))
     return info.value
@@ -166,7 +137,7 @@ def test_returned_urls_are_followed_only_on_the_api_origin() -> None:
                                          "response_url": "https://evil.example/steal", "cancel_url": own + "/cancel"})
 
     async def go() -> Any:
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             return await a.submit(client_of(a, http), job, req)
 
     sub = run(go())
@@ -189,7 +160,7 @@ def _poll(handler: Any) -> Any:
 
     async def go() -> Any:
         a = adapter()
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             return await a.poll(client_of(a, http), "r", handle)
 
     return run(go())
@@ -242,11 +213,9 @@ def peer() -> Iterator[Peer]:
 
 @pytest.fixture()
 def http(sandbox_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox_url + "/modelrunner", headers={"Authorization": "Key test"}, timeout=30) as c:
-        assert c.patch(sandbox_url + "/_sandbox/config", json={
-            "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "concurrency": 8,
-            "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"}).status_code == 200
-        yield c
+    yield from provider_http(sandbox_url, "modelrunner", "Key test", {
+        "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "concurrency": 8,
+        "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"})
 
 
 def _wait_status(http: httpx.Client, sub: dict[str, Any], *states: str) -> httpx.Response:
@@ -457,7 +426,7 @@ def test_secret_is_fetched_from_the_rest_host_with_the_key() -> None:
                                                                                                  body)}
 
     async def go() -> WebhookEvent:
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             return await a.verify_webhook(client_of(a, http), headers, body, now=ts)
 
     assert run(go()).request_id == "r" * 21
@@ -472,7 +441,7 @@ def test_a_failed_secret_fetch_refuses_the_delivery() -> None:
                "webhook-signature": sign_v1("whsec_" + base64.b64encode(b"x" * 20).decode(), "m", ts, body)}
 
     async def go(handler: Callable[[httpx.Request], httpx.Response]) -> None:
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             await a.verify_webhook(client_of(a, http), headers, body, now=ts)
 
     for handler in (lambda r: httpx.Response(500, json={"error": "down"}), lambda r: httpx.Response(200, text="x")):
@@ -493,7 +462,7 @@ def test_credentials_never_go_to_another_host() -> None:
     a = adapter()
 
     async def go() -> Any:
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             return await a.poll(client_of(a, http), "r", {"status_url": "https://evil.example/s",
                                                          "response_url": "https://evil.example/r"})
 
@@ -515,7 +484,7 @@ def test_cancel_is_best_effort() -> None:
     url = "https://queue.modelrunner.test/x/requests/r/cancel"
 
     async def go() -> None:
-        async with mock_client(handler) as http:
+        async with mock_http(handler) as http:
             c = client_of(a, http)
             await a.cancel(c, "r", {"cancel_url": url})
             await a.cancel(c, "r", {"cancel_url": url})  # a transport error is swallowed

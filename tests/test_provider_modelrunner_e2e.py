@@ -9,27 +9,26 @@ import hashlib
 import hmac
 import io
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
-from producer.api import status, submit_batch, wait
+from producer.api import submit_batch, wait
 from producer.stack import LocalStack
 from tests.e2e import (
-    CANONICAL,
     EXAMPLES,
     FAST_POLLS,
-    PROMPT,
     WEBHOOKS_ONLY,
     accepted_webhooks,
+    assert_receiver_refuses_forgeries,
+    canonical_lines,
     manifests_by_cid,
     sandbox_log,
     sandbox_request,
     start,
+    undelivered_job,
     using,
     wait_for,
 )
@@ -43,10 +42,6 @@ def hooked() -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def polled() -> Iterator[LocalStack]:
     yield from start(False, {**FAST_POLLS, "EDITQ_MODELRUNNER_CONCURRENCY": "8"})
-
-
-def _lines() -> list[dict[str, Any]]:
-    return [{**row, "provider": "modelrunner", "quality": "low"} for row in CANONICAL]
 
 
 def _verify_manifests(batch_id: str, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -82,7 +77,7 @@ def _verify_manifests(batch_id: str, job_ids: list[str]) -> dict[str, dict[str, 
 
 
 def _run_canonical(stack: LocalStack) -> list[dict[str, Any]]:
-    report = submit_batch(_lines(), base_dir=EXAMPLES)
+    report = submit_batch(canonical_lines("modelrunner"), base_dir=EXAMPLES)
     assert report.invalid == [] and report.enqueued == 4
     final = wait(report.batch_id, timeout=60, interval=0.1)
     assert final["counts"] == {"succeeded": 4}
@@ -122,54 +117,17 @@ def _sign(secret: str, msg_id: str, ts: int, body: bytes) -> str:
 
 
 def test_receiver_refuses_forged_stale_and_replayed_deliveries(hooked: LocalStack) -> None:
-    with using(hooked):
-        assert sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 1.0}).status_code == 200
-        try:
-            line = {**_lines()[3], "prompt": f"{PROMPT} ({time.time_ns()})"}  # not a duplicate of the batch test's
-            report = submit_batch([line], base_dir=EXAMPLES)
-            (job_id,) = report.job_ids
-            rid = wait_for(lambda: status(job_id)["request_id"], what="request id")
-            auth = {"Authorization": "Key test"}
+    with using(hooked), undelivered_job(hooked, canonical_lines("modelrunner")[3]) as (job_id, rid):
+        auth = {"Authorization": "Key test"}
 
-            def done() -> dict[str, Any] | None:
-                resp = sandbox_request(hooked, "GET", f"/modelrunner/requests/{rid}", headers=auth)
-                return resp.json() if resp.status_code == 200 else None
+        def done() -> dict[str, Any] | None:
+            resp = sandbox_request(hooked, "GET", f"/modelrunner/requests/{rid}", headers=auth)
+            return resp.json() if resp.status_code == 200 else None
 
-            result = wait_for(done, what="request completed at the provider")
-            secret = sandbox_request(hooked, "GET", "/modelrunner/webhooks/default/secret", headers=auth).json()["key"]
-            body = json.dumps({"event": "completed", **result}).encode()
-            url = f"{hooked.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/modelrunner?job={job_id}"
-
-            def post(msg_id: str, ts: int, sig: str, raw: bytes = body) -> httpx.Response:
-                headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig,
-                           "content-type": "application/json"}
-                return httpx.post(url, content=raw, headers=headers, timeout=15)
-
-            before = status(job_id)
-            assert before["state"] == "submitted"
-            now = int(time.time())
-            old = now - 400
-            wrong = "whsec_" + base64.b64encode(b"not-the-secret").decode()
-            forged = [
-                post("msg_1", now, _sign(secret, "msg_1", now, body), body.replace(b'"charged"', b'"partial"')),
-                post("msg_1", now, _sign(wrong, "msg_1", now, body)),
-                post("msg_1", old, _sign(secret, "msg_1", old, body)),  # stale (validly signed 400 s ago)
-                post("msg_1", now, _sign(secret, "msg_1", old, body)),  # replayed with a fresh timestamp
-            ]
-            assert [r.status_code for r in forged] == [401, 401, 401, 401]
-            assert [r.json()["error"] for r in forged] == [
-                "rejected: signature does not match", "rejected: signature does not match",
-                "rejected: timestamp outside tolerance", "rejected: signature does not match",
-            ]
-            after = status(job_id)
-            assert (after["state"], after["history"]) == ("submitted", before["history"])
-
-            valid = post("msg_2", now, _sign(secret, "msg_2", now, body))
-            assert (valid.status_code, valid.json()) == (200, {"status": "accepted"})
-            again = post("msg_2", now, _sign(secret, "msg_2", now, body))
-            assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
-            final = wait(job_id, timeout=30, interval=0.1)
-            assert final["state"] == "succeeded" and len(final["outputs"]) == 1
-            assert [h["state"] for h in final["history"]].count("ready") == 1
-        finally:
-            sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 0.0})
+        result = wait_for(done, what="request completed at the provider")
+        secret = sandbox_request(hooked, "GET", "/modelrunner/webhooks/default/secret", headers=auth).json()["key"]
+        body = json.dumps({"event": "completed", **result}).encode()
+        wrong = "whsec_" + base64.b64encode(b"not-the-secret").decode()
+        assert_receiver_refuses_forgeries(hooked, "modelrunner", job_id, body,
+                                          body.replace(b'"charged"', b'"partial"'), _sign, secret, wrong,
+                                          ("msg_1", "msg_2"))

@@ -10,6 +10,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,34 +23,20 @@ from providers.openai.protocol import OpenAIProtocol
 from providers.types import InputUrls, ProviderRequest
 from schemas.job import EditJob, InputRecord
 from tests import sandbox_proc
+from tests.factories import client_of, make_job, run
+from tests.factories import example_record as rec
 from worker.errors import ErrorKind, ProviderError
-from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 KEY = "sk-test-secret-key-0123456789"
 T = TypeVar("T")
+job = partial(make_job, "openai", job_id="j1", batch_id="b1", inputs=[rec("mug.png")])
+client = partial(client_of, SPEC)
 
 BASELINE: dict[str, Any] = {"latency_s": 0.05, "jitter_s": 0.0, "concurrency": 8, "submit_5xx_rate": 0.0,
                             "submit_429_rate": 0.0, "submit_timeout_rate": 0.0, "job_failure_rate": 0.0,
                             "retry_after_s": 1.0, "render": "real"}
-
-
-def rec(name: str, fmt: str = "png") -> InputRecord:
-    with Image.open(EXAMPLES / name) as im:
-        w, h = im.size
-    data = (EXAMPLES / name).read_bytes()
-    import hashlib
-
-    return InputRecord(ref=name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), format=fmt, width=w,
-                       height=h, s3_key=f"inputs/{name}")
-
-
-def job(**kw: Any) -> EditJob:
-    base: dict[str, Any] = dict(job_id="j1", batch_id="b1", provider="openai", prompt="make it sepia",
-                                images=["mug.png"], inputs=[rec("mug.png")], idempotency_key="k")
-    base.update(kw)
-    return EditJob(**base)
 
 
 def canonical_job() -> EditJob:
@@ -73,14 +60,6 @@ class ExampleInputs:
 def adapter(base_url: str = "http://openai.invalid/v1", **kw: Any) -> OpenAIProtocol:
     return OpenAIProtocol(OpenAISettings(api_key=KEY, base_url=base_url, **kw),  # type: ignore[arg-type]
                           inputs=ExampleInputs())
-
-
-def client(a: OpenAIProtocol, http: httpx.AsyncClient) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 async def _submit(a: OpenAIProtocol, j: EditJob, transport: httpx.AsyncBaseTransport | None = None) -> Any:

@@ -32,7 +32,8 @@ from providers.types import InputUrls, Outcome, ProviderRequest
 from sandbox.config import SandboxConfig
 from sandbox.testing import running_sandbox
 from schemas.job import EditJob, InputRecord
-from tests.conftest import EXAMPLES
+from tests.factories import data_uri as _data_uri
+from tests.factories import make_job, record
 from worker import redact
 from worker.batch_ingest import RedisBatchStore
 from worker.errors import ErrorKind, ProviderError
@@ -157,15 +158,12 @@ def auth(a: OpenAIBatchProtocol) -> dict[str, str]:
 
 # ---- jobs -----------------------------------------------------------------------------------------------
 def rec(i: int, fmt: str = "PNG") -> InputRecord:
-    return InputRecord(ref=f"img{i}.png", sha256=f"{i:064x}", bytes=1000, format=fmt, width=512, height=512,
-                       s3_key=f"inputs/{i}.png")
+    return record(f"img{i}.png", sha256=f"{i:064x}", bytes=1000, format=fmt, s3_key=f"inputs/{i}.png")
 
 
 def job(job_id: str = "job_1", **kw: Any) -> EditJob:
-    base: dict[str, Any] = dict(job_id=job_id, batch_id="b1", provider="openai_batch", prompt="make it sepia",
-                                images=["a.png"], inputs=[rec(0)], idempotency_key=job_id)
-    base.update(kw)
-    return EditJob(**base)
+    return make_job("openai_batch", **{"job_id": job_id, "batch_id": "b1", "images": ["a.png"], "inputs": [rec(0)],
+                                       "idempotency_key": job_id, **kw})
 
 
 def canonical(job_id: str = "job_1") -> EditJob:
@@ -448,10 +446,6 @@ def test_upload_429_is_retryable_with_wait() -> None:
 def sb() -> Iterator[str]:
     with running_sandbox(SandboxConfig(latency_s=0.05, jitter_s=0.0, concurrency=8, seed=3)) as base:
         yield base
-
-
-def _data_uri(name: str) -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
 
 
 INLINE = InputUrls(images=[_data_uri("mug.png"), _data_uri("bottle.png"), _data_uri("watch.png")],

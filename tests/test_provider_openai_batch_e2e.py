@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,8 @@ from PIL import Image
 
 from producer.api import submit_file, wait
 from producer.stack import LocalStack
-from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, wait_for, write_jsonl
-from tests.e2e import configure_sandbox, manifests_by_cid, start, using
+from tests.conftest import sandbox_requests, sha256, unique, wait_for, write_jsonl
+from tests.e2e import configure_sandbox, copy_examples, manifests_by_cid, start, using
 from worker.storage import get_storage
 
 WORKER_ENV = {
@@ -33,6 +32,7 @@ WORKER_ENV = {
     "EDITQ_OPENAI_BATCH_STATUS_TTL_S": "0.2",
 }
 SANDBOX_KEY = "sk-sandbox-batch-key"
+INPUTS = ("mug.png", "bottle.png", "watch.png", "mask_mug.png")
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,13 @@ def _provider_batches(stack: LocalStack) -> list[dict[str, Any]]:
     return list(r.json()["data"])
 
 
-def _copy_inputs(dest: Path) -> None:
-    for name in ("mug.png", "bottle.png", "watch.png", "mask_mug.png"):
-        shutil.copy(EXAMPLES / name, dest / name)
-
-
 def _start_worker(stack: LocalStack, tag: str, **extra: str) -> None:
     stack.start_worker(f"batchworker-{tag}", extra_env={**WORKER_ENV, **extra})
 
 
 def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_path: Path) -> None:
     tag = unique("oaib")
-    _copy_inputs(tmp_path)
+    copy_examples(tmp_path, INPUTS)
     rows = [
         {"custom_id": f"{tag}-canon", "provider": "openai_batch", "model": "gpt-image-2",
          "prompt": f'{tag}: redesign only the label with the words "FRESH BREW"',
@@ -121,7 +116,7 @@ def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_pa
 
 def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_path: Path) -> None:
     tag = unique("oaibx")
-    _copy_inputs(tmp_path)
+    copy_examples(tmp_path, INPUTS)
     rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
              "images": ["mug.png"], "quality": "low"} for i in range(5)]
     report = submit_file(write_jsonl(tmp_path / "x.jsonl", rows))
@@ -160,7 +155,7 @@ def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_
 
 def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, tmp_path: Path) -> None:
     tag = unique("oaibf")
-    _copy_inputs(tmp_path)
+    copy_examples(tmp_path, INPUTS)
     rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
              "images": ["bottle.png"], "quality": "low"} for i in range(3)]
     report = submit_file(write_jsonl(tmp_path / "f.jsonl", rows))

@@ -20,6 +20,7 @@ from PIL import Image
 from sandbox.config import SandboxConfig
 from sandbox.testing import running_sandbox
 from tests.conftest import EXAMPLES
+from tests.factories import data_uri as _uri
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 AUTH = {"Authorization": "Bearer sk-sandbox-test"}
@@ -34,11 +35,6 @@ def sb() -> Iterator[str]:
 @pytest.fixture
 def client(sb: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{sb}/openai/v1", api_key="sk-sandbox-test", max_retries=0)
-
-
-def _uri(name: str) -> str:
-    mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
-    return f"data:{mime};base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
 
 
 def _line(cid: str, **body: Any) -> dict[str, Any]:

@@ -19,22 +19,18 @@ from providers.openai.common import (
     wait_from_message,
 )
 from schemas.job import EditJob, InputRecord
+from tests.factories import make_job, record
 from worker import redact
 from worker.errors import ErrorKind
 
 
 def rec(i: int, fmt: str = "png", w: int = 512, h: int = 512, size: int = 1000) -> InputRecord:
-    return InputRecord(ref=f"img{i}.png", sha256=f"{i:064x}", bytes=size, format=fmt, width=w, height=h,
-                       s3_key=f"inputs/{i}.png")
+    return record(f"img{i}.png", w, h, sha256=f"{i:064x}", bytes=size, format=fmt, s3_key=f"inputs/{i}.png")
 
 
 def job(**kw: Any) -> EditJob:
-    base: dict[str, Any] = dict(
-        job_id="j1", batch_id="b1", provider="openai", prompt="make it blue", images=["a.png"],
-        inputs=[rec(0)], idempotency_key="k",
-    )
-    base.update(kw)
-    return EditJob(**base)
+    return make_job("openai", **{"job_id": "j1", "batch_id": "b1", "prompt": "make it blue", "images": ["a.png"],
+                                 "inputs": [rec(0)], **kw})
 
 
 def test_json_body_exact() -> None:

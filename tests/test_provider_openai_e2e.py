@@ -11,8 +11,8 @@ import pytest
 
 from producer.api import submit_file, wait
 from producer.stack import LocalStack
-from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, write_jsonl
-from tests.e2e import assert_mask_respected, manifests_by_cid, start, using
+from tests.conftest import sandbox_requests, sha256, unique, write_jsonl
+from tests.e2e import assert_mask_respected, copy_examples, manifests_by_cid, start, using
 from worker.storage import get_storage
 
 
@@ -30,8 +30,7 @@ def live(stack: LocalStack) -> Iterator[LocalStack]:
 
 def test_canonical_batch_on_openai(live: LocalStack, tmp_path: Path) -> None:
     stack = live
-    for name in ("mug.png", "mask_mug.png", "bottle.png", "backpack.png"):
-        (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
+    copy_examples(tmp_path)
     tag = unique("oai")
     rows: list[dict | str] = [  # type: ignore[type-arg]
         {"custom_id": f"{tag}-masked", "provider": "openai", "prompt": f"{tag}: a lemon label", "images": ["mug.png"],

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +21,22 @@ from providers.oxen import SPEC, OxenSettings
 from providers.oxen.protocol import OxenProtocol, aspect_and_tier, classify_oxen_error, white_is_edit
 from providers.types import InputUrls
 from schemas.job import EditJob, InputRecord
+from tests.factories import client_of as _client_of
+from tests.factories import data_uri as _uri
+from tests.factories import example_record as rec
+from tests.factories import make_job
 from tests.sandbox_proc import sandbox_process
 from worker.errors import ErrorKind, ProviderError
-from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 KEY = "oxen-secret-key-42424242"
-
-
-def rec(name: str, fmt: str = "png") -> InputRecord:
-    data = (EXAMPLES / name).read_bytes()
-    with Image.open(EXAMPLES / name) as im:
-        w, h = im.size
-    return InputRecord(ref=name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), format=fmt, width=w,
-                       height=h, s3_key=f"inputs/{name}")
-
-
-def job(**kw: Any) -> EditJob:
-    base: dict[str, Any] = dict(job_id="j1", batch_id="b1", provider="oxen", prompt="make it sepia",
-                                images=["mug.png"], inputs=[rec("mug.png")], idempotency_key="k", quality="low")
-    base.update(kw)
-    return EditJob(**base)
+job = partial(make_job, "oxen", job_id="j1", batch_id="b1", inputs=[rec("mug.png")], quality="low")
+client_of = partial(_client_of, SPEC)
 
 
 def adapter(base_url: str = "http://oxen.invalid/api/ai", **kw: Any) -> OxenProtocol:
     return OxenProtocol(OxenSettings(api_key=KEY, base_url=base_url, **kw))  # type: ignore[arg-type]
-
-
-def client_of(a: OxenProtocol, http: httpx.AsyncClient) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http)
 
 
 # ---- pure ---------------------------------------------------------------------------------------------
@@ -280,10 +267,6 @@ def test_a_lost_synchronous_answer_is_billed_and_redone() -> None:
 def sandbox() -> Iterator[str]:
     with sandbox_process() as url:
         yield url
-
-
-def _uri(name: str) -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
 
 
 def test_adapter_edits_three_references_as_jpeg_against_the_sandbox(sandbox: str) -> None:

@@ -9,10 +9,9 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +23,15 @@ from providers.replicate import SPEC, ReplicateSettings
 from providers.replicate.protocol import ReplicateProtocol, answer_error, api_url, parse_get
 from providers.types import Answer, InputUrls, Outcome
 from schemas.job import EditJob, InputRecord
-from tests.sandbox_proc import sandbox_process, wait_for
+from tests.factories import client_of as _client_of
+from tests.factories import data_uri as _data_uri
+from tests.factories import make_job as _make_job
+from tests.factories import mock_client as _mock_client
+from tests.factories import patched_sandbox, record
+from tests.sandbox_proc import sandbox_process
+from tests.webhook_peer import Peer
 from worker import redact
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -38,30 +42,18 @@ T = TypeVar("T")
 
 
 def _record(name: str = "a") -> InputRecord:
-    return InputRecord(ref=f"{name}.png", sha256=hashlib.sha256(name.encode()).hexdigest(), bytes=10, format="png",
-                       width=512, height=512, s3_key=f"inputs/{name}.png")
+    return record(f"{name}.png", sha256=hashlib.sha256(name.encode()).hexdigest(), bytes=10)
 
 
-def make_job(**kw: Any) -> EditJob:
-    data: dict[str, Any] = {
-        "prompt": "Put the mug on a table", "images": ["a.png"], "job_id": "job_1", "batch_id": "batch_1",
-        "inputs": [_record()], "idempotency_key": "k1", "provider": "replicate",
-    }
-    data.update(kw)
-    return EditJob(**data)
+make_job = partial(_make_job, "replicate", prompt="Put the mug on a table", images=["a.png"], inputs=[_record()],
+                   idempotency_key="k1")
+client_of = partial(_client_of, SPEC)
+mock_client = partial(_mock_client, SPEC)
 
 
 def adapter(**kw: Any) -> ReplicateProtocol:
     settings = ReplicateSettings(api_key=SecretStr(KEY), base_url="https://api.replicate.com", **kw)
     return ReplicateProtocol(settings)
-
-
-def client_of(a: ReplicateProtocol, http: httpx.AsyncClient) -> ProviderClient:
-    return ProviderClient(SPEC, a.settings, http)
-
-
-def mock_client(a: ReplicateProtocol, handler: Any) -> ProviderClient:
-    return client_of(a, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
 def _ans(status: int, json_body: Any = None, text: str = "", headers: dict[str, str] | None = None) -> Answer:
@@ -417,13 +409,7 @@ def sandbox() -> Iterator[str]:
 
 @pytest.fixture
 def sb(sandbox: str) -> Iterator[str]:
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-    yield sandbox
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-
-
-def _data_uri(name: str = "mug.png") -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
+    yield from patched_sandbox(sandbox, BASELINE)
 
 
 def _live(base: str, **kw: Any) -> ReplicateProtocol:
@@ -461,40 +447,15 @@ def test_submit_poll_and_authenticated_output_download(sb: str) -> None:
     asyncio.run(go())
 
 
-class _Hooks:
-    """A local receiver that records deliveries (headers + raw body)."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        hooks = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_sandbox_webhook_verifies_with_fetched_and_cached_secret(sb: str) -> None:
-    hooks = _Hooks()
+    hooks = Peer()
     a = _live(sb)  # no secret configured: fetched from GET /v1/webhooks/default/secret
     try:
         async def go() -> None:
             async with httpx.AsyncClient() as http:
-                rid, out = await _run_to_end(a, http, make_job(), hooks.url)
+                rid, out = await _run_to_end(a, http, make_job(), hooks.url + "/hook")
                 assert out.done and out.result is not None
-                headers, body = wait_for(lambda: hooks.got[0] if hooks.got else None, what="webhook")
+                headers, body = await asyncio.to_thread(hooks.wait, "/hook")
                 now = time.time()
                 event = await a.verify_webhook(client_of(a, http), headers, body, now=now)
                 assert event.request_id == rid and event.delivery_id == f"msg_{rid}"

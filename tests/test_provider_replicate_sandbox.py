@@ -3,15 +3,12 @@ and the official `replicate` 1.0.7 client pointed at it by base URL only (the SD
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +18,10 @@ import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
+from tests.factories import data_uri as _data_uri
+from tests.factories import patched_sandbox
 from tests.sandbox_proc import sandbox_process, wait_for
+from tests.webhook_peer import Peer, peer_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -47,47 +47,12 @@ def sandbox() -> Iterator[str]:
 
 @pytest.fixture
 def sb(sandbox: str) -> Iterator[str]:
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-    yield sandbox
-    httpx.patch(sandbox + "/_sandbox/config", json=BASELINE, timeout=5).raise_for_status()
-
-
-def _data_uri(name: str = "mug.png") -> str:
-    return "data:image/png;base64," + base64.b64encode((EXAMPLES / name).read_bytes()).decode()
-
-
-class Hooks:
-    """A local webhook receiver; `fail_first` answers 500 to the first N deliveries."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.got: list[tuple[dict[str, str], bytes, int]] = []
-        self.fail_first = fail_first
-        hooks = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                code = 500 if len(hooks.got) < hooks.fail_first else 200
-                hooks.got.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
-                self.send_response(code)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?job=j1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+    yield from patched_sandbox(sandbox, BASELINE)
 
 
 @pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    h = Hooks()
-    yield h
-    h.close()
+def hooks() -> Iterator[Peer]:
+    yield from peer_fixture()
 
 
 def _image(data: bytes) -> Image.Image:
@@ -97,13 +62,13 @@ def _image(data: bytes) -> Image.Image:
 
 
 # ================================================================ the SDK contract
-def test_official_client_create_get_wait_webhook_and_outputs(sb: str, hooks: Hooks) -> None:
+def test_official_client_create_get_wait_webhook_and_outputs(sb: str, hooks: Peer) -> None:
     client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
     pred = client.predictions.create(
         model=MODEL,
         input={"prompt": "make it sepia", "input_images": [_data_uri()], "aspect_ratio": "1:1",
                "output_format": "png", "quality": "low"},
-        webhook=hooks.url,
+        webhook=hooks.url + "/hook?job=j1",
         webhook_events_filter=["completed"],
     )
     assert pred.status in ("starting", "processing") and pred.model == MODEL and pred.version == "hidden"
@@ -120,14 +85,14 @@ def test_official_client_create_get_wait_webhook_and_outputs(sb: str, hooks: Hoo
     assert out.status_code == 200 and out.headers["content-type"] == "image/png"
     assert _image(out.content).size == (1024, 1024)
 
-    headers, body, _ = wait_for(lambda: hooks.got[0] if hooks.got else None, what="completed webhook")
+    headers, body = hooks.wait("/hook")  # the completed webhook
     secret = client.webhooks.default.secret()
     assert secret.key.startswith("whsec_")
     assert client.webhooks.validate(headers=headers, body=body.decode(), secret=secret, tolerance=300) is None
     delivered = json.loads(body)
     assert delivered["id"] == pred.id and delivered["status"] == "succeeded" and delivered["output"] == pred.output
     assert headers["webhook-id"] == f"msg_{pred.id}"
-    assert len(hooks.got) == 1
+    assert len(hooks.deliveries) == 1
 
 
 def test_official_client_run_and_cancel(sb: str) -> None:
@@ -277,24 +242,25 @@ def test_prediction_object_prefer_wait_and_version_route(sb: str) -> None:
 
 
 def test_webhook_resend_keeps_webhook_id_and_filter_is_honoured(sb: str) -> None:
-    flaky = Hooks(fail_first=1)
-    quiet = Hooks()
+    flaky = Peer(fail_first=1)
+    quiet = Peer()
     try:
         client = replicate.Client(api_token=TOKEN, base_url=f"{sb}/replicate")
         secret = client.webhooks.default.secret()
         p = client.predictions.create(model=MODEL, input={"prompt": "x", "input_images": [_data_uri()]},
-                                      webhook=flaky.url, webhook_events_filter=["completed"])
-        wait_for(lambda: len(flaky.got) >= 2, what="a resend after a 500")
-        (h1, b1, c1), (h2, b2, c2) = flaky.got[:2]
+                                      webhook=flaky.url + "/hook?job=j1", webhook_events_filter=["completed"])
+        wait_for(lambda: len(flaky.deliveries) >= 2, what="a resend after a 500")
+        (_, h1, b1), (_, h2, b2) = flaky.deliveries[:2]
+        c1, c2 = flaky.codes[:2]
         assert (c1, c2) == (500, 200) and b1 == b2
         assert h1["webhook-id"] == h2["webhook-id"] == f"msg_{p.id}"
-        for h, b, _ in flaky.got[:2]:
+        for _, h, b in flaky.deliveries[:2]:
             client.webhooks.validate(headers=h, body=b.decode(), secret=secret, tolerance=300)
         q = client.predictions.create(model=MODEL, input={"prompt": "x", "input_images": [_data_uri()]},
-                                      webhook=quiet.url, webhook_events_filter=["start"])
+                                      webhook=quiet.url + "/hook?job=j1", webhook_events_filter=["start"])
         q.wait()
         entry = httpx.get(f"{sb}/_sandbox/requests/{q.id}").json()
-        assert q.status == "succeeded" and entry["webhook"]["attempts"] == 0 and quiet.got == []
+        assert q.status == "succeeded" and entry["webhook"]["attempts"] == 0 and quiet.deliveries == []
     finally:
         flaky.close()
         quiet.close()

@@ -11,7 +11,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -22,51 +22,25 @@ from pydantic import SecretStr
 from providers.types import InputUrls, WebhookEvent
 from providers.wavespeed import SPEC, WaveSpeedSettings
 from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
-from schemas.job import EditJob, InputRecord
 from schemas.params import size_problems
+from tests.factories import EXAMPLES, data_uri, mock_client, provider_http, record, run
+from tests.factories import client_of as _client_of
+from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
 from tests.webhook_peer import Peer, peer_fixture
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.provider_client import ProviderClient
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
 MODEL = "openai/gpt-image-2/edit"
 KEY = "ws-secret-key-123"
+make_job = partial(_make_job, "wavespeed", quality="low")
+client_of = partial(_client_of, SPEC)
 T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def record(name: str = "mug.png", w: int = 512, h: int = 512) -> InputRecord:
-    return InputRecord(ref=name, sha256="0" * 64, bytes=1, format="png", width=w, height=h, s3_key=f"inputs/{name}")
-
-
-def make_job(**over: Any) -> EditJob:
-    data: dict[str, Any] = {
-        "prompt": "make it sepia", "images": ["mug.png"], "provider": "wavespeed", "job_id": "job_1",
-        "batch_id": "batch_1", "inputs": [record()], "idempotency_key": "k", "quality": "low",
-    }
-    data.update(over)
-    return EditJob.model_validate(data)
-
-
 def adapter(**settings: Any) -> WaveSpeedProtocol:
     base = {"api_key": KEY, "base_url": "https://api.wavespeed.test"}
     return WaveSpeedProtocol(WaveSpeedSettings(**{**base, **settings}))
-
-
-def client_of(a: WaveSpeedProtocol, http: httpx.AsyncClient | None = None) -> ProviderClient:
-    """The provider's client for `a`'s settings on `http` (a real pooled client when None)."""
-    return ProviderClient(SPEC, a.settings, http or httpx.AsyncClient())
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def data_uri(path: Path) -> str:
-    mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def sign_v3(secret: str, msg_id: str, ts: int, body: bytes) -> str:
@@ -153,19 +127,11 @@ def test_build_request_never_drops_a_mask_silently() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ errors (in-process)
-def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
-
-
-def mocked(a: WaveSpeedProtocol, handler: Callable[[httpx.Request], httpx.Response]) -> ProviderClient:
-    return client_of(a, mock_client(handler))
-
-
 async def _submit_with(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderError:
     a = adapter()
     job = make_job()
     req = a.build_request(job, InputUrls(images=["https://s3/a"]), None)
-    client = mocked(a, handler)
+    client = mock_client(SPEC, a, handler)
     async with client.http:
         with pytest.raises(ProviderError) as info:
             await a.submit(client, job, req)
@@ -212,7 +178,7 @@ async def _poll_with(data: dict[str, Any], status: int = 200) -> Any:
         assert request.url.path == "/api/v3/predictions/abc/result"
         return httpx.Response(status, json={"code": status, "message": "x", "data": data})
 
-    client = mocked(a, handler)
+    client = mock_client(SPEC, a, handler)
     async with client.http:
         return await a.poll(client, "abc", {"id": "abc"})
 
@@ -247,11 +213,9 @@ def peer() -> Iterator[Peer]:
 
 @pytest.fixture()
 def http(sandbox_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox_url + "/wavespeed", headers={"Authorization": "Bearer test"}, timeout=30) as c:
-        assert c.patch(sandbox_url + "/_sandbox/config", json={
-            "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "submit_429_rate": 0.0,
-            "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"}).status_code == 200
-        yield c
+    yield from provider_http(sandbox_url, "wavespeed", "Bearer test", {
+        "latency_s": 0.05, "jitter_s": 0.0, "job_failure_rate": 0.0, "submit_429_rate": 0.0,
+        "webhook_retry_backoff_s": 0.05, "webhook_lost_rate": 0.0, "render": "real"})
 
 
 def _submit(http: httpx.Client, body: dict[str, Any], **params: str) -> httpx.Response:
@@ -427,7 +391,7 @@ def test_the_webhook_secret_is_fetched_through_the_client_once_and_a_failed_fetc
         return answers.pop(0)
 
     a = adapter()
-    client = mocked(a, handler)
+    client = mock_client(SPEC, a, handler)
     body = json.dumps({"id": "t1", "status": "completed", "outputs": []}).encode()
     ts = int(time.time())
     headers = {"webhook-id": "m1", "webhook-timestamp": str(ts), "webhook-signature": sign_v3(secret, "m1", ts, body)}

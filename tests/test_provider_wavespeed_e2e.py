@@ -8,27 +8,26 @@ import hashlib
 import hmac
 import io
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
-from producer.api import status, submit_batch, wait
+from producer.api import submit_batch, wait
 from producer.stack import LocalStack
 from tests.e2e import (
-    CANONICAL,
     EXAMPLES,
     FAST_POLLS,
-    PROMPT,
     WEBHOOKS_ONLY,
     accepted_webhooks,
+    assert_receiver_refuses_forgeries,
+    canonical_lines,
     read_manifests,
     sandbox_log,
     sandbox_request,
     start,
+    undelivered_job,
     using,
     wait_for,
 )
@@ -50,10 +49,6 @@ def polled() -> Iterator[LocalStack]:
     yield from start(False, {**FAST_POLLS, "EDITQ_WAVESPEED_CONCURRENCY": "8"})
 
 
-def _lines(provider: str = "wavespeed") -> list[dict[str, Any]]:
-    return [{**row, "provider": provider, "quality": "low"} for row in CANONICAL]
-
-
 def _verify_manifests(batch_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
     from worker.storage import get_storage
 
@@ -73,7 +68,7 @@ def _verify_manifests(batch_id: str, job_ids: list[str]) -> list[dict[str, Any]]
 
 
 def _run_canonical(stack: LocalStack) -> tuple[Any, list[dict[str, Any]]]:
-    report = submit_batch(_lines(), base_dir=EXAMPLES)
+    report = submit_batch(canonical_lines("wavespeed"), base_dir=EXAMPLES)
     assert {e.line: (e.custom_id, e.error) for e in report.invalid} == REFUSED
     assert report.enqueued == 2
     final = wait(report.batch_id, timeout=60, interval=0.1)
@@ -113,55 +108,17 @@ def _sign(secret: str, msg_id: str, ts: int, body: bytes) -> str:
 
 
 def test_receiver_refuses_forged_stale_and_replayed_deliveries(hooked: LocalStack) -> None:
-    with using(hooked):
-        assert sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 1.0}).status_code == 200
-        try:
-            line = {**_lines()[3], "prompt": f"{PROMPT} ({time.time_ns()})"}  # not a duplicate of the batch test's
-            report = submit_batch([line], base_dir=EXAMPLES)
-            (job_id,) = report.job_ids
-            rid = wait_for(lambda: status(job_id)["request_id"], what="request id")
-            auth = {"Authorization": "Bearer test"}
+    with using(hooked), undelivered_job(hooked, canonical_lines("wavespeed")[3]) as (job_id, rid):
+        auth = {"Authorization": "Bearer test"}
 
-            def done() -> dict[str, Any] | None:
-                path = f"/wavespeed/api/v3/predictions/{rid}/result"
-                data = sandbox_request(hooked, "GET", path, headers=auth).json()
-                return data["data"] if data["data"]["status"] == "completed" else None
+        def done() -> dict[str, Any] | None:
+            path = f"/wavespeed/api/v3/predictions/{rid}/result"
+            data = sandbox_request(hooked, "GET", path, headers=auth).json()
+            return data["data"] if data["data"]["status"] == "completed" else None
 
-            data = wait_for(done, what="task completed at the provider")
-            got = sandbox_request(hooked, "GET", "/wavespeed/api/v3/webhook/secret", headers=auth)
-            secret = got.json()["data"]["secret"]
-            body = json.dumps(data).encode()
-            url = f"{hooked.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/wavespeed?job={job_id}"
-
-            def post(msg_id: str, ts: int, sig: str, raw: bytes = body) -> httpx.Response:
-                headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig,
-                           "content-type": "application/json"}
-                return httpx.post(url, content=raw, headers=headers, timeout=15)
-
-            before = status(job_id)
-            assert before["state"] == "submitted"
-            now = int(time.time())
-            old = now - 400
-            forged = [
-                post("m1", now, _sign(secret, "m1", now, body), body.replace(b"completed", b"failed")),  # tampered
-                post("m1", now, _sign("whsec_not-the-secret", "m1", now, body)),  # wrong key
-                post("m1", old, _sign(secret, "m1", old, body)),  # stale (validly signed 400 s ago)
-                post("m1", now, _sign(secret, "m1", old, body)),  # that delivery replayed with a fresh timestamp
-            ]
-            assert [r.status_code for r in forged] == [401, 401, 401, 401]
-            assert [r.json()["error"] for r in forged] == [
-                "rejected: signature does not match", "rejected: signature does not match",
-                "rejected: timestamp outside tolerance", "rejected: signature does not match",
-            ]
-            after = status(job_id)
-            assert (after["state"], after["history"]) == ("submitted", before["history"])
-
-            valid = post("m2", now, _sign(secret, "m2", now, body))
-            assert (valid.status_code, valid.json()) == (200, {"status": "accepted"})
-            again = post("m2", now, _sign(secret, "m2", now, body))
-            assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
-            final = wait(job_id, timeout=30, interval=0.1)
-            assert final["state"] == "succeeded" and len(final["outputs"]) == 1
-            assert [h["state"] for h in final["history"]].count("ready") == 1
-        finally:
-            sandbox_request(hooked, "PATCH", "/_sandbox/config", json={"webhook_lost_rate": 0.0})
+        data = wait_for(done, what="task completed at the provider")
+        got = sandbox_request(hooked, "GET", "/wavespeed/api/v3/webhook/secret", headers=auth)
+        secret = got.json()["data"]["secret"]
+        body = json.dumps(data).encode()
+        assert_receiver_refuses_forgeries(hooked, "wavespeed", job_id, body, body.replace(b"completed", b"failed"),
+                                          _sign, secret, "whsec_not-the-secret", ("m1", "m2"))

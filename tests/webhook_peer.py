@@ -12,8 +12,12 @@ Delivery = tuple[str, dict[str, str], bytes]
 
 
 class Peer:
-    def __init__(self) -> None:
+    """`fail_first`: answer 500 to the first N deliveries (`codes` holds what each delivery was answered)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
         self.deliveries: list[Delivery] = []
+        self.codes: list[int] = []
+        self.fail_first = fail_first
         self.cond = threading.Condition()
         peer = self
 
@@ -24,9 +28,11 @@ class Peer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with peer.cond:
+                    code = 500 if len(peer.deliveries) < peer.fail_first else 200
                     peer.deliveries.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    peer.codes.append(code)
                     peer.cond.notify_all()
-                self.send_response(200)
+                self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
