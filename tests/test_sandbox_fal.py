@@ -10,9 +10,6 @@ import base64
 import hashlib
 import io
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +24,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from PIL import Image, ImageChops, ImageDraw
 
-from tests import sandbox_proc
+from tests import js_clients, sandbox_proc
 
-REPO = Path(__file__).resolve().parents[1]
 APP = "openai/gpt-image-2/edit"
 AUTH = {"Authorization": "Key sandbox-test"}
 T = TypeVar("T")
@@ -906,29 +902,11 @@ def test_fal_client_upload_then_edit(client: httpx.Client, sandbox_url: str, mon
     assert Image.open(io.BytesIO(httpx.get(result["images"][0]["url"]).content)).size == (944, 704)
 
 
-JS_DIR = REPO / "tests" / "js"
-
-
-def _js_client_ready() -> str:
-    """The node binary, with tests/js's locked dependencies installed (`npm ci`) if they are missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node is not None and npm is not None, "node and npm are needed (.ci/run installs them)"
-    if not (JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json").exists():
-        done = subprocess.run([npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"], capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, f"npm ci failed: {done.stdout}\n{done.stderr}"
-    return node
-
-
 def test_fal_js_client_against_the_sandbox(client: httpx.Client, sandbox_url: str, tmp_path: Path) -> None:
-    node = _js_client_ready()
     source = _sample((320, 240))
     (tmp_path / "in.png").write_bytes(source)
-    run = subprocess.run([node, str(JS_DIR / "fal_client_run.mjs"), sandbox_url, str(tmp_path / "in.png")],
-                         cwd=JS_DIR, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "FAL_KEY": "sandbox-test"})
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    out = js_clients.run_script("fal_client_run.mjs", sandbox_url, str(tmp_path / "in.png"),
+                                env={"FAL_KEY": "sandbox-test"})
     assert out["input_sha256"] == hashlib.sha256(source).hexdigest()
     assert out["submitted"]["status"] == "IN_QUEUE"
     assert out["submitted"]["status_url"].startswith(sandbox_url + "/fal/openai/gpt-image-2/requests/")
