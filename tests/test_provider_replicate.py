@@ -438,9 +438,13 @@ def test_submit_poll_and_authenticated_output_download(sb: str) -> None:
             (ref,) = out.result.outputs
             assert ref.url and ref.url.startswith(f"{sb}/replicate/delivery/")
             assert out.result.usage is not None and out.result.usage.output_tokens
-            assert (await http.get(ref.url)).status_code == 401  # outputs need the token
-            got = await http.get(ref.url, headers=client_of(a, http).output_headers(ref.url, a.output_auth(ref.url)))
+            headers = client_of(a, http).output_headers(ref.url, a.output_auth(ref.url))
+            assert headers == {"Authorization": f"Bearer {a.settings.api_key.get_secret_value()}"}  # we send it
+            got = await http.get(ref.url, headers=headers)
             assert got.status_code == 200 and got.content[:3] == b"\xff\xd8\xff"
+            # the sandbox takes it without the token too (Replicate's JS client sends none), not a bad one
+            assert (await http.get(ref.url)).content == got.content
+            assert (await http.get(ref.url, headers={"Authorization": "Basic x"})).status_code == 401
             log = httpx.get(f"{sb}/_sandbox/requests/{rid}").json()
             assert log["input"]["input"]["aspect_ratio"] == "1:1"
 
