@@ -8,6 +8,7 @@ docs index) is generated from the specs or checked against them by a test (tests
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,8 +63,9 @@ class ProviderSpec:
     name: str
     title: str
     settings_cls: type[ProviderSettings]
-    protocol: str  # "module:Class" of the pure protocol (a ProviderProtocol)
-    emulator: str | None  # "module:function" building the sandbox mount, or None
+    # where the provider's folder is (the registry fills it in: the module that defines SPEC); its
+    # `protocol.py` holds the ProviderProtocol named `name`, its `emulator.py` the sandbox's `build`
+    package: str = ""
     sandbox_path: str = ""  # where the sandbox serves this provider's API ("/fal"); base_url = sandbox + this
     sandbox_key: str = "sandbox-key"  # a placeholder key the sandbox accepts
     sandbox_env: dict[str, str] = field(default_factory=dict)  # more settings for the local stack;
@@ -79,10 +81,29 @@ class ProviderSpec:
     default: bool = False  # the provider a job gets when it names none
     prices: Price | None = None
 
+    def protocol_class(self) -> type[ProviderProtocol]:
+        """The ProviderProtocol subclass named for this provider in `{package}.protocol`."""
+        from providers.protocol import ProviderProtocol
+
+        module = importlib.import_module(f"{self.package}.protocol")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, ProviderProtocol) and value.__module__ == module.__name__
+                    and getattr(value, "name", None) == self.name):
+                return value
+        raise LookupError(f"{module.__name__} defines no ProviderProtocol named {self.name!r}")
+
     def load_protocol(self, settings: ProviderSettings | None = None) -> ProviderProtocol:
-        module, cls = self.protocol.split(":")
-        proto: ProviderProtocol = getattr(importlib.import_module(module), cls)(settings or self.settings_cls())
-        return proto
+        return self.protocol_class()(settings or self.settings_cls())
+
+    def emulator_module(self) -> str | None:
+        """`{package}.emulator` when the folder has one (its `build(state)` is mounted by the sandbox)."""
+        name = f"{self.package}.emulator"
+        return name if importlib.util.find_spec(name) is not None else None
+
+    @property
+    def folder(self) -> str:
+        """The provider's folder, relative to the repository root (`providers/fal`)."""
+        return self.package.replace(".", "/")
 
     def env_vars(self) -> list[str]:
         """Every environment variable the provider's settings read, in field order."""

@@ -38,7 +38,7 @@ PLUGIN = {"EDITQ_PROVIDER_MODULES": "tests.plugins.echo", "PYTHONPATH": str(ROOT
 
 
 def cases_of(name: str) -> Cases | None:
-    module = providers.spec_of(name).protocol.split(":")[0].rsplit(".", 1)[0] + ".cases"
+    module = providers.spec_of(name).package + ".cases"
     try:
         return getattr(importlib.import_module(module), "CASES", None)
     except ModuleNotFoundError:

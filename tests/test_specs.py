@@ -72,12 +72,12 @@ def test_the_local_stack_points_every_provider_at_the_sandbox() -> None:
 
 
 def _moved() -> list[str]:
-    return [n for n in NAMES if providers.spec_of(n).emulator]
+    return [n for n in NAMES if providers.spec_of(n).emulator_module()]
 
 
 @pytest.mark.parametrize("name", _moved())
 def test_a_protocol_never_imports_the_network_or_storage(name: str) -> None:
-    folder = module_path(providers.spec_of(name).protocol.split(":")[0]).parent
+    folder = ROOT / providers.spec_of(name).folder
     for path in folder.glob("*.py"):
         if path.name.startswith("emulator"):
             continue
@@ -88,8 +88,7 @@ def test_a_protocol_never_imports_the_network_or_storage(name: str) -> None:
 @pytest.mark.parametrize("name", _moved())
 def test_an_emulator_never_imports_the_engine_or_the_protocol(name: str) -> None:
     spec = providers.spec_of(name)
-    assert spec.emulator
-    folder = module_path(spec.emulator.split(":")[0]).parent
+    folder = ROOT / spec.folder
     for path in folder.glob("emulator*.py"):
         mods = imports_of(path)
         bad = {m for m in mods if m.startswith("worker") or (m.startswith("providers.") and

@@ -1,9 +1,9 @@
 """Provider registry of the sandbox: one emulator per provider, mounted in order by ``create_app``.
 
-Each provider's emulator lives in its folder (``providers/<name>/emulator.py``, named by its spec's
-``emulator``) and builds a ``ProviderMount`` from the sandbox state (see :mod:`sandbox.state`). The
-sandbox reads only the specs, never a provider's protocol or the engine: it stands apart from the
-worker so it can catch the worker's mistakes instead of sharing them.
+Each provider's emulator lives in its folder (``providers/<name>/emulator.py``) and builds a
+``ProviderMount`` from the sandbox state (see :mod:`sandbox.state`). The sandbox reads only the specs,
+never a provider's protocol or the engine: it stands apart from the worker so it can catch the worker's
+mistakes instead of sharing them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def builders() -> list[ProviderBuilder]:
 
     out: list[ProviderBuilder] = []
     for spec in providers.specs():
-        if spec.emulator:
-            module, fn = spec.emulator.split(":")
-            out.append(getattr(importlib.import_module(module), fn))
+        module = spec.emulator_module()
+        if module is not None:
+            out.append(importlib.import_module(module).build)
     return out
 
 
