@@ -8,7 +8,6 @@ module in `EDITQ_PROVIDER_MODULES`, comma-separated). Everything else that lists
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 from functools import cache
@@ -49,7 +48,7 @@ def _targets_for(plugins: str) -> dict[str, str]:
 def _load(target: str) -> ProviderSpec:
     spec = importlib.import_module(target).SPEC
     assert isinstance(spec, ProviderSpec), target
-    return spec if spec.package else dataclasses.replace(spec, package=target)
+    return spec
 
 
 def names() -> list[str]:

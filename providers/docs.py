@@ -1,4 +1,5 @@
-"""Docs generated from the provider specs: the README's provider table and the docs index of provider pages.
+"""Docs generated from the provider specs and pages: the README's provider table (its cells from the table at
+the top of each provider's page) and the docs index of provider pages.
 
 `python -m providers.docs` rewrites both blocks in place; tests/test_specs.py fails when they differ from
 what the specs say, so adding a provider updates the docs by running this once.
@@ -24,14 +25,27 @@ def page(spec: ProviderSpec) -> str:
     return f"{spec.folder}/{spec.doc}"
 
 
+GLANCE = "| protocol | completion | mask | `num_images` | sizes |"
+
+
+def at_a_glance(spec: ProviderSpec) -> str:
+    """The cells of the provider's row: the first table of its page, headed `GLANCE` (one data row)."""
+    lines = (ROOT / page(spec)).read_text().splitlines()
+    try:
+        at = lines.index(GLANCE)
+    except ValueError:
+        raise ValueError(f"{page(spec)} has no table headed {GLANCE!r}") from None
+    row = lines[at + 2].strip()
+    if not row.startswith("|") or row.count("|") != GLANCE.count("|"):
+        raise ValueError(f"{page(spec)}: the row under {GLANCE!r} does not have its five cells")
+    return row.strip("|").strip()
+
+
 def provider_table(specs: list[ProviderSpec]) -> str:
-    rows = ["| provider (`\"provider\"`) | protocol | completion | mask | `num_images` | sizes | key variable |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [f"| provider (`\"provider\"`) {GLANCE} key variable |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in specs:
-        c = s.capabilities
         name = f"[`{s.name}`]({page(s)})" + (" (default)" if s.default else "")
-        rows.append(f"| {name} | {c.protocol} | {c.completion} | {c.mask} | {c.num_images} | {c.sizes} | "
-                    f"`{s.key_env}` |")
+        rows.append(f"| {name} | {at_a_glance(s)} | `{s.key_env}` |")
     return "\n".join(rows)
 
 

@@ -48,24 +48,14 @@ class Price:
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    """What the README's provider table says of a provider (providers/docs.py renders it)."""
-
-    protocol: str = ""  # the API in a few words
-    completion: str = ""  # how editq learns a request is done
-    mask: str = ""
-    num_images: str = ""
-    sizes: str = ""
-
-
-@dataclass(frozen=True)
 class ProviderSpec:
-    name: str
+    """A provider's folder is its package (`package=__name__` in its `__init__.py`): the folder's name is
+    the provider's name, `protocol.py` holds its ProviderProtocol, `emulator.py` the sandbox's `build`,
+    `cases.py` its contract cases and `README.md` its page (with the README table's cells)."""
+
+    package: str
     title: str
     settings_cls: type[ProviderSettings]
-    # where the provider's folder is (the registry fills it in: the module that defines SPEC); its
-    # `protocol.py` holds the ProviderProtocol named `name`, its `emulator.py` the sandbox's `build`
-    package: str = ""
     sandbox_path: str = ""  # where the sandbox serves this provider's API ("/fal"); base_url = sandbox + this
     sandbox_key: str = "sandbox-key"  # a placeholder key the sandbox accepts
     sandbox_env: dict[str, str] = field(default_factory=dict)  # more settings for the local stack;
@@ -74,10 +64,8 @@ class ProviderSpec:
     webhooks: bool = True  # the provider can deliver signed webhooks
     batches: bool = False  # the protocol groups many jobs into one provider request (`submit_many`)
     auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
-    key_env: str = ""  # the environment variable users set the key in (the first alias)
     doc: str = "README.md"  # the provider's doc page, inside its folder
     summary: str = ""  # one line for the docs index
-    capabilities: Capabilities = field(default_factory=Capabilities)
     default: bool = False  # the provider a job gets when it names none
     prices: Price | None = None
 
@@ -101,6 +89,16 @@ class ProviderSpec:
         return name if importlib.util.find_spec(name) is not None else None
 
     @property
+    def name(self) -> str:
+        """The folder's name: `providers.fal` -> `fal`."""
+        return self.package.rsplit(".", 1)[-1]
+
+    @property
+    def key_env(self) -> str:
+        """The variable users set the key in: the first name the settings' `api_key` is read from."""
+        return next(_env_names(self.settings_cls, only="api_key"))
+
+    @property
     def folder(self) -> str:
         """The provider's folder, relative to the repository root (`providers/fal`)."""
         return self.package.replace(".", "/")
@@ -112,8 +110,7 @@ class ProviderSpec:
     def local_env(self, sandbox: str) -> dict[str, str]:
         """The settings that point this provider at the sandbox at `sandbox` (the local stack's)."""
         env = {f"{self.env_prefix()}BASE_URL": sandbox.rstrip("/") + self.sandbox_path}
-        if self.key_env:
-            env[self.key_env] = self.sandbox_key
+        env[self.key_env] = self.sandbox_key
         env.update({k: v.replace("{sandbox}", sandbox.rstrip("/")) for k, v in self.sandbox_env.items()})
         return env
 
@@ -121,9 +118,11 @@ class ProviderSpec:
         return str(self.settings_cls.model_config.get("env_prefix", ""))
 
 
-def _env_names(cls: type[BaseSettings]) -> Iterator[str]:
+def _env_names(cls: type[BaseSettings], only: str | None = None) -> Iterator[str]:
     prefix = str(cls.model_config.get("env_prefix", ""))
     for name, info in cls.model_fields.items():
+        if only is not None and name != only:
+            continue
         alias: Any = info.validation_alias
         if isinstance(alias, AliasChoices):
             for choice in alias.choices:

@@ -60,8 +60,7 @@ def test_spec_is_complete_and_consistent(name: str) -> None:
     proto = providers.protocol_of(name)
     assert isinstance(proto, ProviderProtocol) and proto.name == name
     assert (ROOT / docs.page(spec)).is_file(), docs.page(spec)
-    c = spec.capabilities
-    assert c.protocol and c.completion and c.mask and c.num_images and c.sizes
+    assert all(cell.strip() for cell in docs.at_a_glance(spec).split("|"))  # the README row's five cells
 
 
 def test_the_local_stack_points_every_provider_at_the_sandbox() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import Capabilities, ProviderSettings, ProviderSpec
+from providers.spec import ProviderSettings, ProviderSpec
 
 
 class FalSettings(ProviderSettings):
@@ -22,20 +22,12 @@ class FalSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="fal",
+    package=__name__,
     title="fal.ai",
     settings_cls=FalSettings,
     sandbox_path="/fal",
     sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json"},
     auth_scheme="Key",
-    key_env="EDITQ_FAL_KEY",
     summary="fal.ai's queue API for openai/gpt-image-2/edit; the default provider",
-    capabilities=Capabilities(
-        protocol="fal queue, `openai/gpt-image-2/edit`",
-        completion="Ed25519-signed webhook (JWKS) + poll",
-        mask="yes",
-        num_images="1-4",
-        sizes="`auto`, fal presets, custom WxH (GPT Image 2 rules)",
-    ),
     default=True,
 )

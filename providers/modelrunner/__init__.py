@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import Capabilities, ProviderSettings, ProviderSpec, host_of
+from providers.spec import ProviderSettings, ProviderSpec, host_of
 from schemas.job import DEFAULT_MODEL
 
 
@@ -33,21 +33,13 @@ class ModelRunnerSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="modelrunner",
+    package=__name__,
     title="ModelRunner",
     settings_cls=ModelRunnerSettings,
     sandbox_path="/modelrunner",
-    key_env="EDITQ_MODELRUNNER_KEY",
     sandbox_key="mr-sandbox-key",
     sandbox_env={"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"},
     auth_scheme="Key",
     summary="fal-like queue API, Standard-Webhooks-signed deliveries, success decided by billingStatus; "
             "the gpt-image-2 model path is unconfirmed (configurable)",
-    capabilities=Capabilities(
-        protocol="fal-like queue, `billingStatus`, FAILED = HTTP 400",
-        completion="Standard-Webhooks webhook + poll",
-        mask="yes",
-        num_images="1-4",
-        sizes="as fal",
-    ),
 )

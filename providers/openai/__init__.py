@@ -6,7 +6,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from providers.openai.common import OpenAIPriceSettings
-from providers.spec import Capabilities, ProviderSpec
+from providers.spec import ProviderSpec
 
 
 class OpenAISettings(OpenAIPriceSettings):
@@ -25,20 +25,12 @@ class OpenAISettings(OpenAIPriceSettings):
 
 
 SPEC = ProviderSpec(
-    name="openai",
+    package=__name__,
     title="OpenAI Images",
     settings_cls=OpenAISettings,
     sandbox_path="/openai/v1",
-    key_env="EDITQ_OPENAI_API_KEY",
     sandbox_key="sk-sandbox-key",
     synchronous=True,
     webhooks=False,
     summary="synchronous multipart /v1/images/edits (images inline, token-priced usage); own capped queue",
-    capabilities=Capabilities(
-        protocol="`POST /v1/images/edits`, synchronous multipart",
-        completion="the answer itself (own `editq.sync` queue)",
-        mask="yes (PNG, alpha, same size)",
-        num_images="1-10",
-        sizes="standard + custom WxH",
-    ),
 )

@@ -8,7 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from providers.openai.common import OpenAIPriceSettings
-from providers.spec import Capabilities, ProviderSpec
+from providers.spec import ProviderSpec
 
 
 class OpenAIBatchSettings(OpenAIPriceSettings):
@@ -51,20 +51,12 @@ class OpenAIBatchSettings(OpenAIPriceSettings):
 
 
 SPEC = ProviderSpec(
-    name="openai_batch",
+    package=__name__,
     title="OpenAI Batch",
     settings_cls=OpenAIBatchSettings,
     sandbox_path="/openai/v1",
-    key_env="EDITQ_OPENAI_BATCH_API_KEY",
     sandbox_key="sk-sandbox-batch-key",
     webhooks=False,
     batches=True,
     summary="Batch API: many jobs -> one JSONL file -> one provider batch, half price, 24 h window; polled",
-    capabilities=Capabilities(
-        protocol="`/v1/files` + `/v1/batches`, 24 h window, **50 % price**",
-        completion="poll (one status call per provider batch)",
-        mask="yes",
-        num_images="1-10",
-        sizes="as `openai`",
-    ),
 )

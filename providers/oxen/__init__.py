@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import Capabilities, ProviderSettings, ProviderSpec
+from providers.spec import ProviderSettings, ProviderSpec
 
 
 class OxenSettings(ProviderSettings):
@@ -28,20 +28,12 @@ class OxenSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="oxen",
+    package=__name__,
     title="Oxen.ai",
     settings_cls=OxenSettings,
     sandbox_path="/oxen/api/ai",
-    key_env="EDITQ_OXEN_API_KEY",
     sandbox_key="oxen-sandbox-key",
     synchronous=True,
     webhooks=False,
     summary="synchronous edit call (held open for the edit), no webhooks or polling; mask converted to white = edit",
-    capabilities=Capabilities(
-        protocol="`POST /api/ai/images/edit`, synchronous",
-        completion="the answer itself (`editq.sync` queue)",
-        mask="yes (converted to white = edit)",
-        num_images="1",
-        sizes="`auto` (+ exact ratios if enabled)",
-    ),
 )

@@ -8,7 +8,7 @@ import re
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import Capabilities, ProviderSettings, ProviderSpec
+from providers.spec import ProviderSettings, ProviderSpec
 
 _CANCEL_AFTER = re.compile(r"^(?:\d+|(?:\d+h)?(?:\d+m)?(?:\d+s)?)$")
 # Replicate serves outputs from replicate.delivery and its subdomains; these get the token (https only)
@@ -49,21 +49,13 @@ class ReplicateSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="replicate",
+    package=__name__,
     title="Replicate",
     settings_cls=ReplicateSettings,
     sandbox_path="/replicate",
-    key_env="EDITQ_REPLICATE_API_TOKEN",
     sandbox_key="r8_sandbox-token",
     auth_scheme="Bearer",
     summary="predictions API (openai/gpt-image-2), Standard-Webhooks `completed` webhook + poll; no mask",
-    capabilities=Capabilities(
-        protocol="`POST /v1/models/openai/gpt-image-2/predictions`",
-        completion="Standard-Webhooks webhook (`completed`) + poll",
-        mask="no (refused)",
-        num_images="1",
-        sizes="`auto`, 1024x1024, 1536x1024, 1024x1536",
-    ),
 )
 
 __all__ = ["SPEC", "ReplicateSettings"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import Capabilities, ProviderSettings, ProviderSpec
+from providers.spec import ProviderSettings, ProviderSpec
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
@@ -26,18 +26,10 @@ class WaveSpeedSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="wavespeed",
+    package=__name__,
     title="WaveSpeedAI",
     settings_cls=WaveSpeedSettings,
     sandbox_path="/wavespeed",
-    key_env="EDITQ_WAVESPEED_API_KEY",
     sandbox_key="ws-sandbox-key",
     summary="API v3 task queue, v3 hex-HMAC webhooks (secret fetched from the API), poll result; no mask",
-    capabilities=Capabilities(
-        protocol="`POST /api/v3/openai/gpt-image-2/edit`",
-        completion="`v3,` hex-HMAC webhook + poll",
-        mask="no (refused)",
-        num_images="1",
-        sizes="`auto` or exact aspect ratio x 1k/2k/4k",
-    ),
 )

@@ -17,11 +17,10 @@ class EchoSettings(ProviderSettings):
 
 
 SPEC = ProviderSpec(
-    name="echo",
+    package=__name__,
     title="Echo (test provider)",
     settings_cls=EchoSettings,
     sandbox_path="/echo",
-    key_env="EDITQ_ECHO_API_KEY",
     webhooks=False,
     summary="test-only provider defined in one folder (tests/plugins/echo)",
 )
