@@ -56,7 +56,7 @@ class ProviderSpec:
     package: str
     title: str
     settings_cls: type[ProviderSettings]
-    sandbox_path: str = ""  # where the sandbox serves this provider's API ("/fal"); base_url = sandbox + this
+    sandbox_path: str = ""  # where the sandbox serves this provider's API; "" = "/{name}"; base_url = sandbox + this
     sandbox_key: str = "sandbox-key"  # a placeholder key the sandbox accepts
     sandbox_env: dict[str, str] = field(default_factory=dict)  # more settings for the local stack;
     # "{sandbox}" in a value is the sandbox's base URL
@@ -94,6 +94,10 @@ class ProviderSpec:
         return self.package.rsplit(".", 1)[-1]
 
     @property
+    def sandbox_prefix(self) -> str:
+        return self.sandbox_path or f"/{self.name}"
+
+    @property
     def key_env(self) -> str:
         """The variable users set the key in: the first name the settings' `api_key` is read from."""
         return next(_env_names(self.settings_cls, only="api_key"))
@@ -109,7 +113,7 @@ class ProviderSpec:
 
     def local_env(self, sandbox: str) -> dict[str, str]:
         """The settings that point this provider at the sandbox at `sandbox` (the local stack's)."""
-        env = {f"{self.env_prefix()}BASE_URL": sandbox.rstrip("/") + self.sandbox_path}
+        env = {f"{self.env_prefix()}BASE_URL": sandbox.rstrip("/") + self.sandbox_prefix}
         env[self.key_env] = self.sandbox_key
         env.update({k: v.replace("{sandbox}", sandbox.rstrip("/")) for k, v in self.sandbox_env.items()})
         return env

@@ -56,7 +56,7 @@ def test_spec_is_complete_and_consistent(name: str) -> None:
     assert f"{spec.env_prefix()}BASE_URL" in env
     local = spec.local_env("http://sandbox.test:1")
     assert set(local) <= set(env), set(local) - set(env)
-    assert local[f"{spec.env_prefix()}BASE_URL"] == "http://sandbox.test:1" + spec.sandbox_path
+    assert local[f"{spec.env_prefix()}BASE_URL"] == "http://sandbox.test:1" + spec.sandbox_prefix
     proto = providers.protocol_of(name)
     assert isinstance(proto, ProviderProtocol) and proto.name == name
     assert (ROOT / docs.page(spec)).is_file(), docs.page(spec)
@@ -67,7 +67,7 @@ def test_the_local_stack_points_every_provider_at_the_sandbox() -> None:
     env = sandbox_provider_env("http://127.0.0.1:9")
     for name in NAMES:
         spec = providers.spec_of(name)
-        assert env[f"{spec.env_prefix()}BASE_URL"] == "http://127.0.0.1:9" + spec.sandbox_path
+        assert env[f"{spec.env_prefix()}BASE_URL"] == "http://127.0.0.1:9" + spec.sandbox_prefix
 
 
 def _moved() -> list[str]:

@@ -36,7 +36,6 @@ SPEC = ProviderSpec(
     package=__name__,
     title="ModelRunner",
     settings_cls=ModelRunnerSettings,
-    sandbox_path="/modelrunner",
     sandbox_key="mr-sandbox-key",
     sandbox_env={"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"},
     auth_scheme="Key",

@@ -20,7 +20,6 @@ SPEC = ProviderSpec(
     package=__name__,
     title="Echo (test provider)",
     settings_cls=EchoSettings,
-    sandbox_path="/echo",
     webhooks=False,
     summary="test-only provider defined in one folder (tests/plugins/echo)",
 )
