@@ -85,7 +85,8 @@ def test_loosely_typed_inputs_are_refused(http: httpx.Client, field: str, value:
     assert resp.status_code == 400
     (issue,) = resp.json()["error"]
     assert (issue["path"], issue["code"]) == ([field], code)
-    assert resp.json()["details"] == {"code": "VALIDATION_ERROR"}
+    # the issues again under details.validationErrors: where @modelrunner/client reads them (ValidationError)
+    assert resp.json()["details"] == {"code": "VALIDATION_ERROR", "validationErrors": [issue]}
 
 
 def test_integral_numbers_are_integers_as_in_json() -> None:

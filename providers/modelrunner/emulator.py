@@ -7,6 +7,9 @@ Routes (``{endpoint}`` = the model path, e.g. ``openai/gpt-image-2/edit``; ``Aut
   ``webhook_events_filter``, ``metadata`` (stripped before validation); header ``x-modelrunner-queue-priority``
   (``low`` queues behind ``normal``) -> **201** ``{status: "IN_QUEUE", request_id (21 chars), response_url,
   status_url, cancel_url, queue_position: 0, logs: [], metrics: {}}`` (+ the webhook keys echoed back).
+- Status, result and cancel answer under the full model path (``openai/gpt-image-2/edit``, as the submit answer's
+  URLs name them) and under ``{owner}/{model name}`` alone (``openai/gpt-image-2``: openapi.json's
+  ``/{ownerName}/{modelName}/requests/{id}``, which ``@modelrunner/client`` builds).
 - ``GET .../{endpoint}/requests/{id}/status`` -> 200 IN_QUEUE / IN_PROGRESS / COMPLETED; a FAILED request
   answers **400** with the same envelope plus ``error``.
 - ``GET .../{endpoint}/requests/{id}`` and ``GET /modelrunner/requests/{id}`` -> the result object
@@ -21,9 +24,10 @@ Routes (``{endpoint}`` = the model path, e.g. ``openai/gpt-image-2/edit``; ``Aut
 
 Sandbox choices where ModelRunner is silent or unconfirmed: the model is assumed to take fal's
 ``openai/gpt-image-2/edit`` input (same schema and rules as ``/fal``); validation errors are 400 with ``error`` as
-a list of zod-like issues ``{path, message, code}``; error bodies carry ``error``, ``message``, ``statusCode`` and
-``request_id``; an injected job failure or an unusable input is a provider failure (COMPLETED +
-``billingStatus: "failed"``, result 422); a crash of the emulated model is FAILED (status 400); ``totalPrice`` is
+a list of zod-like issues ``{path, message, code}``, repeated in ``details.validationErrors`` (errors.mdx shows
+``details: {code, validationErrors}``; ``@modelrunner/client`` raises ``ValidationError`` only when it is there);
+error bodies carry ``error``, ``message``, ``statusCode`` and ``request_id``; an injected job failure or an
+unusable input is a provider failure (COMPLETED + ``billingStatus: "failed"``, result 422); a crash of the emulated model is FAILED (status 400); ``totalPrice`` is
 a per-image sandbox price by quality; the ``start`` webhook event (best effort on ModelRunner) is never sent;
 ``webhook`` may be plain http on loopback (the real service requires public HTTPS). Input types are checked
 strictly, as a JavaScript (zod) service reads JSON: ``"2"`` is not a number and ``"true"`` not a boolean, but
@@ -168,6 +172,13 @@ class ModelRunnerRunnerAdapter(ProviderAdapter):
         return JobOutcome(False, 400, None, "Request force-failed: internal error", "FAILED", reason="crash")
 
 
+def _request_paths(model: str) -> tuple[str, str]:
+    """The endpoint prefixes a request of ``model`` answers under: the full model path (the ``status_url`` /
+    ``response_url`` / ``cancel_url`` of the submit answer) and ``{owner}/{model name}`` alone (openapi.json's
+    ``/{ownerName}/{modelName}/requests/...``, which is what ``@modelrunner/client`` builds: it drops the path)."""
+    return model, "/".join(model.split("/")[:2])
+
+
 def _status(job: Job) -> str:
     if job.state is not JobState.COMPLETED or job.outcome is None:
         return job.state.value
@@ -232,7 +243,7 @@ class ModelRunnerProvider:
 
     def _find(self, endpoint: str | None, request_id: str) -> Job | None:
         job = self.state.runner.get(NAME, request_id)
-        if job is None or (endpoint is not None and job.model != endpoint.strip("/")):
+        if job is None or (endpoint is not None and endpoint.strip("/") not in _request_paths(job.model)):
             return None
         return job
 
@@ -274,7 +285,8 @@ class ModelRunnerProvider:
             return _error(400, str(exc))
         except ValidationError as exc:
             runner.reject(NAME, "validation")
-            return _error(400, _issues(exc), details={"code": "VALIDATION_ERROR"})
+            issues = _issues(exc)
+            return _error(400, issues, details={"code": "VALIDATION_ERROR", "validationErrors": issues})
         request_id = _new_id()
         job = Job(
             provider=NAME,
