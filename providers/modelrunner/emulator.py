@@ -23,17 +23,18 @@ Routes (``{endpoint}`` = the model path, e.g. ``openai/gpt-image-2/edit``; ``Aut
   across retries, ``v1,<base64>`` HMAC-SHA256 keyed with the base64-decoded secret).
 
 Sandbox choices where ModelRunner is silent or unconfirmed: the model is assumed to take fal's
-``openai/gpt-image-2/edit`` input (same schema and rules as ``/fal``); validation errors are 400 with ``error`` as
-a list of zod-like issues ``{path, message, code}``, repeated in ``details.validationErrors`` (errors.mdx shows
+``openai/gpt-image-2/edit`` input (same schema and rules as ``/fal``); validation errors are 400 with ``error`` as a
+list of zod-like issues ``{path, message, code}``, repeated in ``details.validationErrors`` (errors.mdx shows
 ``details: {code, validationErrors}``; ``@modelrunner/client`` raises ``ValidationError`` only when it is there);
-error bodies carry ``error``, ``message``, ``statusCode`` and ``request_id``; an injected job failure or an
-unusable input is a provider failure (COMPLETED + ``billingStatus: "failed"``, result 422); a crash of the emulated model is FAILED (status 400); ``totalPrice`` is
-a per-image sandbox price by quality; the ``start`` webhook event (best effort on ModelRunner) is never sent;
-``webhook`` may be plain http on loopback (the real service requires public HTTPS). Input types are checked
-strictly, as a JavaScript (zod) service reads JSON: ``"2"`` is not a number and ``"true"`` not a boolean, but
-``2.0`` is the integer 2; explicit ``null`` is allowed where the field is optional (``mask_url`` and the reserved
-keys), refused elsewhere. An explicit ``webhook_events_filter: []`` asks for no deliveries. Cancel answers exactly
-what the status URL answers in every state (400 for FAILED, 404 for an unknown request) and changes nothing.
+error bodies carry ``error``, ``message``, ``statusCode`` and ``request_id``; an injected job failure or an unusable
+input is a provider failure (COMPLETED + ``billingStatus: "failed"``, result 422); a crash of the emulated model is
+FAILED (status 400); ``totalPrice`` is a per-image sandbox price by quality; the ``start`` webhook event (best
+effort on ModelRunner) is never sent; ``webhook`` may be plain http on loopback (the real service requires public
+HTTPS). Input types are checked strictly, as a JavaScript (zod) service reads JSON: ``"2"`` is not a number and
+``"true"`` not a boolean, but ``2.0`` is the integer 2; explicit ``null`` is allowed where the field is optional
+(``mask_url`` and the reserved keys), refused elsewhere. An explicit ``webhook_events_filter: []`` asks for no
+deliveries. Cancel answers exactly what the status URL answers in every state (400 for FAILED, 404 for an unknown
+request) and changes nothing.
 """
 
 from __future__ import annotations
