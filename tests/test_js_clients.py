@@ -1,8 +1,8 @@
 """OpenAI's and Replicate's official JavaScript clients (npm `openai`, `replicate`, pinned in tests/js) against
 ``python -m sandbox`` over plain http on loopback: each script in tests/js drives its client and prints one
 JSON object; these tests check it against what the sandbox served. fal's JS client: tests/test_sandbox_fal.py.
-ModelRunner's (@modelrunner/client) is not on npm: its test runs a build named by EDITQ_MODELRUNNER_JS_CLIENT and
-skips without one.
+ModelRunner's (@modelrunner/client) is not published on npm (404 for it and for `modelrunner`), so it cannot run
+here; see providers/modelrunner/README.md for the one check made against a build of its source.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,75 +147,3 @@ def test_replicate_js_client_predictions_and_outputs(sandbox_url: str, source: t
         "ApiError", 422, "Input validation failed")
     assert invalid["body"]["invalid_fields"] == [{"type": "invalid_type", "field": "input.number_of_images",
                                                   "description": "Invalid type. Expected: integer, given: string"}]
-
-
-MODELRUNNER_KEY = "mr_sandbox_js"
-
-
-def _modelrunner_client() -> dict[str, str]:
-    """Where the script imports @modelrunner/client from. The package is not on the npm registry (404 for
-    `@modelrunner/client` and for `modelrunner`, the name its repo README gives), so it cannot be pinned in
-    tests/js/package.json; EDITQ_MODELRUNNER_JS_CLIENT may name an ESM build of
-    github:modelrunner/modelrunner-js libs/client (tag client-v1.3.0)."""
-    built = os.environ.get("EDITQ_MODELRUNNER_JS_CLIENT")
-    if built:
-        assert Path(built).is_file(), f"EDITQ_MODELRUNNER_JS_CLIENT={built} does not exist"
-        return {"EDITQ_MODELRUNNER_JS_CLIENT": built}
-    if (js_clients.JS_DIR / "node_modules" / "@modelrunner" / "client" / "package.json").is_file():
-        return {}
-    pytest.skip("@modelrunner/client is not on the npm registry; set EDITQ_MODELRUNNER_JS_CLIENT to a build of "
-                "github:modelrunner/modelrunner-js libs/client (client-v1.3.0)")
-
-
-def test_modelrunner_js_client_queue_and_outputs(sandbox_url: str, source: tuple[Path, bytes]) -> None:
-    path, png = source
-    where = _modelrunner_client()
-    out = js_clients.run_script("modelrunner_client_run.mjs", sandbox_url, str(path),
-                                env={"MODELRUNNER_KEY": MODELRUNNER_KEY, **where})
-    assert out["input_sha256"] == hashlib.sha256(png).hexdigest()
-    key = {"Authorization": f"Key {MODELRUNNER_KEY}"}
-
-    # every call went to the sandbox with the key; submit on the full model path, status and result on
-    # /{owner}/{alias} (the client drops /edit, as openapi.json's routes have it)
-    requests = out["requests"]
-    assert all(r["authorization"] == f"Key {MODELRUNNER_KEY}" for r in requests)
-    rid = out["submitted"]["request_id"]
-    assert (requests[0]["method"], requests[0]["path"], requests[0]["status"], requests[0]["priority"]) == (
-        "POST", "/modelrunner/openai/gpt-image-2/edit", 201, "low")
-    polls = [r for r in requests if rid in r["path"]]
-    assert {(r["method"], r["path"], r["status"]) for r in polls[:-1]} == {
-        ("GET", f"/modelrunner/openai/gpt-image-2/requests/{rid}/status?logs=0", 200)}
-    assert (polls[-1]["method"], polls[-1]["path"], polls[-1]["status"]) == (
-        "GET", f"/modelrunner/openai/gpt-image-2/requests/{rid}", 200)
-    assert out["submitted"]["status"] == "IN_QUEUE" and len(rid) == 21
-    assert out["status"]["final"] == "COMPLETED" and out["status"]["updates"][-1] == "COMPLETED"
-
-    # the result object (output nested under `output`), and the images node downloaded are the served bytes
-    result = out["result"]
-    assert (result["id"], result["status"], result["billingStatus"], result["modelEndpoint"]) == (
-        rid, "COMPLETED", "charged", "openai/gpt-image-2/edit")
-    served = httpx.get(f"{sandbox_url}/modelrunner/requests/{rid}", headers=key).json()
-    assert [i["url"] for i in result["images"]] == [i["url"] for i in served["output"]["images"]]
-    for runs, size, fmt in ((result["images"], (1024, 1024), "png"),
-                            (out["subscribed"]["images"], (1024, 768), "jpeg")):
-        assert runs
-        for image in runs:
-            data = httpx.get(image["url"]).content
-            assert (image["status"], image["bytes"], image["sha256"]) == (
-                200, len(data), hashlib.sha256(data).hexdigest())
-            with Image.open(io.BytesIO(data)) as im:
-                assert (str(im.format).lower(), im.size) == (fmt, size)
-            assert image["content_type"] == f"image/{fmt}"
-            assert (image["stated"]["width"], image["stated"]["height"]) == size
-            assert (image["decoded"]["format"], image["decoded"]["width"], image["decoded"]["height"]) == (fmt, *size)
-    assert len(result["images"]) == 2 and out["subscribed"]["billingStatus"] == "charged"
-
-    # a refused input surfaces as ValidationError (400 with details.validationErrors), an unknown request as
-    # ApiError 404
-    refused = out["refused"]
-    assert (refused["name"], refused["status"], refused["message"]) == ("ValidationError", 400, "Invalid request body")
-    assert refused["field_errors"] == [{"loc": ["num_images"], "msg": "Input should be a valid integer",
-                                        "type": "int_type"}]
-    assert refused["body"]["error"] == refused["body"]["details"]["validationErrors"]
-    unknown = out["unknown"]
-    assert (unknown["name"], unknown["status"], unknown["message"]) == ("ApiError", 404, "Request not found")
