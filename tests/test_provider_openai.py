@@ -1,6 +1,6 @@
 """OpenAI synchronous images/edits: pure translation, error paths, and the protocol against the real sandbox
 (`python -m sandbox` in a subprocess, real HTTP). Inputs come from examples/ instead of S3 here
-(the protocol is given a file reader); the end-to-end test with S3 is in test_provider_openai_e2e.py."""
+(the protocol is given a file reader); the end-to-end test with S3 is in test_pipeline_contract.py."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from producer.api import submit_file, wait
+from producer.api import BatchReport, submit_file, wait
 from producer.stack import LocalStack
 from tests.conftest import sandbox_requests, sha256, unique, wait_for, write_jsonl
 from tests.e2e import configure_sandbox, copy_examples, manifests_by_cid, start, using
@@ -114,22 +115,31 @@ def test_canonical_batch_completes_through_openai_batch(live: LocalStack, tmp_pa
     assert SANDBOX_KEY not in json.dumps(manifests)
 
 
-def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_path: Path) -> None:
-    tag = unique("oaibx")
+@contextmanager
+def _expiring(live: LocalStack, tmp_path: Path, prefix: str, image: str, n: int, expire_after: int,
+              **worker_env: str) -> Iterator[tuple[str, BatchReport]]:
+    """`n` one-image lines enqueued, then a worker started while the sandbox lets only `expire_after` lines of a
+    provider batch run before it expires; on leaving, batches run to the end again."""
+    tag = unique(prefix)
     copy_examples(tmp_path, INPUTS)
     rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
-             "images": ["mug.png"], "quality": "low"} for i in range(5)]
-    report = submit_file(write_jsonl(tmp_path / "x.jsonl", rows))
-    assert report.enqueued == 5
-    started = time.time() - 1
-    configure_sandbox(live, {"openai_batch_expire_after_lines": 2})
+             "images": [image], "quality": "low"} for i in range(n)]
+    report = submit_file(write_jsonl(tmp_path / f"{prefix}.jsonl", rows))
+    assert report.enqueued == n
+    configure_sandbox(live, {"openai_batch_expire_after_lines": expire_after})
     try:
-        _start_worker(live, "expiry")
+        _start_worker(live, prefix, **worker_env)
+        yield tag, report
+    finally:
+        configure_sandbox(live, {"openai_batch_expire_after_lines": -1})  # the retries' window does not run out
+
+
+def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_path: Path) -> None:
+    started = time.time() - 1
+    with _expiring(live, tmp_path, "oaibx", "mug.png", 5, 2) as (tag, report):
         expired = wait_for(lambda: [b for b in _provider_batches(live) if b["status"] == "expired"
                                     and b["created_at"] >= started and b["request_counts"]["total"] == 5],
                            60, "the first provider batch to expire", interval=0.02)
-    finally:
-        configure_sandbox(live, {"openai_batch_expire_after_lines": -1})  # the retries' window does not run out
     first = expired[0]
     assert first["request_counts"] == {"total": 5, "completed": 2, "failed": 3}
 
@@ -154,17 +164,8 @@ def test_partial_expiry_some_succeed_the_rest_are_retried(live: LocalStack, tmp_
 
 
 def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, tmp_path: Path) -> None:
-    tag = unique("oaibf")
-    copy_examples(tmp_path, INPUTS)
-    rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
-             "images": ["bottle.png"], "quality": "low"} for i in range(3)]
-    report = submit_file(write_jsonl(tmp_path / "f.jsonl", rows))
-    configure_sandbox(live, {"openai_batch_expire_after_lines": 1})
-    try:
-        _start_worker(live, "failpolicy", EDITQ_OPENAI_BATCH_UNRUN_POLICY="fail")
+    with _expiring(live, tmp_path, "oaibf", "bottle.png", 3, 1, EDITQ_OPENAI_BATCH_UNRUN_POLICY="fail") as (_, report):
         final = wait(report.batch_id, timeout=90)
-    finally:
-        configure_sandbox(live, {"openai_batch_expire_after_lines": -1})
     assert final["counts"] == {"succeeded": 1, "failed": 2}
     manifests = manifests_by_cid(report.batch_id)
     failed = [m for m in manifests.values() if m["state"] == "failed"]
