@@ -17,24 +17,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from providers import types as pt
 from providers.fal import FalSettings
-from providers.fal.schema import MAX_NUM_IMAGES, PRESETS, QUALITIES, edit_input
+from providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
 from providers.protocol import ProviderProtocol
 from providers.signatures import webhook_json
 from providers.spec import ProviderSettings
-from providers.types import (
-    Answer,
-    InputUrls,
-    Outcome,
-    OutputRef,
-    ProviderRequest,
-    Result,
-    Submitted,
-    WebhookEvent,
-    malformed,
-)
 from schemas.job import EditJob
-from schemas.params import Background, parse_size, size_problems
+from schemas.params import Background
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
 if TYPE_CHECKING:
@@ -56,15 +46,8 @@ def validate(job: EditJob) -> list[str]:
     problems = []
     if job.num_images > MAX_NUM_IMAGES:
         problems.append(f"fal: num_images={job.num_images} is not allowed; allowed values: 1 to {MAX_NUM_IMAGES}")
-    dims = parse_size(job.size)
-    if dims is not None and dims not in PRESETS:
-        bad = size_problems(*dims)
-        if bad:
-            presets = ", ".join(f"{w}x{h}" for w, h in PRESETS)
-            problems.append(
-                f"fal: size={job.size} is not allowed ({'; '.join(bad)}); allowed: auto, {presets}, "
-                "or a custom WxH within those rules"
-            )
+    if (bad_size := size_problem(NAME, job.size)) is not None:
+        problems.append(bad_size)
     if job.background is Background.transparent:
         problems.append(
             "fal: background=transparent is not supported by openai/gpt-image-2/edit on fal (it has no "
@@ -75,7 +58,7 @@ def validate(job: EditJob) -> list[str]:
     return problems
 
 
-def answer_error(answer: Answer, what: str) -> ProviderError:
+def answer_error(answer: pt.Answer, what: str) -> ProviderError:
     """A non-2xx answer, with fal's `X-Fal-Error-Type` kept as the provider code."""
     return answer.error(NAME, what, provider_code=answer.headers.get("x-fal-error-type"))
 
@@ -85,14 +68,14 @@ def model_error(message: str, error_type: str | None) -> ProviderError:
     return ProviderError(kind, f"fal: {message}"[:2000], provider_code=error_type)
 
 
-def parse_submit(answer: Answer, base_url: str, model: str) -> Submitted:
+def parse_submit(answer: pt.Answer, base_url: str, model: str) -> pt.Submitted:
     if not answer.ok:
         raise answer_error(answer, "submit")
     data = answer.obj
     rid = data.get("request_id")
     if not rid or not isinstance(rid, str):
         # accepted (2xx) but unreadable: a request may exist that we cannot follow
-        raise malformed(NAME, "submit", f"no request_id in {answer.text[:200]}", maybe_billed=True)
+        raise pt.malformed(NAME, "submit", f"no request_id in {answer.text[:200]}", maybe_billed=True)
     owner_app = "/".join(model.strip("/").split("/")[:2])
     base = f"{base_url.rstrip('/')}/{owner_app}/requests/{rid}"
     handle = {
@@ -100,54 +83,54 @@ def parse_submit(answer: Answer, base_url: str, model: str) -> Submitted:
         "response_url": data.get("response_url") or base,
         "cancel_url": data.get("cancel_url") or f"{base}/cancel",
     }
-    return Submitted(request_id=rid, handle=handle)
+    return pt.Submitted(request_id=rid, handle=handle)
 
 
-def parse_status(answer: Answer) -> Outcome | None:
+def parse_status(answer: pt.Answer) -> pt.Outcome | None:
     """A status answer -> running / failed, or None when COMPLETED without error (fetch the result)."""
     if answer.status >= 300 and answer.status != 202:
         err = answer_error(answer, "status")
         if err.kind is ErrorKind.terminal and answer.status == 404:
-            return Outcome.failed(err)
+            return pt.Outcome.failed(err)
         raise err
     data = answer.json
     if not isinstance(data, dict):
-        raise malformed(NAME, "status", f"not a JSON object: {answer.text[:200]}")
+        raise pt.malformed(NAME, "status", f"not a JSON object: {answer.text[:200]}")
     status = data.get("status")
     if status != "COMPLETED":
-        return Outcome.running(status=status, queue_position=data.get("queue_position"))
+        return pt.Outcome.running(status=status, queue_position=data.get("queue_position"))
     if data.get("error"):
-        return Outcome.failed(model_error(str(data["error"]), data.get("error_type")))
+        return pt.Outcome.failed(model_error(str(data["error"]), data.get("error_type")))
     return None
 
 
-def result_of(payload: Any) -> Result:
+def result_of(payload: Any) -> pt.Result:
     if not isinstance(payload, dict):
-        raise malformed(NAME, "result", f"not a JSON object: {str(payload)[:200]}")
+        raise pt.malformed(NAME, "result", f"not a JSON object: {str(payload)[:200]}")
     images = payload.get("images") or []
     if not isinstance(images, list):
-        raise malformed(NAME, "result", "images is not a list")
-    outputs = [OutputRef(url=i.get("url"), content_type=i.get("content_type"))
+        raise pt.malformed(NAME, "result", "images is not a list")
+    outputs = [pt.OutputRef(url=i.get("url"), content_type=i.get("content_type"))
                for i in images if isinstance(i, dict) and i.get("url")]
-    return Result(outputs=outputs, raw={k: v for k, v in payload.items() if k != "images"})
+    return pt.Result(outputs=outputs, raw={k: v for k, v in payload.items() if k != "images"})
 
 
-def parse_result(answer: Answer) -> Outcome:
+def parse_result(answer: pt.Answer) -> pt.Outcome:
     if answer.status == 200:
-        return Outcome.succeeded(result_of(answer.json))
+        return pt.Outcome.succeeded(result_of(answer.json))
     err = answer_error(answer, "result")
     if err.kind is ErrorKind.retryable:
         raise err
-    return Outcome.failed(err)
+    return pt.Outcome.failed(err)
 
 
-def webhook_payload_outcome(p: dict[str, Any]) -> Outcome | None:
+def webhook_payload_outcome(p: dict[str, Any]) -> pt.Outcome | None:
     """A delivery's body -> its outcome, or None when the payload is missing (fetch the result)."""
     if p.get("status") == "OK" and isinstance(p.get("payload"), dict):
-        return Outcome.succeeded(result_of(p["payload"]))
+        return pt.Outcome.succeeded(result_of(p["payload"]))
     if p.get("status") == "ERROR":
         detail = p.get("payload") if p.get("payload") is not None else p.get("error")
-        return Outcome.failed(model_error(f"{p.get('error')}: {str(detail)[:500]}", p.get("error_type")))
+        return pt.Outcome.failed(model_error(f"{p.get('error')}: {str(detail)[:500]}", p.get("error_type")))
     return None
 
 
@@ -208,38 +191,39 @@ class FalProtocol(ProviderProtocol):
     def validate(self, job: EditJob) -> list[str]:
         return validate(job)
 
-    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+    def build_request(self, job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> pt.ProviderRequest:
         headers = {"X-Fal-Queue-Priority": "normal" if job.priority.value == "interactive" else "low"}
         if self.settings.request_timeout_s:
             headers["X-Fal-Request-Timeout"] = str(self.settings.request_timeout_s)
         params = {"fal_webhook": webhook_url} if webhook_url else {}
-        return ProviderRequest("POST", "/" + job.model.strip("/"), json=edit_input(job, inputs), params=params,
+        return pt.ProviderRequest("POST", "/" + job.model.strip("/"), json=edit_input(job, inputs), params=params,
                                headers=headers, what="submit")
 
-    async def submit(self, client: ProviderClient, job: EditJob, req: ProviderRequest) -> Submitted:
+    async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         return parse_submit(await client.send(req), self.settings.base_url, job.model)
 
-    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> Outcome:
-        answer = await client.send(ProviderRequest("GET", handle["status_url"], params={"logs": "0"}, what="status"))
+    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> pt.Outcome:
+        answer = await client.send(pt.ProviderRequest("GET", handle["status_url"], params={"logs": "0"}, what="status"))
         outcome = parse_status(answer)
         if outcome is not None:
             return outcome
-        return parse_result(await client.send(ProviderRequest("GET", handle["response_url"], what="result")))
+        return parse_result(await client.send(pt.ProviderRequest("GET", handle["response_url"], what="result")))
 
     async def cancel(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> None:
         try:
-            await client.send(ProviderRequest("PUT", handle["cancel_url"], what="cancel"))
+            await client.send(pt.ProviderRequest("PUT", handle["cancel_url"], what="cancel"))
         except ProviderError:
             return None
 
-    async def webhook_outcome(self, client: ProviderClient, event: WebhookEvent, handle: dict[str, Any]) -> Outcome:
+    async def webhook_outcome(self, client: ProviderClient, event: pt.WebhookEvent,
+                              handle: dict[str, Any]) -> pt.Outcome:
         outcome = webhook_payload_outcome(event.payload)
         # payload missing (e.g. too large to serialise): fetch the result the normal way
         return outcome if outcome is not None else await self.poll(client, event.request_id, handle)
 
     async def verify_webhook(
         self, client: ProviderClient, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> WebhookEvent:
+    ) -> pt.WebhookEvent:
         rid, ts, message, sig = signed_message(headers, body, now=now, user_id=self.settings.user_id)
         if not await self._verify(client, message, sig, now):
             raise WebhookRejected("signature does not match any fal key")
@@ -248,7 +232,7 @@ class FalProtocol(ProviderProtocol):
             raise WebhookRejected("body is not a JSON object")
         if payload.get("request_id") not in (None, rid):
             raise WebhookRejected("body request_id differs from the signed header")
-        return WebhookEvent(delivery_id=f"{rid}:{ts}:{sig.hex()[:16]}", request_id=rid, payload=payload)
+        return pt.WebhookEvent(delivery_id=f"{rid}:{ts}:{sig.hex()[:16]}", request_id=rid, payload=payload)
 
     async def prepare_webhooks(self, client: ProviderClient) -> None:
         if self.settings.api_key is not None and not self._jwks:
@@ -275,7 +259,7 @@ class FalProtocol(ProviderProtocol):
 
     async def _load_jwks(self, client: ProviderClient, now: float) -> None:
         try:
-            answer = await client.send(ProviderRequest("GET", self.settings.jwks_url, auth=False, timeout_s=10,
+            answer = await client.send(pt.ProviderRequest("GET", self.settings.jwks_url, auth=False, timeout_s=10,
                                                        what="jwks"))
             keys = jwks_keys(answer.json) if answer.ok else None
         except (ProviderError, ValueError, KeyError):

@@ -6,7 +6,7 @@ from typing import Any
 
 from providers.types import InputUrls
 from schemas.job import EditJob
-from schemas.params import parse_size
+from schemas.params import parse_size, size_problems
 
 PRESETS: dict[tuple[int, int], str] = {
     (1024, 1024): "square_hd",
@@ -18,6 +18,20 @@ PRESETS: dict[tuple[int, int], str] = {
 }
 QUALITIES = ("auto", "low", "medium", "high")
 MAX_NUM_IMAGES = 4
+
+
+def size_problem(provider: str, size: str) -> str | None:
+    """The refusal of a size that is neither `auto`, a preset nor a custom size within GPT Image 2's rules
+    (fal's rules; ModelRunner's too); None when the size is fine."""
+    dims = parse_size(size)
+    if dims is None or dims in PRESETS:
+        return None
+    bad = size_problems(*dims)
+    if not bad:
+        return None
+    presets = ", ".join(f"{w}x{h}" for w, h in PRESETS)
+    return (f"{provider}: size={size} is not allowed ({'; '.join(bad)}); allowed values: auto, {presets}, "
+            "or a custom WxH within those rules")
 
 
 def image_size(size: str) -> str | dict[str, int]:

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from providers.fal.schema import MAX_NUM_IMAGES, PRESETS, QUALITIES, edit_input
+from providers import types as pt
+from providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
 from providers.modelrunner import ModelRunnerSettings
 from providers.protocol import ProviderProtocol
 from providers.signatures import (
@@ -27,20 +28,9 @@ from providers.signatures import (
     webhook_json,
 )
 from providers.spec import ProviderSettings
-from providers.types import (
-    Answer,
-    InputUrls,
-    Outcome,
-    OutputRef,
-    ProviderRequest,
-    Result,
-    Submitted,
-    WebhookEvent,
-    malformed,
-)
 from schemas.job import DEFAULT_MODEL, EditJob
 from schemas.manifest import Usage
-from schemas.params import Background, parse_size, size_problems
+from schemas.params import Background
 from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
 if TYPE_CHECKING:
@@ -72,15 +62,8 @@ def validate(job: EditJob, settings: ModelRunnerSettings) -> list[str]:
         )
     if len(job.images) > MAX_IMAGES:
         problems.append(f"modelrunner: images has {len(job.images)} entries; allowed: 1 to {MAX_IMAGES}")
-    dims = parse_size(job.size)
-    if dims is not None and dims not in PRESETS:
-        bad = size_problems(*dims)
-        if bad:
-            presets = ", ".join(f"{w}x{h}" for w, h in PRESETS)
-            problems.append(
-                f"modelrunner: size={job.size} is not allowed ({'; '.join(bad)}); allowed values: auto, "
-                f"{presets}, or a custom WxH within those rules"
-            )
+    if (bad_size := size_problem(NAME, job.size)) is not None:
+        problems.append(bad_size)
     if job.quality.value not in QUALITIES:
         problems.append(
             f"modelrunner: quality={job.quality.value} is not allowed; allowed values: {', '.join(QUALITIES)}"
@@ -98,8 +81,8 @@ def model_path(job: EditJob, settings: ModelRunnerSettings) -> str:
     return settings.model_path.strip("/") if model == DEFAULT_MODEL else model
 
 
-def build_request(job: EditJob, inputs: InputUrls, webhook_url: str | None,
-                  settings: ModelRunnerSettings) -> ProviderRequest:
+def build_request(job: EditJob, inputs: pt.InputUrls, webhook_url: str | None,
+                  settings: ModelRunnerSettings) -> pt.ProviderRequest:
     rename = settings.field_names
     body: dict[str, Any] = {rename.get(k, k): v for k, v in edit_input(job, inputs).items()}
     body["metadata"] = {"editq_job_id": job.job_id, "editq_batch_id": job.batch_id}
@@ -107,11 +90,11 @@ def build_request(job: EditJob, inputs: InputUrls, webhook_url: str | None,
         body["webhook"] = webhook_url
         body["webhook_events_filter"] = ["completed"]
     headers = {"x-modelrunner-queue-priority": "normal" if job.priority.value == "interactive" else "low"}
-    return ProviderRequest("POST", "/" + model_path(job, settings), json=body, headers=headers, what="submit")
+    return pt.ProviderRequest("POST", "/" + model_path(job, settings), json=body, headers=headers, what="submit")
 
 
 # ---- parsing answers --------------------------------------------------------------------------------------
-def error_text(answer: Answer) -> str:
+def error_text(answer: pt.Answer) -> str:
     """What an error body says: `error` (zod issues joined as `path: message`), else `message`, else the body."""
     body = answer.json
     if not isinstance(body, dict):
@@ -123,7 +106,7 @@ def error_text(answer: Answer) -> str:
     return str(text)[:500]
 
 
-def answer_error(answer: Answer, what: str, *, hint: str = "") -> ProviderError:
+def answer_error(answer: pt.Answer, what: str, *, hint: str = "") -> ProviderError:
     """A non-2xx answer: kind by the one status table, reason from ModelRunner's error body, `details.code`
     kept as the provider code."""
     details = answer.obj.get("details")
@@ -140,7 +123,7 @@ def same_origin(url: Any, base: str) -> bool:
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
-def parse_submit(answer: Answer, base_url: str, path: str) -> Submitted:
+def parse_submit(answer: pt.Answer, base_url: str, path: str) -> pt.Submitted:
     if not answer.ok:
         hint = ""
         if answer.status == 404:
@@ -151,42 +134,42 @@ def parse_submit(answer: Answer, base_url: str, path: str) -> Submitted:
     rid = data.get("request_id")
     if not rid or not isinstance(rid, str):
         # accepted (2xx) but unreadable: a request may exist that we cannot follow
-        raise malformed(NAME, "submit", f"no request_id in {answer.text[:200]}", maybe_billed=True)
+        raise pt.malformed(NAME, "submit", f"no request_id in {answer.text[:200]}", maybe_billed=True)
     base = f"{base_url.rstrip('/')}{path}/requests/{rid}"
     fallback = {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel"}
     # the key goes with every status/result call: follow the returned URLs only on the configured API origin
     handle = {k: data[k] if same_origin(data.get(k), base_url) else v for k, v in fallback.items()}
-    return Submitted(request_id=rid, handle=handle)
+    return pt.Submitted(request_id=rid, handle=handle)
 
 
-def cancelled() -> Outcome:
-    return Outcome.failed(ProviderError(ErrorKind.terminal, "modelrunner: request CANCELLED",
+def cancelled() -> pt.Outcome:
+    return pt.Outcome.failed(ProviderError(ErrorKind.terminal, "modelrunner: request CANCELLED",
                                         provider_code="CANCELLED"))
 
 
-def parse_status(answer: Answer) -> Outcome | None:
+def parse_status(answer: pt.Answer) -> pt.Outcome | None:
     """A status answer -> running / failed, or None when COMPLETED (fetch the result)."""
     data = answer.json
     status = data.get("status") if isinstance(data, dict) else None
     if answer.status == 400 and status == "FAILED":
         assert isinstance(data, dict)
         reason = f"modelrunner: request FAILED: {str(data.get('error') or 'no error text')[:500]}"
-        return Outcome.failed(ProviderError(ErrorKind.unknown, reason, status_code=400, provider_code="FAILED"))
+        return pt.Outcome.failed(ProviderError(ErrorKind.unknown, reason, status_code=400, provider_code="FAILED"))
     if not answer.ok:
         err = answer_error(answer, "status")
         if answer.status == 404:
-            return Outcome.failed(err)
+            return pt.Outcome.failed(err)
         raise err
     if not isinstance(data, dict):
-        raise malformed(NAME, "status", f"not a JSON object: {answer.text[:200]}")
+        raise pt.malformed(NAME, "status", f"not a JSON object: {answer.text[:200]}")
     if status == "CANCELLED":
         return cancelled()
     if status != "COMPLETED":
-        return Outcome.running(status=status)
+        return pt.Outcome.running(status=status)
     return None
 
 
-def outputs_of(output: Any) -> list[OutputRef]:
+def outputs_of(output: Any) -> list[pt.OutputRef]:
     """`{"images": [{url, content_type}]}` (fal-shaped) or a bare list of URLs / `{url}` objects."""
     items: Any = output.get("images") if isinstance(output, dict) else output
     if isinstance(items, (str, dict)):
@@ -196,10 +179,10 @@ def outputs_of(output: Any) -> list[OutputRef]:
     refs = []
     for item in items:
         if isinstance(item, str) and item:
-            refs.append(OutputRef(url=item))
+            refs.append(pt.OutputRef(url=item))
         elif isinstance(item, dict) and item.get("url"):
             content_type = item.get("content_type")
-            refs.append(OutputRef(url=str(item["url"]),
+            refs.append(pt.OutputRef(url=str(item["url"]),
                                   content_type=content_type if isinstance(content_type, str) else None))
     return refs
 
@@ -213,7 +196,7 @@ def usage_of(data: dict[str, Any]) -> Usage | None:
     return Usage(cost_usd=cost, cost_source="provider") if cost is not None else None
 
 
-def result_outcome(data: dict[str, Any]) -> Outcome:
+def result_outcome(data: dict[str, Any]) -> pt.Outcome:
     """A result object (or a webhook's body) -> its outcome; `billingStatus` decides success."""
     status = data.get("status")
     billing = data.get("billingStatus")
@@ -222,7 +205,8 @@ def result_outcome(data: dict[str, Any]) -> Outcome:
         kind = ErrorKind.retryable if RETRYABLE_TEXT.search(error) else ErrorKind.terminal
         if status == "FAILED":
             kind = ErrorKind.unknown
-        return Outcome.failed(ProviderError(kind, f"modelrunner: {error}"[:2000], provider_code=f"{status}/{billing}"))
+        return pt.Outcome.failed(ProviderError(kind, f"modelrunner: {error}"[:2000],
+                                               provider_code=f"{status}/{billing}"))
     if status == "CANCELLED":
         return cancelled()
     if status == "COMPLETED" and billing in SUCCESS_BILLING:
@@ -230,32 +214,32 @@ def result_outcome(data: dict[str, Any]) -> Outcome:
         output = data.get("output")
         if isinstance(output, dict):
             raw["output"] = {k: v for k, v in output.items() if k != "images"}
-        return Outcome.succeeded(Result(outputs=outputs_of(output), usage=usage_of(data), raw=raw))
-    return Outcome.running(status=status, billing=billing)
+        return pt.Outcome.succeeded(pt.Result(outputs=outputs_of(output), usage=usage_of(data), raw=raw))
+    return pt.Outcome.running(status=status, billing=billing)
 
 
-def parse_result(answer: Answer) -> Outcome:
+def parse_result(answer: pt.Answer) -> pt.Outcome:
     data = answer.json
     if answer.status == 200:
         if not isinstance(data, dict):
-            raise malformed(NAME, "result", f"not a JSON object: {answer.text[:200]}")
+            raise pt.malformed(NAME, "result", f"not a JSON object: {answer.text[:200]}")
         return result_outcome(data)
     if answer.status == 422 and isinstance(data, dict):
         details = data.get("details")
         if isinstance(details, dict) and details.get("code") == "INVALID_OUTPUT":
             reason = f"modelrunner: invalid output from the provider (not billed): {data.get('error')}"
-            return Outcome.failed(ProviderError(ErrorKind.unknown, reason[:2000], status_code=422,
+            return pt.Outcome.failed(ProviderError(ErrorKind.unknown, reason[:2000], status_code=422,
                                                 provider_code="INVALID_OUTPUT"))
         return result_outcome({**data, "billingStatus": data.get("billingStatus") or "failed"})
     if answer.status == 409 or (answer.status == 400 and NOT_COMPLETED.search(str(data))):
-        return Outcome.running(status="not-completed")  # 409 per openapi.json, 400 per errors.mdx
+        return pt.Outcome.running(status="not-completed")  # 409 per openapi.json, 400 per errors.mdx
     err = answer_error(answer, "result")
     if err.kind is ErrorKind.retryable:
         raise err
-    return Outcome.failed(err)
+    return pt.Outcome.failed(err)
 
 
-def secret_of(answer: Answer) -> str | None:
+def secret_of(answer: pt.Answer) -> str | None:
     """`{"key": "whsec_..."}` (or `secret`) from the secret endpoint; None for anything else."""
     if answer.status != 200:
         return None
@@ -273,14 +257,14 @@ def delivery(headers: Mapping[str, str], body: bytes, *, now: float) -> tuple[st
     return msg_id, message, given
 
 
-def event_of(msg_id: str, body: bytes) -> WebhookEvent:
+def event_of(msg_id: str, body: bytes) -> pt.WebhookEvent:
     payload = webhook_json(body)
     if not isinstance(payload, dict):
         raise WebhookRejected("body is not a JSON object")
     rid = payload.get("id") or payload.get("request_id")
     if not rid or not isinstance(rid, str):
         raise WebhookRejected("body has no request id")
-    return WebhookEvent(delivery_id=msg_id, request_id=rid, payload=payload)
+    return pt.WebhookEvent(delivery_id=msg_id, request_id=rid, payload=payload)
 
 
 # ---- the protocol -----------------------------------------------------------------------------------------
@@ -297,34 +281,35 @@ class ModelRunnerProtocol(ProviderProtocol):
     def validate(self, job: EditJob) -> list[str]:
         return validate(job, self.settings)
 
-    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+    def build_request(self, job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> pt.ProviderRequest:
         return build_request(job, inputs, webhook_url, self.settings)
 
-    async def submit(self, client: ProviderClient, job: EditJob, req: ProviderRequest) -> Submitted:
+    async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         return parse_submit(await client.send(req), self.settings.base_url, req.path)
 
-    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> Outcome:
-        outcome = parse_status(await client.send(ProviderRequest("GET", handle["status_url"], what="status")))
+    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> pt.Outcome:
+        outcome = parse_status(await client.send(pt.ProviderRequest("GET", handle["status_url"], what="status")))
         if outcome is not None:
             return outcome
-        return parse_result(await client.send(ProviderRequest("GET", handle["response_url"], what="result")))
+        return parse_result(await client.send(pt.ProviderRequest("GET", handle["response_url"], what="result")))
 
     async def cancel(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> None:
         url = handle.get("cancel_url")
         if not url:
             return None
         try:  # best effort: documented as a no-op on model endpoints
-            await client.send(ProviderRequest("PUT", url, what="cancel"))
+            await client.send(pt.ProviderRequest("PUT", url, what="cancel"))
         except ProviderError:
             return None
 
-    async def webhook_outcome(self, client: ProviderClient, event: WebhookEvent, handle: dict[str, Any]) -> Outcome:
+    async def webhook_outcome(self, client: ProviderClient, event: pt.WebhookEvent,
+                              handle: dict[str, Any]) -> pt.Outcome:
         outcome = result_outcome(event.payload)
         return outcome if outcome.done else await self.poll(client, event.request_id, handle)
 
     async def verify_webhook(
         self, client: ProviderClient, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> WebhookEvent:
+    ) -> pt.WebhookEvent:
         msg_id, message, given = delivery(headers, body, now=now)
         if not await self._secret.verify(self.settings.webhook_secret, lambda: self._fetch_secret(client),
                                          lambda key: v1_matches(key, message, given), now):
@@ -334,7 +319,8 @@ class ModelRunnerProtocol(ProviderProtocol):
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
         url = self.settings.rest_url.rstrip("/") + "/webhooks/default/secret"
         try:
-            answer = await client.send(ProviderRequest("GET", url, timeout_s=SECRET_TIMEOUT_S, what="webhook secret"))
+            answer = await client.send(pt.ProviderRequest("GET", url, timeout_s=SECRET_TIMEOUT_S,
+                                                          what="webhook secret"))
         except ProviderError:
             return None
         return secret_of(answer)

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from providers import types as pt
 from providers.openai import OpenAISettings
 from providers.openai.common import (
     answer_error,
@@ -33,16 +34,6 @@ from providers.openai.common import (
 from providers.protocol import ProviderProtocol, engine_service
 from providers.signatures import lost_sync_answer
 from providers.spec import ProviderSettings
-from providers.types import (
-    Answer,
-    InputUrls,
-    Outcome,
-    OutputRef,
-    ProviderRequest,
-    Result,
-    Submitted,
-    malformed,
-)
 from schemas.job import EditJob, InputRecord
 from worker.errors import ErrorKind, ProviderError
 
@@ -72,34 +63,34 @@ def org_headers(settings: OpenAISettings) -> dict[str, str]:
     return headers
 
 
-def edit_request(req: ProviderRequest, job: EditJob, images: Sequence[bytes], mask: bytes | None,
-                 settings: OpenAISettings) -> ProviderRequest:
+def edit_request(req: pt.ProviderRequest, job: EditJob, images: Sequence[bytes], mask: bytes | None,
+                 settings: OpenAISettings) -> pt.ProviderRequest:
     """The request `build_request` made, with the file parts (`image[]` x N, `mask`) added and the
     timeouts of a call that holds the connection for the whole edit."""
     _, files = multipart_form({}, [(blob, rec.format) for blob, rec in zip(images, job.inputs, strict=True)], mask)
-    return ProviderRequest("POST", req.url, data=req.data, headers=dict(req.headers), files=files,
+    return pt.ProviderRequest("POST", req.url, data=req.data, headers=dict(req.headers), files=files,
                            timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s, what="edit")
 
 
-def result_from_response(body: dict[str, Any], request_id: str, settings: OpenAISettings) -> Result:
+def result_from_response(body: dict[str, Any], request_id: str, settings: OpenAISettings) -> pt.Result:
     """An `ImagesResponse` -> Result (b64 outputs, usage with a token-priced cost)."""
     fmt = str(body.get("output_format") or "png")
     data = body.get("data") or []
     if not isinstance(data, list):
-        raise malformed(NAME, "edit", f"data is not a list (x-request-id {request_id})", maybe_billed=True)
+        raise pt.malformed(NAME, "edit", f"data is not a list (x-request-id {request_id})", maybe_billed=True)
     outputs = [
-        OutputRef(b64=item["b64_json"], content_type=f"image/{fmt}")
+        pt.OutputRef(b64=item["b64_json"], content_type=f"image/{fmt}")
         for item in data
         if isinstance(item, dict) and item.get("b64_json")
     ]
     usage = body.get("usage")
     raw = {k: v for k, v in body.items() if k != "data"}
     raw["request_id"] = request_id
-    return Result(outputs=outputs, usage=usage_and_cost(usage if isinstance(usage, dict) else None,
+    return pt.Result(outputs=outputs, usage=usage_and_cost(usage if isinstance(usage, dict) else None,
                                                         settings.token_prices()), raw=raw)
 
 
-def parse_edit(answer: Answer, settings: OpenAISettings) -> Submitted:
+def parse_edit(answer: pt.Answer, settings: OpenAISettings) -> pt.Submitted:
     """The edit's answer -> a Submitted carrying its outcome, or the classified error."""
     request_id = answer.headers.get("x-request-id") or f"local-{uuid.uuid4()}"
     if not answer.ok:
@@ -114,8 +105,8 @@ def parse_edit(answer: Answer, settings: OpenAISettings) -> Submitted:
             maybe_billed=True,
         )
     result = result_from_response(body, request_id, settings)
-    return Submitted(request_id=request_id, handle={"sync": True, "created": body.get("created")},
-                     outcome=Outcome.succeeded(result))
+    return pt.Submitted(request_id=request_id, handle={"sync": True, "created": body.get("created")},
+                     outcome=pt.Outcome.succeeded(result))
 
 
 # ---- the protocol ----------------------------------------------------------------------------------------
@@ -141,14 +132,14 @@ class OpenAIProtocol(ProviderProtocol):
     def validate(self, job: EditJob) -> list[str]:
         return validate_edit(job, NAME)
 
-    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+    def build_request(self, job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> pt.ProviderRequest:
         """The multipart form fields; `submit` adds the file parts (`image[]` x N, `mask`) read from storage."""
         data, _ = multipart_form(edit_fields(job), [], None)
-        return ProviderRequest("POST", EDITS_PATH, data=data, headers=org_headers(self.settings),
+        return pt.ProviderRequest("POST", EDITS_PATH, data=data, headers=org_headers(self.settings),
                                timeout_s=self.settings.timeout_s, connect_timeout_s=self.settings.connect_timeout_s,
                                what="edit")
 
-    async def submit(self, client: ProviderClient, job: EditJob, req: ProviderRequest) -> Submitted:
+    async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         records = list(job.inputs) + ([job.mask_input] if job.mask_input is not None else [])
         blobs = await self.inputs.read(records)
         images, mask = blobs[:len(job.inputs)], (blobs[len(job.inputs)] if job.mask_input is not None else None)
@@ -156,6 +147,6 @@ class OpenAIProtocol(ProviderProtocol):
             raise ProviderError(ErrorKind.terminal, problem, provider_code="invalid_mask")
         return parse_edit(await client.send(edit_request(req, job, images, mask, self.settings)), self.settings)
 
-    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> Outcome:
+    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> pt.Outcome:
         """Only reached when a worker died between recording the answer and handing it on."""
         return lost_sync_answer(NAME, request_id)

@@ -26,21 +26,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from providers import types as pt
 from providers.protocol import ProviderProtocol
 from providers.replicate import ReplicateSettings
 from providers.signatures import WebhookSecret, v1_matches, v1_signatures, webhook_headers, webhook_json
 from providers.spec import ProviderSettings
-from providers.types import (
-    Answer,
-    InputUrls,
-    Outcome,
-    OutputRef,
-    ProviderRequest,
-    Result,
-    Submitted,
-    WebhookEvent,
-    malformed,
-)
 from schemas.job import EditJob
 from schemas.manifest import Usage
 from schemas.params import parse_size
@@ -107,7 +97,7 @@ def validate(job: EditJob, max_num_images: int = 1) -> list[str]:
     return problems
 
 
-def prediction_body(job: EditJob, inputs: InputUrls, webhook_url: str | None) -> dict[str, Any]:
+def prediction_body(job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> dict[str, Any]:
     dims = parse_size(job.size)
     aspect = "auto" if dims is None else ASPECT_RATIOS[dims]
     body: dict[str, Any] = {
@@ -152,7 +142,7 @@ def wants_output_auth(url: str, base_url: str, hosts: list[str]) -> bool:
 
 
 # ---- parsing answers (pure) -----------------------------------------------------------------------------
-def answer_error(answer: Answer, what: str) -> ProviderError:
+def answer_error(answer: pt.Answer, what: str) -> ProviderError:
     """A non-2xx answer (RFC 7807 body: title, detail, status), classified by the one status table."""
     body = answer.obj
     title = str(body.get("title") or "").strip()
@@ -170,63 +160,63 @@ def answer_error(answer: Answer, what: str) -> ProviderError:
                          retry_after_s=retry_after, maybe_billed=base.maybe_billed)
 
 
-def parse_create(answer: Answer, base_url: str, settings: ReplicateSettings | None = None) -> Submitted:
+def parse_create(answer: pt.Answer, base_url: str, settings: ReplicateSettings | None = None) -> pt.Submitted:
     if answer.status not in (200, 201, 202):
         raise answer_error(answer, "create")
     data = answer.obj
     pid = data.get("id")
     if not pid or not isinstance(pid, str):
         # accepted but unreadable: a prediction may exist that we cannot follow
-        raise malformed(NAME, "create", f"no prediction id in HTTP {answer.status}: {answer.text[:200]}",
+        raise pt.malformed(NAME, "create", f"no prediction id in HTTP {answer.status}: {answer.text[:200]}",
                         maybe_billed=True)
     urls_any = data.get("urls")
     urls: dict[str, Any] = urls_any if isinstance(urls_any, dict) else {}
     handle = {"get": api_url(base_url, urls.get("get"), f"/v1/predictions/{pid}"),
               "cancel": api_url(base_url, urls.get("cancel"), f"/v1/predictions/{pid}/cancel")}
     out = outcome(data, settings) if data.get("status") in TERMINAL else None
-    return Submitted(request_id=pid, handle=handle, outcome=out)
+    return pt.Submitted(request_id=pid, handle=handle, outcome=out)
 
 
-def parse_get(answer: Answer, settings: ReplicateSettings | None = None) -> Outcome:
+def parse_get(answer: pt.Answer, settings: ReplicateSettings | None = None) -> pt.Outcome:
     if answer.status == 404:
-        return Outcome.failed(answer_error(answer, "get"))
+        return pt.Outcome.failed(answer_error(answer, "get"))
     if answer.status != 200:
         raise answer_error(answer, "get")
     data = answer.json
     if not isinstance(data, dict):
-        raise malformed(NAME, "get", f"not a JSON object: {answer.text[:200]}")
+        raise pt.malformed(NAME, "get", f"not a JSON object: {answer.text[:200]}")
     return outcome(data, settings)
 
 
-def outcome(p: Mapping[str, Any], settings: ReplicateSettings | None = None) -> Outcome:
+def outcome(p: Mapping[str, Any], settings: ReplicateSettings | None = None) -> pt.Outcome:
     """A prediction object -> Outcome."""
     status = p.get("status")
     pid = p.get("id")
     if status in RUNNING:
-        return Outcome.running(status=status)
+        return pt.Outcome.running(status=status)
     if status == "succeeded":
         outputs = outputs_of(p.get("output"))
         if not outputs:
             if p.get("data_removed"):
-                return Outcome.failed(ProviderError(
+                return pt.Outcome.failed(ProviderError(
                     ErrorKind.terminal,
                     f"replicate: prediction {pid} succeeded but its outputs were deleted (data_removed) "
                     "before editq collected them", provider_code="data_removed"))
-            return Outcome.failed(ProviderError(
+            return pt.Outcome.failed(ProviderError(
                 ErrorKind.unknown, f"replicate: prediction {pid} succeeded without any output URL"))
-        return Outcome.succeeded(Result(outputs=outputs, usage=usage(p, settings), raw=raw_of(p)))
+        return pt.Outcome.succeeded(pt.Result(outputs=outputs, usage=usage(p, settings), raw=raw_of(p)))
     if status == "failed":
-        return Outcome.failed(model_error(str(p.get("error") or "no error message"), pid))
+        return pt.Outcome.failed(model_error(str(p.get("error") or "no error message"), pid))
     if status == "aborted":
-        return Outcome.failed(ProviderError(
+        return pt.Outcome.failed(ProviderError(
             ErrorKind.retryable, f"replicate: prediction {pid} aborted before it started (deadline reached; "
             "not billed)", provider_code="aborted"))
     if status == "canceled":
         kind = ErrorKind.retryable if p.get("deadline") else ErrorKind.terminal
         why = "its Cancel-After deadline passed" if p.get("deadline") else "it was canceled"
-        return Outcome.failed(ProviderError(kind, f"replicate: prediction {pid} canceled: {why}",
+        return pt.Outcome.failed(ProviderError(kind, f"replicate: prediction {pid} canceled: {why}",
                                             provider_code="canceled"))
-    return Outcome.failed(ProviderError(
+    return pt.Outcome.failed(ProviderError(
         ErrorKind.unknown, f"replicate: prediction {pid} has unknown status {str(status)[:40]!r}"))
 
 
@@ -262,7 +252,7 @@ def usage(p: Mapping[str, Any], settings: ReplicateSettings | None = None) -> Us
     )
 
 
-def outputs_of(output: Any) -> list[OutputRef]:
+def outputs_of(output: Any) -> list[pt.OutputRef]:
     items = output if isinstance(output, list) else [output] if output else []
     refs = []
     for item in items:
@@ -271,9 +261,9 @@ def outputs_of(output: Any) -> list[OutputRef]:
         if item.startswith("data:"):
             header, _, data = item.partition(",")
             ctype = header[5:].split(";")[0] or None
-            refs.append(OutputRef(b64=data, content_type=ctype))
+            refs.append(pt.OutputRef(b64=data, content_type=ctype))
         elif item.startswith(("https://", "http://")):
-            refs.append(OutputRef(url=item))
+            refs.append(pt.OutputRef(url=item))
     return refs
 
 
@@ -305,7 +295,7 @@ def secret_bytes(secret: str) -> bytes | None:
     return key or None
 
 
-def parse_secret(answer: Answer) -> str | None:
+def parse_secret(answer: pt.Answer) -> str | None:
     """`GET /v1/webhooks/default/secret` -> the `whsec_...` text, or None when the answer has none."""
     if not answer.ok:
         return None
@@ -313,11 +303,11 @@ def parse_secret(answer: Answer) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def webhook_event(msg_id: str, body: bytes) -> WebhookEvent:
+def webhook_event(msg_id: str, body: bytes) -> pt.WebhookEvent:
     payload = webhook_json(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         raise WebhookRejected("body is not a prediction")
-    return WebhookEvent(delivery_id=msg_id, request_id=payload["id"], payload=payload)
+    return pt.WebhookEvent(delivery_id=msg_id, request_id=payload["id"], payload=payload)
 
 
 # ---- the protocol ----------------------------------------------------------------------------------------
@@ -336,11 +326,11 @@ class ReplicateProtocol(ProviderProtocol):
     def validate(self, job: EditJob) -> list[str]:
         return validate(job, self.settings.max_num_images)
 
-    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+    def build_request(self, job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> pt.ProviderRequest:
         model = MODELS.get(job.model, REPLICATE_MODEL)
         headers = {"Cancel-After": self.settings.cancel_after} if self.settings.cancel_after else {}
         body = prediction_body(job, inputs, webhook_url)
-        return ProviderRequest("POST", f"/v1/models/{model}/predictions", json=body, headers=headers, what="create")
+        return pt.ProviderRequest("POST", f"/v1/models/{model}/predictions", json=body, headers=headers, what="create")
 
     def poll_cap_s(self) -> float | None:
         return self.settings.poll_safety_net_s
@@ -348,32 +338,33 @@ class ReplicateProtocol(ProviderProtocol):
     def output_auth(self, url: str) -> bool:
         return wants_output_auth(url, self.settings.base_url, self.settings.auth_hosts)
 
-    def outcome(self, p: Mapping[str, Any]) -> Outcome:
+    def outcome(self, p: Mapping[str, Any]) -> pt.Outcome:
         return outcome(p, self.settings)
 
     # ---- calls ---------------------------------------------------------------------------------
-    async def submit(self, client: ProviderClient, job: EditJob, req: ProviderRequest) -> Submitted:
+    async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         return parse_create(await client.send(req), self.settings.base_url, self.settings)
 
-    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> Outcome:
+    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> pt.Outcome:
         url = api_url(self.settings.base_url, handle.get("get"), f"/v1/predictions/{request_id}")
-        return parse_get(await client.send(ProviderRequest("GET", url, what="get")), self.settings)
+        return parse_get(await client.send(pt.ProviderRequest("GET", url, what="get")), self.settings)
 
     async def cancel(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> None:
         url = api_url(self.settings.base_url, handle.get("cancel"), f"/v1/predictions/{request_id}/cancel")
         try:
-            await client.send(ProviderRequest("POST", url, what="cancel"))
+            await client.send(pt.ProviderRequest("POST", url, what="cancel"))
         except ProviderError:
             return None
 
-    async def webhook_outcome(self, client: ProviderClient, event: WebhookEvent, handle: dict[str, Any]) -> Outcome:
+    async def webhook_outcome(self, client: ProviderClient, event: pt.WebhookEvent,
+                              handle: dict[str, Any]) -> pt.Outcome:
         if event.payload.get("status") in TERMINAL:
             return outcome(event.payload, self.settings)
-        return Outcome.running(status=event.payload.get("status"))
+        return pt.Outcome.running(status=event.payload.get("status"))
 
     async def verify_webhook(
         self, client: ProviderClient, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> WebhookEvent:
+    ) -> pt.WebhookEvent:
         msg_id, signed, sigs = webhook_headers(headers, body, now=now, tolerance_s=self.settings.webhook_tolerance_s)
         candidates = v1_signatures(sigs)
         if not candidates:
@@ -389,7 +380,7 @@ class ReplicateProtocol(ProviderProtocol):
 
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
         try:
-            answer = await client.send(ProviderRequest("GET", SECRET_PATH, timeout_s=10, what="webhook secret"))
+            answer = await client.send(pt.ProviderRequest("GET", SECRET_PATH, timeout_s=10, what="webhook secret"))
         except ProviderError:
             return None
         return parse_secret(answer)

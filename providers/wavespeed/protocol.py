@@ -42,20 +42,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from providers import types as pt
 from providers.protocol import ProviderProtocol
 from providers.signatures import WebhookSecret, webhook_headers, webhook_json
 from providers.spec import ProviderSettings
-from providers.types import (
-    Answer,
-    InputUrls,
-    Outcome,
-    OutputRef,
-    ProviderRequest,
-    Result,
-    Submitted,
-    WebhookEvent,
-    malformed,
-)
 from providers.wavespeed import WaveSpeedSettings
 from schemas.job import EditJob
 from schemas.params import Background, parse_size
@@ -136,7 +126,7 @@ def validate(job: EditJob, formats: list[str]) -> list[str]:
     return problems
 
 
-def edit_body(job: EditJob, inputs: InputUrls) -> dict[str, Any]:
+def edit_body(job: EditJob, inputs: pt.InputUrls) -> dict[str, Any]:
     """Canonical job -> the JSON body of `POST /api/v3/openai/gpt-image-2/edit`."""
     if inputs.mask:
         raise ValueError("wavespeed: a masked job cannot be sent (validate() refuses it)")
@@ -153,7 +143,7 @@ def edit_body(job: EditJob, inputs: InputUrls) -> dict[str, Any]:
     return body
 
 
-def http_error(answer: Answer, what: str) -> ProviderError:
+def http_error(answer: pt.Answer, what: str) -> ProviderError:
     """An answer other than HTTP 200: the status table, with WaveSpeed's `message` as the reason."""
     body = answer.json
     message = body.get("message") if isinstance(body, dict) else None
@@ -175,7 +165,7 @@ def envelope_error(code: int, envelope: dict[str, Any], what: str) -> ProviderEr
     return ProviderError(kind, f"wavespeed {what}: code {code}: {str(message)[:500]}", provider_code=str(code))
 
 
-def parse_submit(answer: Answer) -> Submitted:
+def parse_submit(answer: pt.Answer) -> pt.Submitted:
     if answer.status != 200:  # as the official SDK: anything but 200 is an error
         raise http_error(answer, "submit")
     envelope = answer.obj
@@ -187,42 +177,42 @@ def parse_submit(answer: Answer) -> Submitted:
     if not rid or not isinstance(rid, (str, int)) or isinstance(rid, bool):
         # HTTP 200 without an id: the task may exist and be billed, but we cannot follow it
         shown = answer.json if answer.json is not None else answer.text
-        raise malformed(NAME, "submit", f"no data.id in {str(shown)[:300]}", maybe_billed=True)
-    return Submitted(request_id=str(rid), handle={"id": str(rid)})
+        raise pt.malformed(NAME, "submit", f"no data.id in {str(shown)[:300]}", maybe_billed=True)
+    return pt.Submitted(request_id=str(rid), handle={"id": str(rid)})
 
 
-def parse_result(answer: Answer) -> Outcome:
+def parse_result(answer: pt.Answer) -> pt.Outcome:
     if answer.status != 200:
         err = http_error(answer, "result")
         if answer.status == 404:
-            return Outcome.failed(err)
+            return pt.Outcome.failed(err)
         raise err
     envelope = answer.json
     if not isinstance(envelope, dict):
-        raise malformed(NAME, "result", f"not a JSON object: {answer.text[:200]}")
+        raise pt.malformed(NAME, "result", f"not a JSON object: {answer.text[:200]}")
     code = envelope.get("code")
     if isinstance(code, int) and not isinstance(code, bool) and code != 200:
         err = envelope_error(code, envelope, "result")
         if err.kind is ErrorKind.retryable:
             raise err
-        return Outcome.failed(err)
+        return pt.Outcome.failed(err)
     data = envelope.get("data")
     if not isinstance(data, dict):
-        raise malformed(NAME, "result", f"no data object in {str(envelope)[:200]}")
+        raise pt.malformed(NAME, "result", f"no data object in {str(envelope)[:200]}")
     return task_outcome(data)
 
 
-def task_outcome(data: dict[str, Any]) -> Outcome:
+def task_outcome(data: dict[str, Any]) -> pt.Outcome:
     """A task's `data` object (the result's, or a webhook body) -> its outcome."""
     status = data.get("status")
     if status == "completed":
         outputs = data.get("outputs") or []
         if not isinstance(outputs, list):
-            raise malformed(NAME, "result", "outputs is not a list")
-        refs = [OutputRef(url=u) for u in outputs if isinstance(u, str) and u]
+            raise pt.malformed(NAME, "result", "outputs is not a list")
+        refs = [pt.OutputRef(url=u) for u in outputs if isinstance(u, str) and u]
         raw: dict[str, Any] = {k: data[k] for k in ("id", "model", "timings", "has_nsfw_contents", "created_at",
                                                     "executionTime") if k in data}
-        return Outcome.succeeded(Result(outputs=refs, raw=raw))
+        return pt.Outcome.succeeded(pt.Result(outputs=refs, raw=raw))
     if status in ("failed", "cancelled", "deleted", "timeout"):
         error = str(data.get("error") or f"task {status}")
         if status == "timeout" or (status == "failed" and RETRYABLE_TEXT.search(error)
@@ -230,8 +220,8 @@ def task_outcome(data: dict[str, Any]) -> Outcome:
             kind = ErrorKind.retryable
         else:
             kind = ErrorKind.terminal
-        return Outcome.failed(ProviderError(kind, f"wavespeed: task {status}: {error}"[:2000], provider_code=status))
-    return Outcome.running(status=status)
+        return pt.Outcome.failed(ProviderError(kind, f"wavespeed: task {status}: {error}"[:2000], provider_code=status))
+    return pt.Outcome.running(status=status)
 
 
 def secret_key(secret: str) -> bytes:
@@ -270,7 +260,7 @@ def find_secret(body: Any) -> str | None:
     return None
 
 
-def parse_secret(answer: Answer) -> str | None:
+def parse_secret(answer: pt.Answer) -> str | None:
     """The secret endpoint's answer -> the secret, or None (the old key is kept)."""
     if answer.status != 200:
         return None
@@ -291,18 +281,19 @@ class WaveSpeedProtocol(ProviderProtocol):
     def validate(self, job: EditJob) -> list[str]:
         return validate(job, self.settings.allowed_formats())
 
-    def build_request(self, job: EditJob, inputs: InputUrls, webhook_url: str | None) -> ProviderRequest:
+    def build_request(self, job: EditJob, inputs: pt.InputUrls, webhook_url: str | None) -> pt.ProviderRequest:
         params = {"webhook": webhook_url} if webhook_url else {}
-        return ProviderRequest("POST", f"/api/v3/{MODEL}", json=edit_body(job, inputs), params=params, what="submit")
+        return pt.ProviderRequest("POST", f"/api/v3/{MODEL}", json=edit_body(job, inputs), params=params, what="submit")
 
-    async def submit(self, client: ProviderClient, job: EditJob, req: ProviderRequest) -> Submitted:
+    async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         return parse_submit(await client.send(req))
 
-    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> Outcome:
+    async def poll(self, client: ProviderClient, request_id: str, handle: dict[str, Any]) -> pt.Outcome:
         return parse_result(await client.send(
-            ProviderRequest("GET", f"/api/v3/predictions/{request_id}/result", what="result")))
+            pt.ProviderRequest("GET", f"/api/v3/predictions/{request_id}/result", what="result")))
 
-    async def webhook_outcome(self, client: ProviderClient, event: WebhookEvent, handle: dict[str, Any]) -> Outcome:
+    async def webhook_outcome(self, client: ProviderClient, event: pt.WebhookEvent,
+                              handle: dict[str, Any]) -> pt.Outcome:
         outcome = task_outcome(event.payload)
         if outcome.done:
             return outcome
@@ -310,7 +301,7 @@ class WaveSpeedProtocol(ProviderProtocol):
 
     async def verify_webhook(
         self, client: ProviderClient, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> WebhookEvent:
+    ) -> pt.WebhookEvent:
         msg_id, message, sig_header = webhook_headers(headers, body, now=now, tolerance_s=WEBHOOK_MAX_AGE_S)
         given = v3_signatures(sig_header)
         if not given:
@@ -322,11 +313,11 @@ class WaveSpeedProtocol(ProviderProtocol):
         rid = payload.get("id") if isinstance(payload, dict) else None
         if not rid:
             raise WebhookRejected("body has no id")
-        return WebhookEvent(delivery_id=msg_id, request_id=str(rid), payload=payload)
+        return pt.WebhookEvent(delivery_id=msg_id, request_id=str(rid), payload=payload)
 
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
         try:
-            answer = await client.send(ProviderRequest("GET", "/api/v3/webhook/secret", timeout_s=SECRET_TIMEOUT_S,
+            answer = await client.send(pt.ProviderRequest("GET", "/api/v3/webhook/secret", timeout_s=SECRET_TIMEOUT_S,
                                                        what="webhook secret"))
         except ProviderError:
             return None
