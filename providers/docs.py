@@ -49,11 +49,17 @@ def provider_table(specs: list[ProviderSpec]) -> str:
     return "\n".join(rows)
 
 
+def title(spec: ProviderSpec) -> str:
+    """The provider page's first heading."""
+    first = (ROOT / page(spec)).read_text().splitlines()[0]
+    return first.lstrip("#").strip()
+
+
 def provider_index(specs: list[ProviderSpec]) -> str:
-    rows = ["| provider | page | what it is | settings (environment) |", "| --- | --- | --- | --- |"]
+    rows = ["| provider | page | settings (environment) |", "| --- | --- | --- |"]
     for s in specs:
         env = ", ".join(f"`{v}`" for v in s.env_vars())
-        rows.append(f"| {s.title} (`{s.name}`) | [{page(s)}](../{page(s)}) | {s.summary} | {env} |")
+        rows.append(f"| `{s.name}` | [{title(s)}](../{page(s)}) | {env} |")
     return "\n".join(rows)
 
 

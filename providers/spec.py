@@ -54,7 +54,6 @@ class ProviderSpec:
     `cases.py` its contract cases and `README.md` its page (with the README table's cells)."""
 
     package: str
-    title: str
     settings_cls: type[ProviderSettings]
     sandbox_path: str = ""  # where the sandbox serves this provider's API; "" = "/{name}"; base_url = sandbox + this
     sandbox_key: str = "sandbox-key"  # a placeholder key the sandbox accepts
@@ -65,7 +64,6 @@ class ProviderSpec:
     batches: bool = False  # the protocol groups many jobs into one provider request (`submit_many`)
     auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
     doc: str = "README.md"  # the provider's doc page, inside its folder
-    summary: str = ""  # one line for the docs index
     default: bool = False  # the provider a job gets when it names none
     prices: Price | None = None
 

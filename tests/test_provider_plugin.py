@@ -28,7 +28,7 @@ def test_the_plugin_is_registered_with_its_spec_and_local_settings() -> None:
     with scoped_env(PLUGIN):
         assert "echo" in providers.names()
         spec = providers.spec_of("echo")
-        assert spec.title == "Echo (test provider)" and not spec.webhooks
+        assert spec.name == "echo" and spec.package == "tests.plugins.echo" and not spec.webhooks
         env = sandbox_provider_env("http://127.0.0.1:9")
         assert env["EDITQ_ECHO_BASE_URL"] == "http://127.0.0.1:9/echo" and env["EDITQ_ECHO_API_KEY"]
     assert "echo" not in providers.names()  # nothing outside the plugin's folder names it

@@ -23,10 +23,8 @@ class FalSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="fal.ai",
     settings_cls=FalSettings,
     sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json"},
     auth_scheme="Key",
-    summary="fal.ai's queue API for openai/gpt-image-2/edit; the default provider",
     default=True,
 )

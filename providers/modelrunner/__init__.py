@@ -34,11 +34,8 @@ class ModelRunnerSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="ModelRunner",
     settings_cls=ModelRunnerSettings,
     sandbox_key="mr-sandbox-key",
     sandbox_env={"EDITQ_MODELRUNNER_REST_URL": "{sandbox}/modelrunner"},
     auth_scheme="Key",
-    summary="fal-like queue API, Standard-Webhooks-signed deliveries, success decided by billingStatus; "
-            "the gpt-image-2 model path is unconfirmed (configurable)",
 )

@@ -26,11 +26,9 @@ class OpenAISettings(OpenAIPriceSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="OpenAI Images",
     settings_cls=OpenAISettings,
     sandbox_path="/openai/v1",
     sandbox_key="sk-sandbox-key",
     synchronous=True,
     webhooks=False,
-    summary="synchronous multipart /v1/images/edits (images inline, token-priced usage); own capped queue",
 )

@@ -52,11 +52,9 @@ class OpenAIBatchSettings(OpenAIPriceSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="OpenAI Batch",
     settings_cls=OpenAIBatchSettings,
     sandbox_path="/openai/v1",
     sandbox_key="sk-sandbox-batch-key",
     webhooks=False,
     batches=True,
-    summary="Batch API: many jobs -> one JSONL file -> one provider batch, half price, 24 h window; polled",
 )

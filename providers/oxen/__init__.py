@@ -29,11 +29,9 @@ class OxenSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="Oxen.ai",
     settings_cls=OxenSettings,
     sandbox_path="/oxen/api/ai",
     sandbox_key="oxen-sandbox-key",
     synchronous=True,
     webhooks=False,
-    summary="synchronous edit call (held open for the edit), no webhooks or polling; mask converted to white = edit",
 )

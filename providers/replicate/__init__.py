@@ -50,11 +50,9 @@ class ReplicateSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="Replicate",
     settings_cls=ReplicateSettings,
     sandbox_key="r8_sandbox-token",
     auth_scheme="Bearer",
-    summary="predictions API (openai/gpt-image-2), Standard-Webhooks `completed` webhook + poll; no mask",
 )
 
 __all__ = ["SPEC", "ReplicateSettings"]

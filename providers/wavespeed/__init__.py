@@ -27,8 +27,6 @@ class WaveSpeedSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="WaveSpeedAI",
     settings_cls=WaveSpeedSettings,
     sandbox_key="ws-sandbox-key",
-    summary="API v3 task queue, v3 hex-HMAC webhooks (secret fetched from the API), poll result; no mask",
 )

@@ -18,8 +18,6 @@ class EchoSettings(ProviderSettings):
 
 SPEC = ProviderSpec(
     package=__name__,
-    title="Echo (test provider)",
     settings_cls=EchoSettings,
     webhooks=False,
-    summary="test-only provider defined in one folder (tests/plugins/echo)",
 )
