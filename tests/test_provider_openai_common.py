@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from providers.masks import mask_alpha_problem
 from providers.openai.common import (
     TokenPrices,
     classify_code,
     classify_error,
     edit_fields,
     json_edit_body,
-    mask_alpha_problem,
     multipart_form,
     usage_and_cost,
     validate_edit,
@@ -88,11 +88,12 @@ def test_mask_alpha() -> None:
         Image.new(mode, (8, 8)).save(buf, "PNG")
         return buf.getvalue()
 
-    assert mask_alpha_problem(png("RGBA")) is None
-    assert mask_alpha_problem(png("RGB")) == (
+    assert mask_alpha_problem(png("RGBA"), "openai") is None
+    assert mask_alpha_problem(png("RGB"), "openai") == (
         "openai: mask has no alpha channel (mode RGB); allowed: a png with an alpha channel (RGBA or LA)"
     )
-    assert mask_alpha_problem(b"nope") == "openai: mask is not a readable image; allowed: a png with an alpha channel"
+    assert mask_alpha_problem(b"nope", "openai") == (
+        "openai: mask is not a readable image; allowed: a png with an alpha channel")
 
 
 def test_classify() -> None:

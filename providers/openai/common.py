@@ -25,7 +25,7 @@ Choices where the sources are silent or disagree (safe for the user's money and 
 * Multipart images always go out as repeated `image[]` parts, even a single one (the API accepts both spellings),
   each with an explicit `image/png|jpeg|webp` content type: `application/octet-stream` is refused by OpenAI.
 * The mask must be a PNG with the first image's exact dimensions and under 4 MB (checked at enqueue from the
-  InputRecords); whether it has an alpha channel can only be seen in its bytes (`mask_alpha_problem`).
+  InputRecords); whether it has an alpha channel can only be seen in its bytes (`providers.masks.mask_alpha_problem`).
 * `insufficient_quota` is a 429 but terminal; `rate_limit_exceeded` is retryable with the wait from
   `retry-after-ms` / `retry-after`, else from the message's "Please try again in 240ms / 1.5s".
 * Usage without a text/image split is priced entirely at the (higher) image-input rate, so a cost is never
@@ -129,27 +129,6 @@ def validate_edit(job: EditJob, provider: str = "openai") -> list[str]:
             f"lists it only as a preview since 2026-08); allowed values: {', '.join(BACKGROUNDS)}"
         )
     return p
-
-
-def mask_alpha_problem(mask: bytes, provider: str = "openai") -> str | None:
-    """Checks the mask bytes themselves (not knowable at enqueue): a PNG with an alpha channel.
-
-    Returns a message, or None when the mask is fine. Uses Pillow; decodes only the header and mode.
-    """
-    import io
-
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(mask)) as im:
-            fmt, mode, info = im.format, im.mode, im.info
-    except Exception:
-        return f"{provider}: mask is not a readable image; allowed: a png with an alpha channel"
-    if fmt != "PNG":
-        return f"{provider}: mask is {fmt}; allowed format: png (with an alpha channel)"
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in info):
-        return None
-    return f"{provider}: mask has no alpha channel (mode {mode}); allowed: a png with an alpha channel (RGBA or LA)"
 
 
 # ---- translation --------------------------------------------------------------------------------------

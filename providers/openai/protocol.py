@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from providers import types as pt
+from providers.masks import mask_alpha_problem
 from providers.openai import OpenAISettings
 from providers.openai.common import (
     answer_error,
     edit_fields,
-    mask_alpha_problem,
     multipart_form,
     usage_and_cost,
     validate_edit,

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from providers.masks import mask_alpha_problem
 from providers.oxen import OxenSettings
 from providers.protocol import ProviderProtocol, engine_service
 from providers.signatures import lost_sync_answer
@@ -160,22 +161,6 @@ def edit_body(job: EditJob, inputs: InputUrls, settings: OxenSettings) -> dict[s
     return body
 
 
-def mask_alpha_problem(mask: bytes) -> str | None:
-    """The mask bytes themselves (not knowable at enqueue): a PNG with an alpha channel, else a message."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(mask)) as im:
-            fmt, mode, info = im.format, im.mode, im.info
-    except Exception:
-        return f"{NAME}: mask is not a readable image; allowed: a png with an alpha channel"
-    if fmt != "PNG":
-        return f"{NAME}: mask is {fmt}; allowed format: png (with an alpha channel)"
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in info):
-        return None
-    return f"{NAME}: mask has no alpha channel (mode {mode}); allowed: a png with an alpha channel (RGBA or LA)"
-
-
 def white_is_edit(mask: bytes) -> bytes:
     """Canonical mask (alpha 0 = edit) -> an opaque grayscale PNG where white = edit, black = keep."""
     from PIL import Image
@@ -192,7 +177,7 @@ def converted_mask(rec: InputRecord, blob: bytes) -> bytes:
     """Check the stored canonical mask and convert it to Oxen's convention; raises ProviderError (terminal)."""
     if hashlib.sha256(blob).hexdigest() != rec.sha256:
         raise ProviderError(ErrorKind.terminal, f"oxen: mask {rec.s3_key} does not match its sha256")
-    if problem := mask_alpha_problem(blob):
+    if problem := mask_alpha_problem(blob, NAME):
         raise ProviderError(ErrorKind.terminal, problem, provider_code="invalid_mask")
     return white_is_edit(blob)
 
