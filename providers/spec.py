@@ -1,4 +1,6 @@
-"""What editq knows about a provider besides its protocol: name, settings, capabilities, hosts, prices.
+"""What editq knows about a provider besides its protocol: name, settings, capabilities, hosts.
+
+Token and per-image prices are settings of the providers that bill by them (e.g. `EDITQ_OPENAI_PRICE_*`).
 
 Each provider folder (`providers/<name>/__init__.py`) defines one `SPEC`. Everything that lists
 providers (the local stack's environment, compose, `infra/env.example`, the README's table, the
@@ -38,16 +40,6 @@ class ProviderSettings(BaseSettings):
 
 
 @dataclass(frozen=True)
-class Price:
-    """A price table with its source; figures are USD. Filled per provider (see the issue on cost)."""
-
-    source: str
-    as_of: str
-    per_image: dict[str, float] = field(default_factory=dict)
-    notes: str = ""
-
-
-@dataclass(frozen=True)
 class ProviderSpec:
     """A provider's folder is its package (`package=__name__` in its `__init__.py`): the folder's name is
     the provider's name, `protocol.py` holds its ProviderProtocol, `emulator.py` the sandbox's `build`,
@@ -65,7 +57,6 @@ class ProviderSpec:
     auth_scheme: str = "Bearer"  # Authorization scheme (fal and ModelRunner: "Key")
     doc: str = "README.md"  # the provider's doc page, inside its folder
     default: bool = False  # the provider a job gets when it names none
-    prices: Price | None = None
 
     def protocol_class(self) -> type[ProviderProtocol]:
         """The ProviderProtocol subclass named for this provider in `{package}.protocol`."""
