@@ -152,11 +152,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
                 if delay > 0:
                     time.sleep(delay)
                 enq.write([(i + 1, enq.prepare(line, None))], report)
-            if enq.store.close_batch(batch_id):
-                from worker.triggers import Kicker
-
-                enq.store.lease_finalizing(batch_id, time.time() + 60)
-                Kicker().finalize(batch_id)
+            enq.close()
         else:
             report = submit_batch(lines, base_dir=work)
             batch_id = report.batch_id

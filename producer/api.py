@@ -126,6 +126,15 @@ class Enqueuer:
                 report.duplicates.append((lineno, jid))
         _kick(providers)
 
+    def close(self) -> None:
+        """The batch is fully enqueued. If its jobs are all done already, the state machine indexed it for
+        its manifest: lease that entry (the tick leaves it meanwhile) and send the finalize task now."""
+        if self.store.close_batch(self.batch_id):
+            from worker.triggers import Kicker
+
+            self.store.lease_finalizing(self.batch_id, time.time() + get_settings().finalize_lease_s)
+            Kicker().finalize(self.batch_id)
+
     def reject(self, err: LineError, report: BatchReport) -> None:
         report.invalid.append(err)
         self.store.r.rpush(
@@ -201,11 +210,7 @@ def submit_batch(
             if on_progress:
                 on_progress(report)
     enq.write(chunk, report)
-    if enq.store.close_batch(batch_id):
-        from worker.triggers import Kicker
-
-        enq.store.lease_finalizing(batch_id, time.time() + get_settings().finalize_lease_s)  # the tick leaves it
-        Kicker().finalize(batch_id)
+    enq.close()
     if on_progress:
         on_progress(report)
     return report
