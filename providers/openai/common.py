@@ -287,12 +287,12 @@ class OpenAIPriceSettings(ProviderSettings):
     """Price fields for an OpenAI protocol's settings class (subclass it and set the env prefix):
     `EDITQ_OPENAI_PRICE_IMAGE_OUT=30` etc., USD per 1M tokens."""
 
-    price_text_in: float = 5.0
-    price_text_in_cached: float = 1.25
-    price_text_out: float = 10.0
-    price_image_in: float = 8.0
-    price_image_in_cached: float = 2.0
-    price_image_out: float = 30.0
+    price_text_in: float = TokenPrices.text_in  # the defaults are gpt-image-2's, written once in TokenPrices
+    price_text_in_cached: float = TokenPrices.text_in_cached
+    price_text_out: float = TokenPrices.text_out
+    price_image_in: float = TokenPrices.image_in
+    price_image_in_cached: float = TokenPrices.image_in_cached
+    price_image_out: float = TokenPrices.image_out
 
     def token_prices(self, multiplier: float = 1.0) -> TokenPrices:
         return TokenPrices(
