@@ -63,6 +63,7 @@ class LocalStack:
     log_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # worker name -> its /metrics and probes port
     _embedded_redis: Any = None
     _tmp: Path | None = None
     _saved_env: dict[str, str] | None = None
@@ -199,7 +200,11 @@ class LocalStack:
         args = [PY, "-m", "producer.cli", "worker", "--concurrency", str(self.worker_concurrency), "--name", name]
         if queues:
             args += ["--queues", queues]
-        self.spawn(name, args, extra_env)
+        env = dict(extra_env or {})
+        env.setdefault("EDITQ_METRICS_PORT", str(free_port()))  # several workers on one host: one port each
+        env.setdefault("EDITQ_METRICS_HOST", "127.0.0.1")
+        self.metrics_ports[name] = int(env["EDITQ_METRICS_PORT"])
+        self.spawn(name, args, env)
 
     def wait_workers(self, n: int, timeout: float = 60) -> None:
         r = redis.Redis.from_url(self.env["EDITQ_REDIS_URL"])

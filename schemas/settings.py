@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         600.0, description="The reserve is held while interactive jobs are queued and for this long after one "
         "was claimed; otherwise bulk may use the whole cap. inf: always held."
     )
+    metrics_port: int = Field(
+        9808, description="Port a worker serves /metrics, /livez, /readyz and /healthz on (0: off). The receiver "
+        "serves them on its own port."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the worker's metrics/health server binds.")
     max_input_bytes: int = 50 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     allow_private_urls: bool = Field(

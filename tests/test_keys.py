@@ -64,7 +64,8 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
         "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
         "p:circuit:fal:fails", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick", "p:workers:h.local:4242",
-        "p:whseen:fal:d-7", "p:oaib:b-1:meta", "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
+        "p:stats:jobs", "p:stats:latency", "p:stats:cost", "p:whseen:fal:d-7", "p:oaib:b-1:meta",
+        "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
         "p:oaib:b-1:ingested", "p:oaib:b-1:cancelled", "p:naive:ready", "p:naive:done:nb-3", "p:*",
     ]
 
@@ -102,12 +103,14 @@ def test_the_scripts_write_exactly_the_keys_python_names(r: redis.Redis, k: Keys
     assert sorted(k.scan(r)) == sorted([
         k.job(bulk.job_id), k.job(urgent.job_id), k.idem(bulk.idempotency_key), k.idem(urgent.idempotency_key),
         k.batch(bid), k.batch_jobs(bid), k.pending("fal", "bulk"), k.providers, k.ready, k.finalize, k.rpm("fal"),
-        k.interactive_mark("fal"), k.kick_dispatch("fal"), k.kick_collect,
+        k.interactive_mark("fal"), k.kick_dispatch("fal"), k.kick_collect, k.stats_jobs,
     ])  # no slots zset: the job that held a slot gave it back, and Redis drops an empty zset
     assert r.lrange(k.batch_jobs(bid), 0, -1) == [bulk.job_id, urgent.job_id]
     assert r.zrange(k.finalize, 0, -1) == [bid] and r.lrange(k.ready, 0, -1) == [urgent.job_id]  # collect pops it
     assert r.lrange(k.pending("fal", "bulk"), 0, -1) == [bulk.job_id]  # a claim drops a cancelled id it pops
     assert r.hget(k.job(urgent.job_id), "state") == "succeeded"
+    counts = {f: int(v) for f, v in r.hgetall(k.stats_jobs).items() if int(v)}  # the metrics' job counts
+    assert counts == {"succeeded|fal|interactive": 1, "cancelled|fal|bulk": 1}
     # ...and the indexes the life passed through were the ones Python reads
     store.create(job := _job(bid, "bulk"))
     assert r.lrange(k.pending("fal", "bulk"), 0, -1) == [bulk.job_id, job.job_id]

@@ -53,6 +53,10 @@ LAYOUT: Mapping[str, str] = {
     "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
     "tick_lock": "{prefix}:lock:tick",  # lock: the worker that runs this tick
     "worker": "{prefix}:workers:{host}:{pid}",  # string with TTL: a live worker process
+    # metrics (worker/metrics.py reads them at scrape time; the scripts keep them)
+    "stats_jobs": "{prefix}:stats:jobs",  # hash "state|provider|lane" -> jobs (terminal states: ever finished)
+    "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)
+    "stats_cost": "{prefix}:stats:cost",  # hash provider -> USD of succeeded jobs (a counter)
     # webhooks
     "webhook_seen": "{prefix}:whseen:{provider}:{delivery_id}",  # string with TTL: delivery dedupe
     # provider adapters
@@ -183,6 +187,20 @@ class Keys:
 
     def worker(self, host: str, pid: int | str) -> str:
         return self._fill("worker", host=host, pid=pid)
+
+    # metrics
+    @property
+    def stats_jobs(self) -> str:
+        """Hash `state|provider|lane` -> jobs in that state, kept by the state machine's scripts."""
+        return self._fill("stats_jobs")
+
+    @property
+    def stats_latency(self) -> str:
+        return self._fill("stats_latency")
+
+    @property
+    def stats_cost(self) -> str:
+        return self._fill("stats_cost")
 
     # webhooks, adapters, benchmarks
     def webhook_seen(self, provider: str, delivery_id: str) -> str:

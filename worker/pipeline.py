@@ -23,7 +23,7 @@ from providers.protocol import ProviderProtocol
 from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
 from schemas.manifest import ErrorInfo, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
-from worker import aio, policy
+from worker import aio, events, policy
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
@@ -157,6 +157,7 @@ class Pipeline:
 
     async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError) -> None:
         if isinstance(res, ProviderError):
+            events.submit_failed(view, res.info(), res.maybe_billed)
             self._record_failure(adapter.name, res)
             await self.retry_or_fail(view, res, State.submitting, sent=True)
         else:
@@ -201,6 +202,7 @@ class Pipeline:
             f"req.{view.attempts}": self._req_entry(view, "accepted", request_id=sub.request_id),
         }
         moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields)
+        events.submitted(view, sub.request_id)
         if not moved.ok:
             # A fast webhook may have completed the job first (it is `ready` now): keep the id and the
             # request log entry, nothing else.
@@ -221,6 +223,7 @@ class Pipeline:
         """Move a job on from what the provider said. Safe to call twice: the second call is a no-op."""
         if not outcome.done:
             return False
+        events.provider_done(job_id, None, request_id, outcome.result is not None)
         if outcome.result is not None:
             fields: dict[str, Any] = {
                 "result": json.dumps(_result_json(outcome.result)),
@@ -252,16 +255,18 @@ class Pipeline:
         decision = policy.decide(err, attempt=view.attempts, max_attempts=s.max_attempts, route=view.job.route,
                                  provider=view.provider, base_s=s.retry_base_s, cap_s=s.retry_max_s)
         if isinstance(decision, policy.Retry):
+            events.retrying(view, info, decision.delay_s)
             self.store.move(
                 view.job_id, [frm], State.retry_wait, score=_now() + decision.delay_s, note=err.reason[:200],
                 fields={"error": info.model_dump_json(), "request_id": "", "handle": ""},
             )
             return
-        if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason):
+        if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason, events.error_class(info)):
             return
         await self.finish_failed(view, frm, info)
 
     async def finish_failed(self, view: JobView, frm: State, info: ErrorInfo) -> None:
+        events.failed(view, info)
         manifest = build(view, State.failed.value, [], None, info)
         await write_job_manifest_async(self.storage, aio.http_client(), manifest)
         moved = self.store.move(
@@ -271,11 +276,12 @@ class Pipeline:
         if moved.batch_finished:
             self.drain_finalize()
 
-    def _reroute(self, view: JobView, frm: State, why: str) -> bool:
+    def _reroute(self, view: JobView, frm: State, why: str, error_class: str = "circuit_open") -> bool:
         """Send the job to the next provider of its route, if it has one."""
         nxt = policy.next_provider(view.job.route, view.provider)
         if nxt is None:
             return False
+        events.rerouted(view, nxt, error_class, why)
         moved = self.store.move(
             view.job_id, [frm], State.queued, note=f"fallback to {nxt}: {why}"[:200],
             fields={"provider": nxt, "request_id": "", "handle": ""},
@@ -445,6 +451,8 @@ class Pipeline:
                 "result": "",
             },
         )
+        if moved.ok:
+            events.succeeded(view, self.r, self.k, usage.cost_usd if usage else None, len(outputs))
         if moved.batch_finished:
             self.drain_finalize()
 
@@ -541,6 +549,7 @@ class Pipeline:
             await providers.protocol_of(view.provider).cancel(client_for(view.provider), view.request_id,
                                                            view.json_field("handle") or {})
         if moved.ok:
+            events.cancelled(view)
             manifest = build(view, State.cancelled.value, [], None, None)
             await write_job_manifest_async(self.storage, aio.http_client(), manifest)
             self.store.set_fields(job_id, manifest=manifest.model_dump_json())

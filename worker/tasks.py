@@ -14,7 +14,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 import providers
 from schemas.settings import get_settings
-from worker import aio
+from worker import aio, health
 from worker.celery_app import app
 from worker.pipeline import Pipeline
 
@@ -103,6 +103,7 @@ def _tick_loop() -> None:
     p = pipeline()
     me = p.k.worker(socket.gethostname(), os.getpid())
     while not _stop.wait(interval):
+        health.LIVENESS.beat()  # alive whatever Redis says (liveness never checks dependencies)
         try:
             p.r.set(me, repr(time.time()), ex=max(5, int(interval * 10)))
             p.tick()
@@ -113,6 +114,8 @@ def _tick_loop() -> None:
 
 @worker_ready.connect
 def _start_tick(**_: object) -> None:
+    s = get_settings()
+    health.serve(s.metrics_port, s.metrics_host)
     _warm_up()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
 

@@ -13,16 +13,18 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 import providers
 from providers.types import WebhookEvent
-from worker import aio
+from worker import aio, events, health
+from worker import metrics as editq_metrics
 from worker.errors import ProviderError, WebhookRejected
 from worker.pipeline import Pipeline
 from worker.provider_client import client_for
@@ -30,7 +32,6 @@ from worker.state import JobView, State, job_view
 
 log = structlog.get_logger("editq.webhooks")
 
-DELIVERIES = Counter("editq_webhook_deliveries_total", "Webhook deliveries by outcome", ["provider", "outcome"])
 ADOPTABLE = (State.queued, State.retry_wait, State.submitting, State.submitted)
 SEEN_TTL_S = 3 * 3600  # longer than any provider's retry window (fal: 10 tries over ~2 h)
 
@@ -63,12 +64,20 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> DeliveriesFirst:
-    """The receiver: `POST /webhooks/{provider}` (see DeliveriesFirst), `/healthz`, `/metrics`."""
+    """The receiver: `POST /webhooks/{provider}` (see DeliveriesFirst), the probes of worker/health.py
+    (`/livez`; `/readyz` and `/healthz`: Redis and the broker answer), `/metrics`."""
     app = FastAPI(title="editq webhooks", docs_url=None, redoc_url=None, lifespan=_lifespan)
+    editq_metrics.register_redis_collector()
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    @app.get("/healthz")
+    async def readyz() -> JSONResponse:
+        ok, body = await asyncio.to_thread(health.readiness)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -87,7 +96,7 @@ async def handle_delivery(provider: str, request: Request) -> JSONResponse:
     try:
         event = await adapter.verify_webhook(client_for(provider), request.headers, body, now=time.time())
     except WebhookRejected as exc:
-        DELIVERIES.labels(provider, "rejected").inc()
+        events.webhook(provider, "rejected")
         log.warning("webhook rejected", provider=provider, reason=str(exc))
         return JSONResponse({"error": f"rejected: {exc}"}, status_code=401)
 
@@ -96,15 +105,27 @@ async def handle_delivery(provider: str, request: Request) -> JSONResponse:
     job_hint = request.query_params.get("job")
     first, recorded, hinted = _lookup(p, provider, event, seen, job_hint)
     if not first:
-        DELIVERIES.labels(provider, "duplicate").inc()
+        events.webhook(provider, "duplicate", job_hint, event.request_id)
         return JSONResponse({"status": "duplicate"})
     try:
         status = await _apply(p, provider, event, job_hint, recorded, hinted)
     except Exception:
         p.r.delete(seen)  # let the provider's retry (or the poller) try again
         raise
-    DELIVERIES.labels(provider, status).inc()
+    events.webhook(provider, status, recorded or job_hint, event.request_id, sent_at(request.headers))
     return JSONResponse({"status": status})
+
+
+def sent_at(headers: Any) -> float | None:
+    """When the provider sent the delivery, from the signed timestamp header the protocols verify
+    (Standard Webhooks' `webhook-timestamp`, fal's `x-fal-webhook-timestamp`, ...): unix seconds."""
+    for name, value in headers.items():
+        if name.lower().endswith("timestamp"):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
 
 
 class DeliveriesFirst:

@@ -14,6 +14,7 @@ redis.call('HSET', jk, 'state', 'queued', 'provider', ARGV[6], 'lane', ARGV[7], 
            'attempts', 0, 'h', 'queued\t' .. now .. '\n', 'updated_at', now)
 redis.call('RPUSH', K.pending(ARGV[6], ARGV[7]), jid)
 redis.call('SADD', K.providers, ARGV[6])
+redis.call('HINCRBY', K.stats_jobs, 'queued|' .. ARGV[6] .. '|' .. ARGV[7], 1)
 local bk = K.batch(bid)
 redis.call('HINCRBY', bk, 'total', 1)
 redis.call('HINCRBY', bk, 'n_queued', 1)

@@ -1,11 +1,16 @@
 -- The one move of a job between states: its index, its hash (state, history), its batch counters.
 -- A function library: included by transition.lua and claim.lua; key names come from K (worker/keys.py).
-local function move(jid, cur, to, now, score, note, ttl)
+-- from_provider: the provider the job had before this move (a reroute changes it first); nil = unchanged.
+local function move(jid, cur, to, now, score, note, ttl, from_provider)
   local jk = K.job(jid)
   if cur == 'submitting' or cur == 'submitted' then redis.call('ZREM', K.inflight, jid)
   elseif cur == 'retry_wait' then redis.call('ZREM', K.retry, jid)
   elseif cur == 'collecting' then redis.call('ZREM', K.collecting, jid) end
   local provider = redis.call('HGET', jk, 'provider')
+  -- the metrics' job counts (worker/metrics.py): one field per state, provider and lane
+  local lane_of = redis.call('HGET', jk, 'lane') or 'bulk'
+  redis.call('HINCRBY', K.stats_jobs, cur .. '|' .. (from_provider or provider) .. '|' .. lane_of, -1)
+  redis.call('HINCRBY', K.stats_jobs, to .. '|' .. provider .. '|' .. lane_of, 1)
   if to == 'queued' then
     local lane = redis.call('HGET', jk, 'lane')
     redis.call('RPUSH', K.pending(provider, lane), jid)

@@ -21,7 +21,7 @@ if to ~= 'submitting' and to ~= 'submitted' and old_provider then
     freed = old_provider
   end
 end
-local finished = move(jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
+local finished = move(jid, cur, to, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), old_provider)
 -- wake-ups in the same round trip: a kick flag set here (NX, it coalesces a burst and a running pump
 -- holds it) tells the caller to send that task; bit 1 dispatch of the freed provider, bit 2 collect
 local kicks = 0

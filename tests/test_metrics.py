@@ -1,0 +1,138 @@
+"""Prometheus metrics and health probes of real processes: two workers and the receiver, a batch through
+the sandbox, every process scraped over HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from producer.api import submit_batch, wait
+from producer.stack import LocalStack, free_port
+from tests import e2e
+from tests.conftest import EXAMPLES, unique, wait_for
+
+N = 12
+CAP = 2
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """name -> [(labels, value)] for every sample of a /metrics page."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def value(page: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for lab, v in page.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
+
+
+def urls(stack: LocalStack) -> list[str]:
+    return [f"http://127.0.0.1:{p}/metrics" for p in stack.metrics_ports.values()] + [
+        stack.env["EDITQ_WEBHOOK_BASE_URL"] + "/metrics"]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    extra = {"EDITQ_FAL_CONCURRENCY": str(CAP), "EDITQ_INTERACTIVE_RESERVE": "0", **e2e.WEBHOOKS_ONLY}
+    yield from e2e.start(True, extra, sandbox_opts={"latency_s": 0.4, "jitter_s": 0.0, "concurrency": 8, "seed": 3},
+                         workers=2, keep_env=True)
+
+
+def test_every_process_reports_the_same_redis_gauges_and_its_own_events(stack: LocalStack) -> None:
+    lines = [{"custom_id": f"m{i}", "prompt": f"metrics {i}", "images": ["mug.png"]} for i in range(N)]
+    with e2e.using(stack):
+        report = submit_batch(lines, base_dir=EXAMPLES)
+        # mid-run: jobs wait behind the cap of 2; the backlog is what waits x latency / cap, in one scrape
+        def backlog_seen() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+            page = scrape(urls(stack)[0])
+            queued = value(page, "editq_jobs", state="queued", provider="fal")
+            return page if queued >= 2 else None
+        page = wait_for(backlog_seen, 60, "queued jobs in the scrape")
+        waiting = value(page, "editq_jobs", state="queued", provider="fal") + value(
+            page, "editq_jobs", state="retry_wait", provider="fal")
+        latency = value(page, "editq_provider_latency_estimate_seconds", provider="fal")
+        assert value(page, "editq_provider_cap", provider="fal") == CAP
+        assert value(page, "editq_backlog_provider_seconds", provider="fal") == pytest.approx(waiting * latency / CAP)
+        assert 0 < value(page, "editq_provider_inflight", provider="fal") <= CAP
+        assert value(page, "editq_oldest_queued_job_age_seconds", provider="fal", lane="bulk") >= 0
+        assert wait(report.batch_id, timeout=120)["counts"] == {"succeeded": N}
+
+    pages = [scrape(u) for u in urls(stack)]
+    # gauges read from Redis: identical in every process (aggregate with max), whatever did the work
+    for page in pages:
+        assert value(page, "editq_jobs_finished_total", state="succeeded", provider="fal", lane="bulk") == N
+        assert sum(v for lab, v in page["editq_jobs"] if lab["provider"] == "fal") == 0
+        assert value(page, "editq_backlog_provider_seconds", provider="fal") == 0
+        assert value(page, "editq_provider_inflight", provider="fal") == 0
+        # the sandbox's latency is 0.4 s: the shared estimate says so (not the 60 s default)
+        assert 0.3 <= value(page, "editq_provider_latency_estimate_seconds", provider="fal") < 5
+    workers, receiver = pages[:2], pages[2]
+    # events counted where they happened: the sum across workers is the batch
+    assert sum(value(p, "editq_jobs_succeeded_total", provider="fal") for p in workers) == N
+    assert sum(value(p, "editq_submits_total", provider="fal", outcome="accepted") for p in workers) == N
+    assert sum(value(p, "editq_provider_latency_seconds_count", provider="fal") for p in workers) == N
+    assert sum(value(p, "editq_completion_to_stored_seconds_count", provider="fal") for p in workers) == N
+    assert sum(value(p, "editq_queue_time_seconds_count", provider="fal", lane="bulk") for p in workers) == N
+    # every latency observed is at least the sandbox's 0.4 s and in a bucket well under 5 s
+    assert sum(value(p, "editq_provider_latency_seconds_bucket", provider="fal", le="0.2") for p in workers) == 0
+    assert sum(value(p, "editq_provider_latency_seconds_bucket", provider="fal", le="5.0") for p in workers) == N
+    assert value(receiver, "editq_webhook_deliveries_total", provider="fal", outcome="accepted") == N
+    assert value(receiver, "editq_webhook_lag_seconds_count", provider="fal") == N
+    assert all(value(p, "editq_job_failures_total") == 0 for p in pages)
+
+
+def test_probes_of_a_worker_and_the_receiver(stack: LocalStack) -> None:
+    for port in stack.metrics_ports.values():
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda b=base: httpx.get(b + "/livez", timeout=5).json()["status"] == "ok", 30, "tick")
+        ready = httpx.get(base + "/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"status": "ok", "problems": []}
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+    hooks = stack.env["EDITQ_WEBHOOK_BASE_URL"]
+    assert httpx.get(hooks + "/livez", timeout=5).status_code == 200
+    assert httpx.get(hooks + "/readyz", timeout=10).json() == {"status": "ok", "problems": []}
+
+
+def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care(tmp_path: Path) -> None:
+    """A worker whose Redis is gone: not ready (503, Redis and the broker named), still alive."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    port = free_port()
+    env = {**os.environ, "EDITQ_REDIS_URL": dead, "EDITQ_METRICS_PORT": str(port),
+           "EDITQ_METRICS_HOST": "127.0.0.1", "EDITQ_KEY_PREFIX": unique("health")}
+    code = (
+        "import time\n"
+        "from worker import health\n"
+        "from schemas.settings import get_settings as g\n"
+        "health.serve(g().metrics_port, g().metrics_host)\n"
+        "health.LIVENESS.beat()\n"
+        "time.sleep(120)\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> httpx.Response | None:
+            try:
+                return httpx.get(base + "/readyz", timeout=10)
+            except httpx.TransportError:
+                return None
+
+        ready = wait_for(up, 30, "the probe server")
+        assert ready.status_code == 503
+        problems = ready.json()["problems"]
+        assert [p.split(":")[0] for p in problems] == ["redis", "broker"]
+        assert httpx.get(base + "/livez", timeout=5).status_code == 200
+        assert httpx.get(base + "/nope", timeout=5).status_code == 404
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
