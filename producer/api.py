@@ -21,6 +21,7 @@ import providers as registry
 from producer.inputs import InputError, InputPreparer
 from schemas.job import EditJob, JobRequest, content_key, describe_errors
 from schemas.settings import get_settings
+from schemas.variants import label_error, parse_line
 from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
 
@@ -64,15 +65,27 @@ class Enqueuer:
         self.inputs = InputPreparer(self.storage, base_dir)
 
     def prepare(self, raw: str | dict[str, Any], defaults: dict[str, Any] | None) -> EditJob:
-        """Parse and validate one line into a ready job; raises ValueError with a readable message."""
-        try:
-            data = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise ValueError("each line must be a JSON object")
-        if defaults:
-            data = {**defaults, **data}
+        """Parse and validate one line that is one job (no variants); raises ValueError with a readable message."""
+        jobs = self.prepare_line(raw, defaults)
+        if len(jobs) != 1:
+            raise ValueError(f"this line expands to {len(jobs)} jobs (variants); use prepare_line")
+        return jobs[0]
+
+    def prepare_line(self, raw: str | dict[str, Any], defaults: dict[str, Any] | None,
+                     seeds: int | None = None) -> list[EditJob]:
+        """One line -> its jobs (one, or one per variant: schemas/variants.py). A line whose variants are not
+        all valid is refused whole (a group with a missing variant is no comparison); the error names the variant."""
+        requests = parse_line(raw, defaults, seeds)
+        jobs = []
+        for data in requests:
+            try:
+                jobs.append(self.prepare_request(data))
+            except ValueError as exc:
+                raise ValueError(label_error(data, str(exc))) from None
+        return jobs
+
+    def prepare_request(self, data: dict[str, Any]) -> EditJob:
+        """Validate one job request (canonical rules, inputs fetched and stored, each provider's rules)."""
         try:
             req = JobRequest.model_validate(data)
         except ValidationError as exc:
@@ -179,11 +192,13 @@ def submit_batch(
     source: str | None = None,
     on_progress: Callable[[BatchReport], None] | None = None,
     keep_ids: bool = True,
+    seeds: int | None = None,
 ) -> BatchReport:
     """Enqueue a batch. With `strict`, every line is checked first and any bad line refuses the whole batch
     (pass a callable returning a fresh iterator so the lines can be read twice without holding them).
     `keep_ids=False` leaves `report.job_ids` empty, so memory stays flat however long the batch is
-    (the ids are in Redis under the batch, and in its manifest)."""
+    (the ids are in Redis under the batch, and in its manifest). `seeds`: lines without `variants` run that many
+    times as one group (`editq submit --variants N`)."""
     batch_id = batch_id or new_id("batch")
     enq = Enqueuer(batch_id, Path(base_dir))
     report = BatchReport(batch_id=batch_id, keep_ids=keep_ids)
@@ -191,7 +206,7 @@ def submit_batch(
     if strict:
         for n, raw in _numbered(source_fn()):
             try:
-                enq.prepare(raw, defaults)
+                enq.prepare_line(raw, defaults, seeds)
             except ValueError as exc:
                 report.invalid.append(LineError(n, str(exc), _custom_id(raw)))
         if report.invalid:
@@ -201,7 +216,7 @@ def submit_batch(
     chunk: list[tuple[int, EditJob]] = []
     for n, raw in _numbered(source_fn()):
         try:
-            chunk.append((n, enq.prepare(raw, defaults)))
+            chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
         except ValueError as exc:
             enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
         if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
@@ -238,14 +253,20 @@ def submit(job: JobRequest | dict[str, Any], *, base_dir: Path | str = ".", batc
     return report.job_ids[0] if report.job_ids else report.duplicates[0][1]
 
 
-def status(ident: str, store: JobStore | None = None) -> dict[str, Any]:
-    """Counts by state for a batch id, or the state, history and outputs of a job id."""
+def status(ident: str, store: JobStore | None = None, *, groups: bool = False) -> dict[str, Any]:
+    """Counts by state for a batch id (with `groups`, also per A/B group: {group: {state: n}}), or the state,
+    history and outputs of a job id."""
     store = store or JobStore()
     if store.r.exists(store.k.batch(ident)):
         raw = store.r.hgetall(store.k.batch(ident))
         counts = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n_") and int(v)}
         total, done = int(raw.get("total", 0)), int(raw.get("done", 0))
-        return {
+        extra: dict[str, Any] = {}
+        if groups:
+            from producer.groups import group_counts
+
+            extra["groups"] = group_counts(ident, store)
+        return {**extra,
             "kind": "batch", "batch_id": ident, "total": total, "done": done, "counts": counts,
             "invalid": store.r.llen(store.k.batch_errors(ident)),
             "closed": raw.get("closed") == "1", "finished": raw.get("closed") == "1" and done >= total,
@@ -256,6 +277,7 @@ def status(ident: str, store: JobStore | None = None) -> dict[str, Any]:
         raise KeyError(f"no batch or job with id {ident!r}")
     return {
         "kind": "job", "job_id": ident, "batch_id": view.job.batch_id, "custom_id": view.job.custom_id,
+        "group": view.job.group, "variant": view.job.variant, "parent_job_id": view.job.parent_job_id,
         "state": view.state.value, "provider": view.provider, "request_id": view.request_id,
         "attempts": view.attempts, "history": [h.model_dump() for h in view.history],
         "outputs": view.json_field("outputs") or [], "error": view.json_field("error"),

@@ -24,12 +24,14 @@ def submit(
     batch_id: Annotated[str | None, typer.Option(help="Use this batch id (default: a new one).")] = None,
     provider: Annotated[str | None, typer.Option(help="Default provider/route for lines that name none.")] = None,
     watch: Annotated[bool, typer.Option(help="Show live progress until the batch finishes.")] = False,
+    variants: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Run each line without `variants` N times as one A/B group (labels s1..sN).")] = None,
 ) -> None:
     """Enqueue a batch. Invalid lines are reported with their number; the rest are enqueued."""
     from producer.api import submit_file
 
     defaults = {"provider": provider} if provider else None
-    report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False)
+    report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False, seeds=variants)
     for err in report.invalid:
         console.print(f"[red]line {err.line}[/red]{f' ({err.custom_id})' if err.custom_id else ''}: {err.error}")
     if report.refused:
@@ -56,7 +58,7 @@ def status(
 
     if watch:
         _watch(ident)
-    st = get_status(ident)
+    st = get_status(ident, groups=True)
     if as_json or st["kind"] == "job":
         out.print_json(json.dumps(st))
         return
@@ -64,6 +66,12 @@ def status(
     out.print(f"batch {ident}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}")
     if st.get("manifest_key"):
         out.print(f"manifest: {st['manifest_key']}")
+    if st.get("groups"):
+        from producer.groups import format_groups
+
+        out.print(f"{len(st['groups'])} A/B groups:")
+        for line in format_groups(st["groups"]):
+            out.print(line, markup=False)
 
 
 def _watch(ident: str) -> dict[str, Any]:
@@ -159,6 +167,11 @@ def demo(
     from producer.demo import run_demo
 
     sys.exit(run_demo(batch, dest))
+
+
+from producer import variants_cli  # noqa: E402  (report, review, continue: their own module)
+
+variants_cli.register(app)
 
 
 def main() -> None:

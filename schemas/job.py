@@ -15,6 +15,7 @@ DEFAULT_PROVIDER = "fal"
 DEFAULT_MODEL = "openai/gpt-image-2/edit"
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 32_000
+OPTIONAL_KEY_FIELDS = ("group", "variant", "parent_job_id")
 
 
 def _check_ref(value: str) -> str:
@@ -53,6 +54,11 @@ class JobRequest(BaseModel):
     background: Background = Background.auto
     priority: Lane = Lane.bulk
     metadata: dict[str, Any] = Field(default_factory=dict)
+    group: str | None = Field(None, max_length=256, description="A/B group: jobs of one input and base request.")
+    variant: str | None = Field(None, max_length=100, description="The variant's label within its group.")
+    parent_job_id: str | None = Field(
+        None, max_length=100, description="The job this one follows up (`editq continue`)."
+    )
     idempotency_key: str | None = Field(
         None, max_length=200, description="Defaults to a hash of the content (provider, model, prompt, params, inputs)."
     )
@@ -112,6 +118,9 @@ def content_key(req: JobRequest, input_digests: list[str], mask_digest: str | No
     params = req.model_dump(
         mode="json", exclude={"custom_id", "images", "mask", "metadata", "idempotency_key", "priority"}
     )
+    for name in OPTIONAL_KEY_FIELDS:  # unset: the key is what it was before these fields existed
+        if params.get(name) is None:
+            params.pop(name, None)
     blob = json.dumps(
         {"params": params, "inputs": input_digests, "mask": mask_digest, "custom_id": req.custom_id},
         sort_keys=True,

@@ -52,6 +52,9 @@ class JobManifest(BaseModel):
     job_id: str
     batch_id: str
     custom_id: str | None
+    group: str | None = Field(None, description="A/B group (schemas/variants.py); None for a job outside any.")
+    variant: str | None = Field(None, description="The variant's label within its group.")
+    parent_job_id: str | None = Field(None, description="The job this one follows up (`editq continue`).")
     state: str
     job: dict[str, Any] = Field(description="The job as submitted (the user's request, no secrets).")
     inputs: list[InputRecord]
