@@ -102,11 +102,13 @@ def worker(
 ) -> None:
     """Run a Celery worker (threads pool; each task hands its I/O to one asyncio loop)."""
     from worker.celery_app import app as celery_app
+    from worker.logging import json_enabled
     from worker.triggers import queue_name
 
     qs = queues or f"{queue_name()},{queue_name('sync')}"
+    quiet = ["--quiet"] if json_enabled() else []  # JSON logs: no start-up banner on stdout either
     celery_app.worker_main(
-        ["worker", "--pool=threads", f"--concurrency={concurrency}", "-Q", qs, f"--loglevel={loglevel}",
+        [*quiet, "worker", "--pool=threads", f"--concurrency={concurrency}", "-Q", qs, f"--loglevel={loglevel}",
          "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
     )
 
@@ -124,7 +126,10 @@ def webhooks(
     finishing together) reuses its connections instead of opening hundreds at each burst."""
     import uvicorn
 
-    uvicorn.run("worker.webhooks:app", host=host, port=port, log_level="warning", access_log=False,
+    from worker.logging import configure_logging
+
+    configure_logging()  # uvicorn's lines too (log_config=None: it installs no handler of its own)
+    uvicorn.run("worker.webhooks:app", host=host, port=port, log_level="warning", access_log=False, log_config=None,
                 timeout_keep_alive=keep_alive, backlog=4096)
 
 

@@ -40,3 +40,58 @@ def test_a_traceback_prints_no_locals_and_no_key() -> None:
         assert "r8_logcanary_0123456789" not in text
         assert "Authorization" not in text  # the local `headers` is not printed at all
         assert "key *** in a field" in text
+
+
+def _run_batch(json_logs: bool) -> tuple[str, str, str]:
+    """Two jobs through a real worker and receiver; their logs, and the batch id."""
+    from producer.api import submit_batch, wait
+    from tests import e2e
+    from tests.conftest import EXAMPLES
+
+    extra = {"EDITQ_LOG_JSON": "1" if json_logs else "", **e2e.WEBHOOKS_ONLY}
+    for stack in e2e.start(True, extra, workers=1):
+        with e2e.using(stack):
+            lines = [{"custom_id": f"log-{i}", "prompt": "p", "images": ["mug.png"]} for i in range(2)]
+            report = submit_batch(lines, base_dir=EXAMPLES)
+            assert wait(report.batch_id, timeout=90)["counts"] == {"succeeded": 2}
+            # the finalize task's own Celery line comes right after the batch finished
+            e2e.wait_for(lambda s=stack: "editq.finalize" in s.log("worker0") and "succeeded in" in s.log("worker0"),
+                         30, "the worker's last line")
+        return stack.log("worker0"), stack.log("webhooks"), report.batch_id
+    raise AssertionError("no stack")
+
+
+def test_one_switch_makes_every_line_json_with_the_ids_on_every_lifecycle_event() -> None:
+    import json
+
+    worker, receiver, batch_id = _run_batch(json_logs=True)
+    events = []
+    for text in (worker, receiver):
+        for line in text.splitlines():
+            if line.strip():
+                events.append(json.loads(line))  # every line, Celery's and ours: no banner, no plain text
+    loggers = {e["logger"] for e in events}
+    assert {"celery.apps.worker", "celery.worker.strategy", "celery.app.trace", "editq.jobs"} <= loggers
+    life = [e for e in events if e["logger"] == "editq.jobs"]
+    # each job: submitted (worker), finished by webhook (receiver), succeeded (worker)
+    assert sorted(e["event"] for e in life) == sorted(["job submitted", "provider finished", "job succeeded"] * 2)
+    for e in life:
+        assert e["batch_id"] == batch_id and e["job_id"].startswith("job_") and e["custom_id"].startswith("log-")
+        assert e["provider"] == "fal" and e["request_id"] and e["level"] == "info" and e["timestamp"]
+    assert len({e["job_id"] for e in life}) == 2
+
+
+def test_plain_readable_lines_by_default() -> None:
+    import json
+
+    worker, _, batch_id = _run_batch(json_logs=False)
+    submitted = [ln for ln in worker.splitlines() if "job submitted" in ln]
+    assert len(submitted) == 2
+    for line in submitted:
+        assert f"batch_id={batch_id}" in line and "job_id=job_" in line and "provider=fal" in line
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        raise AssertionError(f"a JSON line by default: {line}")
+    assert any("Task editq.dispatch" in ln and "received" in ln for ln in worker.splitlines())

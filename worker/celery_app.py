@@ -8,6 +8,7 @@ a visibility timeout far above any task's run time.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from schemas.settings import get_settings
 from worker.logging import configure_logging
@@ -42,6 +43,13 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+@setup_logging.connect
+def _one_log_format(**_: object) -> None:
+    """Celery's worker lines go through editq's handler (worker/logging.py): plain or JSON, like ours.
+    Connecting this signal stops Celery from installing its own handlers and format."""
+    configure_logging()
 
 
 def reconfigure() -> None:

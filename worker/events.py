@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,9 +19,9 @@ log = structlog.get_logger("editq.jobs")
 def ids(view: Any, **extra: Any) -> dict[str, Any]:
     """The identifiers every lifecycle line carries (a JobView; its spec is parsed only for custom_id)."""
     fields = view.fields
-    custom_id = None
-    try:
-        custom_id = view.job.custom_id
+    try:  # the parsed job when the caller has it; else only this field of the spec (the receiver never parses it)
+        custom_id = view.__dict__["job"].custom_id if "job" in view.__dict__ else json.loads(fields["spec"]).get(
+            "custom_id")
     except Exception:  # a job without a readable spec still gets its line
         custom_id = None
     out = {"batch_id": fields.get("batch_id"), "job_id": view.job_id, "custom_id": custom_id,
@@ -65,8 +66,9 @@ def submit_failed(view: Any, info: ErrorInfo, maybe_billed: bool) -> None:
                                     reason=info.reason[:200]))
 
 
-def provider_done(job_id: str, provider: str | None, request_id: str | None, ok: bool) -> None:
-    log.info("provider finished", job_id=job_id, provider=provider, request_id=request_id, ok=ok)
+def provider_done(view: Any, ok: bool, how: str) -> None:
+    """The provider finished a job (`how`: webhook or poll); the job moves to ready (or to its retry)."""
+    log.info("provider finished", **ids(view, ok=ok, via=how))
 
 
 def retrying(view: Any, info: ErrorInfo, delay_s: float) -> None:
@@ -114,12 +116,18 @@ def cancelled(view: Any) -> None:
     log.info("job cancelled", **ids(view))
 
 
-def webhook(provider: str, outcome: str, job_id: str | None = None, request_id: str | None = None,
+def webhook(provider: str, outcome: str, view: Any = None, request_id: str | None = None,
             sent_at: float | None = None) -> None:
+    """A delivery and what became of it; `view`: the job it names, as read before applying it."""
     metrics.DELIVERIES.labels(provider, outcome).inc()
     if sent_at is not None and outcome == "accepted":
         metrics.WEBHOOK_LAG.labels(provider).observe(max(0.0, time.time() - sent_at))
-    log.info("webhook", provider=provider, outcome=outcome, job_id=job_id, request_id=request_id)
+    fields: dict[str, Any] = ids(view) if view is not None else {"provider": provider}
+    fields["request_id"] = request_id or fields.get("request_id")
+    if outcome == "accepted" and view is not None:
+        log.info("provider finished", **fields, via="webhook", outcome=outcome)
+    else:
+        log.info("webhook", **fields, outcome=outcome)
 
 
 _latency: dict[str, float] = {}

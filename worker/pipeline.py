@@ -223,7 +223,6 @@ class Pipeline:
         """Move a job on from what the provider said. Safe to call twice: the second call is a no-op."""
         if not outcome.done:
             return False
-        events.provider_done(job_id, None, request_id, outcome.result is not None)
         if outcome.result is not None:
             fields: dict[str, Any] = {
                 "result": json.dumps(_result_json(outcome.result)),
@@ -331,6 +330,7 @@ class Pipeline:
                            px=int(min(retry_after, self.settings.retry_max_s) * 1000))
             outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
+            events.provider_done(view, outcome.result is not None, "poll")
             await self.complete(view.job_id, outcome)
             return
         submitted_at = float(view.fields.get("submitted_at", "0") or 0)

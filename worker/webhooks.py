@@ -105,14 +105,14 @@ async def handle_delivery(provider: str, request: Request) -> JSONResponse:
     job_hint = request.query_params.get("job")
     first, recorded, hinted = _lookup(p, provider, event, seen, job_hint)
     if not first:
-        events.webhook(provider, "duplicate", job_hint, event.request_id)
+        events.webhook(provider, "duplicate", hinted, event.request_id)
         return JSONResponse({"status": "duplicate"})
     try:
         status = await _apply(p, provider, event, job_hint, recorded, hinted)
     except Exception:
         p.r.delete(seen)  # let the provider's retry (or the poller) try again
         raise
-    events.webhook(provider, status, recorded or job_hint, event.request_id, sent_at(request.headers))
+    events.webhook(provider, status, hinted, event.request_id, sent_at(request.headers))
     return JSONResponse({"status": status})
 
 
