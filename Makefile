@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench clean k8s-render
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: install
 
 bench: install
 	$(PY) -m bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --json
+
+# re-render infra/k8s/rendered/ after changing a manifest (needs kubectl; tests/test_k8s.py checks the result)
+k8s-render:
+	for o in production sandbox; do kubectl kustomize infra/k8s/overlays/$$o > infra/k8s/rendered/$$o.yaml; done
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache

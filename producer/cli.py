@@ -114,6 +114,23 @@ def worker(
 
 
 @app.command()
+def drain(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the tasks in hand.")] = 60.0,
+    name: Annotated[str, typer.Option(help="The worker's --name (node NAME@this host).")] = "editq",
+    node: Annotated[str | None, typer.Option(help="Celery node name; default NAME@hostname.")] = None,
+) -> None:
+    """Drain a worker (Kubernetes preStop): it takes no new task, hands its pumps over, finishes what it holds.
+    Exit 0 when drained, 1 when tasks were still running at the timeout (SIGTERM's warm shutdown follows)."""
+    from worker.drain import drain as run_drain
+    from worker.drain import node_name
+
+    target = node or node_name(name)
+    drained, active = run_drain(target, timeout)
+    console.print(f"{target}: {'drained' if drained else f'{active} task(s) still running'}")
+    raise typer.Exit(0 if drained else 1)
+
+
+@app.command()
 def webhooks(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8901,

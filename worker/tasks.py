@@ -16,6 +16,7 @@ import providers
 from schemas.settings import get_settings
 from worker import aio, health
 from worker.celery_app import app
+from worker.drain import DRAINING
 from worker.pipeline import Pipeline
 
 log = structlog.get_logger("editq.tasks")
@@ -44,7 +45,7 @@ def _pump(flag: str, step: Callable[[], int], more: Callable[[], bool], again: C
         total += n
         if n:
             idle_rounds = 0
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or DRAINING.is_set():  # draining: another worker goes on
                 kick.clear(flag)
                 again()
                 return total
