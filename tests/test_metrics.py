@@ -3,12 +3,15 @@ the sandbox, every process scraped over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer.api import submit_batch, wait
@@ -136,3 +139,52 @@ def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care(
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+MONITORING = Path(__file__).resolve().parents[1] / "infra" / "monitoring"
+METRIC = re.compile(r"\beditq_[a-z0-9_]+")
+
+
+def _exposed(stack: LocalStack) -> set[str]:
+    """Every series name the processes expose (a family without samples yet counts, with its suffixes)."""
+    names: set[str] = set()
+    for url in urls(stack):
+        for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(fam.type, ("",))
+            names |= {fam.name + s for s in suffixes} | {s.name for s in fam.samples}
+    return names
+
+
+def test_every_dashboard_and_alert_query_names_a_metric_the_processes_expose(stack: LocalStack) -> None:
+    exposed = _exposed(stack)
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert all(p["targets"] for p in dashboard["panels"]) and len(queries) >= 15
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"][0]["rules"]
+    assert {"EditqJobsStuck", "EditqProviderErrorRate", "EditqWebhookLag", "EditqBudgetNearlySpent"} <= {
+        r["alert"] for r in rules}
+    queries += [r["expr"] for r in rules]
+    used = {m for q in queries for m in METRIC.findall(q)}
+    assert used and not used - exposed, f"not exposed by any process: {sorted(used - exposed)}"
+    # and the other way round: every editq metric is on the dashboard
+    families = {n.removesuffix("_bucket").removesuffix("_total") for n in exposed if n.startswith("editq_")}
+    shown = {n.removesuffix("_bucket").removesuffix("_total") for n in used}
+    assert not {f for f in families if not f.endswith(("_count", "_sum", "_created"))} - shown - {
+        "editq_jobs_succeeded", "editq_provider_latency_estimate_seconds", "editq_budget_cap_usd"}
+
+
+def test_a_budget_reader_feeds_the_budget_gauges(stack: LocalStack) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker import metrics
+
+    with e2e.using(stack):
+        registry = CollectorRegistry()
+        registry.register(metrics.RedisCollector())
+        metrics.BUDGET_READERS.append(lambda r, k: [("batch:b1", 50.0, 4.5)])
+        try:
+            text = generate_latest(registry).decode()
+        finally:
+            metrics.BUDGET_READERS.clear()
+    assert 'editq_budget_remaining_usd{scope="batch:b1"} 4.5' in text
+    assert 'editq_budget_cap_usd{scope="batch:b1"} 50.0' in text

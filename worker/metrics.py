@@ -18,7 +18,7 @@ lifecycle event, which logs the event and observes it here.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -69,6 +69,12 @@ def backlog_provider_seconds(waiting: int, latency_s: float, cap: int) -> float:
     return waiting * latency_s / max(1, cap)
 
 
+# Budgets: readers of the budgets editq enforces, each (redis, keys) -> [(scope, cap_usd, remaining_usd)].
+# The budget code registers its reader here (one line); the gauges exist, empty, until one is registered.
+BudgetReader = Callable[[Any, Any], Iterable[tuple[str, float, float]]]
+BUDGET_READERS: list[BudgetReader] = []
+
+
 class RedisCollector(Collector):
     """The gauges that must agree across workers, read from Redis when scraped (one pipeline round trip)."""
 
@@ -117,10 +123,12 @@ class RedisCollector(Collector):
             now = time.time()
             for (p, lane, _), at in zip(heads, pipe.execute(), strict=True):
                 ages.append((p, lane, max(0.0, now - float(at)) if at else 0.0))
-        yield from self._families(counts, latency, cost, slots, ages)
+        budgets = [b for reader in BUDGET_READERS for b in reader(r, k)]
+        yield from self._families(counts, latency, cost, slots, ages, budgets)
 
     def _families(self, counts: dict[str, str], latency: dict[str, str], cost: dict[str, str],
-                  slots: dict[str, int], ages: list[tuple[str, str, float]]) -> Iterator[Metric]:
+                  slots: dict[str, int], ages: list[tuple[str, str, float]],
+                  budgets: Iterable[tuple[str, float, float]] = ()) -> Iterator[Metric]:
         import providers
 
         jobs = GaugeMetricFamily("editq_jobs", "Jobs in each active state, by provider and lane (from Redis)",
@@ -163,7 +171,14 @@ class RedisCollector(Collector):
                                     "(from Redis)", labels=["provider"])
         for p, usd in cost.items():
             spent.add_metric([p], float(usd))
-        yield from (jobs, finished, inflight, cap, est, backlog, oldest, spent)
+        budget_cap = GaugeMetricFamily("editq_budget_cap_usd", "Each budget's cap (batch or tenant day)",
+                                       labels=["scope"])
+        budget_left = GaugeMetricFamily("editq_budget_remaining_usd", "Money left in each budget (cap minus "
+                                        "committed and spent)", labels=["scope"])
+        for scope, cap_usd, left_usd in budgets:
+            budget_cap.add_metric([scope], cap_usd)
+            budget_left.add_metric([scope], left_usd)
+        yield from (jobs, finished, inflight, cap, est, backlog, oldest, spent, budget_cap, budget_left)
 
 
 _registered = False
