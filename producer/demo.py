@@ -36,10 +36,17 @@ def run_demo(batch: Path, dest: Path) -> int:
         n = download_batch(report.batch_id, dest)
         failed = st["counts"].get("failed", 0)
         folder = dest / report.batch_id
+        from producer.report import write_report
+
+        files = write_report(report.batch_id, folder / "report")
         console.print(f"\n[bold green]done[/bold green] in {time.monotonic() - t0:.0f}s: "
                       f"{st['counts'].get('succeeded', 0)} succeeded, {failed} failed")
         console.print(f"  outputs and manifests: {folder}/  ({n} files)")
         console.print(f"  batch manifest:        {folder / 'manifest.jsonl'}")
         console.print(f"  in S3:                 s3://{env['EDITQ_S3_BUCKET']}/{st['manifest_key']}")
+        assert files.report is not None
+        console.print(f"  A/B report:            {files.index.resolve()}  ({files.report.summary.groups} groups; "
+                      "open it in a browser, no server needed)")
+        console.print(f"  contact sheet:         {files.sheets[0].resolve()}")
         console.print("stopping what the demo started…")
     return 0 if failed == 0 and report.enqueued > 0 else 1

@@ -78,6 +78,7 @@ class ProviderSummary:
     succeeded: int = 0
     failed: int = 0
     cost_usd: float = 0.0
+    cost_known: int = 0
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -221,6 +222,7 @@ def build(batch_id: str, entries: list[dict[str, Any]], review: ReviewState | No
             cost += cell.cost_usd
             cost_known += 1
             ps.cost_usd += cell.cost_usd
+            ps.cost_known += 1
         if cell.latency_s is not None:
             ps.latencies.append(cell.latency_s)
         t = _times(entry)

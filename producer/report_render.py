@@ -5,6 +5,7 @@ Both read only the Report model and the thumbnails already on disk; nothing here
 
 from __future__ import annotations
 
+import textwrap
 from functools import cache
 from pathlib import Path
 
@@ -66,12 +67,11 @@ def _paste(sheet: Image.Image, path: Path, x: int, y: int) -> bool:
 
 
 def _caption(cell: Cell) -> list[str]:
-    mark = {"approved": " ✓", "rejected": " ✗"}.get(cell.decision or "", "")
-    if cell.picked:
-        mark = " ★"
+    mark = "PICKED" if cell.picked else (cell.decision or "")
     cost = "" if cell.cost_usd is None else f" ${cell.cost_usd:.3f}"
-    return [f"{cell.label} · {cell.provider}{mark}"[:30], f"{cell.size} {cell.quality}{cost}"[:30],
-            (cell.state if cell.failed else fmt_s(cell.latency_s))[:30]]
+    last = cell.state if cell.failed else fmt_s(cell.latency_s)
+    return [f"{cell.label} · {cell.provider}"[:30], f"{cell.size} {cell.quality}{cost}"[:30],
+            f"{last} {mark}".strip()[:30]]
 
 
 def contact_sheets(report: Report, folder: Path, rows_per_page: int = SHEET_ROWS_PER_PAGE) -> list[Path]:
@@ -101,7 +101,8 @@ def contact_sheets(report: Report, folder: Path, rows_per_page: int = SHEET_ROWS
                 if not shown:
                     draw.rectangle((x, y, x + SHEET_CELL - 1, y + SHEET_CELL - 1), fill="#fbe3e1")
                     draw.text((x + 8, y + SHEET_CELL // 2 - 16), cell.state.upper(), fill="#b3261e", font=font)
-                    draw.text((x + 8, y + SHEET_CELL // 2 + 4), (cell.error or "")[:26], fill="#b3261e", font=small)
+                    for n, part in enumerate(textwrap.wrap(cell.error or "", 24)[:4]):
+                        draw.text((x + 8, y + SHEET_CELL // 2 + 4 + 14 * n), part, fill="#b3261e", font=small)
                 for n, text in enumerate(_caption(cell)):
                     draw.text((x, y + SHEET_CELL + 2 + n * 14), text, fill="black", font=small)
         path = folder / ("contact-sheet.png" if page == 1 else f"contact-sheet-{page}.png")

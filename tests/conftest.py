@@ -88,3 +88,32 @@ def sha256(data: bytes) -> str:
 def write_jsonl(path: Path, rows: list[dict | str]) -> Path:  # type: ignore[type-arg]
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+# A/B sample for the variant, report and review tests: a masked edit with two prompt variants, one request
+# compared on three providers, two samples of one request, and a variant the provider refuses (a failure).
+VARIANT_LINES: list[dict] = [  # type: ignore[type-arg]
+    {"custom_id": "mug", "prompt": "Redesign the label.", "images": ["mug.png"], "mask": "mask_mug.png",
+     "quality": "low", "variants": [{"label": "lemon", "prompt": "A lemon on the label."},
+                                    {"label": "berry", "prompt": "A berry on the label.", "quality": "medium"}]},
+    {"custom_id": "bottle", "prompt": "On wet river stones.", "images": ["bottle.png"], "quality": "low",
+     "compare": ["fal", "replicate", "openai"]},
+    {"custom_id": "sneaker", "prompt": "On a basketball court.", "images": ["sneaker.jpg"], "quality": "low",
+     "variants": 2},
+    {"custom_id": "watch", "prompt": "On a marble slab.", "images": ["watch.png"], "quality": "low",
+     "variants": [{"label": "ok"}, {"label": "blocked", "provider": "openai",
+                                    "prompt": "On a marble slab. sandbox:moderation"}]},
+]
+
+
+@pytest.fixture(scope="session")
+def variant_batch(stack: LocalStack) -> Iterator[str]:
+    """The A/B sample run to the end on the session stack: its batch id (9 jobs in 4 groups, 1 failed)."""
+    from producer.api import submit_batch, wait
+
+    with scoped_env():
+        stack.apply_env()
+        report = submit_batch(VARIANT_LINES, base_dir=EXAMPLES)
+        assert (report.enqueued, report.invalid) == (9, [])
+        wait(report.batch_id, timeout=120, interval=0.2)
+    yield report.batch_id

@@ -34,7 +34,10 @@ KNOWN_FIELDS = {
     "metadata",
     "provider",
     "model",
+    "variants",
+    "compare",
 }
+COMPARED = {"fal", "replicate", "openai"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
@@ -52,6 +55,11 @@ make_samples = _load_make_samples()
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_samples.generate(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="module")
+def lines(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +126,18 @@ def job_problems(job: dict[str, Any], base: Path = EXAMPLES) -> list[str]:
     return problems
 
 
-def stem_and_variant(custom_id: str) -> tuple[str, str | None]:
-    m = re.fullmatch(r"(.+)-([a-z])", custom_id)
-    return (m.group(1), m.group(2)) if m else (custom_id, None)
+def expanded(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """A line's jobs, expanded here without the editq package: each override applied to the line, N copies for a
+    number of samples, one job per provider under `compare`."""
+    base = {k: v for k, v in line.items() if k not in ("variants", "compare")}
+    spec = line.get("variants")
+    overrides = [{}] * spec if isinstance(spec, int) else [
+        {k: v for k, v in o.items() if k != "label"} for o in (spec or [{}])]
+    return [{**base, **o, **({"provider": p} if p else {})} for o in overrides for p in line.get("compare") or [None]]
+
+
+def line_problems(line: dict[str, Any]) -> list[str]:
+    return sorted({p for job in expanded(line) for p in job_problems(job)})
 
 
 # --------------------------------------------------------------------------
@@ -194,12 +211,12 @@ def test_make_samples_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 # --------------------------------------------------------------------------
 
 
-def test_batch_has_enough_lines(jobs: list[dict[str, Any]]) -> None:
-    assert len(jobs) >= 20
+def test_batch_has_enough_jobs(jobs: list[dict[str, Any]]) -> None:
+    assert len(jobs) >= 12 and sum(len(expanded(line)) for line in jobs) >= 24
 
 
 def test_exactly_one_deliberately_invalid_line_in_the_middle(jobs: list[dict[str, Any]]) -> None:
-    invalid = {i: job_problems(job) for i, job in enumerate(jobs, 1) if job_problems(job)}
+    invalid = {i: line_problems(job) for i, job in enumerate(jobs, 1) if line_problems(job)}
     assert len(invalid) == 1, f"expected exactly one invalid line, got {invalid}"
     ((line, problems),) = invalid.items()
     assert 1 < line < len(jobs), f"the invalid line ({line}) must be neither first nor last"
@@ -215,6 +232,7 @@ def test_mask_line(jobs: list[dict[str, Any]]) -> None:
     masked = [job for job in jobs if "mask" in job]
     assert len(masked) == 1
     job = masked[0]
+    assert "compare" not in job  # Replicate and WaveSpeed take no mask
     assert job["size"] == "auto" and job["output_format"] == "png"
     assert len(job["images"]) == 1
     with Image.open(EXAMPLES / job["images"][0]) as img, Image.open(EXAMPLES / job["mask"]) as mask:
@@ -231,21 +249,26 @@ def test_multi_reference_line(jobs: list[dict[str, Any]]) -> None:
 
 
 def test_ab_variants(jobs: list[dict[str, Any]]) -> None:
-    by_stem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    """Several lines with labelled variants (each different), one N-samples line, one compared on 3 providers."""
     for job in jobs:
-        stem, suffix = stem_and_variant(job["custom_id"])
-        assert suffix is not None, f"{job['custom_id']} has no variant suffix"
-        assert job["metadata"]["variant"] == suffix.upper(), job["custom_id"]
         assert job["metadata"].get("sku"), job["custom_id"]
-        by_stem[stem].append(job)
-    multi = {stem: group for stem, group in by_stem.items() if len(group) >= 2}
-    assert len(multi) >= 3, f"several stems need >= 2 variants, got {sorted(multi)}"
-    for stem, group in multi.items():
-        assert len({j["metadata"]["sku"] for j in group}) == 1, f"{stem}: variants must share a SKU"
-        assert len({j["prompt"] for j in group}) == len(group), f"{stem}: variants need different prompts"
+    listed = [job for job in jobs if isinstance(job.get("variants"), list)]
+    assert len(listed) >= 5
+    for job in listed:
+        labels = [v["label"] for v in job["variants"]]
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), job["custom_id"]
+        variants = [json.dumps(v, sort_keys=True) for v in expanded(job)]
+        assert len(set(variants)) == len(variants), f"{job['custom_id']}: variants must differ"
+    assert any(isinstance(job.get("variants"), int) and job["variants"] >= 2 for job in jobs)
+    assert [set(job["compare"]) for job in jobs if "compare" in job] == [COMPARED]
+    by_sku: dict[str, int] = defaultdict(int)
+    for job in jobs:
+        by_sku[job["metadata"]["sku"]] += 1
+    assert sum(n >= 2 for n in by_sku.values()) >= 3, "several SKUs need more than one line"
 
 
-def test_feature_coverage(jobs: list[dict[str, Any]]) -> None:
+def test_feature_coverage(lines: list[dict[str, Any]]) -> None:
+    jobs = [job for line in lines for job in expanded(line)]
     formats = {job.get("output_format", "png") for job in jobs}
     assert {"png", "jpeg", "webp"} <= formats
     assert any(job.get("num_images") == 2 for job in jobs)
@@ -256,8 +279,8 @@ def test_feature_coverage(jobs: list[dict[str, Any]]) -> None:
     small = [job for job in jobs if job.get("size", "auto") == "auto" or _pixels(job["size"]) <= 1536 * 1024]
     assert len(small) == len(jobs)
     for job in jobs:
-        if "provider" in job or "model" in job:
-            assert (job.get("provider"), job.get("model")) == ("fal", "openai/gpt-image-2/edit")
+        assert job.get("provider", "fal") in COMPARED
+        assert job.get("model", "openai/gpt-image-2/edit") == "openai/gpt-image-2/edit"
 
 
 def _pixels(size: str) -> int:

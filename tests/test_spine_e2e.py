@@ -15,6 +15,7 @@ from PIL import Image
 
 from producer.api import status, submit, submit_batch, submit_file, wait
 from producer.stack import LocalStack
+from schemas.variants import parse_line
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, write_jsonl
 from worker.storage import get_storage
 
@@ -28,10 +29,11 @@ def _manifests(batch_id: str) -> list[dict]:  # type: ignore[type-arg]
 def test_sample_batch_completes_with_verified_outputs(live: LocalStack) -> None:
     report = submit_file(EXAMPLES / "batch.jsonl")
     # the one deliberately invalid line is reported with its number; nothing else is lost
-    assert [(e.line, e.custom_id) for e in report.invalid] == [(13, "watch-001-b")]
-    assert "multiples of 16" in report.invalid[0].error
+    assert [(e.line, e.custom_id) for e in report.invalid] == [(8, "watch-002")]
+    assert "multiples of 16" in report.invalid[0].error and report.invalid[0].error.startswith("variant notebook: ")
     lines = [ln for ln in (EXAMPLES / "batch.jsonl").read_text().splitlines() if ln.strip()]
-    assert report.enqueued == len(lines) - 1 >= 20
+    expected = sum(len(parse_line(ln)) for ln in lines) - 2  # the invalid line had two variants
+    assert report.enqueued == expected >= 24
 
     final = wait(report.batch_id, timeout=180)
     assert final["counts"] == {"succeeded": report.enqueued}
@@ -41,7 +43,8 @@ def test_sample_batch_completes_with_verified_outputs(live: LocalStack) -> None:
     storage = get_storage()
     n_outputs = 0
     for m in manifests:
-        assert m["state"] == "succeeded" and m["provider"] == "fal" and m["provider_request_id"]
+        assert m["state"] == "succeeded" and m["provider_request_id"]
+        assert m["provider"] == ("fal" if m["group"] != "bottle-001" else m["custom_id"].rsplit("-", 1)[1])
         assert [h["state"] for h in m["history"]][-1] == "succeeded"
         assert len(m["outputs"]) == m["job"]["num_images"]
         for out in m["outputs"]:
@@ -62,7 +65,7 @@ def test_sample_batch_completes_with_verified_outputs(live: LocalStack) -> None:
     assert multi and all(i["sha256"] and i["width"] > 0 and i["format"] in ("png", "jpeg", "webp")
                          for i in multi[0]["inputs"])
     # the masked edit changed no pixel outside the mask
-    masked = by_cid["mug-label-001-a"]
+    masked = by_cid["mug-label-001-lemon"]
     out = Image.open(io.BytesIO(storage.get_bytes(masked["outputs"][0]["key"]))).convert("RGB")
     # size auto on a 512x512 input: the nearest size GPT Image 2 makes (at least 655,360 pixels), 816x816;
     # the source scaled to it (Lanczos) and the mask by nearest neighbour, as the sandbox's engine does
