@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from tests.conftest import ROOT
 from tests.e2e import manifests_by_cid
 
 DOCS = ROOT / "docs"
+# EDITQ_UPDATE_SCREENSHOTS=1 rewrites docs/report.png and docs/review.png; otherwise they go to the test's folder
+UPDATE_DOCS = os.environ.get("EDITQ_UPDATE_SCREENSHOTS") == "1"
+
+
+def shot(page: Page, name: str, tmp_path: Path) -> None:
+    path = (DOCS if UPDATE_DOCS else tmp_path) / name
+    page.screenshot(path=str(path))
+    size = page.viewport_size
+    assert size is not None
+    with Image.open(path) as im:
+        assert im.size == (size["width"], size["height"])
+
+
 JOBS, GROUPS, SUCCEEDED = 9, 4, 8
 
 
@@ -61,7 +75,7 @@ def test_static_report_renders_every_image_from_disk(live: LocalStack, variant_b
                                        "els => els.map(e => e.innerText.split('\\n')[0].trim())")
     assert labels == ["A · fal", "A · replicate", "A · openai"]
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(DOCS / "report.png"))
+    shot(page, "report.png", tmp_path)
     (sheet,) = files.sheets
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.width >= 4 * 160 and im.height >= GROUPS * 160
@@ -125,7 +139,7 @@ def test_review_pick_by_keyboard_is_saved_to_s3_and_shown_after_reload(
         assert page.locator("figure.cell.rejected").count() == 1
         page.set_viewport_size({"width": 1500, "height": 1320})
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(DOCS / "review.png"))
+        shot(page, "review.png", tmp_path)
 
     files = write_report(variant_batch, tmp_path / "report")
     page = _page(browser)
