@@ -22,6 +22,7 @@ from producer.inputs import InputError, InputPreparer
 from schemas.job import EditJob, JobRequest, content_key, describe_errors
 from schemas.settings import get_settings
 from schemas.variants import label_error, parse_line
+from worker.redis_client import replicated
 from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
 
@@ -137,6 +138,7 @@ class Enqueuer:
                 providers.add(job.route[0])
             else:
                 report.duplicates.append((lineno, jid))
+        replicated(self.store.r, self.store.k, "enqueue")  # with replicas: the chunk survives a failover
         _kick(providers)
 
     def close(self) -> None:

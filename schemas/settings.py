@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,20 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("EDITQ_REDIS_URL", "REDIS_URL")
     )
     broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url (amqp:// works).")
+    redis_sentinels: str | None = Field(
+        None, description="Redis Sentinel addresses, `host:port,host:port,...`. Set: editq and Celery find the "
+        "primary through them (db and password still come from redis_url) and follow a failover."
+    )
+    redis_sentinel_master: str = Field("mymaster", description="The primary's name in the Sentinel configuration.")
+    redis_sentinel_password: SecretStr | None = Field(None, description="Password of the sentinels themselves.")
+    redis_wait_replicas: int | None = Field(
+        None, ge=0, description="Replicas that must have a write that decides money (a submit about to be sent, a "
+        "recorded request id, an enqueued chunk) before editq goes on (Redis WAIT). Default: 1 with Sentinel, else 0."
+    )
+    redis_wait_timeout_ms: int = Field(500, ge=1, description="How long one WAIT may take; then editq goes on.")
+    redis_failover_s: float = Field(
+        30.0, gt=0, description="With Sentinel: how long a command keeps retrying while the primary fails over."
+    )
     key_prefix: str = Field("editq", description="Namespace of every Redis key editq writes.")
     queue_prefix: str = Field("editq", description="Namespace of the Celery queues.")
 
@@ -80,6 +94,20 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(
         False, description="Let inputs/outputs be fetched from loopback/private addresses (sandbox, tests)."
     )
+
+
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        out = []
+        for part in (self.redis_sentinels or "").split(","):
+            host, _, port = part.strip().rpartition(":")
+            if part.strip():
+                out.append((host or "127.0.0.1", int(port)))
+        return out
+
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinels else 0
 
 
 @lru_cache(maxsize=1)

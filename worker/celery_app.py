@@ -7,20 +7,39 @@ a visibility timeout far above any task's run time.
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from celery import Celery
 from celery.signals import setup_logging
 
-from schemas.settings import get_settings
+from schemas.settings import Settings, get_settings
 from worker.logging import configure_logging
 
 VISIBILITY_TIMEOUT_S = 3600
 
 
+def broker(s: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and transport options: `broker_url`, else the job-state Redis; with Sentinel
+    (and no explicit broker_url) kombu's `sentinel://` transport, finding the same primary."""
+    transport: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if s.broker_url or not s.redis_sentinels:
+        return s.broker_url or s.redis_url, transport
+    opts = redis.connection.parse_url(s.redis_url)
+    auth = f"{opts.get('username') or ''}:{opts['password']}@" if opts.get("password") else ""
+    db = int(opts.get("db", 0) or 0)
+    url = ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in s.sentinel_hosts())
+    transport["master_name"] = s.redis_sentinel_master
+    if s.redis_sentinel_password is not None:
+        transport["sentinel_kwargs"] = {"password": s.redis_sentinel_password.get_secret_value()}
+    return url, transport
+
+
 def make_app() -> Celery:
     s = get_settings()
     configure_logging()
-    app = Celery("editq", broker=s.broker_url or s.redis_url, include=["worker.tasks"])
-    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    url, transport = broker(s)
+    app = Celery("editq", broker=url, include=["worker.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -56,10 +75,11 @@ def reconfigure() -> None:
     """Re-read settings (tests and the local stack change the environment after import)."""
     s = get_settings()
     app.conf.task_default_queue = s.queue_prefix
-    url = s.broker_url or s.redis_url
-    if app.conf.broker_url == url:
+    url, transport = broker(s)
+    if app.conf.broker_url == url and app.conf.broker_transport_options == transport:
         return
     app.conf.broker_url = url
+    app.conf.broker_transport_options = transport
     # drop (do not close) the cached pools: producers handed out earlier may still be in use
     app._pool = None
     app.amqp._producer_pool = None

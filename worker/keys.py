@@ -57,6 +57,8 @@ LAYOUT: Mapping[str, str] = {
     "stats_jobs": "{prefix}:stats:jobs",  # hash "state|provider|lane" -> jobs (terminal states: ever finished)
     "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)
     "stats_cost": "{prefix}:stats:cost",  # hash provider -> USD of succeeded jobs (a counter)
+    # replication (worker/redis_client.py replicated): a write WAIT can follow on the same connection
+    "repl_mark": "{prefix}:repl:mark",  # counter
     # webhooks
     "webhook_seen": "{prefix}:whseen:{provider}:{delivery_id}",  # string with TTL: delivery dedupe
     # provider adapters
@@ -201,6 +203,11 @@ class Keys:
     @property
     def stats_cost(self) -> str:
         return self._fill("stats_cost")
+
+    @property
+    def repl_mark(self) -> str:
+        """A counter bumped right before a Redis WAIT, so the WAIT covers every earlier write."""
+        return self._fill("repl_mark")
 
     # webhooks, adapters, benchmarks
     def webhook_seen(self, provider: str, delivery_id: str) -> str:

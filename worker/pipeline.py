@@ -28,6 +28,7 @@ from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
 from worker.provider_client import client_for
+from worker.redis_client import replicated
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
 from worker.triggers import COALESCE_MS, Kicker
@@ -113,7 +114,9 @@ class Pipeline:
             else:  # the protocol groups jobs into one provider request (OpenAI Batch)
                 results = await adapter.submit_many(client_for(provider), [(v.job, r) for v, r in items])
                 for (view, _), res in zip(items, results, strict=True):
-                    await self._record_submit(adapter, view, res)
+                    await self._record_submit(adapter, view, res, confirm=False)
+                if items:
+                    replicated(self.r, self.k, "request ids")
             if claimed >= want:
                 self.kick.dispatch(provider, spec.synchronous)
             return claimed
@@ -146,6 +149,7 @@ class Pipeline:
             items.append((view, req))
         if items:
             sending.execute()
+            replicated(self.r, self.k, "claim")  # a failover must not forget a claim whose request is leaving
         return len(ids), items
 
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
@@ -155,13 +159,14 @@ class Pipeline:
             res = exc
         await self._record_submit(adapter, view, res)
 
-    async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError) -> None:
+    async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError,
+                             confirm: bool = True) -> None:
         if isinstance(res, ProviderError):
             events.submit_failed(view, res.info(), res.maybe_billed)
             self._record_failure(adapter.name, res)
             await self.retry_or_fail(view, res, State.submitting, sent=True)
         else:
-            await self.submitted(adapter, view, res)
+            await self.submitted(adapter, view, res, confirm=confirm)
 
     def input_urls(self, view: JobView) -> InputUrls:
         job = view.job
@@ -179,8 +184,9 @@ class Pipeline:
         entry = {"attempt": view.attempts, "provider": view.provider, "status": status, "at": _now(), **extra}
         return json.dumps({k: v for k, v in entry.items() if v is not None})
 
-    async def submitted(self, adapter: ProviderProtocol, view: JobView, sub: Submitted) -> None:
-        """Record the provider's request id before anything else happens to the job."""
+    async def submitted(self, adapter: ProviderProtocol, view: JobView, sub: Submitted, confirm: bool = True) -> None:
+        """Record the provider's request id before anything else happens to the job (and, with replicas, on a
+        replica: `confirm`; a caller recording many at once confirms once after the last)."""
         if os.environ.get("EDITQ_FAULT_CRASH_BEFORE_RECORD") == "1":  # fault injection: answer lost in a crash
             os.kill(os.getpid(), signal.SIGKILL)
         provider = adapter.name
@@ -202,6 +208,8 @@ class Pipeline:
             f"req.{view.attempts}": self._req_entry(view, "accepted", request_id=sub.request_id),
         }
         moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields)
+        if confirm:
+            replicated(self.r, self.k, "request id")
         events.submitted(view, sub.request_id)
         if not moved.ok:
             # A fast webhook may have completed the job first (it is `ready` now): keep the id and the
