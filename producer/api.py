@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 import providers as registry
 from producer.inputs import InputError, InputPreparer
-from schemas.job import EditJob, JobRequest, content_key, describe_errors
+from schemas.job import MAX_DEPTH, EditJob, InputRecord, JobRequest, content_key, describe_errors, nesting_problem
 from schemas.settings import get_settings
 from schemas.variants import label_error, parse_line
 from worker.redis_client import replicated
 from worker.state import TERMINAL, JobStore, State
 from worker.storage import get_storage
+
+log = structlog.get_logger("editq.producer")
 
 CHUNK = 500
 FIRST_CHUNK = 50  # the first jobs reach the workers after 50 lines, not 500: dispatch starts while the rest is read
@@ -65,18 +68,31 @@ class Enqueuer:
         self.storage = get_storage()
         self.inputs = InputPreparer(self.storage, base_dir)
 
-    def prepare(self, raw: str | dict[str, Any], defaults: dict[str, Any] | None) -> EditJob:
+    def prepare(self, raw: Line, defaults: dict[str, Any] | None) -> EditJob:
         """Parse and validate one line that is one job (no variants); raises ValueError with a readable message."""
         jobs = self.prepare_line(raw, defaults)
         if len(jobs) != 1:
             raise ValueError(f"this line expands to {len(jobs)} jobs (variants); use prepare_line")
         return jobs[0]
 
-    def prepare_line(self, raw: str | dict[str, Any], defaults: dict[str, Any] | None,
+    def prepare_line(self, raw: Line, defaults: dict[str, Any] | None,
                      seeds: int | None = None) -> list[EditJob]:
         """One line -> its jobs (one, or one per variant: schemas/variants.py). A line whose variants are not
-        all valid is refused whole (a group with a missing variant is no comparison); the error names the variant."""
-        requests = parse_line(raw, defaults, seeds)
+        all valid is refused whole (a group with a missing variant is no comparison); the error names the variant.
+        Raises ValueError with a readable message naming the field: whatever the line holds, only ValueError
+        (or an outage of Redis or S3) leaves."""
+        try:
+            return self._prepare_line(raw, defaults, seeds)
+        except ValueError:
+            raise
+        except Exception as exc:
+            if _outage(exc):
+                raise
+            log.warning("unexpected error preparing a line", error=type(exc).__name__)
+            raise ValueError(f"could not be read ({type(exc).__name__})") from None
+
+    def _prepare_line(self, raw: Line, defaults: dict[str, Any] | None, seeds: int | None) -> list[EditJob]:
+        requests = parse_line(read_line(raw), defaults, seeds)
         jobs = []
         for data in requests:
             try:
@@ -98,7 +114,7 @@ class Enqueuer:
                 raise ValueError(f"provider: {exc.args[0]}") from None
         try:
             inputs = [self.inputs.prepare(ref, f"images[{i}]") for i, ref in enumerate(req.images)]
-            mask = self.inputs.prepare(req.mask, "mask") if req.mask else None
+            mask = self.inputs.prepare(req.mask, "mask", mask=True) if req.mask else None
         except InputError as exc:
             raise ValueError(str(exc)) from None
         if mask is not None and mask.format != "png":
@@ -109,8 +125,13 @@ class Enqueuer:
                 "they must be the same size"
             )
         key = req.idempotency_key or content_key(req, [i.sha256 for i in inputs], mask.sha256 if mask else None)
+        # a data: URI is kept once, as its stored input: the job (in Redis, in every manifest) names that object
+        fields = req.model_dump(exclude={"idempotency_key"})
+        fields["images"] = [self._stored_ref(ref, rec) for ref, rec in zip(req.images, inputs, strict=True)]
+        if req.mask and mask is not None:
+            fields["mask"] = self._stored_ref(req.mask, mask)
         job = EditJob(
-            **req.model_dump(exclude={"idempotency_key"}),
+            **fields,
             job_id=new_id("job"),
             batch_id=self.batch_id,
             inputs=inputs,
@@ -121,6 +142,9 @@ class Enqueuer:
         if problems:
             raise ValueError("; ".join(problems))
         return job
+
+    def _stored_ref(self, ref: str, rec: InputRecord) -> str:
+        return f"s3://{self.storage.bucket}/{rec.s3_key}" if ref.startswith("data:") else ref
 
     def write(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> None:
         if not jobs:
@@ -158,6 +182,49 @@ class Enqueuer:
         )
 
 
+Line = str | bytes | dict[str, Any]
+
+
+def read_line(raw: Line) -> dict[str, Any]:
+    """One JSONL line to a dict. Refuses, with a message, bytes that are not UTF-8, text that is not JSON
+    (however deeply it nests), anything but an object, and a field nested deeper than MAX_DEPTH."""
+    if isinstance(raw, dict):
+        data = dict(raw)
+    else:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"not valid UTF-8 (byte {exc.start + 1}); the file must be UTF-8") from None
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError(f"not valid JSON (nested too deep; at most {MAX_DEPTH} levels per field)") from None
+    if not isinstance(data, dict):
+        raise ValueError("each line must be a JSON object")
+    for name, value in data.items():
+        problem = nesting_problem(value)
+        if problem:
+            raise ValueError(f"{_field_name(name)}: {problem}")
+    return data
+
+
+def _field_name(name: object) -> str:
+    text = str(name)
+    return text if len(text) <= 64 and text.isprintable() else repr(text[:64])
+
+
+def _outage(exc: BaseException) -> bool:
+    """Redis or S3 failing is not the line's fault: it stops the batch (the lines are not lost: rerun it,
+    enqueue is idempotent) instead of refusing every line after it."""
+    import redis
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, redis.RedisError | BotoCoreError | ClientError)
+
+
 def _kick(providers: set[str]) -> None:
     if not providers:
         return
@@ -168,24 +235,42 @@ def _kick(providers: set[str]) -> None:
         kicker.dispatch(name, registry.spec_of(name).synchronous)
 
 
-def _numbered(lines: Iterable[str | dict[str, Any]]) -> Iterator[tuple[int, str | dict[str, Any]]]:
+def _numbered(lines: Iterable[Line]) -> Iterator[tuple[int, Line]]:
     for n, line in enumerate(lines, start=1):
-        if isinstance(line, str) and not line.strip():
+        if isinstance(line, str | bytes) and not line.strip():
             continue
         yield n, line
 
 
-def _custom_id(raw: str | dict[str, Any]) -> str | None:
+def _custom_id(raw: Line) -> str | None:
     try:
-        data = json.loads(raw) if isinstance(raw, str) else raw
-        cid = data.get("custom_id") if isinstance(data, dict) else None
-        return str(cid) if cid is not None else None
-    except (ValueError, AttributeError):
+        data = read_line(raw)
+    except ValueError:
         return None
+    cid = data.get("custom_id")
+    return str(cid)[:256] if isinstance(cid, str | int | float) else None
+
+
+class UnknownProvider(ValueError):
+    """The default provider of a whole batch is not one we know: said once, nothing is enqueued."""
+
+
+def check_defaults(defaults: dict[str, Any] | None) -> None:
+    provider = (defaults or {}).get("provider")
+    if not provider:
+        return
+    for name in (p.strip() for p in str(provider).split(",") if p.strip()):
+        try:
+            registry.spec_of(name)
+        except KeyError:
+            known = ", ".join(sorted(registry.names()))
+            raise UnknownProvider(f"unknown provider {name!r}; known providers: {known}") from None
+
+
 
 
 def submit_batch(
-    lines: Iterable[str | dict[str, Any]] | Callable[[], Iterable[str | dict[str, Any]]],
+    lines: Iterable[Line] | Callable[[], Iterable[Line]],
     *,
     batch_id: str | None = None,
     base_dir: Path | str = ".",
@@ -201,6 +286,7 @@ def submit_batch(
     `keep_ids=False` leaves `report.job_ids` empty, so memory stays flat however long the batch is
     (the ids are in Redis under the batch, and in its manifest). `seeds`: lines without `variants` run that many
     times as one group (`editq submit --variants N`)."""
+    check_defaults(defaults)
     batch_id = batch_id or new_id("batch")
     enq = Enqueuer(batch_id, Path(base_dir))
     report = BatchReport(batch_id=batch_id, keep_ids=keep_ids)
@@ -237,8 +323,8 @@ def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:
     """Stream a JSONL file (one job per line, never the whole file in memory)."""
     path = Path(path)
 
-    def lines() -> Iterator[str]:
-        with path.open("r", encoding="utf-8") as fh:
+    def lines() -> Iterator[bytes]:
+        with path.open("rb") as fh:  # decoded line by line: a line that is not UTF-8 is that line's error
             yield from fh
 
     kwargs.setdefault("base_dir", path.parent)

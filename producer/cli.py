@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="editq: image-edit jobs at volume.")
@@ -28,12 +29,18 @@ def submit(
         min=1, max=64, help="Run each line without `variants` N times as one A/B group (labels s1..sN).")] = None,
 ) -> None:
     """Enqueue a batch. Invalid lines are reported with their number; the rest are enqueued."""
-    from producer.api import submit_file
+    from producer.api import UnknownProvider, submit_file
 
     defaults = {"provider": provider} if provider else None
-    report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False, seeds=variants)
-    for err in report.invalid:
-        console.print(f"[red]line {err.line}[/red]{f' ({err.custom_id})' if err.custom_id else ''}: {err.error}")
+    try:
+        report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False,
+                             seeds=variants)
+    except UnknownProvider as exc:
+        console.print(f"[red]--provider[/red]: {escape(str(exc))}; nothing enqueued")
+        raise typer.Exit(2) from None
+    for err in report.invalid:  # user data (custom_id, field names, references) is printed literally
+        cid = f" ({escape(err.custom_id)})" if err.custom_id else ""
+        console.print(f"[red]line {err.line}[/red]{cid}: {escape(err.error)}")
     if report.refused:
         console.print(f"[red]refused[/red]: {len(report.invalid)} invalid line(s) and --strict; nothing enqueued")
         raise typer.Exit(2)
@@ -42,9 +49,11 @@ def submit(
     console.print(
         f"enqueued {report.enqueued}, duplicates {len(report.duplicates)}, invalid {len(report.invalid)}"
     )
-    out.print(report.batch_id)
+    out.print(escape(report.batch_id))
     if watch:
         _watch(report.batch_id)
+    if report.invalid:  # the rest was enqueued, but the caller must know lines were refused
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -63,7 +72,7 @@ def status(
         out.print_json(json.dumps(st))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st["counts"].items())) or "no jobs"
-    out.print(f"batch {ident}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}")
+    out.print(f"batch {escape(ident)}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}")
     if st.get("manifest_key"):
         out.print(f"manifest: {st['manifest_key']}")
     if st.get("groups"):
@@ -80,7 +89,7 @@ def _watch(ident: str) -> dict[str, Any]:
     st = get_status(ident)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[detail]}"), console=console, transient=False) as progress:
-        task = progress.add_task(ident, total=max(1, st.get("total", 1)), detail="")
+        task = progress.add_task(escape(ident), total=max(1, st.get("total", 1)), detail="")
         while True:
             st = get_status(ident)
             detail = " ".join(f"{k}:{v}" for k, v in sorted(st.get("counts", {}).items()))
@@ -177,7 +186,7 @@ def download(
     from producer.download import download_batch
 
     n = download_batch(batch_id, dest)
-    out.print(f"{n} files written under {dest / batch_id}")
+    out.print(f"{n} files written under {escape(str(dest / batch_id))}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from producer.stack import LocalStack
 
@@ -31,7 +32,7 @@ def run_demo(batch: Path, dest: Path) -> int:
         console.print(f"batch [bold]{report.batch_id}[/bold]: enqueued {report.enqueued}, "
                       f"duplicates {len(report.duplicates)}, invalid {len(report.invalid)}")
         for err in report.invalid:
-            console.print(f"  [yellow]line {err.line}[/yellow] ({err.custom_id}): {err.error}")
+            console.print(f"  [yellow]line {err.line}[/yellow] ({escape(str(err.custom_id))}): {escape(err.error)}")
         st = _watch(report.batch_id)
         n = download_batch(report.batch_id, dest)
         failed = st["counts"].get("failed", 0)

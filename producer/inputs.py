@@ -1,26 +1,29 @@
-"""Fetch each input once at enqueue time, check it is an image by its bytes, hash it, and store it
+"""Fetch each input once at enqueue time, decode it in full (producer/images.py), hash it, and store it
 content-addressed in S3 (`inputs/{sha256}.{ext}`), so providers get presigned URLs and the
-idempotency key can include the exact input bytes."""
+idempotency key can include the exact input bytes.
+
+URLs go through the SSRF guard (worker/netguard.py): resolved once, checked, and fetched from the
+checked address only (with the URL's own Host and TLS name), every redirect hop checked again."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import io
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import httpx
 
+from producer.images import Decoded, ImageProblem, decode
 from schemas.job import InputRecord
 from schemas.settings import Settings, get_settings
 from worker.netguard import UnsafeURL, check_url
-from worker.storage import Probe, Storage, probe_image
+from worker.storage import Probe, Storage
 
-ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 CACHE_SIZE = 4096
+MAX_REDIRECTS = 3
 
 
 class InputError(ValueError):
@@ -32,31 +35,38 @@ class InputPreparer:
         self.storage = storage
         self.base_dir = base_dir
         self.settings = settings or get_settings()
-        self._cache: OrderedDict[tuple[str, ...], InputRecord] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, ...], tuple[InputRecord, str | None]] = OrderedDict()
         self._stored: set[str] = set()
 
-    def prepare(self, ref: str, field: str) -> InputRecord:
+    def prepare(self, ref: str, field: str, *, mask: bool = False) -> InputRecord:
+        """The stored input for `ref`; raises InputError naming `field`. A mask must have an alpha channel."""
         cache_key = self._cache_key(ref)
         hit = self._cache.get(cache_key)
         if hit is not None:
             self._cache.move_to_end(cache_key)
-            return hit
-        data = self._load(ref, field)
-        try:
-            probe = probe_image(io.BytesIO(data))
-        except ValueError as exc:
-            raise InputError(f"{field}: {_short(ref)} is {exc}") from None
-        if probe.format not in ALLOWED_FORMATS:
-            raise InputError(f"{field}: {_short(ref)} is {probe.format}; allowed formats: PNG, JPEG, WebP")
+            rec, mask_problem = hit
+        else:
+            data = self._load(ref, field)
+            try:
+                decoded = decode(data, self.settings.max_input_pixels)
+            except ImageProblem as exc:
+                raise InputError(f"{field}: {_short(ref)} is {exc}") from None
+            rec = self._record(ref, data, decoded)
+            mask_problem = decoded.mask_problem
+            self._cache[cache_key] = (rec, mask_problem)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        if mask and mask_problem:
+            raise InputError(f"{field}: {mask_problem.removeprefix('mask ')}")
+        return rec
+
+    def _record(self, ref: str, data: bytes, decoded: Decoded) -> InputRecord:
+        probe = decoded.probe
         sha = hashlib.sha256(data).hexdigest()
         key = self.storage.input_key(sha, probe.ext)
         self._store(key, data, probe, sha)
-        rec = InputRecord(ref=_short(ref), sha256=sha, bytes=len(data), format=probe.format.lower(),
-                          width=probe.width, height=probe.height, s3_key=key)
-        self._cache[cache_key] = rec
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return rec
+        return InputRecord(ref=_short(ref), sha256=sha, bytes=len(data), format=probe.format.lower(),
+                           width=probe.width, height=probe.height, s3_key=key)
 
     def _store(self, key: str, data: bytes, probe: Probe, sha: str) -> None:
         if key in self._stored:
@@ -73,7 +83,7 @@ class InputPreparer:
         path = self._path(ref)
         try:
             st = path.stat()
-        except OSError:
+        except (OSError, ValueError):
             return ("path", str(path))
         return ("path", str(path), str(st.st_mtime_ns), str(st.st_size))
 
@@ -86,7 +96,7 @@ class InputPreparer:
         if ref.startswith("data:"):
             try:
                 data = base64.b64decode(ref.split(",", 1)[1], validate=True)
-            except (binascii.Error, IndexError):
+            except (binascii.Error, IndexError, ValueError):
                 raise InputError(f"{field}: the data: URI is not valid base64") from None
         elif ref.startswith("s3://"):
             bucket, _, key = ref[5:].partition("/")
@@ -100,26 +110,42 @@ class InputPreparer:
         elif ref.startswith(("http://", "https://")):
             data = self._download(ref, field, limit)
         else:
+            data = self._read_file(ref, field, limit)
+        if len(data) > limit:
+            raise InputError(f"{field}: input is larger than {limit} bytes")
+        return data
+
+    def _read_file(self, ref: str, field: str, limit: int) -> bytes:
+        try:
             path = self._path(ref)
             if not path.is_file():
                 raise InputError(f"{field}: file not found: {ref}")
             if path.stat().st_size > limit:
                 raise InputError(f"{field}: {ref} is larger than {limit} bytes")
-            data = path.read_bytes()
-        if len(data) > limit:
-            raise InputError(f"{field}: input is larger than {limit} bytes")
-        return data
+            return path.read_bytes()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission...
+            if isinstance(exc, InputError):
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise InputError(f"{field}: cannot read {_short(ref)[:200]} ({reason})") from None
 
     def _download(self, url: str, field: str, limit: int) -> bytes:
-        for _ in range(4):  # follow at most 3 redirects, checking every hop
+        allowed = self.settings.private_allow_list
+        for _ in range(MAX_REDIRECTS + 1):  # every hop is checked
             try:
-                check_url(url, allow_private=self.settings.allow_private_urls)
+                target = check_url(url, allowed=allowed)
             except UnsafeURL as exc:
                 raise InputError(f"{field}: {_short(url)} refused: {exc}") from None
+            sni = target.server_hostname if target.pinned else None
             try:
-                with httpx.stream("GET", url, timeout=30, follow_redirects=False) as resp:
+                # a client per fetch: a pooled TLS connection is keyed by address, not by server name;
+                # no proxy from the environment, which would resolve the name again
+                with httpx.Client(timeout=30, follow_redirects=False, trust_env=False) as client, client.stream(
+                    "GET", target.connect_url, headers=target.pin_headers(),
+                    extensions={"sni_hostname": sni} if sni else None,
+                ) as resp:
                     if resp.is_redirect and resp.headers.get("location"):
-                        url = str(resp.url.join(resp.headers["location"]))
+                        url = str(httpx.URL(url).join(resp.headers["location"]))
                         continue
                     if resp.status_code != 200:
                         raise InputError(f"{field}: {_short(url)} answered HTTP {resp.status_code}")
@@ -129,7 +155,7 @@ class InputPreparer:
                         if len(buf) > limit:
                             raise InputError(f"{field}: {_short(url)} is larger than {limit} bytes")
                     return bytes(buf)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise InputError(f"{field}: cannot fetch {_short(url)} ({type(exc).__name__})") from None
         raise InputError(f"{field}: too many redirects for {_short(url)}")
 

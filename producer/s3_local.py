@@ -31,6 +31,8 @@ os.environ.setdefault("MOTO_DISABLE_GLOBAL_CORS", "true")
 import waitress
 from flask import Flask
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 
 
 class S3Only(DomainDispatcherApplication):
@@ -51,14 +53,34 @@ class S3Only(DomainDispatcherApplication):
         return self.s3
 
 
+class _Parser(HTTPRequestParser):
+    """waitress's parser, except that a request with no body never waits for `100 Continue`.
+
+    boto3 sends `Expect: 100-continue` on every PutObject. For a zero-byte body, waitress sends the
+    `100 Continue` and then marks the request, already complete, as incomplete again; it never reaches
+    the app and the client times out (a batch whose lines were all refused never got its empty
+    manifest.jsonl). A request without a body has nothing to continue with: it is served at once."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.expect_continue and not self.chunked and not self.content_length:  # type: ignore[has-type]
+            self.expect_continue = False
+
+
+class _Channel(HTTPChannel):
+    parser_class = _Parser
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    waitress.serve(S3Only(), host=args.host, port=args.port, threads=8, connection_limit=1024,
-                   channel_timeout=300, ident="editq-s3-local", _quiet=True)
+    server = waitress.create_server(S3Only(), host=args.host, port=args.port, threads=8, connection_limit=1024,
+                                    channel_timeout=300, ident="editq-s3-local")
+    server.channel_class = _Channel
+    server.run()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -86,7 +87,6 @@ class LocalStack:
         self.log_dir = self.log_dir or self._tmp
         self.env = {
             "EDITQ_REDIS_URL": self._ensure_redis(),
-            "EDITQ_ALLOW_PRIVATE_URLS": "1",
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "editq-local"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "editq-local-secret"),
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -98,6 +98,10 @@ class LocalStack:
         self.env["EDITQ_S3_ENDPOINT"] = self._ensure_s3()
         self.env["EDITQ_S3_BUCKET"] = os.environ.get("EDITQ_S3_BUCKET", "editq")
         self.start_sandbox()
+        self.env["EDITQ_ALLOWED_PRIVATE_HOSTS"] = allowed_private_hosts(
+            os.environ.get("EDITQ_ALLOWED_PRIVATE_HOSTS", ""),
+            self.env["EDITQ_SANDBOX_URL"], self.env["EDITQ_S3_ENDPOINT"],
+        )
         if self.webhooks:
             self.start_webhooks()
         self.apply_env()
@@ -246,6 +250,20 @@ class LocalStack:
         assert self.log_dir is not None
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def allowed_private_hosts(existing: str, *urls: str) -> str:
+    """The SSRF allow-list of a local stack: what was set, plus the exact host:port of each of `urls`
+    (the sandbox, which serves the providers' outputs, and the S3 server). Nothing else private is
+    fetched, so rehearsing keeps the guard on for every other input."""
+    entries = [e.strip() for e in existing.split(",") if e.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        entry = f"{parts.hostname}:{port}" if ":" not in (parts.hostname or "") else f"[{parts.hostname}]:{port}"
+        if entry not in entries:
+            entries.append(entry)
+    return ",".join(entries)
 
 
 def sandbox_provider_env(base: str) -> dict[str, str]:

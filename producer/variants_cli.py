@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -72,7 +73,7 @@ def continue_(
         result = continue_batch(batch_id, which=which, sets=[*(sets or []), *(extra or [])],
                                 batch_id_out=new_batch, dry_run=dry_run)
     except ValueError as exc:
-        console.print(f"[red]refused[/red]: {exc}")
+        console.print(f"[red]refused[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
     for jid in result.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}: it did not succeed")
@@ -83,7 +84,8 @@ def continue_(
     report = result.report
     assert report is not None
     for err in report.invalid:
-        console.print(f"[red]line {err.line}[/red]{f' ({err.custom_id})' if err.custom_id else ''}: {err.error}")
+        cid = f" ({escape(err.custom_id)})" if err.custom_id else ""  # user data, printed literally
+        console.print(f"[red]line {err.line}[/red]{cid}: {escape(err.error)}")
     if report.refused:
         console.print("[red]refused[/red]: nothing enqueued")
         raise typer.Exit(2)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.params import Background, Lane, OutputFormat, Quality, Size
 
@@ -16,21 +17,56 @@ DEFAULT_MODEL = "openai/gpt-image-2/edit"
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 32_000
 OPTIONAL_KEY_FIELDS = ("group", "variant", "parent_job_id")
+MAX_REF_CHARS = 2048  # a path, URL or s3:// reference (data: URIs are bounded by EDITQ_MAX_INPUT_BYTES)
+MAX_DEPTH = 8  # how deep any field's value may nest (metadata is the only field that nests at all)
+MAX_METADATA_BYTES = 16 * 1024  # as compact JSON: it is copied into Redis and every manifest
 
 
 def _check_ref(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("an image reference must not be empty")
-    if value.startswith(("http://", "https://", "s3://", "data:")):
-        if value.startswith("s3://") and "/" not in value[5:].strip("/"):
-            raise ValueError(f"s3 reference {value!r} must be s3://bucket/key")
-        if value.startswith("data:") and ";base64," not in value[:100]:
+    if value.startswith("data:"):
+        if ";base64," not in value[:100]:
             raise ValueError("a data: URI must be base64 encoded (data:image/png;base64,...)")
+        return value
+    if len(value) > MAX_REF_CHARS:
+        raise ValueError(f"a path or URL must be at most {MAX_REF_CHARS:,} characters, got {len(value):,}")
+    bad = next((i for i, ch in enumerate(value) if ord(ch) < 32 or ord(ch) == 127), None)
+    if bad is not None:
+        raise ValueError(f"contains a control character ({value[bad]!r} at position {bad})")
+    if value.startswith(("http://", "https://")):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {str(exc).lower()}") from None
+        if not parts.hostname:
+            raise ValueError("not a valid URL: no host")
+        return value
+    if value.startswith("s3://"):
+        if "/" not in value[5:].strip("/"):
+            raise ValueError(f"s3 reference {value!r} must be s3://bucket/key")
         return value
     if "://" in value:
         raise ValueError(f"unsupported scheme in {value[:40]!r}: use https://, s3://, data: or a local path")
     return value
+
+
+def nesting_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """A message when `value` (parsed JSON) nests deeper than `limit` lists/objects; checked without
+    recursion, so a hostile depth costs a loop, not the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return f"nested deeper than {limit} levels"
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return None
+
+
+ImageRef = Annotated[str, AfterValidator(_check_ref)]
 
 
 class JobRequest(BaseModel):
@@ -45,8 +81,8 @@ class JobRequest(BaseModel):
     )
     model: str = DEFAULT_MODEL
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
-    images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES)
-    mask: str | None = None
+    images: list[ImageRef] = Field(..., min_length=1, max_length=MAX_IMAGES)
+    mask: ImageRef | None = None
     size: Size = "auto"
     quality: Quality = Quality.medium
     num_images: int = Field(1, ge=1, le=10)
@@ -63,15 +99,17 @@ class JobRequest(BaseModel):
         None, max_length=200, description="Defaults to a hash of the content (provider, model, prompt, params, inputs)."
     )
 
-    @field_validator("images")
+    @field_validator("metadata")
     @classmethod
-    def _images(cls, v: list[str]) -> list[str]:
-        return [_check_ref(x) for x in v]
-
-    @field_validator("mask")
-    @classmethod
-    def _mask(cls, v: str | None) -> str | None:
-        return None if v is None else _check_ref(v)
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # bounded here, not when it is written: a value that validates must also serialise
+        problem = nesting_problem(v)
+        if problem:
+            raise ValueError(problem)
+        size = len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"is {size:,} bytes as JSON; at most {MAX_METADATA_BYTES:,}")
+        return v
 
     @field_validator("provider")
     @classmethod
@@ -133,7 +171,7 @@ def describe_errors(exc: ValidationError) -> str:
     """A one-line, human message naming each field and the rule it broke."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "line"
+        loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".") or "line"
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)

@@ -6,9 +6,9 @@ Provider-specific settings (keys, base URLs, limits) live beside each provider i
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,11 +90,29 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("0.0.0.0", description="Address the worker's metrics/health server binds.")
     max_input_bytes: int = 50 * 1024 * 1024
+    max_input_pixels: int = Field(
+        36_000_000, description="Inputs are decoded in full at enqueue; more pixels than this are refused "
+        "(decompression bombs)."
+    )
     max_output_bytes: int = 200 * 1024 * 1024
-    allow_private_urls: bool = Field(
-        False, description="Let inputs/outputs be fetched from loopback/private addresses (sandbox, tests)."
+    allowed_private_hosts: str = Field(
+        "", description="Comma list of exact host:port pairs that inputs and provider outputs may be fetched "
+        "from although private (and over http://): the sandbox, a local S3. Everything else private is refused."
     )
 
+    @field_validator("allowed_private_hosts")
+    @classmethod
+    def _allowed_private_hosts(cls, v: str) -> str:
+        from worker.netguard import allow_list
+
+        allow_list(v)  # a malformed entry stops start-up with its name, not the first fetch
+        return v
+
+    @cached_property
+    def private_allow_list(self) -> frozenset[tuple[str, int]]:
+        from worker.netguard import allow_list
+
+        return allow_list(self.allowed_private_hosts)
 
     def sentinel_hosts(self) -> list[tuple[str, int]]:
         out = []

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from producer.inputs import InputPreparer
 from schemas.settings import Settings
-from worker.netguard import UnsafeURL, check_url, check_url_async
+from tests.conftest import EXAMPLES
+from worker.errors import ProviderError
+from worker.netguard import Target, UnsafeURL, allow_list, check_url, check_url_async
 from worker.storage import Storage
+from worker.transport import async_client
 
 # the bounded wait of the blocking resolver below: only reached when the loop is blocked (the bug)
 BLOCKED_FOR_S = 5.0
@@ -37,6 +43,18 @@ FAKE_DNS: dict[str, Infos] = {
     "mapped.example": _infos("::ffff:10.0.0.1"),
     "mixed.example": _infos("93.184.216.34", "192.168.0.1"),
     "public6.example": _infos("2606:2800:220:1:248:1893:25c8:1946"),
+    # IPv6 forms that carry a private IPv4 address, and the IPv6 ranges that are not public
+    "nat64.example": _infos("64:ff9b::a00:1"),  # 64:ff9b::10.0.0.1
+    "nat64-local.example": _infos("64:ff9b:1::7f00:1"),  # local-use NAT64 of 127.0.0.1
+    "6to4.example": _infos("2002:a00:1::1"),  # 6to4 of 10.0.0.1
+    "compat.example": _infos("::a9fe:a9fe"),  # ::169.254.169.254
+    "translated.example": _infos("::ffff:0:7f00:1"),  # ::ffff:0:127.0.0.1
+    "teredo.example": _infos("2001:0:4136:e378:8000:63bf:f5ff:fffe"),  # Teredo client 10.0.0.1
+    "sitelocal.example": _infos("fec0::1"),
+    "multicast6.example": _infos("ff0e::1"),
+    "multicast4.example": _infos("239.1.2.3"),
+    "nat64-public.example": _infos("64:ff9b::5db8:d822"),  # 64:ff9b::93.184.216.34: a public address
+    "sandbox.example": _infos("10.9.8.7"),  # private, but its address:port is allow-listed below
 }
 
 
@@ -46,23 +64,44 @@ def _fake_getaddrinfo(host: str, port: object, *args: object, **kwargs: object) 
     return FAKE_DNS[host]
 
 
-# (url, allow_private, refusal message fragment or None when the URL is allowed)
-CASES: list[tuple[str, bool, str | None]] = [
-    ("ftp://public.example/x", False, "scheme 'ftp'"),
-    ("file:///etc/passwd", True, "scheme 'file'"),
-    ("http://public.example/x.png", False, "only https://"),
-    ("https://metadata.google.internal/computeMetadata/v1/", False, "is blocked"),
-    ("https://METADATA/", False, "is blocked"),
-    ("https://nowhere.example/x.png", False, "cannot resolve"),
-    ("https://private.example/x.png", False, "non-public"),
-    ("https://loopback.example/x.png", False, "non-public"),
-    ("https://linklocal.example/x.png", False, "non-public"),
-    ("https://cgnat.example/x.png", False, "non-public"),
-    ("https://mapped.example/x.png", False, "non-public"),
-    ("https://mixed.example/x.png", False, "non-public"),
-    ("https://public.example:8443/x.png", False, None),
-    ("https://public6.example/x.png", False, None),
-    ("http://private.example/x.png", True, None),  # sandbox and tests: nothing is resolved
+ALLOWED = allow_list("sandbox:8900,10.9.8.7:9000,127.0.0.1:5000")
+
+# (url, allowed, refusal message fragment or None when the URL is allowed)
+CASES: list[tuple[str, frozenset[tuple[str, int]], str | None]] = [
+    ("ftp://public.example/x", frozenset(), "scheme 'ftp'"),
+    ("file:///etc/passwd", ALLOWED, "scheme 'file'"),
+    ("http://public.example/x.png", frozenset(), "only https://"),
+    ("https://metadata.google.internal/computeMetadata/v1/", frozenset(), "is blocked"),
+    ("https://METADATA/", frozenset(), "is blocked"),
+    ("https://nowhere.example/x.png", frozenset(), "cannot resolve"),
+    ("https://private.example/x.png", frozenset(), "non-public"),
+    ("https://loopback.example/x.png", frozenset(), "non-public"),
+    ("https://linklocal.example/x.png", frozenset(), "non-public"),
+    ("https://cgnat.example/x.png", frozenset(), "non-public"),
+    ("https://mapped.example/x.png", frozenset(), "non-public"),
+    ("https://mixed.example/x.png", frozenset(), "non-public"),
+    ("https://nat64.example/x.png", frozenset(), "an IPv6 form of 10.0.0.1"),
+    ("https://nat64-local.example/x.png", frozenset(), "an IPv6 form of 127.0.0.1"),
+    ("https://6to4.example/x.png", frozenset(), "an IPv6 form of 10.0.0.1"),
+    ("https://compat.example/x.png", frozenset(), "an IPv6 form of 169.254.169.254"),
+    ("https://translated.example/x.png", frozenset(), "an IPv6 form of 127.0.0.1"),
+    ("https://teredo.example/x.png", frozenset(), "an IPv6 form of 10.0.0.1"),
+    ("https://sitelocal.example/x.png", frozenset(), "site-local"),
+    ("https://multicast6.example/x.png", frozenset(), "multicast"),
+    ("https://multicast4.example/x.png", frozenset(), "multicast"),
+    ("https://[::ffff:0:a00:1]/x.png", frozenset(), "an IPv6 form of 10.0.0.1"),
+    ("https://public.example:99999/x.png", frozenset(), "port out of range"),
+    ("https://public.example:8443/x.png", frozenset(), None),
+    ("https://public6.example/x.png", frozenset(), None),
+    ("https://nat64-public.example/x.png", frozenset(), None),
+    # the allow-list names exact host:port pairs; http:// is fetched from those only
+    ("http://sandbox:8900/fal/files/o.png", ALLOWED, None),
+    ("http://127.0.0.1:5000/bucket/k", ALLOWED, None),
+    ("http://sandbox.example:9000/x.png", ALLOWED, None),  # every address it resolves to is listed
+    ("http://127.0.0.1:5001/bucket/k", ALLOWED, "only https://"),  # another port on the same host
+    ("https://127.0.0.1:5001/bucket/k", ALLOWED, "non-public"),
+    ("https://sandbox.example/x.png", ALLOWED, "non-public"),
+    ("https://private.example/x.png", ALLOWED, "non-public"),
 ]
 
 
@@ -72,16 +111,17 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         runner.run(coro_fn())
 
 
-@pytest.mark.parametrize(("url", "allow_private", "refusal"), CASES)
+@pytest.mark.parametrize(("url", "allowed", "refusal"), CASES)
 def test_sync_and_async_checks_refuse_the_same_urls(
-    monkeypatch: pytest.MonkeyPatch, url: str, allow_private: bool, refusal: str | None
+    monkeypatch: pytest.MonkeyPatch, url: str, allowed: frozenset[tuple[str, int]], refusal: str | None
 ) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _fake_getaddrinfo)
     outcomes: list[str | None] = []
-    for check in (
-        lambda: check_url(url, allow_private=allow_private),
-        lambda: _run(lambda: check_url_async(url, allow_private=allow_private)),
-    ):
+
+    async def check_async() -> None:
+        await check_url_async(url, allowed=allowed)
+
+    for check in (lambda: check_url(url, allowed=allowed), lambda: _run(check_async)):
         try:
             check()
             outcomes.append(None)
@@ -99,9 +139,9 @@ def test_async_check_on_uvloop_resolves_for_real() -> None:
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with pytest.raises(UnsafeURL, match="non-public"):
-            runner.run(check_url_async("https://localhost/x.png", allow_private=False))
+            runner.run(check_url_async("https://localhost/x.png"))
         with pytest.raises(UnsafeURL, match="only https"):
-            runner.run(check_url_async("http://localhost/x.png", allow_private=False))
+            runner.run(check_url_async("http://localhost/x.png"))
 
 
 class BlockingResolver:
@@ -143,7 +183,7 @@ def test_async_check_does_not_block_the_event_loop(monkeypatch: pytest.MonkeyPat
     async def main() -> None:
         other = asyncio.create_task(resolver.other_coroutine())
         with pytest.raises(UnsafeURL, match="non-public"):
-            await check_url_async("https://slow-dns.example/x.png", allow_private=False)
+            await check_url_async("https://slow-dns.example/x.png")
         await other
 
     _run(main)
@@ -155,7 +195,7 @@ def test_output_download_check_does_not_block_the_event_loop(monkeypatch: pytest
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "editq-local")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "editq-local-secret")
     settings = Settings.model_validate(
-        {"s3_endpoint": "http://127.0.0.1:9", "s3_bucket": "editq-test", "allow_private_urls": False}
+        {"s3_endpoint": "http://127.0.0.1:9", "s3_bucket": "editq-test"}
     )
     storage = Storage(settings)
     resolver = BlockingResolver()
@@ -177,3 +217,114 @@ def test_output_download_check_does_not_block_the_event_loop(monkeypatch: pytest
 
     _run(main)
     _assert_loop_kept_running(resolver, loop_thread)
+
+
+# ---- resolve once, connect to the checked address (DNS rebinding) ------------------------------------
+
+
+class CountingServer:
+    """A real HTTP server on one loopback address that answers every GET with a PNG and notes its Host."""
+
+    def __init__(self, host: str, port: int) -> None:
+        hosts: list[str] = []
+        self.hosts = hosts
+        body = (EXAMPLES / "mug.png").read_bytes()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hosts.append(self.headers.get("Host", ""))
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def rebinding(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CountingServer, CountingServer]]:
+    """`rebind.example` answers 127.0.0.2 (the allow-listed stand-in for a public address) to its first
+    lookup and 127.0.0.1 (the internal service) to every later one. Both serve on the same port."""
+    checked = CountingServer("127.0.0.2", 0)
+    internal = None
+    for _ in range(20):
+        try:
+            internal = CountingServer("127.0.0.1", checked.port)
+            break
+        except OSError:  # the port is taken on 127.0.0.1: try another pair
+            checked.close()
+            checked = CountingServer("127.0.0.2", 0)
+    assert internal is not None
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.2"])
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> Infos:
+        if host == "rebind.example":
+            ip = next(answers, "127.0.0.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, int(str(port))))]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield checked, internal
+    checked.close()
+    internal.close()
+
+
+def _settings(port: int) -> Settings:
+    return Settings.model_validate({"s3_endpoint": "http://127.0.0.1:9", "s3_bucket": "editq-test",
+                                    "allowed_private_hosts": f"127.0.0.2:{port}"})
+
+
+def test_an_input_is_fetched_from_the_address_that_was_checked(
+        rebinding: tuple[CountingServer, CountingServer]) -> None:
+    checked, internal = rebinding
+    url = f"http://rebind.example:{checked.port}/x.png"
+    preparer = InputPreparer(cast(Storage, None), Path("."), _settings(checked.port))
+
+    data = preparer._download(url, "images[0]", 10**7)
+
+    assert data == (EXAMPLES / "mug.png").read_bytes()
+    assert internal.hosts == []  # a second lookup would have said 127.0.0.1
+    assert checked.hosts == [f"rebind.example:{checked.port}"]  # the URL's own Host, on the checked address
+
+
+def test_a_provider_output_is_fetched_from_the_address_that_was_checked(
+        monkeypatch: pytest.MonkeyPatch, rebinding: tuple[CountingServer, CountingServer]) -> None:
+    """The worker's call site, on the worker's own client (aiohttp underneath)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "editq-local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "editq-local-secret")
+    checked, internal = rebinding
+    storage = Storage(_settings(checked.port))
+
+    async def main() -> None:
+        http = async_client(4)
+        try:
+            with pytest.raises(ProviderError, match="S3 PUT"):  # fetched; then the (absent) S3 refuses
+                await storage.store_output(http, url=f"http://rebind.example:{checked.port}/out.png", b64=None,
+                                           key_for_ext=lambda ext: f"o.{ext}", index=0)
+        finally:
+            await http.aclose()
+
+    _run(main)
+    assert internal.hosts == []
+    assert checked.hosts == [f"rebind.example:{checked.port}"]
+
+
+def test_a_pinned_target_keeps_the_urls_host_for_host_and_tls() -> None:
+    target = Target("https://user@cdn.example:8443/a/b.png?sig=1", "cdn.example", 8443, "2606:4700::1")
+    assert target.connect_url == "https://user@[2606:4700::1]:8443/a/b.png?sig=1"
+    assert target.pin_headers({"Accept": "*/*"}) == {"Accept": "*/*", "Host": "cdn.example:8443"}
+    assert target.server_hostname == "cdn.example"
+    named = Target("http://sandbox:8900/o.png", "sandbox", 8900, None)  # allow-listed by name: not pinned
+    assert (named.connect_url, named.pin_headers(), named.pinned) == ("http://sandbox:8900/o.png", {}, False)

@@ -26,8 +26,15 @@ def test_errors_name_field_and_rule() -> None:
     assert _err(size="big") == "size: size must be 'auto' or 'WIDTHxHEIGHT' (e.g. '1024x1024'), got 'big'"
     assert _err(quality="ultra").startswith("quality: Input should be 'auto', 'low', 'medium' or 'high'")
     assert _err(num_images=0) == "num_images: Input should be greater than or equal to 1"
-    assert _err(images=["ftp://x/y.png"]) == (
-        "images: unsupported scheme in 'ftp://x/y.png': use https://, s3://, data: or a local path")
+    assert _err(images=["a.png", "ftp://x/y.png"]) == (
+        "images[1]: unsupported scheme in 'ftp://x/y.png': use https://, s3://, data: or a local path")
+    # hostile references are refused by the field, with the reason, before anything is fetched
+    assert _err(images=["https://example.com:99999/x.png"]) == "images[0]: not a valid URL: port out of range 0-65535"
+    assert _err(mask="https://exa\x01mple.com/m.png") == "mask: contains a control character ('\\x01' at position 11)"
+    assert _err(images=["a" * 5000]) == "images[0]: a path or URL must be at most 2,048 characters, got 5,000"
+    assert _err(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}) == (
+        "metadata: nested deeper than 8 levels")
+    assert _err(metadata={"notes": "x" * 20_000}) == "metadata: is 20,012 bytes as JSON; at most 16,384"
     assert _err(colour="red") == "colour: Extra inputs are not permitted"
     assert _err(provider="fal,fal") == "provider: a provider appears twice in the route"
 

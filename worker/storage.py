@@ -27,7 +27,7 @@ from PIL import Image
 from schemas.manifest import OutputRecord
 from schemas.settings import Settings, get_settings
 from worker.errors import ErrorKind, ProviderError
-from worker.netguard import check_url_async
+from worker.netguard import Target, check_url_async
 from worker.policy import kind_for_status
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
@@ -268,9 +268,10 @@ class Storage:
                 spool.write(data)
                 del data
             elif url:
-                await check_url_async(url, allow_private=self.settings.allow_private_urls)
+                # resolved once; the connection goes to the address that was checked
+                target = await check_url_async(url, allowed=self.settings.private_allow_list)
                 try:
-                    async with _get_stream(http, url, headers or {}) as (status, chunks):
+                    async with _get_stream(http, target, headers or {}) as (status, chunks):
                         if status != 200:
                             raise ProviderError(
                                 kind_for_status(status), f"output download: HTTP {status}", status_code=status
@@ -306,14 +307,18 @@ def _direct(http: httpx.AsyncClient) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _get_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str]
+async def _get_stream(http: httpx.AsyncClient, target: Target, headers: dict[str, str]
                       ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
-    """(status, body chunks) of a GET: on the aiohttp session directly when the client is editq's own."""
+    """(status, body chunks) of a GET to the checked address of `target` (Host and TLS name of its URL):
+    on the aiohttp session directly when the client is editq's own."""
+    url, headers = target.connect_url, target.pin_headers(headers)
+    sni = target.server_hostname if target.pinned else None
     if _direct(http):
-        async with http.stream_direct(url, headers=headers, timeout=60) as got:  # type: ignore[attr-defined]
+        async with http.stream_direct(url, headers=headers, timeout=60, server_hostname=sni) as got:  # type: ignore[attr-defined]
             yield got
     else:
-        async with http.stream("GET", url, headers=headers, timeout=60) as resp:
+        extensions = {"sni_hostname": sni} if sni else None
+        async with http.stream("GET", url, headers=headers, timeout=60, extensions=extensions) as resp:
             yield resp.status_code, resp.aiter_bytes(CHUNK)
 
 

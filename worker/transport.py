@@ -186,15 +186,18 @@ class AsyncClient(httpx.AsyncClient):
                 return response.status, body.decode("utf-8", "replace")
 
     @contextlib.asynccontextmanager
-    async def stream_direct(self, url: str, *, headers: dict[str, str], timeout: float
-                            ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+    async def stream_direct(self, url: str, *, headers: dict[str, str], timeout: float,
+                            server_hostname: str | None = None) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
         """GET on the aiohttp session itself, streamed: yields (status, chunks). For provider outputs,
-        one per stored image. No Accept-Encoding is sent; a compressed answer is decoded anyway."""
+        one per stored image. No Accept-Encoding is sent; a compressed answer is decoded anyway.
+        `server_hostname`: the TLS name when `url` names the checked address instead of the host
+        (worker/netguard.py); pooled connections are keyed by it too."""
         session = self.wire._get_session()
+        extra: dict[str, Any] = {"server_hostname": server_hostname} if server_hostname else {}
         with _mapped(None):
             response = await session.get(
                 yarl.URL(url, encoded=True), headers=headers, allow_redirects=False, auto_decompress=True,
-                timeout=_timeout(timeout),
+                timeout=_timeout(timeout), **extra,
             )
         try:
             yield response.status, _chunks(response, None)
