@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from producer.stack import sandbox_provider_env
+from producer.stack import allowed_private_hosts, sandbox_provider_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -616,6 +616,34 @@ def check_env_example(text: str) -> list[str]:
     return problems + check_sandbox_mentions("env.example", text)
 
 
+PRIVATE_HOSTS_VAR = "EDITQ_ALLOWED_PRIVATE_HOSTS"
+RETIRED_VARS = ("EDITQ_ALLOW_PRIVATE_URLS",)  # replaced by the allow-list: a stale mention misleads
+
+
+def check_private_hosts(data: dict[str, Any], example: str, documents: Mapping[str, str]) -> list[str]:
+    """The SSRF allow-list: compose passes it through with no default (a default would open private
+    addresses in production); env.example's sandbox block lists exactly what producer/stack.py would
+    allow for the compose stack (the sandbox, and the S3 server the compose file points at); the
+    retired all-or-nothing switch is mentioned nowhere."""
+    problems: list[str] = []
+    shared = dict(env_items(data.get("x-editq-env")))
+    if PRIVATE_HOSTS_VAR not in shared:
+        problems.append(f"compose: {PRIVATE_HOSTS_VAR} is not passed through")
+    elif shared[PRIVATE_HOSTS_VAR] not in (None, f"${{{PRIVATE_HOSTS_VAR}}}"):
+        problems.append(f"compose: {PRIVATE_HOSTS_VAR} must be passed through from the host with no default")
+    want = allowed_private_hosts("", SANDBOX_BASE, str(shared.get("EDITQ_S3_ENDPOINT")))
+    m = re.search(rf"(?m)^#\s*{PRIVATE_HOSTS_VAR}=(\S*)\s*$", example)
+    if not m:
+        problems.append(f"env.example: no commented-out {PRIVATE_HOSTS_VAR}={want}")
+    elif m.group(1) != want:
+        problems.append(f"env.example: {PRIVATE_HOSTS_VAR}={m.group(1)} should be {want}")
+    for where, text in {"env.example": example, **documents}.items():
+        for var in RETIRED_VARS:
+            if var in text:
+                problems.append(f"{where}: mentions {var}, replaced by {PRIVATE_HOSTS_VAR}")
+    return problems
+
+
 def _image_workdir() -> str:
     workdirs = [
         line.split(None, 1)[1].strip()
@@ -925,6 +953,29 @@ def test_readme_compose_run_names_a_file_in_a_mounted_volume(compose: dict[str, 
     assert any("/data/batch.jsonl" in command for _, command, _ in runs), runs
     problems = check_compose_run_paths(compose, docs)
     assert not problems, "\n".join(problems)
+
+
+def _private_hosts_documents() -> dict[str, str]:
+    paths = [COMPOSE_FILE, *RUN_DOCS, *sorted((ROOT / "docs").glob("*.md"))]
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in paths}
+
+
+def test_private_hosts_allow_list_agrees_everywhere(compose: dict[str, Any]) -> None:
+    problems = check_private_hosts(compose, ENV_EXAMPLE.read_text(encoding="utf-8"), _private_hosts_documents())
+    assert not problems, "\n".join(problems)
+
+
+def test_private_hosts_check_catches_regressions(compose: dict[str, Any]) -> None:
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    docs = _private_hosts_documents()
+    assert check_private_hosts(compose, example.replace("sandbox:8900,minio:9000", "sandbox:8900"), docs)
+    assert check_private_hosts(compose, example, {**docs, "README.md": "set EDITQ_ALLOW_PRIVATE_URLS=true"})
+    opened = copy.deepcopy(compose)
+    opened["x-editq-env"][PRIVATE_HOSTS_VAR] = "${EDITQ_ALLOWED_PRIVATE_HOSTS:-10.0.0.0:80}"
+    assert check_private_hosts(opened, example, docs)
+    dropped = copy.deepcopy(compose)
+    del dropped["x-editq-env"][PRIVATE_HOSTS_VAR]
+    assert check_private_hosts(dropped, example, docs)
 
 
 def test_text_checks_catch_regressions() -> None:
