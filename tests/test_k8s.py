@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from producer.stack import sandbox_provider_env
+from producer.stack import allowed_private_hosts, sandbox_provider_env
 from tests.conftest import ROOT
 from tests.js_clients import run_script
 from tests.kustomize import key, load_docs, render
@@ -107,6 +107,10 @@ def test_the_sandbox_overlay_points_every_provider_at_the_sandbox() -> None:
     expected = sandbox_provider_env("http://sandbox:8900")
     assert {k: config[k] for k in expected} == expected  # every provider of the registry, none missing
     assert _by(docs, "Service", "sandbox")["spec"]["ports"][0]["port"] == 8900
+    # the SSRF guard stays on: only the sandbox's exact host:port is fetched from although private
+    assert config["EDITQ_ALLOWED_PRIVATE_HOSTS"] == allowed_private_hosts("", "http://sandbox:8900")
+    assert not any("EDITQ_ALLOW_PRIVATE_URLS" in d.get("data", {}) for o in OVERLAYS
+                   for d in rendered(o) if d["kind"] == "ConfigMap")
     assert _by(docs, "Deployment", "editq-sandbox")
     prod = _by(rendered("production"), "ConfigMap", "editq-config")["data"]
     assert not any(k.endswith("_BASE_URL") and "sandbox" in v for k, v in prod.items())

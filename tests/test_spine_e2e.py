@@ -132,7 +132,7 @@ def test_bad_lines_reported_by_number_rest_proceeds(live: LocalStack, tmp_path: 
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     proc = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(path)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # lines were refused (the rest is enqueued)
     err = proc.stderr
     assert "line 2: not valid JSON" in err
     assert f"line 3 ({tag}-noimg): images: List should have at least 1 item" in err
