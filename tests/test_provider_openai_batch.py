@@ -50,6 +50,7 @@ class FakeRedis:
         self.deadline: dict[str, float] = {}
         self.h: dict[str, dict[str, str]] = {}
         self.sets: dict[str, set[str]] = {}
+        self.z: dict[str, dict[str, float]] = {}
 
     def get(self, k: str) -> str | None:
         if k in self.deadline and time.monotonic() > self.deadline[k]:
@@ -101,6 +102,18 @@ class FakeRedis:
 
     def scard(self, k: str) -> int:
         return len(self.sets.get(k, set()))
+
+    def zadd(self, k: str, mapping: dict[str, float]) -> None:
+        self.z.setdefault(k, {}).update(mapping)
+
+    def zrem(self, k: str, member: str) -> None:
+        self.z.get(k, {}).pop(member, None)
+
+    def zremrangebyscore(self, k: str, lo: str, hi: float) -> None:
+        self.z[k] = {m: s for m, s in self.z.get(k, {}).items() if s > hi}
+
+    def zcard(self, k: str) -> int:
+        return len(self.z.get(k, {}))
 
 
 class _Client:
@@ -205,9 +218,18 @@ def test_validate_names_provider_field_and_allowed_values() -> None:
 def test_settings_hooks_claim_size_and_deadline() -> None:
     a = adapter(claim_size=1234)
     assert a.settings.claim_size == 1234 and SPEC.webhooks is False and SPEC.batches
-    assert a.claim_size() == 1234 and adapter().claim_size() == OpenAIBatchSettings().claim_size == 10_000
+    assert a.claim_size() == 1234 and adapter().claim_size() == OpenAIBatchSettings().claim_size == 50_000
     assert (a.deadline_s() or 0) > 24 * 3600  # the pipeline must let the 24 h window run out first
-    assert a.settings.rpm == 0 and a.settings.concurrency == 50_000
+    assert a.settings.rpm == 0 and a.settings.concurrency == 1_000_000 and a.settings.max_open_batches == 20
+    # the claim fills the provider batches that may still open, and nothing at the limit
+    b = adapter(max_open_batches=2, max_lines=3)
+    assert b.claim_size() == 6
+    b.store.remember("batch_a", 3)
+    assert b.claim_size() == 3
+    b.store.remember("batch_b", 3)
+    assert b.claim_size() == 0 and b.free_batches() == 0
+    b.store.mark_ingested("batch_a", "completed")
+    assert b.claim_size() == 3
     assert auth(a) == {"Authorization": f"Bearer {KEY}"}
     b = OpenAIBatchProtocol(OpenAIBatchSettings(api_key=KEY, organization="org-1", project="proj-1"))
     assert auth(b)["OpenAI-Organization"] == "org-1" and auth(b)["OpenAI-Project"] == "proj-1"
@@ -582,3 +604,17 @@ def test_cancel_of_every_job_cancels_the_provider_batch(sb: str) -> None:
     finally:
         httpx.patch(f"{sb}/_sandbox/config", json={"latency_s": 0.05}).raise_for_status()
     assert batch is not None and batch["status"] in ("cancelling", "cancelled")
+
+
+def test_a_provider_batch_is_cut_at_50000_lines_or_the_file_size_whichever_first() -> None:
+    a = adapter()  # the defaults: OpenAI's 50,000 lines and 190 MB (under its 200 MB)
+    assert (a.settings.max_lines, a.settings.max_file_bytes) == (50_000, 190 * 1024 * 1024)
+    base = a.build_request(job("job_x"), URLS, None)
+    items = [(job(f"job_{i}"), base) for i in range(50_001)]  # one line each (the request is the same)
+    chunks, _ = a.chunk_lines(items)
+    assert [len(c) for c in chunks] == [50_000, 1]  # the line count came first
+    one = len(chunks[0][0].data)
+    b = adapter(max_file_bytes=one * 20_000 + 5)  # now the file size comes first
+    chunks, _ = b.chunk_lines(items)
+    assert [len(c) for c in chunks] == [20_000, 20_000, 10_001]
+    assert all(sum(len(x.data) for x in c) <= b.settings.max_file_bytes for c in chunks)

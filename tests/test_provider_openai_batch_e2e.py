@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from producer.api import BatchReport, submit_file, wait
+from producer.api import BatchReport, status, submit_file, wait
 from producer.stack import LocalStack
 from tests.conftest import sandbox_requests, sha256, unique, wait_for, write_jsonl
 from tests.e2e import configure_sandbox, copy_examples, manifests_by_cid, start, using
@@ -176,3 +176,40 @@ def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, 
         assert "(not billed; failed by unrun_policy=fail)" in m["error"]["reason"]
     [ok] = [m for m in manifests.values() if m["state"] == "succeeded"]
     assert len(ok["outputs"]) == 1 and ok["usage"]["cost_usd"] > 0
+
+
+def test_batches_are_cut_small_and_only_max_open_batches_run_at_once(live: LocalStack, tmp_path: Path) -> None:
+    """The limits set small through settings: 3 lines per provider batch, 2 provider batches open at once. 11 jobs
+    make at least 4 batches of at most 3 lines; two run together, never three."""
+    from worker.keys import keys
+    from worker.redis_client import get_redis
+
+    tag = unique("oaibn")
+    copy_examples(tmp_path, INPUTS)
+    rows = [{"custom_id": f"{tag}-{i}", "provider": "openai_batch", "prompt": f"{tag} shot {i}",
+             "images": ["mug.png"], "quality": "low"} for i in range(11)]
+    report = submit_file(write_jsonl(tmp_path / "many.jsonl", rows))
+    assert report.enqueued == 11
+    configure_sandbox(live, {"latency_s": 1.0})
+    r, k = get_redis(), keys()
+    seen: list[int] = []
+    try:
+        _start_worker(live, "many", EDITQ_OPENAI_BATCH_MAX_LINES="3", EDITQ_OPENAI_BATCH_MAX_OPEN_BATCHES="2")
+
+        def done() -> bool:
+            seen.append(int(r.zcard(k.oaib_open)))
+            return status(report.batch_id)["counts"] == {"succeeded": 11}
+
+        wait_for(done, 120, "the 11 jobs", interval=0.05)
+    finally:
+        configure_sandbox(live, {"latency_s": 0.1})
+    assert max(seen) == 2, "two provider batches ran at once, never more"
+    manifests = manifests_by_cid(report.batch_id)
+    by_batch: dict[str, int] = {}
+    for m in manifests.values():
+        assert m["state"] == "succeeded"
+        pbid = m["provider_request_id"].split(":")[0]
+        by_batch[pbid] = by_batch.get(pbid, 0) + 1
+    assert len(by_batch) >= 4 and max(by_batch.values()) <= 3 and sum(by_batch.values()) == 11
+    mine = [b for b in _provider_batches(live) if b["id"] in by_batch]
+    assert sorted(b["request_counts"]["total"] for b in mine) == sorted(by_batch.values())

@@ -55,8 +55,16 @@ class RedisBatchStore:
     # ---- BatchStore -------------------------------------------------------------------------------------
     def remember(self, batch_id: str, lines: int) -> None:
         key = self.k.oaib_meta(batch_id)
-        self.redis.hset(key, mapping={"lines": lines, "created_at": repr(time.time())})
+        now = time.time()
+        self.redis.hset(key, mapping={"lines": lines, "created_at": repr(now)})
         self.redis.expire(key, self.ttl_s)
+        self.redis.zadd(self.k.oaib_open, {batch_id: now})
+
+    def open_batches(self, horizon_s: float) -> int:
+        """Provider batches created in the last `horizon_s` whose files were not read back yet (older entries,
+        e.g. of a batch whose every job was cancelled and never polled again, are dropped)."""
+        self.redis.zremrangebyscore(self.k.oaib_open, "-inf", time.time() - horizon_s)
+        return int(self.redis.zcard(self.k.oaib_open))
 
     def records(self, batch_id: str, custom_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         raw = self.redis.hmget(self.k.oaib_results(batch_id), list(custom_ids)) if custom_ids else []
@@ -86,6 +94,7 @@ class RedisBatchStore:
 
     def mark_ingested(self, batch_id: str, status: str) -> None:
         self.redis.set(self.k.oaib_ingested(batch_id), status, ex=self.ttl_s)
+        self.redis.zrem(self.k.oaib_open, batch_id)
 
     def lock(self, batch_id: str, lease_s: float) -> str | None:
         token = secrets.token_hex(8)

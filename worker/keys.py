@@ -69,6 +69,7 @@ LAYOUT: Mapping[str, str] = {
     "oaib_lock": "{prefix}:oaib:{batch_id}:lock",  # the ingest lock (a token with a lease)
     "oaib_ingested": "{prefix}:oaib:{batch_id}:ingested",  # set once both files were read whole
     "oaib_cancelled": "{prefix}:oaib:{batch_id}:cancelled",  # set of custom_ids cancelled by editq
+    "oaib_open": "{prefix}:oaib:open",  # zset: provider batches created and not yet read back, score = created at
     # benchmarks (bench/naive.py, the design editq is compared with)
     "naive_ready": "{prefix}:naive:ready",  # counter: naive workers that are up
     "naive_done": "{prefix}:naive:done:{batch}",  # list: finished naive jobs of a run
@@ -237,6 +238,11 @@ class Keys:
     def oaib_cancelled(self, batch_id: str) -> str:
         """Set of custom_ids cancelled by editq (the batch is cancelled when all are)."""
         return self._fill("oaib_cancelled", batch_id=batch_id)
+
+    @property
+    def oaib_open(self) -> str:
+        """Zset of the provider batches in flight (created, files not yet read whole), by creation time."""
+        return self._fill("oaib_open")
 
     @property
     def naive_ready(self) -> str:

@@ -106,7 +106,10 @@ class Pipeline:
         adapter = providers.protocol_of(provider)
         spec = providers.spec_of(provider)
         sync_want = max(1, min(self.limits(adapter)[0], 8))
-        want = adapter.claim_size() or (sync_want if spec.synchronous else self.settings.submit_batch)
+        size = adapter.claim_size()
+        want = size if size is not None else (sync_want if spec.synchronous else self.settings.submit_batch)
+        if want <= 0:  # the protocol takes no more now (OpenAI Batch: max_open_batches in flight)
+            return 0
         if spec.synchronous or spec.batches:
             claimed, items = self._claim(adapter, want)
             if not spec.batches:

@@ -21,11 +21,15 @@ class OpenAIBatchSettings(OpenAIPriceSettings):
     base_url: str = "https://api.openai.com/v1"
     organization: str | None = Field(None, description="OpenAI-Organization header.")
     project: str | None = Field(None, description="OpenAI-Project header.")
-    concurrency: int = Field(50_000, description="Jobs in flight in provider batches (the pipeline's slot cap).")
+    concurrency: int = Field(1_000_000, description="Jobs in flight in provider batches (the pipeline's slot cap; "
+                             "the number of batches is bounded by max_open_batches).")
     rpm: int = Field(0, description="Keep 0: the pipeline counts claimed jobs, and one dispatch is one batch.")
     webhooks: bool = False
     timeout_s: float = 60.0
-    claim_size: int = Field(10_000, ge=1, description="Jobs one dispatch claims (-> one or more provider batches).")
+    claim_size: int = Field(50_000, ge=1, description="Jobs one dispatch claims at most (-> one or more provider "
+                            "batches; also bounded by max_open_batches x max_lines).")
+    max_open_batches: int = Field(20, ge=1, description="Provider batches in flight at once, across all workers "
+                                  "(created and not yet read back).")
     max_lines: int = Field(50_000, ge=1, le=50_000, description="Lines per provider batch (OpenAI: 50,000).")
     max_file_bytes: int = Field(190 * 1024 * 1024, ge=1024, description="JSONL bytes per batch (OpenAI: 200 MB).")
     upload_timeout_s: float = Field(90.0, description="Keep below the pipeline's submit_lease_s (120 s).")

@@ -17,9 +17,12 @@ How the protocol maps that onto the pipeline's hooks. Coordination between worke
 the shared status answer, the ingest lock, the per-job records, cancellations) and the staging of decoded
 images live in the engine, behind `BatchStore` (implemented by worker/batch_ingest.py on Redis and S3; every
 key is a `worker.keys.Keys` method): this module builds requests and reads answers only.
-* `claim_size` (EDITQ_OPENAI_BATCH_CLAIM_SIZE, default 10,000) jobs are claimed per dispatch; `submit_many` splits
-  them into provider batches of at most `max_lines` (50,000) lines and `max_file_bytes` (190 MB, under OpenAI's
-  200 MB) and sends one upload + one batch create per provider batch. Each job's request id is
+* A dispatch claims enough jobs to fill the provider batches that may still open: at most `claim_size` (50,000),
+  at most `max_open_batches` (20, EDITQ_OPENAI_BATCH_MAX_OPEN_BATCHES: batches created and not yet read back,
+  across all workers) minus those open, times `max_lines`; none at the limit. `submit_many` cuts them into provider
+  batches at `max_lines` (50,000) lines or `max_file_bytes` (190 MB, under OpenAI's 200 MB), whichever comes
+  first, and sends one upload + one batch create per provider batch (a size cut that would open more batches than
+  may open leaves the surplus jobs queued for a retry, unsent). Each job's request id is
   `"{batch_id}:{job_id}"`; its handle is `{batch_id, custom_id, line, input_file_id}`.
 * `poll_many` makes at most one `GET /batches/{id}` per provider batch per `status_ttl_s` (the answer is shared
   through the store by every poller in every worker process). When a batch has ended, ONE worker (the store's ingest
@@ -116,7 +119,11 @@ class BatchStore(Protocol):
     Implemented by worker/batch_ingest.py (Redis, every key a `worker.keys.Keys` method; S3)."""
 
     def remember(self, batch_id: str, lines: int) -> None:
-        """A provider batch was created with this many lines (cancel counts against it)."""
+        """A provider batch was created with this many lines (cancel counts against it); it is open until
+        `mark_ingested`."""
+
+    def open_batches(self, horizon_s: float) -> int:
+        """Provider batches created in the last `horizon_s` and not yet read back (every worker's)."""
 
     def records(self, batch_id: str, custom_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """The recorded per-job records, None where a job has none yet."""
@@ -450,8 +457,13 @@ class OpenAIBatchProtocol(ProviderProtocol):
         super().__init__(settings)
         self._store = store
 
+    def free_batches(self) -> int:
+        """Provider batches this deployment may still open (`max_open_batches` minus those in flight)."""
+        return max(0, self.settings.max_open_batches - self.store.open_batches(self.settings.deadline_s))
+
     def claim_size(self) -> int | None:
-        return self.settings.claim_size
+        """Enough jobs to fill the provider batches that may still open (0 at the limit: claim nothing)."""
+        return min(self.settings.claim_size, self.free_batches() * self.settings.max_lines)
 
     @property
     def store(self) -> BatchStore:
@@ -500,7 +512,13 @@ class OpenAIBatchProtocol(ProviderProtocol):
         chunks, too_big = self.chunk_lines(items)
         for i, reason in too_big.items():
             out[i] = ProviderError(ErrorKind.terminal, reason)
-        for chunk in chunks:
+        free = self.free_batches()
+        for chunk in chunks[free:]:  # the size cut made more batches than may open: these wait, unsent
+            err = ProviderError(ErrorKind.retryable, f"{NAME}: not sent: {self.settings.max_open_batches} provider "
+                                "batches already open (max_open_batches)", retry_after_s=self.settings.status_ttl_s)
+            for line in chunk:
+                out[line.index] = err
+        for chunk in chunks[:free]:
             try:
                 batch = await self._create_batch(client, chunk)
             except ProviderError as err:
