@@ -22,7 +22,11 @@ def report(
     """Write a static report of a batch (one row per A/B group) that opens from disk, and a PNG contact sheet."""
     from producer.report import write_report
 
-    files = write_report(batch_id, dest)
+    try:
+        files = write_report(batch_id, dest)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from None
     for key in files.missing:
         console.print(f"[yellow]missing in S3[/yellow]: {key}")
     console.print(f"{files.thumbs} thumbnails, {len(files.sheets)} contact sheet page(s)")
@@ -45,7 +49,11 @@ def review(
 
     folder = cache or Path(tempfile.mkdtemp(prefix=f"editq-review-{batch_id}-"))
     console.print(f"making thumbnails in {folder}…")
-    session = ReviewSession(batch_id, _storage(), folder, reviewer or default_reviewer())
+    try:
+        session = ReviewSession(batch_id, _storage(), folder, reviewer or default_reviewer())
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from None
     console.print(f"{len(session.log.decisions)} decision(s) so far in s3://{session.storage.bucket}/{session.log.key}")
     out.print(f"review {batch_id} at http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(create_app(session), host=host, port=port, log_level="warning")
@@ -75,6 +83,9 @@ def continue_(
     except ValueError as exc:
         console.print(f"[red]refused[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from None
     for jid in result.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}: it did not succeed")
     if dry_run:

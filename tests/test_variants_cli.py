@@ -64,6 +64,9 @@ def test_submit_variants_status_report_and_continue_from_the_command_line(live: 
     assert res.exit_code == 2 and "choose one" in res.output
     res = runner.invoke(app, ["continue", batch, "--picked", "--set", "images=x.png"])
     assert res.exit_code == 2 and "cannot change it in a follow-up" in res.output
+    for command in (["report", "batch_nope", "--out", str(tmp_path / "x")], ["continue", "batch_nope", "--picked"]):
+        res = runner.invoke(app, command)
+        assert res.exit_code == 1 and "no batch 'batch_nope'" in res.output, res.output
 
 
 def _redis_manifests(batch: str) -> list[dict]:  # type: ignore[type-arg]
