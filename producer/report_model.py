@@ -166,7 +166,7 @@ def cell_of(entry: dict[str, Any]) -> Cell:
         quality=str(job.get("quality", "")),
         state=str(entry.get("state", "unknown")),
         custom_id=entry.get("custom_id"),
-        cost_usd=usage.get("cost_usd"),
+        cost_usd=entry["cost_usd"] if entry.get("cost_usd") is not None else usage.get("cost_usd"),
         latency_s=latency(entry),
         error=_error(entry),
         outputs=outputs,

@@ -129,7 +129,7 @@ def entry(job_id: str, group: str, label: str, provider: str = "fal", state: str
 
 
 def test_report_grid_rows_summary_and_decisions() -> None:
-    entries = [entry("j1", "mug", "A"), entry("j2", "mug", "B", provider="openai", cost=0.02),
+    entries = [entry("j1", "mug", "A"), {**entry("j2", "mug", "B", provider="openai", cost=None), "cost_usd": 0.02},
                entry("j3", "mug", "C", state="failed", cost=None), entry("j4", "bottle", "A"),
                {"job_id": "j5", "batch_id": "b1", "custom_id": "plain", "state": "succeeded", "job": {}, "outputs": []}]
     state = replay([_decision("pick", "j2", "mug"), _decision("reject", "j3", "mug")])
