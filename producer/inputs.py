@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import os
+import ssl
 from collections import OrderedDict
 from pathlib import Path
 
@@ -31,10 +32,12 @@ class InputError(ValueError):
 
 
 class InputPreparer:
-    def __init__(self, storage: Storage, base_dir: Path, settings: Settings | None = None) -> None:
+    def __init__(self, storage: Storage, base_dir: Path, settings: Settings | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.storage = storage
         self.base_dir = base_dir
         self.settings = settings or get_settings()
+        self.tls = tls  # the trust store for https inputs; None: httpx's default (certifi)
         self._cache: OrderedDict[tuple[str, ...], tuple[InputRecord, str | None]] = OrderedDict()
         self._stored: set[str] = set()
 
@@ -140,7 +143,8 @@ class InputPreparer:
             try:
                 # a client per fetch: a pooled TLS connection is keyed by address, not by server name;
                 # no proxy from the environment, which would resolve the name again
-                with httpx.Client(timeout=30, follow_redirects=False, trust_env=False) as client, client.stream(
+                with httpx.Client(timeout=30, follow_redirects=False, trust_env=False,
+                                  verify=self.tls or True) as client, client.stream(
                     "GET", target.connect_url, headers=target.pin_headers(),
                     extensions={"sni_hostname": sni} if sni else None,
                 ) as resp:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.server
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from tests.conftest import EXAMPLES
 from worker.errors import ProviderError
 from worker.netguard import Target, UnsafeURL, allow_list, check_url, check_url_async
 from worker.storage import Storage
-from worker.transport import async_client
+from worker.transport import AiohttpTransport, AsyncClient
 
 # the bounded wait of the blocking resolver below: only reached when the loop is blocked (the bug)
 BLOCKED_FOR_S = 5.0
@@ -223,11 +225,13 @@ def test_output_download_check_does_not_block_the_event_loop(monkeypatch: pytest
 
 
 class CountingServer:
-    """A real HTTP server on one loopback address that answers every GET with a PNG and notes its Host."""
+    """A real HTTP server on one loopback address that answers every GET with a PNG and notes its Host
+    (and, over TLS, the server name each client asked for)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         hosts: list[str] = []
         self.hosts = hosts
+        self.server_names: list[str | None] = []
         body = (EXAMPLES / "mug.png").read_bytes()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -243,6 +247,9 @@ class CountingServer:
                 return None
 
         self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:
+            tls.sni_callback = lambda sock, name, ctx: self.server_names.append(name)  # type: ignore[assignment,func-returns-value]
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -252,19 +259,68 @@ class CountingServer:
         self.server.server_close()
 
 
-@pytest.fixture
-def rebinding(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CountingServer, CountingServer]]:
-    """`rebind.example` answers 127.0.0.2 (the allow-listed stand-in for a public address) to its first
-    lookup and 127.0.0.1 (the internal service) to every later one. Both serve on the same port."""
-    checked = CountingServer("127.0.0.2", 0)
-    internal = None
+class Certificates:
+    """A throwaway CA and a certificate it signed for `rebind.example` (cryptography, in memory)."""
+
+    def __init__(self, tmp: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.UTC)
+
+        def cert(subject: str, key: Any, issuer: Any, issuer_key: Any, ca: bool) -> Any:
+            builder = (x509.CertificateBuilder()
+                       .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                       .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now - datetime.timedelta(hours=1))
+                       .not_valid_after(now + datetime.timedelta(hours=1))
+                       .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+            if not ca:
+                builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+            return builder.sign(issuer_key, hashes.SHA256())
+
+        ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "editq test CA")])
+        ca = cert("editq test CA", ca_key, ca_name, ca_key, True)
+        leaf = cert("rebind.example", leaf_key, ca_name, ca_key, False)
+        self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+        self.chain = tmp / "leaf.pem"
+        self.chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    def server(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.chain)
+        return ctx
+
+    def client(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(cadata=self.ca_pem)
+        return ctx
+
+
+def _server_pair(tls: Certificates | None) -> tuple[CountingServer, CountingServer]:
+    """The checked server on 127.0.0.2 and the internal one on 127.0.0.1, on the same port."""
     for _ in range(20):
+        checked = CountingServer("127.0.0.2", 0, tls.server() if tls else None)
         try:
-            internal = CountingServer("127.0.0.1", checked.port)
-            break
+            return checked, CountingServer("127.0.0.1", checked.port, tls.server() if tls else None)
         except OSError:  # the port is taken on 127.0.0.1: try another pair
             checked.close()
-            checked = CountingServer("127.0.0.2", 0)
+    raise AssertionError("no free port on both 127.0.0.1 and 127.0.0.2")
+
+
+@pytest.fixture(params=["http", "https"])
+def rebinding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+              ) -> Iterator[tuple[str, CountingServer, CountingServer, ssl.SSLContext | None]]:
+    """`rebind.example` answers 127.0.0.2 (the allow-listed stand-in for a public address) to its first
+    lookup and 127.0.0.1 (the internal service) to every later one. Both serve on the same port; over
+    https with a certificate for `rebind.example` only (so the fetch works only if the TLS name is the
+    URL's host, not the address connected to). Yields (scheme, checked, internal, client trust store)."""
+    certs = Certificates(tmp_path) if request.param == "https" else None
+    checked, internal = _server_pair(certs)
     assert internal is not None
     real = socket.getaddrinfo
     answers = iter(["127.0.0.2"])
@@ -276,7 +332,7 @@ def rebinding(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CountingServer,
         return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield checked, internal
+    yield request.param, checked, internal, certs.client() if certs else None
     checked.close()
     internal.close()
 
@@ -286,39 +342,45 @@ def _settings(port: int) -> Settings:
                                     "allowed_private_hosts": f"127.0.0.2:{port}"})
 
 
-def test_an_input_is_fetched_from_the_address_that_was_checked(
-        rebinding: tuple[CountingServer, CountingServer]) -> None:
-    checked, internal = rebinding
-    url = f"http://rebind.example:{checked.port}/x.png"
-    preparer = InputPreparer(cast(Storage, None), Path("."), _settings(checked.port))
+Rebinding = tuple[str, CountingServer, CountingServer, ssl.SSLContext | None]
 
-    data = preparer._download(url, "images[0]", 10**7)
+
+def _assert_fetched_from_the_checked_address(scheme: str, checked: CountingServer, internal: CountingServer) -> None:
+    assert internal.hosts == [] and internal.server_names == []  # a second lookup would have said 127.0.0.1
+    assert checked.hosts == [f"rebind.example:{checked.port}"]  # the URL's own Host, on the checked address
+    if scheme == "https":  # and the URL's host as the TLS name: the certificate was verified for it
+        assert checked.server_names == ["rebind.example"]
+
+
+def test_an_input_is_fetched_from_the_address_that_was_checked(rebinding: Rebinding) -> None:
+    scheme, checked, internal, trust = rebinding
+    preparer = InputPreparer(cast(Storage, None), Path("."), _settings(checked.port), tls=trust)
+
+    data = preparer._download(f"{scheme}://rebind.example:{checked.port}/x.png", "images[0]", 10**7)
 
     assert data == (EXAMPLES / "mug.png").read_bytes()
-    assert internal.hosts == []  # a second lookup would have said 127.0.0.1
-    assert checked.hosts == [f"rebind.example:{checked.port}"]  # the URL's own Host, on the checked address
+    _assert_fetched_from_the_checked_address(scheme, checked, internal)
 
 
 def test_a_provider_output_is_fetched_from_the_address_that_was_checked(
-        monkeypatch: pytest.MonkeyPatch, rebinding: tuple[CountingServer, CountingServer]) -> None:
+        monkeypatch: pytest.MonkeyPatch, rebinding: Rebinding) -> None:
     """The worker's call site, on the worker's own client (aiohttp underneath)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "editq-local")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "editq-local-secret")
-    checked, internal = rebinding
+    scheme, checked, internal, trust = rebinding
     storage = Storage(_settings(checked.port))
 
     async def main() -> None:
-        http = async_client(4)
+        http = AsyncClient(wire=AiohttpTransport(4, ssl_context=trust))
         try:
             with pytest.raises(ProviderError, match="S3 PUT"):  # fetched; then the (absent) S3 refuses
-                await storage.store_output(http, url=f"http://rebind.example:{checked.port}/out.png", b64=None,
+                await storage.store_output(http, url=f"{scheme}://rebind.example:{checked.port}/out.png", b64=None,
                                            key_for_ext=lambda ext: f"o.{ext}", index=0)
         finally:
             await http.aclose()
 
     _run(main)
-    assert internal.hosts == []
-    assert checked.hosts == [f"rebind.example:{checked.port}"]
+    _assert_fetched_from_the_checked_address(scheme, checked, internal)
 
 
 def test_a_pinned_target_keeps_the_urls_host_for_host_and_tls() -> None:
