@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +51,46 @@ def stack() -> Iterator[LocalStack]:
                          workers=2, keep_env=True)
 
 
-def test_every_process_reports_the_same_redis_gauges_and_its_own_events(stack: LocalStack) -> None:
+@pytest.fixture(scope="module")
+def prom(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus (Debian's package, installed by .ci/run) scraping the two workers and the receiver
+    every second; its base URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is needed (.ci/run installs the Debian package)"
+    root = tmp_path_factory.mktemp("prom")
+    targets = [f"127.0.0.1:{p}" for p in stack.metrics_ports.values()] + [
+        stack.env["EDITQ_WEBHOOK_BASE_URL"].removeprefix("http://")]
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(MONITORING / "alerts.yaml")],
+              "scrape_configs": [{"job_name": "editq", "static_configs": [{"targets": targets}]}]}
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = open(root / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def all_up() -> bool:
+            try:
+                res = httpx.get(base + "/api/v1/query", params={"query": "sum(up)"}, timeout=5).json()
+            except httpx.TransportError:
+                return False
+            return bool(res["data"]["result"]) and float(res["data"]["result"][0]["value"][1]) == len(targets)
+        wait_for(all_up, 60, "prometheus scraping every editq process")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    res = httpx.get(base + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert res["status"] == "success", (expr, res)
+    return list(res["data"]["result"])
+
+
+def test_every_process_reports_the_same_redis_gauges_and_its_own_events(stack: LocalStack, prom: str) -> None:
     lines = [{"custom_id": f"m{i}", "prompt": f"metrics {i}", "images": ["mug.png"]} for i in range(N)]
     with e2e.using(stack):
         report = submit_batch(lines, base_dir=EXAMPLES)
@@ -188,3 +230,30 @@ def test_a_budget_reader_feeds_the_budget_gauges(stack: LocalStack) -> None:
             metrics.BUDGET_READERS.clear()
     assert 'editq_budget_remaining_usd{scope="batch:b1"} 4.5' in text
     assert 'editq_budget_cap_usd{scope="batch:b1"} 50.0' in text
+
+
+def test_prometheus_evaluates_every_panel_and_rule_on_the_real_run(stack: LocalStack, prom: str) -> None:
+    """Every dashboard query and alert expression is valid PromQL with data from the run above (Prometheus
+    scraped it every second); the panels show what the run did."""
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    results = {t["expr"]: query(prom, t["expr"]) for p in dashboard["panels"] for t in p["targets"]}
+    for rule in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"][0]["rules"]:
+        query(prom, rule["expr"])  # valid; and quiet after a clean run:
+        assert query(prom, f"ALERTS{{alertname=\"{rule['alert']}\", alertstate=\"firing\"}}") == []
+
+    def series(expr: str, **labels: str) -> float:
+        return sum(float(r["value"][1]) for r in results[expr]
+                   if all(r["metric"].get(k) == v for k, v in labels.items()))
+
+    assert series("max by (provider) (editq_provider_cap)", provider="fal") == CAP
+    assert series("max by (provider) (editq_backlog_provider_seconds)", provider="fal") == 0
+    finished = "sum by (state, provider) (rate(editq_jobs_finished_total[5m])) * 60"
+    assert series(finished, provider="fal", state="succeeded") > 0
+    p95 = "histogram_quantile(0.95, sum by (le, provider) (rate(editq_provider_latency_seconds_bucket[5m])))"
+    assert 0.4 <= series(p95, provider="fal") <= 5  # the sandbox's 0.4 s latency, at bucket resolution
+    deliveries = "sum by (provider, outcome) (rate(editq_webhook_deliveries_total[5m]))"
+    assert series(deliveries, provider="fal", outcome="accepted") > 0
+    rendered = MONITORING / "panel-results.json"
+    if os.environ.get("EDITQ_UPDATE_PANEL_RESULTS") == "1":  # the committed example of what the panels show
+        rendered.write_text(json.dumps({p["title"]: {t["expr"]: results[t["expr"]] for t in p["targets"]}
+                                        for p in dashboard["panels"]}, indent=1) + "\n")
