@@ -166,13 +166,7 @@ class Enqueuer:
         _kick(providers)
 
     def close(self) -> None:
-        """The batch is fully enqueued. If its jobs are all done already, the state machine indexed it for
-        its manifest: lease that entry (the tick leaves it meanwhile) and send the finalize task now."""
-        if self.store.close_batch(self.batch_id):
-            from worker.triggers import Kicker
-
-            self.store.lease_finalizing(self.batch_id, time.time() + get_settings().finalize_lease_s)
-            Kicker().finalize(self.batch_id)
+        close_batch(self.store, self.batch_id)
 
     def reject(self, err: LineError, report: BatchReport) -> None:
         report.invalid.append(err)
@@ -223,6 +217,16 @@ def _outage(exc: BaseException) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
     return isinstance(exc, redis.RedisError | BotoCoreError | ClientError)
+
+
+def close_batch(store: JobStore, batch_id: str) -> None:
+    """The batch is fully enqueued. If its jobs are all done already, the state machine indexed it for
+    its manifest: lease that entry (the tick leaves it meanwhile) and send the finalize task now."""
+    if store.close_batch(batch_id):
+        from worker.triggers import Kicker
+
+        store.lease_finalizing(batch_id, time.time() + get_settings().finalize_lease_s)
+        Kicker().finalize(batch_id)
 
 
 def _kick(providers: set[str]) -> None:
@@ -300,19 +304,29 @@ def submit_batch(
         if report.invalid:
             report.refused = True
             return report
+    existed = bool(enq.store.r.exists(enq.store.k.batch(batch_id)))
     enq.store.r.hset(enq.store.k.batch(batch_id), mapping={"created_at": repr(time.time()), "source": source or ""})
     chunk: list[tuple[int, EditJob]] = []
-    for n, raw in _numbered(source_fn()):
-        try:
-            chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
-        except ValueError as exc:
-            enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
-        if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
-            enq.write(chunk, report)
-            chunk = []
-            if on_progress:
-                on_progress(report)
-    enq.write(chunk, report)
+    try:
+        for n, raw in _numbered(source_fn()):
+            try:
+                chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
+            except ValueError as exc:
+                enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
+            if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
+                enq.write(chunk, report)
+                chunk = []
+                if on_progress:
+                    on_progress(report)
+        enq.write(chunk, report)
+    except Exception:
+        # S3 or Redis failed under us: a batch that holds no job is removed, not left empty behind;
+        # one that does is closed, so what was enqueued runs and gets its manifest
+        if not existed and not enq.store.r.llen(enq.store.k.batch_jobs(batch_id)):
+            enq.store.r.delete(enq.store.k.batch(batch_id), enq.store.k.batch_errors(batch_id))
+        else:
+            enq.close()
+        raise
     enq.close()
     if on_progress:
         on_progress(report)
@@ -341,11 +355,16 @@ def submit(job: JobRequest | dict[str, Any], *, base_dir: Path | str = ".", batc
     return report.job_ids[0] if report.job_ids else report.duplicates[0][1]
 
 
-def status(ident: str, store: JobStore | None = None, *, groups: bool = False) -> dict[str, Any]:
+def status(ident: str, store: JobStore | None = None, *, groups: bool = False, batch_id: str | None = None,
+           latest: bool = True) -> dict[str, Any]:
     """Counts by state for a batch id (with `groups`, also per A/B group: {group: {state: n}}), or the state,
-    history and outputs of a job id."""
+    history and outputs of a job id (or of a custom_id within `batch_id`). For a batch that was re-run,
+    `latest` counts each item's latest outcome."""
+    from producer.batches import UnknownId, latest_outcomes, resolve
+    from producer.watch import provider_split
+
     store = store or JobStore()
-    if store.r.exists(store.k.batch(ident)):
+    if batch_id is None and store.r.exists(store.k.batch(ident)):
         raw = store.r.hgetall(store.k.batch(ident))
         counts = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n_") and int(v)}
         total, done = int(raw.get("total", 0)), int(raw.get("done", 0))
@@ -354,22 +373,30 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False) -
             from producer.groups import group_counts
 
             extra["groups"] = group_counts(ident, store)
+        reruns = list(store.r.lrange(store.k.batch_reruns(ident), 0, -1))
+        failures = {k: int(v) for k, v in store.r.hgetall(store.k.batch_failures(ident)).items()}
+        cost = raw.get("cost_usd")
         return {**extra,
             "kind": "batch", "batch_id": ident, "total": total, "done": done, "counts": counts,
             "invalid": store.r.llen(store.k.batch_errors(ident)),
             "closed": raw.get("closed") == "1", "finished": raw.get("closed") == "1" and done >= total,
-            "manifest_key": raw.get("manifest_key"),
+            "manifest_key": raw.get("manifest_key"), "created_at": float(raw.get("created_at", 0) or 0),
+            "rerun_of": raw.get("rerun_of"), "reruns": reruns,
+            "latest": latest_outcomes(ident, store) if reruns and latest else None,
+            "failures": failures, "cost_usd": float(cost) if cost else None, "providers": provider_split(raw),
         }
-    view = store.get(ident)
+    view = store.get(resolve(ident, batch_id, store) if batch_id else ident)
     if view is None:
-        raise KeyError(f"no batch or job with id {ident!r}")
+        raise UnknownId(f"no batch or job with id {ident!r}")
+    ident = view.job_id
     return {
         "kind": "job", "job_id": ident, "batch_id": view.job.batch_id, "custom_id": view.job.custom_id,
         "group": view.job.group, "variant": view.job.variant, "parent_job_id": view.job.parent_job_id,
         "state": view.state.value, "provider": view.provider, "request_id": view.request_id,
         "attempts": view.attempts, "history": [h.model_dump() for h in view.history],
         "outputs": view.json_field("outputs") or [], "error": view.json_field("error"),
-        "finished": view.state in TERMINAL,
+        "finished": view.state in TERMINAL, "rerun_of": view.fields.get("rerun_of") or None,
+        "superseded_by": view.fields.get("superseded_by") or None,
     }
 
 

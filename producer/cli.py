@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="editq: image-edit jobs at volume.")
 console = Console(stderr=True, soft_wrap=True)
@@ -27,10 +26,13 @@ def submit(
     watch: Annotated[bool, typer.Option(help="Show live progress until the batch finishes.")] = False,
     variants: Annotated[int | None, typer.Option(
         min=1, max=64, help="Run each line without `variants` N times as one A/B group (labels s1..sN).")] = None,
+    create_bucket: Annotated[bool, typer.Option(help="Create the S3 bucket if it does not exist.")] = False,
 ) -> None:
     """Enqueue a batch. Invalid lines are reported with their number; the rest are enqueued."""
     from producer.api import UnknownProvider, submit_file
+    from producer.preflight import check_all
 
+    check_all(create_bucket)
     defaults = {"provider": provider} if provider else None
     try:
         report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False,
@@ -58,48 +60,141 @@ def submit(
 
 @app.command()
 def status(
-    ident: Annotated[str, typer.Argument(help="A batch id or a job id.")],
-    watch: Annotated[bool, typer.Option(help="Live progress bar until it finishes.")] = False,
+    ident: Annotated[str, typer.Argument(help="A batch id, a job id, or a custom_id with --batch.")],
+    batch: Annotated[str | None, typer.Option(help="Look IDENT up as a custom_id within this batch.")] = None,
+    watch: Annotated[bool, typer.Option(help="Live progress until it finishes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts by state for a batch, or the state and outputs of a job."""
+    """Counts by state for a batch (and, once re-run, each item's latest outcome), or one job's state."""
     from producer.api import status as get_status
+    from producer.preflight import check_redis
 
+    check_redis()
     if watch:
-        _watch(ident)
-    st = get_status(ident, groups=True)
+        _watch(ident, batch)
+    st = get_status(ident, groups=True, batch_id=batch)
     if as_json or st["kind"] == "job":
         out.print_json(json.dumps(st))
         return
+    for line in batch_lines(st):
+        out.print(line, highlight=False, markup=False)
+
+
+def batch_lines(st: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st["counts"].items())) or "no jobs"
-    out.print(f"batch {escape(ident)}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}")
+    lines = [f"batch {st['batch_id']}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}"]
+    if st.get("cost_usd") is not None:
+        lines.append(f"cost: ${st['cost_usd']:.2f}")
+    if st.get("rerun_of"):
+        lines.append(f"re-run of batch {st['rerun_of']}")
+    if st.get("reruns"):
+        latest = ", ".join(f"{k} {v}" for k, v in sorted((st.get("latest") or {}).items()))
+        lines.append(f"re-run by {', '.join(st['reruns'])}; latest outcome per item: {latest}")
     if st.get("manifest_key"):
-        out.print(f"manifest: {st['manifest_key']}")
+        lines.append(f"manifest: {st['manifest_key']}")
     if st.get("groups"):
         from producer.groups import format_groups
 
-        out.print(f"{len(st['groups'])} A/B groups:")
-        for line in format_groups(st["groups"]):
-            out.print(line, markup=False)
+        lines.append(f"{len(st['groups'])} A/B groups:")
+        lines += format_groups(st["groups"])
+    return lines
 
 
-def _watch(ident: str) -> dict[str, Any]:
+def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
+    from rich.live import Live
+    from rich.text import Text
+
     from producer.api import status as get_status
+    from producer.watch import Meter, render, workers_alive
+    from worker.state import JobStore
 
-    st = get_status(ident)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[detail]}"), console=console, transient=False) as progress:
-        task = progress.add_task(escape(ident), total=max(1, st.get("total", 1)), detail="")
+    store = JobStore()
+    meter = Meter()
+    with Live(Text(""), console=console, refresh_per_second=4, transient=False) as live:
         while True:
-            st = get_status(ident)
-            detail = " ".join(f"{k}:{v}" for k, v in sorted(st.get("counts", {}).items()))
+            st = get_status(ident, store, batch_id=batch, latest=False)
             if st["kind"] == "job":
-                detail = st["state"]
-            progress.update(task, completed=st.get("done", int(st["finished"])), total=max(1, st.get("total", 1)),
-                            detail=detail)
-            if st["finished"] and (st["kind"] == "job" or st.get("manifest_key")):
-                return st
+                live.update(Text(f"job {st['job_id']}: {st['state']}"))
+                if st["finished"]:
+                    return st
+            else:
+                meter.add(time.monotonic(), st["done"])
+                lines = render(st, rate=meter.rate(), workers=workers_alive(store), split=st.get("providers", {}))
+                live.update(Text("\n".join(lines)))
+                if st["finished"] and st.get("manifest_key"):
+                    return st
             time.sleep(0.5)
+
+
+@app.command()
+def jobs(
+    batch_id: str,
+    state: Annotated[str | None, typer.Option(help="Only these outcomes (comma list): succeeded, failed, cancelled, "
+                                              "expired, moderated, missing, or an active state.")] = None,
+    latest: Annotated[bool, typer.Option(help="Each item's latest re-run instead of the job first enqueued.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The batch's jobs: custom_id, provider, state, error, cost."""
+    from producer.batches import list_jobs
+    from producer.preflight import check_redis
+
+    check_redis()
+    states = [s.strip() for s in state.split(",") if s.strip()] if state else None
+    n = 0
+    for row in list_jobs(batch_id, states, latest=latest):
+        n += 1
+        if as_json:
+            out.print(json.dumps(row, sort_keys=True), highlight=False, soft_wrap=True)
+            continue
+        cost = f"${row['cost_usd']:.4f}" if row["cost_usd"] is not None else "-"
+        err = (row["error"] or "").replace("\n", " ")
+        if row["moderation_stage"]:
+            err = f"[moderated at {row['moderation_stage']}] {err}"
+        out.print(f"{row['job_id']}\t{row['custom_id'] or '-'}\t{row['provider']}\t{row['state']}\t{cost}\t{err}",
+                  highlight=False, markup=False)
+    console.print(f"{n} job(s)")
+
+
+@app.command()
+def rerun(
+    batch_id: str,
+    only: Annotated[str | None, typer.Option(help="Which outcomes to re-run (comma list): failed, cancelled, "
+                                             "expired, moderated, missing. Default: all of them.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Run them on this provider/route instead.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a parameter: --set quality=high "
+                                                   "(a changed parameter makes a new job).")] = None,
+    watch: Annotated[bool, typer.Option(help="Show live progress until the new batch finishes.")] = False,
+) -> None:
+    """Re-run the items of a batch that did not succeed, as a new batch linked to it. Successes never run again."""
+    from producer.batches import parse_only
+    from producer.batches import rerun as do_rerun
+    from producer.preflight import check_all
+
+    check_all()
+    overrides: dict[str, Any] = {"provider": provider} if provider else {}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
+        try:
+            overrides[name.strip()] = json.loads(value)
+        except ValueError:
+            overrides[name.strip()] = value
+    report = do_rerun(batch_id, parse_only(only), overrides)
+    for jid, cid, why in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {jid}{f' ({cid})' if cid else ''}: {why}")
+    for old, existing in report.duplicates:
+        console.print(f"{old}: already enqueued as {existing} (not run again)")
+    if report.still_running:
+        console.print(f"{report.still_running} job(s) of {batch_id} are still running and were left alone")
+    if report.batch_id is None:
+        console.print(f"nothing to re-run in {batch_id}")
+        raise typer.Exit(1 if report.skipped else 0)
+    what = ", ".join(f"{k} {v}" for k, v in sorted(report.by_outcome.items()))
+    console.print(f"re-running {report.enqueued} job(s) of {batch_id} ({what})")
+    out.print(report.batch_id)
+    if watch:
+        _watch(report.batch_id)
 
 
 @app.command()
@@ -168,12 +263,28 @@ def sandbox(ctx: typer.Context) -> None:
 
 
 @app.command()
-def cancel(job_id: str) -> None:
-    """Cancel a job (and its provider request, where the provider can)."""
+def cancel(
+    ident: Annotated[str, typer.Argument(help="A batch id (cancels every job not yet finished), a job id, or a "
+                                         "custom_id with --batch.")],
+    batch: Annotated[str | None, typer.Option(help="Look IDENT up as a custom_id within this batch.")] = None,
+) -> None:
+    """Cancel a batch or one job, at the provider too where it holds the request."""
     from producer.api import cancel as do_cancel
+    from producer.batches import cancel_batch, resolve
+    from producer.preflight import check_redis
+    from worker.state import JobStore
 
-    ok = do_cancel(job_id)
-    out.print("cancelled" if ok else "not cancellable (finished or unknown)")
+    check_redis()
+    store = JobStore()
+    if batch is None and store.r.exists(store.k.batch(ident)):
+        rep = cancel_batch(ident, store)
+        out.print(f"cancelled {rep.cancelled} job(s) of {ident} ({rep.at_provider} at the provider); "
+                  f"{rep.finished} had finished; {rep.left_finishing} already done at the provider are being stored")
+        return
+    if batch is None and not store.r.exists(store.k.job(ident)):
+        raise KeyError(f"no batch or job with id {ident!r}")
+    ok = do_cancel(resolve(ident, batch, store))
+    out.print("cancelled" if ok else "not cancellable (it has finished)")
     raise typer.Exit(0 if ok else 1)
 
 
@@ -181,12 +292,54 @@ def cancel(job_id: str) -> None:
 def download(
     batch_id: str,
     dest: Annotated[Path, typer.Option("--out", help="Folder to write outputs and manifests to.")] = Path("out"),
+    name: Annotated[str, typer.Option(help="Name files by 'job' id (S3's layout) or by 'custom_id'.")] = "job",
+    parallel: Annotated[int, typer.Option(help="Files downloaded at once.")] = 8,
 ) -> None:
-    """Download a batch's outputs and manifests from S3."""
+    """Download a batch's outputs (each checked against its manifest's sha256) and manifests from S3.
+    Files already present with the same sha256 are skipped."""
     from producer.download import download_batch
+    from producer.preflight import check_s3
 
-    n = download_batch(batch_id, dest)
-    out.print(f"{n} files written under {escape(str(dest / batch_id))}")
+    if name not in ("job", "custom_id"):
+        raise typer.BadParameter("--name must be 'job' or 'custom_id'")
+    check_s3()
+    rep = download_batch(batch_id, dest, name=name, workers=parallel)  # type: ignore[arg-type]
+    for key, why in rep.failed:
+        console.print(f"[red]failed[/red] {escape(key)}: {escape(why)}")
+    if rep.written + rep.skipped == 0 and not rep.failed:
+        raise KeyError(f"nothing stored for batch {batch_id!r} (unknown id, or no job has finished yet)")
+    out.print(f"{rep.written} files written, {rep.skipped} already present (same sha256), {len(rep.failed)} failed, "
+              f"under {dest / batch_id}", markup=False, highlight=False)
+    raise typer.Exit(1 if rep.failed else 0)
+
+
+@app.command()
+def up(
+    state_dir: Annotated[Path, typer.Option(help="Where the environment file, pids and logs go.")] = Path(".editq"),
+    latency: Annotated[float, typer.Option(help="The sandbox's edit latency, seconds.")] = 2.0,
+) -> None:
+    """Start the embedded stack (Redis, S3, provider sandbox, webhook receiver, one worker) and leave it running."""
+    from producer.up import up as do_up
+
+    started, lines = do_up(state_dir, latency_s=latency)
+    console.print("started" if started else "already running", f"(stop it with `editq down`); in other shells: "
+                  f"source {state_dir / 'env'}")
+    for line in lines:
+        if line.startswith("export "):
+            out.print(line, highlight=False, markup=False)
+
+
+@app.command()
+def down(
+    state_dir: Annotated[Path, typer.Option(help="The folder `editq up` used.")] = Path(".editq"),
+) -> None:
+    """Stop the stack `editq up` started."""
+    from producer.up import down as do_down
+
+    if do_down(state_dir):
+        out.print("stopped")
+    else:
+        out.print(f"nothing running (no stack started from {state_dir})")
 
 
 @app.command()
@@ -206,7 +359,32 @@ variants_cli.register(app)
 
 
 def main() -> None:
-    app()
+    """The CLI, with the errors a user can fix printed as one line and a non-zero exit."""
+    import redis
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    from producer.preflight import Problem
+
+    try:
+        app()
+    except Problem as exc:
+        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        sys.exit(1)
+    except KeyError as exc:  # an unknown id
+        console.print(f"[red]error[/red]: {exc.args[0] if exc.args else exc}", highlight=False)
+        sys.exit(1)
+    except ValueError as exc:  # a bad option value (e.g. --only) or a bad line in --strict
+        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        sys.exit(2)
+    except redis.ConnectionError as exc:
+        console.print(f"[red]error[/red]: lost the connection to Redis: {exc}", highlight=False)
+        sys.exit(1)
+    except NoCredentialsError:
+        console.print("[red]error[/red]: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        sys.exit(1)
+    except BotoCoreError as exc:
+        console.print(f"[red]error[/red]: S3: {exc}", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

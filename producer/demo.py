@@ -34,7 +34,8 @@ def run_demo(batch: Path, dest: Path) -> int:
         for err in report.invalid:
             console.print(f"  [yellow]line {err.line}[/yellow] ({escape(str(err.custom_id))}): {escape(err.error)}")
         st = _watch(report.batch_id)
-        n = download_batch(report.batch_id, dest)
+        got = download_batch(report.batch_id, dest)
+        n = got.written + got.skipped
         failed = st["counts"].get("failed", 0)
         folder = dest / report.batch_id
         from producer.report import write_report

@@ -45,6 +45,10 @@ class ErrorInfo(BaseModel):
     status_code: int | None = None
     provider_code: str | None = None
     attempt: int | None = None
+    moderation_stage: str | None = Field(
+        default=None, description="Set for a moderation block: 'input' or 'output' where the provider says which, "
+        "else 'unknown'."
+    )
 
 
 class JobManifest(BaseModel):
@@ -72,4 +76,8 @@ class JobManifest(BaseModel):
     outputs: list[OutputRecord]
     usage: Usage | None = None
     error: ErrorInfo | None = None
+    rerun_of: str | None = Field(
+        default=None, description="The job this one re-runs (`editq rerun`), in batch `rerun_of_batch`."
+    )
+    rerun_of_batch: str | None = None
     written_at: float

@@ -54,7 +54,14 @@ class Settings(BaseSettings):
 
     max_attempts: int = Field(3, description="Provider attempts per job for retryable failures.")
     retry_base_s: float = 2.0
-    retry_max_s: float = 300.0
+    retry_max_s: float = Field(
+        600.0, description="Longest back-off between two attempts (it doubles from retry_base_s up to this)."
+    )
+    retry_give_up_s: float = Field(
+        12 * 3600.0, description="A retryable failure with no fallback provider left keeps being retried (every "
+        "retry_max_s at most) until the job has been failing this long; then it fails. An outage shorter than "
+        "this ends with the job done."
+    )
     submit_lease_s: float = Field(120.0, description="A claim older than this with no request id is recovered.")
     sync_lease_margin_s: float = Field(60.0, description="Synchronous providers: claim lease = timeout_s + this.")
     poll_interval_s: float = Field(5.0, description="First poll delay (webhooks off); grows to poll_max_s.")

@@ -60,12 +60,13 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
     """Renaming a key strands the jobs of a running deployment: a change here must be deliberate."""
     k = Keys("p")
     assert [_python(k, n) for n in LAYOUT] == [
-        "p:job:j-1", "p:batch:b-1", "p:batch:b-1:jobs", "p:batch:b-1:errors", "p:idem:ab12", "p:req:fal:req:9",
+        "p:job:j-1", "p:batch:b-1", "p:batch:b-1:jobs", "p:batch:b-1:errors", "p:batch:b-1:cids",
+        "p:batch:b-1:reruns", "p:batch:b-1:failures", "p:idem:ab12", "p:req:fal:req:9",
         "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
         "p:circuit:fal:fails", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick", "p:workers:h.local:4242",
-        "p:stats:jobs", "p:stats:latency", "p:stats:cost", "p:repl:mark", "p:whseen:fal:d-7", "p:oaib:b-1:meta",
-        "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
+        "p:alive", "p:stats:jobs", "p:stats:latency", "p:stats:cost", "p:repl:mark", "p:whseen:fal:d-7",
+        "p:oaib:b-1:meta", "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
         "p:oaib:b-1:ingested", "p:oaib:b-1:cancelled", "p:oaib:open", "p:naive:ready", "p:naive:done:nb-3", "p:*",
     ]
 

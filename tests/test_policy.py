@@ -81,3 +81,73 @@ def test_poll_delay(polls: int, webhooks: bool, cap: float | None, retry_after: 
 def test_backoff_jitters_within_a_fifth_and_caps() -> None:
     assert policy.backoff(1, 2.0, 300.0, rand=lambda lo, hi: lo) == pytest.approx(1.6)
     assert policy.backoff(20, 2.0, 300.0, rand=lambda lo, hi: hi) == pytest.approx(360.0)
+
+
+# ---- overnight: waits that do not count, a give-up horizon, moderation ------------------------------------------
+@pytest.mark.parametrize(("kind", "attempt", "route", "provider", "waited", "expected"), [
+    (E.retryable, 3, ["fal"], "fal", 0.0, policy.Retry(8.0)),  # attempts used up, no route: keeps waiting
+    (E.retryable, 12, ["fal"], "fal", 3000.0, policy.Retry(300.0)),  # ...with the back-off capped
+    (E.retryable, 12, ["fal"], "fal", 3600.0, policy.Fail()),  # the give-up horizon is reached
+    (E.retryable, 3, ROUTE, "fal", 0.0, policy.Reroute("replicate")),  # a route falls back first
+    (E.retryable, 3, ROUTE, "replicate", 0.0, policy.Retry(8.0)),  # ...and its last provider keeps waiting
+    (E.unknown, 2, ["fal"], "fal", 0.0, policy.Fail()),  # an answer we cannot read is not waited for
+    (E.terminal, 1, ["fal"], "fal", 0.0, policy.Fail()),
+])
+def test_decide_within_the_give_up_horizon(kind: ErrorKind, attempt: int, route: list[str], provider: str,
+                                           waited: float, expected: policy.Decision) -> None:
+    err = ProviderError(kind, "x")
+    got = policy.decide(err, attempt=attempt, max_attempts=3, route=route, provider=provider, base_s=2.0,
+                        cap_s=300.0, waited_s=waited, give_up_s=3600.0, rand=fixed)
+    assert got == expected
+
+
+@pytest.mark.parametrize(("err", "counts"), [
+    (ProviderError(E.retryable, "429", status_code=429), False),
+    (ProviderError(E.retryable, "503 with Retry-After", status_code=503, retry_after_s=5.0), False),
+    (ProviderError(E.retryable, "503", status_code=503), True),
+    (ProviderError(E.retryable, "timeout"), True),
+    (ProviderError(E.terminal, "insufficient_quota", status_code=429), True),  # a 429 waiting cannot fix
+])
+def test_rate_limit_waits_do_not_use_up_attempts(err: ProviderError, counts: bool) -> None:
+    assert policy.counts_attempt(err) is counts
+
+
+@pytest.mark.parametrize("route", [["openai"], ["openai", "fal"]])
+@pytest.mark.parametrize("stage", ["input", "output", "unknown"])
+def test_moderation_is_never_retried_on_the_same_provider(route: list[str], stage: str) -> None:
+    err = ProviderError(E.retryable, "moderation_blocked", status_code=400, moderation=stage)
+    assert err.kind is E.terminal and err.info(1).moderation_stage == stage
+    got = policy.decide(err, attempt=1, max_attempts=3, route=route, provider="openai", base_s=2.0, cap_s=300.0,
+                        waited_s=0.0, give_up_s=3600.0, rand=fixed)
+    assert got == policy.Fail()
+
+
+def _outage(route: list[str], outage_s: float, *, give_up_s: float) -> tuple[str, float]:
+    """Replay the policy over a provider outage of `outage_s` (every attempt on 'fal' fails with 503 until
+    then; 429s with Retry-After come first): where the job ends and when. Attempts counted as the
+    pipeline counts them (rate-limit waits left out)."""
+    now, attempts, free, since = 0.0, 0, 0, None
+    provider = route[0]
+    while True:
+        attempts += 1
+        if provider != "fal" or now >= outage_s:
+            return f"done on {provider}", now
+        err = (ProviderError(E.retryable, "429", status_code=429, retry_after_s=30.0) if attempts <= 5
+               else ProviderError(E.retryable, "503", status_code=503))
+        free += 0 if policy.counts_attempt(err) else 1
+        since = now if since is None else since
+        got = policy.decide(err, attempt=attempts - free, max_attempts=3, route=route, provider=provider,
+                            base_s=2.0, cap_s=600.0, waited_s=now - since, give_up_s=give_up_s, rand=fixed)
+        if isinstance(got, policy.Fail):
+            return "failed", now
+        if isinstance(got, policy.Reroute):
+            provider = got.provider
+        else:
+            now += got.delay_s
+
+
+def test_an_hour_long_outage_ends_with_the_job_done() -> None:
+    assert _outage(["fal", "replicate"], 3600.0, give_up_s=12 * 3600)[0] == "done on replicate"
+    outcome, at = _outage(["fal"], 3600.0, give_up_s=12 * 3600)
+    assert outcome == "done on fal" and 3600.0 <= at <= 3600.0 + 600.0  # back within one capped back-off
+    assert _outage(["fal"], 5 * 3600.0, give_up_s=3600.0)[0] == "failed"  # past a short horizon it gives up

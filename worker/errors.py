@@ -26,6 +26,7 @@ class ProviderError(Exception):
         provider_code: str | None = None,
         retry_after_s: float | None = None,
         maybe_billed: bool = False,
+        moderation: str | None = None,
     ) -> None:
         reason = redact(reason)  # every reason may quote a provider's answer, and so a key
         super().__init__(reason)
@@ -35,6 +36,11 @@ class ProviderError(Exception):
         self.provider_code = provider_code
         self.retry_after_s = retry_after_s
         self.maybe_billed = maybe_billed
+        # a moderation block: the stage the provider names ('input' or 'output'), 'unknown' if it names none.
+        # Terminal, and never retried on the same provider (worker/policy.py).
+        self.moderation = moderation
+        if moderation:
+            self.kind = ErrorKind.terminal
 
     def info(self, attempt: int | None = None) -> ErrorInfo:
         return ErrorInfo(
@@ -43,6 +49,7 @@ class ProviderError(Exception):
             status_code=self.status_code,
             provider_code=self.provider_code,
             attempt=attempt,
+            moderation_stage=self.moderation,
         )
 
     def __repr__(self) -> str:

@@ -30,6 +30,9 @@ LAYOUT: Mapping[str, str] = {
     "batch": "{prefix}:batch:{batch_id}",  # hash: per-batch counters (total, done, n_<state>, closed, ...)
     "batch_jobs": "{prefix}:batch:{batch_id}:jobs",  # list: the batch's job ids, in enqueue order
     "batch_errors": "{prefix}:batch:{batch_id}:errors",  # list: lines rejected at enqueue
+    "batch_cids": "{prefix}:batch:{batch_id}:cids",  # hash: custom_id -> job id (the first job with it)
+    "batch_reruns": "{prefix}:batch:{batch_id}:reruns",  # list: the batches that re-ran items of this one
+    "batch_failures": "{prefix}:batch:{batch_id}:failures",  # hash: failure reason (shortened) -> job count
     "idem": "{prefix}:idem:{key}",  # string: idempotency key -> job id
     "request": "{prefix}:req:{provider}:{request_id}",  # string: provider request id -> job id
     # the state machine's indexes (worker/state.py)
@@ -53,6 +56,7 @@ LAYOUT: Mapping[str, str] = {
     "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
     "tick_lock": "{prefix}:lock:tick",  # lock: the worker that runs this tick
     "worker": "{prefix}:workers:{host}:{pid}",  # string with TTL: a live worker process
+    "alive": "{prefix}:alive",  # zset: worker host:pid -> its last tick (`editq status --watch` counts them)
     # metrics (worker/metrics.py reads them at scrape time; the scripts keep them)
     "stats_jobs": "{prefix}:stats:jobs",  # hash "state|provider|lane" -> jobs (terminal states: ever finished)
     "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)
@@ -118,6 +122,15 @@ class Keys:
 
     def batch_errors(self, batch_id: str) -> str:
         return self._fill("batch_errors", batch_id=batch_id)
+
+    def batch_cids(self, batch_id: str) -> str:
+        return self._fill("batch_cids", batch_id=batch_id)
+
+    def batch_reruns(self, batch_id: str) -> str:
+        return self._fill("batch_reruns", batch_id=batch_id)
+
+    def batch_failures(self, batch_id: str) -> str:
+        return self._fill("batch_failures", batch_id=batch_id)
 
     def idem(self, key: str) -> str:
         return self._fill("idem", key=key)
@@ -191,6 +204,9 @@ class Keys:
     def worker(self, host: str, pid: int | str) -> str:
         return self._fill("worker", host=host, pid=pid)
 
+    @property
+    def alive(self) -> str:
+        return self._fill("alive")
     # metrics
     @property
     def stats_jobs(self) -> str:

@@ -63,6 +63,8 @@ def build(
         outputs=outputs,
         usage=usage,
         error=error,
+        rerun_of=view.fields.get("rerun_of") or None,
+        rerun_of_batch=view.fields.get("rerun_of_batch") or None,
         written_at=now,
     )
 

@@ -21,12 +21,13 @@ import structlog
 import providers
 from providers.protocol import ProviderProtocol
 from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
-from schemas.manifest import ErrorInfo, OutputRecord, Usage
+from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
 from worker import aio, events, policy
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
+from worker.outcomes import failure_label
 from worker.provider_client import client_for
 from worker.redis_client import replicated
 from worker.state import JobStore, JobView, State
@@ -262,13 +263,18 @@ class Pipeline:
                                                                          error=err.reason[:300])}
             )
         info = err.info(view.attempts)
-        decision = policy.decide(err, attempt=view.attempts, max_attempts=s.max_attempts, route=view.job.route,
-                                 provider=view.provider, base_s=s.retry_base_s, cap_s=s.retry_max_s)
+        # waits for a rate limit do not use up attempts; a failure streak is timed from its first failure
+        free = int(view.fields.get("free_attempts", "0") or 0) + (0 if policy.counts_attempt(err) else 1)
+        failing_since = float(view.fields.get("failing_since") or 0) or _now()
+        decision = policy.decide(err, attempt=view.attempts - free, max_attempts=s.max_attempts,
+                                 route=view.job.route, provider=view.provider, base_s=s.retry_base_s,
+                                 cap_s=s.retry_max_s, waited_s=_now() - failing_since, give_up_s=s.retry_give_up_s)
         if isinstance(decision, policy.Retry):
             events.retrying(view, info, decision.delay_s)
             self.store.move(
                 view.job_id, [frm], State.retry_wait, score=_now() + decision.delay_s, note=err.reason[:200],
-                fields={"error": info.model_dump_json(), "request_id": "", "handle": ""},
+                fields={"error": info.model_dump_json(), "request_id": "", "handle": "",
+                        "free_attempts": str(free), "failing_since": repr(failing_since)},
             )
             return
         if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason, events.error_class(info)):
@@ -283,6 +289,8 @@ class Pipeline:
             view.job_id, [frm], State.failed, note=info.reason[:200],
             fields={"error": info.model_dump_json(), "manifest": manifest.model_dump_json()},
         )
+        if moved.ok:  # the batch's failures by reason, for `editq status --watch`
+            self.r.hincrby(self.k.batch_failures(view.job.batch_id), failure_label(info.reason), 1)
         if moved.batch_finished:
             self.drain_finalize()
 
@@ -547,6 +555,27 @@ class Pipeline:
         return int(self.store.move(view.job_id, [State.submitting], State.queued, note="lease expired").ok)
 
     # ================================================================ cancel
+    async def cancel_remote(self, job_ids: list[str]) -> int:
+        """After `editq cancel BATCH` moved these jobs to `cancelled`: cancel each request the provider holds
+        and write each job's manifest (the batch manifest already has it from Redis). Returns how many
+        provider requests were cancelled."""
+        n = 0
+        for view in self.store.get_many(job_ids):
+            if view is None or view.state is not State.cancelled:
+                continue
+            if view.request_id:
+                try:
+                    await providers.protocol_of(view.provider).cancel(
+                        client_for(view.provider), view.request_id, view.json_field("handle") or {})
+                    n += 1
+                except Exception:  # best effort: the job is cancelled here whatever the provider says
+                    log.warning("provider cancel failed", job_id=view.job_id, provider=view.provider, exc_info=True)
+            manifest = view.fields.get("manifest")
+            if manifest:
+                await write_job_manifest_async(self.storage, aio.http_client(),
+                                               JobManifest.model_validate_json(manifest))
+        return n
+
     async def cancel(self, job_id: str) -> bool:
         view = self.store.get(job_id)
         if view is None:

@@ -94,16 +94,31 @@ def retryable(err: ProviderError, attempt: int) -> bool:
     return err.kind is ErrorKind.retryable or (err.kind is ErrorKind.unknown and attempt <= UNKNOWN_RETRIES)
 
 
+def counts_attempt(err: ProviderError) -> bool:
+    """A 429 or an answer carrying Retry-After says "not now", not "this failed": waiting for it does not
+    use up one of the job's attempts (the caller leaves it out of `attempt`)."""
+    return not (err.status_code == 429 or err.retry_after_s is not None) or err.kind is ErrorKind.terminal
+
+
 def decide(err: ProviderError, *, attempt: int, max_attempts: int, route: Sequence[str], provider: str,
-           base_s: float, cap_s: float, rand: Callable[[float, float], float] = random.uniform) -> Decision:
+           base_s: float, cap_s: float, waited_s: float = 0.0, give_up_s: float = 0.0,
+           rand: Callable[[float, float], float] = random.uniform) -> Decision:
     """Retry while attempts remain (after the longer of the back-off and the provider's Retry-After);
-    then a non-terminal failure moves to the next provider of the route; otherwise fail."""
+    then a non-terminal failure moves to the next provider of the route; a retryable failure with no
+    provider left keeps waiting (back-off capped at `cap_s`) until it has been failing for `give_up_s`
+    (`waited_s`: since its first failure), so an outage shorter than that ends with the job done;
+    otherwise fail. A moderation block is never retried on the same provider. `attempt` counts only
+    the attempts that count (`counts_attempt`)."""
+    if err.moderation or err.kind is ErrorKind.terminal:
+        return Fail()
+    wait = min(err.retry_after_s or 0.0, cap_s)
     if retryable(err, attempt) and attempt < max_attempts:
-        return Retry(max(min(err.retry_after_s or 0.0, cap_s), backoff(attempt, base_s, cap_s, rand)))
-    if err.kind is not ErrorKind.terminal:
-        nxt = next_provider(route, provider)
-        if nxt is not None:
-            return Reroute(nxt)
+        return Retry(max(wait, backoff(attempt, base_s, cap_s, rand)))
+    nxt = next_provider(route, provider)
+    if nxt is not None:
+        return Reroute(nxt)
+    if err.kind is ErrorKind.retryable and waited_s < give_up_s:
+        return Retry(max(wait, backoff(attempt, base_s, cap_s, rand)))
     return Fail()
 
 

@@ -50,6 +50,8 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.succeeded, State.failed, State.cancelled})
 ACTIVE = frozenset(State) - TERMINAL
+# a job that ended in one of these does not hold its idempotency key: the same line submitted again runs
+REPLACEABLE = (State.failed, State.cancelled)
 
 # The only moves the pipeline makes. Anything else is a bug and is refused.
 TRANSITIONS: dict[State, frozenset[State]] = {
@@ -153,15 +155,19 @@ class JobStore:
             script.sha = self.r.script_load(script.script)
 
     # -- creation -------------------------------------------------------------------------
-    def create(self, job: EditJob, pipe: Any = None) -> Any:
-        """Create a queued job unless its idempotency key exists. Returns [1, id] or [0, existing id]."""
-        fields = {"spec": job.model_dump_json(exclude_none=True), "created_at": repr(job.created_at)}
+    def create(self, job: EditJob, pipe: Any = None, *, replaceable: Iterable[State] = REPLACEABLE,
+               extra: Mapping[str, str] | None = None) -> Any:
+        """Create a queued job unless its idempotency key is held by a job in a state other than
+        `replaceable` (default: failed, cancelled). Returns [1, id] or [0, existing id]. A job that
+        replaces another is recorded on it (`superseded_by`). `extra`: more fields of the job hash."""
+        fields = {"spec": job.model_dump_json(exclude_none=True), "created_at": repr(job.created_at), **(extra or {})}
         argv: list[Any] = [
             self.k.prefix, job.job_id, job.batch_id, job.idempotency_key, get_settings().job_ttl_s,
             job.route[0], job.priority.value, len(fields),
         ]
         for f, v in fields.items():
             argv += [f, v]
+        argv += [",".join(s.value for s in replaceable), job.custom_id or ""]
         return self._create(keys=[], args=argv, client=pipe or self.r)
 
     def close_batch(self, batch_id: str) -> bool:

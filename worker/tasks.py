@@ -95,6 +95,11 @@ def cancel(job_id: str) -> bool:
     return aio.run(pipeline().cancel(job_id))
 
 
+@app.task(name="editq.cancel_remote")
+def cancel_remote(job_ids: list[str]) -> int:
+    return aio.run(pipeline().cancel_remote(job_ids))
+
+
 # ---- the tick: an embedded scheduler thread in every worker; a Redis lock elects one per tick ----
 _stop = threading.Event()
 
@@ -102,11 +107,17 @@ _stop = threading.Event()
 def _tick_loop() -> None:
     interval = get_settings().tick_interval_s
     p = pipeline()
+    host_pid = f"{socket.gethostname()}:{os.getpid()}"
     me = p.k.worker(socket.gethostname(), os.getpid())
     while not _stop.wait(interval):
         health.LIVENESS.beat()  # alive whatever Redis says (liveness never checks dependencies)
         try:
-            p.r.set(me, repr(time.time()), ex=max(5, int(interval * 10)))
+            now = time.time()
+            beat = p.r.pipeline(transaction=False)
+            beat.set(me, repr(now), ex=max(5, int(interval * 10)))
+            beat.zadd(p.k.alive, {host_pid: now})  # what `editq status --watch` counts
+            beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
+            beat.execute()
             p.tick()
         except Exception:  # keep ticking through Redis hiccups; the next tick retries
             log.exception("tick failed")
@@ -146,3 +157,8 @@ def _warm_up() -> None:
 @worker_shutdown.connect
 def _stop_tick(**_: object) -> None:
     _stop.set()
+    try:  # a worker that stops is not counted as alive for the next minute
+        p = pipeline()
+        p.r.zrem(p.k.alive, f"{socket.gethostname()}:{os.getpid()}")
+    except Exception:
+        log.warning("could not deregister the worker", exc_info=True)

@@ -216,9 +216,20 @@ def wait_from_message(message: str) -> float | None:
     return value / 1000 if m.group(2).lower() == "ms" else value
 
 
+MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+
+
+def moderation_stage(body: Any) -> str | None:
+    """`moderation_details.moderation_stage` ('input' or 'output') of an error envelope, if it says."""
+    err = body.get("error", body) if isinstance(body, Mapping) else None
+    details = err.get("moderation_details") if isinstance(err, Mapping) else None
+    stage = details.get("moderation_stage") if isinstance(details, Mapping) else None
+    return stage if stage in ("input", "output") else None
+
+
 def classify_code(
     code: str | None, type_: str | None, message: str, *, status: int | None = None, provider: str = "openai",
-    what: str = "edit",
+    what: str = "edit", stage: str | None = None,
 ) -> ProviderError:
     """Classify an OpenAI error by its code/type (and HTTP status when there is one)."""
     label = code or type_
@@ -239,7 +250,9 @@ def classify_code(
     else:
         kind = ErrorKind.unknown
     retry_after = wait_from_message(message) if kind is ErrorKind.retryable else None
-    return ProviderError(kind, reason[:2000], status_code=status, provider_code=label, retry_after_s=retry_after)
+    moderated = code in MODERATION_CODES or type_ == "image_generation_user_error"
+    return ProviderError(kind, reason[:2000], status_code=status, provider_code=label, retry_after_s=retry_after,
+                         moderation=(stage or "unknown") if moderated else None)
 
 
 def classify_error(
@@ -250,7 +263,8 @@ def classify_error(
     message, type_, code, param = error_parts(body)
     if param and f"'{param}'" not in message and param not in message:
         message = f"{message} (param: {param})"
-    err = classify_code(code, type_, message, status=status, provider=provider, what=what)
+    err = classify_code(code, type_, message, status=status, provider=provider, what=what,
+                        stage=moderation_stage(body))
     header_wait = parse_retry_after(headers or {})
     if err.kind is ErrorKind.retryable and header_wait is not None:
         err.retry_after_s = header_wait

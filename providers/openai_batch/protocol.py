@@ -86,6 +86,7 @@ from providers.openai.common import (
     classify_code,
     classify_error,
     json_edit_body,
+    moderation_stage,
     usage_and_cost,
     validate_edit,
 )
@@ -311,6 +312,8 @@ def error_record(err: ProviderError, request_id: Any = None) -> dict[str, Any]:
         rec["retry_after_s"] = err.retry_after_s
     if err.maybe_billed:
         rec["maybe_billed"] = True
+    if err.moderation:
+        rec["moderation"] = err.moderation
     if request_id:
         rec["openai_request_id"] = request_id
     return rec
@@ -339,7 +342,8 @@ def error_line_record(cid: str, item: dict[str, Any]) -> dict[str, Any] | None:
             err = ProviderError(ErrorKind.retryable, f"{NAME} batch line: request_timeout: {msg}"[:2000],
                                 provider_code="request_timeout", maybe_billed=True)
         else:
-            err = classify_code(str(code) if code else None, None, msg, provider=NAME, what="batch line")
+            err = classify_code(str(code) if code else None, None, msg, provider=NAME, what="batch line",
+                                stage=moderation_stage(item.get("error")))
         return error_record(err)
     return error_record(ProviderError(ErrorKind.unknown, f"{NAME}: line for {cid} has neither response nor error"))
 
@@ -392,6 +396,7 @@ def record_outcome(bid: str, rec: dict[str, Any], output_url: Any, policy: str) 
         kind, str(rec.get("reason", f"{NAME}: failed")),
         status_code=rec.get("status_code"), provider_code=rec.get("code"),
         retry_after_s=rec.get("retry_after_s"), maybe_billed=bool(rec.get("maybe_billed")),
+        moderation=rec.get("moderation"),
     ))
 
 

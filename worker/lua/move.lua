@@ -34,6 +34,7 @@ local function move(jid, cur, to, now, score, note, ttl, from_provider)
     redis.call('HINCRBY', bk, 'n_' .. cur, -1)
     redis.call('HINCRBY', bk, 'n_' .. to, 1)
     if terminal then
+      if provider then redis.call('HINCRBY', bk, 'p:' .. provider .. ':' .. to, 1) end  -- per-provider split
       local d = redis.call('HINCRBY', bk, 'done', 1)
       if redis.call('HGET', bk, 'closed') == '1' and d >= tonumber(redis.call('HGET', bk, 'total') or '0') then
         if redis.call('HSETNX', bk, 'finalizing', now) == 1 then
