@@ -214,7 +214,8 @@ class LocalStack:
         r = redis.Redis.from_url(self.env["EDITQ_REDIS_URL"])
         from worker.keys import Keys
 
-        workers = Keys(self.env.get("EDITQ_KEY_PREFIX", "editq")).match("worker")
+        prefix = self.env.get("EDITQ_KEY_PREFIX") or os.environ.get("EDITQ_KEY_PREFIX") or "editq"
+        workers = Keys(prefix).match("worker")
         wait_until(lambda: len(list(r.scan_iter(workers))) >= n, timeout, f"{n} worker(s)")
 
     # ---- processes ------------------------------------------------------------------------------
