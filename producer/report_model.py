@@ -8,6 +8,7 @@ the static report, the review app and the contact sheet show the same files.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +206,8 @@ def build(batch_id: str, entries: list[dict[str, Any]], review: ReviewState | No
         cell = cell_of(entry)
         cell.decision = review.of(cell.job_id)
         last = review.last.get(cell.job_id)
-        cell.decided_by = f"{last.by}" if last else None
+        if last is not None:
+            cell.decided_by = f"{last.by} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(last.at))} UTC"
         row = rows.get(cell.group)
         if row is None:
             thumb, ref = _input_thumb(entry)

@@ -139,6 +139,7 @@ def test_report_grid_rows_summary_and_decisions() -> None:
     mug = report.rows[0]
     assert mug.picked == "j2" and [c.picked for c in mug.cells] == [False, True, False]
     assert [c.decision for c in mug.cells] == [None, "approved", "rejected"]
+    assert mug.cells[1].decided_by == "ann@host at 1970-01-01 00:00:01 UTC" and mug.cells[0].decided_by is None
     assert mug.cells[2].failed and mug.cells[2].error == "moderation_blocked" and not mug.cells[2].outputs
     assert mug.cells[0].latency_s == 3.0 and latency(entries[0]) == 3.0
     s = report.summary
