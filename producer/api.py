@@ -375,7 +375,6 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
             extra["groups"] = group_counts(ident, store)
         reruns = list(store.r.lrange(store.k.batch_reruns(ident), 0, -1))
         failures = {k: int(v) for k, v in store.r.hgetall(store.k.batch_failures(ident)).items()}
-        cost = raw.get("cost_usd")
         return {**extra,
             "kind": "batch", "batch_id": ident, "total": total, "done": done, "counts": counts,
             "invalid": store.r.llen(store.k.batch_errors(ident)),
@@ -383,7 +382,7 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
             "manifest_key": raw.get("manifest_key"), "created_at": float(raw.get("created_at", 0) or 0),
             "rerun_of": raw.get("rerun_of"), "reruns": reruns,
             "latest": latest_outcomes(ident, store) if reruns and latest else None,
-            "failures": failures, "cost_usd": float(cost) if cost else None, "providers": provider_split(raw),
+            "failures": failures, "providers": provider_split(raw),
         }
     view = store.get(resolve(ident, batch_id, store) if batch_id else ident)
     if view is None:

@@ -151,3 +151,33 @@ def test_an_hour_long_outage_ends_with_the_job_done() -> None:
     outcome, at = _outage(["fal"], 3600.0, give_up_s=12 * 3600)
     assert outcome == "done on fal" and 3600.0 <= at <= 3600.0 + 600.0  # back within one capped back-off
     assert _outage(["fal"], 5 * 3600.0, give_up_s=3600.0)[0] == "failed"  # past a short horizon it gives up
+
+
+# ---- outcomes (worker/outcomes.py): what `editq jobs --state` and `editq rerun --only` call a finished job ----
+@pytest.mark.parametrize(("state", "error", "expected"), [
+    ("succeeded", None, "succeeded"),
+    ("cancelled", None, "cancelled"),
+    ("submitted", None, "submitted"),
+    ("failed", {"reason": "fal: internal error", "kind": "terminal"}, "failed"),
+    ("failed", {"reason": "openai edit: moderation_blocked", "moderation_stage": "output"}, "moderated"),
+    ("failed", {"reason": "openai_batch: not run: batch_expired in batch b1 (not billed; failed by unrun_policy=fail)",
+                "provider_code": "batch_expired"}, "expired"),
+    ("failed", {"reason": "openai_batch: not run: expired in batch b1 (not billed; failed by unrun_policy=fail)"},
+     "expired"),
+    ("failed", {"reason": "fal: no result within 3600s", "kind": "retryable"}, "expired"),
+    ("failed", {"reason": "fal: Request timed out before it could start.", "provider_code": "request_timeout"},
+     "expired"),
+    ("failed", None, "failed"),
+])
+def test_outcome_of_a_job(state: str, error: dict[str, str] | None, expected: str) -> None:
+    from worker.outcomes import outcome
+
+    assert outcome(state, error) == expected
+
+
+def test_failure_label_counts_one_failure_of_many_jobs_once() -> None:
+    from worker.outcomes import failure_label
+
+    a = failure_label("openai edit: HTTP 400: blocked; request ID req_ec69f47f90884e87a462e8f9115e42fa")
+    b = failure_label("openai edit: HTTP 400: blocked; request ID req_0123456789abcdef0123456789abcdef")
+    assert a == b == "openai edit: HTTP 400: blocked; request ID …"

@@ -18,7 +18,7 @@ from typing import Any
 OUTCOMES = ("succeeded", "failed", "cancelled", "expired", "moderated", "missing")
 RERUNNABLE = frozenset({"failed", "cancelled", "expired", "moderated", "missing"})
 EXPIRED_CODES = frozenset({"batch_expired", "request_timeout", "startup_timeout"})
-_EXPIRED = re.compile(r"batch \S+ expired|no result within|not run: .*expired", re.IGNORECASE)
+_EXPIRED = re.compile(r"batch \S+ expired|no result within|not run: \S*expired", re.IGNORECASE)
 _IDS = re.compile(r"\b[0-9a-f]{8,}(?:-[0-9a-f]{4,})*\b|\b[\w-]*\d[\w-]{10,}\b", re.IGNORECASE)
 
 
@@ -34,7 +34,7 @@ def outcome(state: str, error: dict[str, Any] | None) -> str:
     return "failed"
 
 
-def failure_label(reason: str, limit: int = 100) -> str:
+def failure_label(reason: str, limit: int = 160) -> str:
     """A failure reason with its request ids, hashes and numbers-with-letters blanked, so that the same
     failure of many jobs is counted once (`editq status --watch` lists them by count)."""
     return _IDS.sub("…", reason.strip().splitlines()[0] if reason.strip() else "unknown")[:limit]
