@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,13 @@ from schemas.job import EditJob, JobRequest, content_key, describe_errors
 from schemas.settings import get_settings
 from worker.manifest import build
 from worker.outcomes import RERUNNABLE, outcome
-from worker.state import REPLACEABLE, JobStore, JobView, State
+from worker.state import REPLACEABLE, TRANSITIONS, JobStore, JobView, State
 from worker.storage import Storage, get_storage
 
 CHUNK = 500
-CANCELLABLE = (State.queued, State.submitting, State.submitted, State.retry_wait)
+# what `cancel_batch` cancels: every state the state machine lets a job be cancelled from, except a job
+# the provider has finished (ready, collecting: already paid; its outputs are stored)
+CANCELLABLE = frozenset(s for s, to in TRANSITIONS.items() if State.cancelled in to) - {State.ready, State.collecting}
 CANCEL_TASK_CHUNK = 50
 
 
@@ -107,11 +110,23 @@ def missing_outputs(view: JobView, storage: Storage) -> list[str]:
     return [o["key"] for o in outputs if not storage.exists(o["key"])]
 
 
-def job_outcome(view: JobView, storage: Storage | None, check_s3: bool) -> str:
-    out = outcome(view.state.value, view.json_field("error"))
-    if out == "succeeded" and check_s3 and storage is not None and missing_outputs(view, storage):
-        return "missing"
-    return out
+S3_CHECKS = 32  # HEAD requests in flight while looking for missing outputs (one chunk of jobs at a time)
+
+
+def outcomes_of(views: list[JobView], storage: Storage | None, check_s3: bool) -> list[str]:
+    """Each job's outcome; with `check_s3`, a succeeded job whose output is not in S3 is `missing` (the
+    outputs of a chunk are checked in parallel: a million-job batch is a million HEADs)."""
+    outs = [outcome(v.state.value, v.json_field("error")) for v in views]
+    if not check_s3 or storage is None:
+        return outs
+    done = [i for i, o in enumerate(outs) if o == "succeeded"]
+    if done:
+        with ThreadPoolExecutor(max_workers=S3_CHECKS) as pool:
+            gone = list(pool.map(lambda i: bool(missing_outputs(views[i], storage)), done))
+        for i, lost in zip(done, gone, strict=True):
+            if lost:
+                outs[i] = "missing"
+    return outs
 
 
 def row(view: JobView, out: str) -> dict[str, Any]:
@@ -127,17 +142,16 @@ def row(view: JobView, out: str) -> dict[str, Any]:
 def list_jobs(batch_id: str, states: Iterable[str] | None = None, *, latest: bool = False,
               store: JobStore | None = None, storage: Storage | None = None) -> Iterator[dict[str, Any]]:
     """One row per job of the batch, in enqueue order, whose outcome is in `states` (all if None).
-    `latest`: each item's last re-run instead of the job first enqueued. `missing` is checked in S3."""
+    `latest`: each item's last re-run instead of the job first enqueued. When `states` names `missing` or
+    `succeeded`, each success's outputs are checked in S3 (a lost one is `missing`); otherwise S3 is not read."""
     store = store or JobStore()
     require_batch(store, batch_id)
     wanted = set(states) if states else None
-    check_s3 = wanted is None or "missing" in wanted
+    check_s3 = wanted is not None and bool(wanted & {"missing", "succeeded"})
     storage = storage or (get_storage() if check_s3 else None)
     for ids in batch_job_ids(store, batch_id):
-        for view in store.get_many(_latest(store, ids) if latest else ids):
-            if view is None:
-                continue
-            out = job_outcome(view, storage, check_s3 and (wanted is None or "missing" in wanted))
+        views = [v for v in store.get_many(_latest(store, ids) if latest else ids) if v is not None]
+        for view, out in zip(views, outcomes_of(views, storage, check_s3), strict=True):
             if wanted is None or out in wanted:
                 yield row(view, out)
 
@@ -222,10 +236,9 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
     kicked: set[str] = set()
     for ids in batch_job_ids(store, batch_id):
         todo: list[tuple[JobView, EditJob, str]] = []
-        for view in store.get_many(_latest(store, ids)):
-            if view is None:
-                continue  # expired from Redis (older than EDITQ_JOB_TTL_S): its line can be submitted again
-            out = job_outcome(view, storage, "missing" in only)
+        # a job expired from Redis (older than EDITQ_JOB_TTL_S) is left out: its line can be submitted again
+        views = [v for v in store.get_many(_latest(store, ids)) if v is not None]
+        for view, out in zip(views, outcomes_of(views, storage, "missing" in only), strict=True):
             if view.state not in (State.succeeded, State.failed, State.cancelled):
                 report.still_running += 1
                 continue

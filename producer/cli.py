@@ -129,8 +129,9 @@ def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
 @app.command()
 def jobs(
     batch_id: str,
-    state: Annotated[str | None, typer.Option(help="Only these outcomes (comma list): succeeded, failed, cancelled, "
-                                              "expired, moderated, missing, or an active state.")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="Only these outcomes (comma list): succeeded, failed, cancelled, expired, moderated, missing "
+             "(checked in S3), or an active state.")] = None,
     latest: Annotated[bool, typer.Option(help="Each item's latest re-run instead of the job first enqueued.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
