@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -40,14 +40,16 @@ def review(
     host: Annotated[str, typer.Option(help="Interface to listen on (keep it local).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,
     reviewer: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Thumbnail folder (default: a temporary one).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="Thumbnail folder (default: $XDG_CACHE_HOME/editq/review/BATCH, kept so reopening is quick).")] = None,
 ) -> None:
     """Serve the batch's grid as a local web app: approve, reject, pick the best variant; saved to S3."""
     import uvicorn
 
     from producer.review import ReviewSession, create_app, default_reviewer
 
-    folder = cache or Path(tempfile.mkdtemp(prefix=f"editq-review-{batch_id}-"))
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = cache or base / "editq" / "review" / "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in batch_id)
     console.print(f"making thumbnails in {folder}…")
     try:
         session = ReviewSession(batch_id, _storage(), folder, reviewer or default_reviewer())

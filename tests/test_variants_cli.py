@@ -75,3 +75,55 @@ def _redis_manifests(batch: str) -> list[dict]:  # type: ignore[type-arg]
     entries = load_entries(batch)
     assert entries and all(e["state"] == "succeeded" for e in entries)
     return entries
+
+
+def test_editq_review_serves_the_grid_and_saves_decisions(live: LocalStack, variant_batch: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from producer.stack import free_port
+    from tests.conftest import wait_for
+
+    port = free_port()
+    env = {**os.environ, **live.env, "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "review", variant_batch, "--port", str(port),
+                             "--reviewer", "proc@test"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def up() -> bool:
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=60, what="editq review")
+        page = httpx.get(url, timeout=10).text
+        assert page.count("<figure class=\"cell") == 9 and "api/decide" in page
+        job = read_job(variant_batch, "sneaker-s1")
+        ok = httpx.post(url + "api/decide", json={"action": "approve", "job_id": job}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["jobs"][job] == "approved"
+        forged = httpx.post(url + "api/decide", json={"action": "reject", "job_id": job}, timeout=10,
+                            headers={"origin": "https://evil.example"})
+        assert forged.status_code == 403
+        last = ReviewLog(_storage(), variant_batch).load()[-1]
+        assert (last.action, last.job_id, last.by) == ("approve", job, "proc@test")
+        assert list((tmp_path / "editq" / "review" / variant_batch / "thumbs").iterdir())
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def read_job(batch: str, custom_id: str) -> str:
+    from tests.e2e import manifests_by_cid
+
+    return str(manifests_by_cid(batch)[custom_id]["job_id"])
+
+
+def _storage():  # type: ignore[no-untyped-def]
+    from worker.storage import get_storage
+
+    return get_storage()
