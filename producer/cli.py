@@ -12,9 +12,27 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="editq: image-edit jobs at volume.")
+# no rich tracebacks: they print every local variable (keys in headers included)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="editq: image-edit jobs at volume.",
+                  pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+
+
+@app.callback()
+def _startup(ctx: typer.Context) -> None:
+    """Before any command: logging without locals, every secret registered for redaction, and the checks a
+    process of this kind needs (worker/startup.py): keys with control characters are refused everywhere; a
+    worker giving providers webhook URLs and the receiver need EDITQ_WEBHOOK_SECRET (and EDITQ_FAL_USER_ID
+    with fal webhooks on)."""
+    if ctx.invoked_subcommand == "sandbox":  # the provider side: none of editq's settings apply
+        return
+    from worker import startup
+    from worker.logging import configure_logging
+
+    configure_logging()
+    roles: dict[str, startup.Role] = {"worker": "worker", "webhooks": "receiver"}
+    startup.check(roles.get(ctx.invoked_subcommand or "", "client"))
 
 
 @app.command()
@@ -365,9 +383,13 @@ def main() -> None:
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
     from producer.preflight import Problem
+    from worker.startup import StartupRefused
 
     try:
         app()
+    except StartupRefused as exc:  # names the variables to fix, never their values
+        console.print(f"[red]refusing to start[/red]: {escape('; '.join(str(exc).splitlines()))}", highlight=False)
+        sys.exit(2)
     except Problem as exc:
         console.print(f"[red]error[/red]: {exc}", highlight=False)
         sys.exit(1)

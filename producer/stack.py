@@ -90,6 +90,8 @@ class LocalStack:
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "editq-local"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "editq-local-secret"),
             "AWS_DEFAULT_REGION": "us-east-1",
+            # binds webhook URLs to their jobs (worker/webhook_auth.py); a fresh one per stack unless given
+            "EDITQ_WEBHOOK_SECRET": os.environ.get("EDITQ_WEBHOOK_SECRET") or secrets.token_hex(32),
         }
         if self.isolate:
             tag = secrets.token_hex(4)

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from providers.types import Outcome
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------------
@@ -42,11 +42,15 @@ def webhook_headers(
     return msg_id, f"{msg_id}.{ts}.".encode() + body, sig_header
 
 
-def webhook_json(body: bytes) -> Any:
+def webhook_json(body: bytes) -> dict[str, Any]:
+    """The body of a verified delivery as a JSON object; raises WebhookMalformed (400) otherwise."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except ValueError:
-        raise WebhookRejected("body is not JSON") from None
+        raise WebhookMalformed("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise WebhookMalformed("body is not a JSON object")
+    return data
 
 
 def standard_webhook_key(secret: str) -> bytes | None:
@@ -80,38 +84,40 @@ class WebhookSecret:
     """A webhook signing key: the configured one, else fetched from the provider and kept.
 
     A signature that does not match fetches the secret again (it may have been rotated), at most once every
-    `min_refresh_s`. `max_age_s` (None = never) refetches a kept secret that old before checking.
-    `throttle_failures`: a failed fetch counts towards `min_refresh_s` too (else only a successful one does).
-    A failed fetch always keeps the old key: it must not open the door.
+    `min_refresh_s`; every fetch counts towards that limit, a failed one too, so forged deliveries (or a
+    provider that is down) never cause more than one fetch a minute. `max_age_s` (None = never) refetches a
+    kept secret that old before checking. A failed fetch always keeps the old key: it must not open the door.
     """
 
     def __init__(self, key_of: Callable[[str], bytes | None], *, min_refresh_s: float = 60.0,
-                 max_age_s: float | None = None, throttle_failures: bool = True) -> None:
+                 max_age_s: float | None = None) -> None:
         self.key_of = key_of
         self.min_refresh_s = min_refresh_s
         self.max_age_s = max_age_s
-        self.throttle_failures = throttle_failures
         self.key: bytes | None = None
-        self.fetched_at = 0.0
+        self.fetched_at = 0.0  # last successful fetch
+        self.tried_at: float | None = None  # last fetch started, failed ones included
 
     async def verify(self, configured: SecretStr | None, fetch: Callable[[], Awaitable[str | None]],
                      matches: Callable[[bytes], bool], now: float) -> bool:
         if configured is not None:
             key = self.key_of(configured.get_secret_value())
             return key is not None and matches(key)
-        if self.key is None or (self.max_age_s is not None and now - self.fetched_at > self.max_age_s):
+        may_fetch = self.tried_at is None or now - self.tried_at > self.min_refresh_s
+        stale = self.key is None or (self.max_age_s is not None and now - self.fetched_at > self.max_age_s)
+        if stale and may_fetch:
             await self.load(fetch, now)
+            may_fetch = False
         if self.key is not None and matches(self.key):
             return True
-        if now - self.fetched_at > self.min_refresh_s:
+        if may_fetch:
             await self.load(fetch, now)
             return self.key is not None and matches(self.key)
         return False
 
     async def load(self, fetch: Callable[[], Awaitable[str | None]], now: float) -> None:
         """`fetch` answers the secret text, or None when the provider did not give one."""
-        if self.throttle_failures:
-            self.fetched_at = now
+        self.tried_at = now
         secret = await fetch()
         key = self.key_of(secret) if secret is not None else None
         if key is not None:

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     )
     webhooks_enabled: bool = True
     webhook_tolerance_s: int = 300
+    webhook_secret: SecretStr | None = Field(
+        None, description="Server secret the per-job webhook tokens are derived from (HMAC of the job id); "
+        "required by the receiver, and by workers when webhook_base_url is set. Never stored in Redis.",
+    )
+    webhook_max_body_bytes: int = Field(
+        5 * 1024 * 1024, description="Larger deliveries are answered 413 before their body is read."
+    )
 
     max_attempts: int = Field(3, description="Provider attempts per job for retryable failures.")
     retry_base_s: float = 2.0

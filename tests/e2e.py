@@ -20,6 +20,7 @@ from PIL import Image
 from producer.api import status, submit_batch, wait
 from producer.stack import LocalStack, scoped_env
 from tests import sandbox_proc
+from worker.webhook_auth import delivery_url
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPT = "Place this product on a rustic oak table in soft morning light."
@@ -182,7 +183,7 @@ def assert_receiver_refuses_forgeries(stack: LocalStack, provider: str, job_id: 
                                       ids: tuple[str, str]) -> None:
     """Standard Webhooks deliveries of `body` for a submitted job: tampered, wrongly keyed, stale and replayed ones
     are refused without touching the job, then a valid one is accepted once (a second time: duplicate)."""
-    url = f"{stack.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/{provider}?job={job_id}"
+    url = delivery_url(stack.env["EDITQ_WEBHOOK_BASE_URL"], provider, job_id)
 
     def post(msg_id: str, ts: int, sig: str, raw: bytes = body) -> httpx.Response:
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig,

@@ -20,6 +20,7 @@ from producer.api import BatchReport, status, submit_file, wait
 from producer.stack import LocalStack
 from tests.e2e import EXAMPLES, configure_sandbox, read_manifests, start, using
 from worker.storage import get_storage
+from worker.webhook_auth import delivery_url
 
 TOKEN = "r8_sandbox-token"  # producer.stack.sandbox_provider_env
 SANDBOX = {"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 16, "seed": 5}
@@ -76,7 +77,7 @@ def test_receiver_refuses_forged_deliveries_and_accepts_one_valid_once(live: Loc
         time.sleep(0.05)
     assert pred is not None, status(job_id)
     secret = httpx.get(f"{api}/v1/webhooks/default/secret", headers=auth).json()["key"]
-    url = f"{live.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/replicate?job={job_id}"
+    url = delivery_url(live.env["EDITQ_WEBHOOK_BASE_URL"], "replicate", job_id)
     body = json.dumps(pred).encode()
     msg_id, now = f"msg_{pred['id']}", int(time.time())
     forged = dict(pred, output=["https://evil.example/x.png"])

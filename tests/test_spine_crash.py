@@ -14,6 +14,7 @@ from producer.stack import LocalStack
 from tests.conftest import EXAMPLES, SANDBOX_SEED, sandbox_requests, unique, wait_for
 from worker.state import State
 from worker.storage import get_storage
+from worker.webhook_auth import delivery_url
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(
                            "payload": result, "error": None}).encode()
         signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), "sandbox-user")
         headers = signer.sign(body, request_id=a["request_id"], timestamp=int(time.time()))
-        resp = httpx.post(f"{bare.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/fal", params={"job": job_id}, content=body,
+        resp = httpx.post(delivery_url(bare.env["EDITQ_WEBHOOK_BASE_URL"], "fal", job_id), content=body,
                           headers={**headers, "content-type": "application/json"}, timeout=10)
         assert resp.json() == {"status": "accepted"}
         final = wait(job_id, timeout=60)

@@ -15,6 +15,7 @@ from producer.stack import LocalStack
 from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
 from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
 from worker.state import JobStore, State
+from worker.webhook_auth import delivery_url
 
 USER = "sandbox-user"
 
@@ -46,7 +47,7 @@ def _payload(request_id: str) -> bytes:
 
 
 def _post(stack: LocalStack, job_id: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(f"{stack.env['EDITQ_WEBHOOK_BASE_URL']}/webhooks/fal", params={"job": job_id},
+    return httpx.post(delivery_url(stack.env["EDITQ_WEBHOOK_BASE_URL"], "fal", job_id),
                       content=body, headers={**headers, "content-type": "application/json"}, timeout=10)
 
 
@@ -138,7 +139,8 @@ def test_delivery_racing_the_workers_record_is_applied(receiver_stack: LocalStac
 def test_routes_around_the_delivery_fast_path(receiver_stack: LocalStack) -> None:
     """Deliveries bypass FastAPI (worker/webhooks.py DeliveriesFirst); the rest of the app still answers."""
     base = receiver_stack.env["EDITQ_WEBHOOK_BASE_URL"]
-    assert httpx.post(f"{base}/webhooks/nope", content=b"{}", timeout=10).json() == {"error": "unknown provider"}
+    assert httpx.post(f"{base}/webhooks/nope", content=b"{}", timeout=10).json() == {
+        "error": "no webhooks for this provider"}
     assert httpx.post(f"{base}/webhooks/nope", content=b"{}", timeout=10).status_code == 404
     unsigned = httpx.post(f"{base}/webhooks/fal", content=b"{}", timeout=10)
     assert unsigned.status_code == 401 and unsigned.json()["error"].startswith("rejected")

@@ -7,6 +7,8 @@ submit or collect dozens of jobs concurrently and every task shares the same con
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine
@@ -33,6 +35,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _start() -> asyncio.AbstractEventLoop:
+    atexit.register(shutdown)  # the HTTP client is closed on the way out, not reported unclosed by aiohttp
     loop = _new_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="editq-io"))
     threading.Thread(target=loop.run_forever, name="editq-aio", daemon=True).start()
@@ -65,6 +68,25 @@ def http_client() -> httpx.AsyncClient:
         )
         _state.update(http=client, http_pid=os.getpid())
     return client
+
+
+async def close_http_client() -> None:
+    """Close this process's HTTP client (and its aiohttp session) if it was opened; call from inside the loop
+    that uses it. A session left open is reported by aiohttp as "Unclosed client session" at exit."""
+    client = _state.get("http")
+    if client is not None and _state["http_pid"] == os.getpid():
+        _state.update(http=None, http_pid=None)
+        await client.aclose()
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Close the HTTP client on the process loop, then stop the loop (a worker or CLI command exiting)."""
+    with _lock:
+        loop = _state["loop"] if _state["pid"] == os.getpid() else None
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(Exception):  # a loop that is stuck or already stopping: nothing more to close
+        asyncio.run_coroutine_threadsafe(close_http_client(), loop).result(timeout)
 
 
 class Window:

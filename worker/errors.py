@@ -57,4 +57,13 @@ class ProviderError(Exception):
 
 
 class WebhookRejected(Exception):
-    """A delivery that failed verification. It changes no state."""
+    """A delivery that failed verification (answered 401). It changes no state."""
+
+    status_code = 401
+
+
+class WebhookMalformed(WebhookRejected):
+    """A delivery whose signature is valid but whose body is not what the provider sends (not JSON, not a JSON
+    object, no request id): answered 400, no state change."""
+
+    status_code = 400

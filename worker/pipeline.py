@@ -23,7 +23,7 @@ from providers.protocol import ProviderProtocol
 from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
 from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
-from worker import aio, events, policy
+from worker import aio, events, policy, startup
 from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
@@ -33,6 +33,7 @@ from worker.redis_client import replicated
 from worker.state import JobStore, JobView, State
 from worker.storage import Storage, get_storage
 from worker.triggers import COALESCE_MS, Kicker
+from worker.webhook_auth import delivery_url
 
 log = structlog.get_logger("editq.pipeline")
 
@@ -77,6 +78,7 @@ class Pipeline:
         kick: Kicker | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        startup.register_secrets(self.settings)  # every key this process knows is redacted from its logs
         self.store = store or JobStore()
         self.storage = storage or get_storage()
         self.kick = kick or Kicker()
@@ -178,11 +180,14 @@ class Pipeline:
         return InputUrls(images=[self.storage.presign(i.s3_key) for i in job.inputs], mask=mask)
 
     def webhook_url(self, adapter: ProviderProtocol, view: JobView) -> str | None:
+        """The job's webhook URL, bound to it by its token (worker/webhook_auth.py); None = poll only. Without
+        EDITQ_WEBHOOK_SECRET (the CLI refuses to start a worker so configured) the job is polled."""
         s = self.settings
         if not (s.webhooks_enabled and s.webhook_base_url and providers.spec_of(adapter.name).webhooks
-                and adapter.settings.webhooks):
+                and adapter.settings.webhooks and s.webhook_secret is not None
+                and s.webhook_secret.get_secret_value()):
             return None
-        return f"{s.webhook_base_url.rstrip('/')}/webhooks/{adapter.name}?job={view.job_id}"
+        return delivery_url(s.webhook_base_url, adapter.name, view.job_id, s)
 
     def _req_entry(self, view: JobView, status: str, **extra: Any) -> str:
         entry = {"attempt": view.attempts, "provider": view.provider, "status": status, "at": _now(), **extra}

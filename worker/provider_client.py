@@ -55,6 +55,15 @@ def transport_error(provider: str, what: str, exc: Exception, timeout_s: float |
     )
 
 
+def unsendable(provider: str, what: str, exc: ValueError) -> ProviderError:
+    """The HTTP client refused to write the request (a header or URL it cannot send): nothing left, and the
+    same request will never go, so the job fails with the reason (the exception's text is not quoted: it may
+    hold the value it refused)."""
+    return ProviderError(ErrorKind.terminal, f"{provider} {what}: the request could not be written "
+                                             f"({type(exc).__name__}: a header or URL with a forbidden character); "
+                                             "not sent")
+
+
 class ProviderClient:
     def __init__(self, spec: ProviderSpec, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
         self.spec = spec
@@ -64,6 +73,9 @@ class ProviderClient:
         self.hosts = credential_hosts(settings)
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
         redact.register(self._key)
+        # refused at start-up (worker/startup.py); a process that skipped that check fails each job clearly
+        # instead of raising from inside the HTTP client on every request
+        self._bad_key = any(ord(c) < 32 or ord(c) == 127 for c in self._key)
 
     # ---- pure helpers ---------------------------------------------------------------------------
     def url(self, req: ProviderRequest) -> str:
@@ -82,6 +94,12 @@ class ProviderClient:
         """Credentials for `url`; refused (not sent) for a host the spec does not allow."""
         if not self._key:
             return {}
+        if self._bad_key:
+            raise ProviderError(
+                ErrorKind.terminal,
+                f"{self.name}: the API key ({self.spec.key_env}) contains a control character (e.g. a trailing "
+                "newline); fix the setting; not sent",
+            )
         if not self.may_authenticate(url):
             raise ProviderError(
                 ErrorKind.unknown,
@@ -126,6 +144,8 @@ class ProviderClient:
             resp = await self.http.request(req.method, url, **kw)
         except httpx.HTTPError as exc:
             raise transport_error(self.name, req.what, exc, kw["timeout"].read) from None
+        except ValueError as exc:  # the request could not be written (a header with a control character)
+            raise unsendable(self.name, req.what, exc) from None
         return Answer(resp.status_code, resp.headers, resp.content, url)
 
     @contextlib.asynccontextmanager
@@ -143,6 +163,8 @@ class ProviderClient:
                 yield Answer(resp.status_code, resp.headers, b"", url), self._chunks(resp, req, kw)
         except httpx.HTTPError as exc:
             raise transport_error(self.name, req.what, exc, kw["timeout"].read) from None
+        except ValueError as exc:
+            raise unsendable(self.name, req.what, exc) from None
 
     async def _chunks(self, resp: httpx.Response, req: ProviderRequest, kw: dict[str, Any]) -> AsyncIterator[bytes]:
         try:

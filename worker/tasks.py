@@ -162,3 +162,4 @@ def _stop_tick(**_: object) -> None:
         p.r.zrem(p.k.alive, f"{socket.gethostname()}:{os.getpid()}")
     except Exception:
         log.warning("could not deregister the worker", exc_info=True)
+    aio.shutdown()  # close the pooled HTTP client (no "Unclosed client session" at exit)

@@ -1,8 +1,15 @@
 """`editq webhooks`: the ASGI receiver for provider deliveries.
 
-Order of work for each delivery: verify the signature over the raw body (refuse with 401 and touch
-nothing if it fails), drop duplicates, find the job, move it on through the same state machine the
-poller uses, answer 200. Webhook and poller race to one terminal state; whichever is second is a no-op.
+Order of work for each delivery (`POST /webhooks/{provider}?job={job_id}&token={token}`):
+1. a provider that does not take deliveries here (unknown, no webhooks, not configured): 404;
+2. the job's token (worker/webhook_auth.py, constant time): 401 when missing or wrong, before the body is read;
+3. a body over `EDITQ_WEBHOOK_MAX_BODY_BYTES`: 413, before it is read (by its Content-Length) or as soon
+   as it exceeds the limit (chunked);
+4. the signature over the raw body: 401; a signed body that is not what the provider sends (not a JSON
+   object, no request id): 400;
+5. drop duplicates, find the job, move it on through the same state machine the poller uses, answer 200.
+A delivery only ever touches the job its URL names. Webhook and poller race to one terminal state;
+whichever is second is a no-op.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ from starlette.types import Receive, Scope, Send
 
 import providers
 from providers.types import WebhookEvent
-from worker import aio, events, health
+from worker import aio, events, health, startup
 from worker import metrics as editq_metrics
-from worker.errors import ProviderError, WebhookRejected
+from worker.errors import ProviderError, WebhookMalformed, WebhookRejected
+from worker.logging import configure_logging
 from worker.pipeline import Pipeline
 from worker.provider_client import client_for
 from worker.state import JobView, State, job_view
+from worker.webhook_auth import JOB_PARAM, TOKEN_PARAM, receives_webhooks, token_ok
 
 log = structlog.get_logger("editq.webhooks")
 
-ADOPTABLE = (State.queued, State.retry_wait, State.submitting, State.submitted)
+ADOPTABLE = (State.queued, State.retry_wait, State.submitting, State.submitted)  # and see `_adoptable`
 SEEN_TTL_S = 3 * 3600  # longer than any provider's retry window (fal: 10 tries over ~2 h)
 
 
@@ -43,6 +52,7 @@ def _pipeline() -> Pipeline:
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    startup.check("receiver")  # refuses to start (StartupRefused) without what checking deliveries needs
     # One-off costs paid at start, not by the first burst of deliveries: the HTTP client (TLS context),
     # the pipeline with its Redis connection and scripts. Failures here are not fatal: the first
     # delivery pays instead.
@@ -55,17 +65,22 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     else:
         for name in providers.names():
             adapter = providers.protocol_of(name)
-            if providers.spec_of(name).webhooks and adapter.settings.webhooks:
+            if receives_webhooks(name):
                 try:  # e.g. fal's JWKS: otherwise the first burst of deliveries all waits for it
                     await asyncio.wait_for(adapter.prepare_webhooks(client_for(name)), timeout=5)
                 except Exception:
                     log.warning("webhook keys not prefetched", provider=name, exc_info=True)
-    yield
+    try:
+        yield
+    finally:
+        await aio.close_http_client()  # no "Unclosed client session" at exit
+
 
 
 def create_app() -> DeliveriesFirst:
     """The receiver: `POST /webhooks/{provider}` (see DeliveriesFirst), the probes of worker/health.py
     (`/livez`; `/readyz` and `/healthz`: Redis and the broker answer), `/metrics`."""
+    configure_logging()
     app = FastAPI(title="editq webhooks", docs_url=None, redoc_url=None, lifespan=_lifespan)
     editq_metrics.register_redis_collector()
 
@@ -86,29 +101,64 @@ def create_app() -> DeliveriesFirst:
     return DeliveriesFirst(app)
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (BodyTooLarge) by its Content-Length before a byte is read, or as soon as more than
+    `limit` bytes arrived (a chunked body has no length to check first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse(provider: str, outcome: str, status_code: int, error: str) -> JSONResponse:
+    events.webhook(provider, outcome)
+    log.warning("webhook refused", provider=provider, outcome=outcome, reason=error)
+    return JSONResponse({"error": error}, status_code=status_code)
+
+
 async def handle_delivery(provider: str, request: Request) -> JSONResponse:
-    """One delivery: verify, drop duplicates, move the job on (see the module docstring)."""
+    """One delivery: bound to its job, verified, deduplicated, applied (see the module docstring)."""
+    if not receives_webhooks(provider):
+        # unknown, without webhooks, or not configured here: nothing to deliver to (no metrics label for it:
+        # the provider name is the caller's text)
+        return JSONResponse({"error": "no webhooks for this provider"}, status_code=404)
+    adapter = providers.protocol_of(provider)
+    job_hint = request.query_params.get(JOB_PARAM) or ""
+    token = request.query_params.get(TOKEN_PARAM) or ""
+    if not job_hint or not token or not token_ok(job_hint, token):
+        return _refuse(provider, "unbound", 401, "rejected: missing or wrong job token")
     try:
-        adapter = providers.protocol_of(provider)
-    except KeyError:
-        return JSONResponse({"error": "unknown provider"}, status_code=404)
-    body = await request.body()
+        body = await _read_body(request, _pipeline().settings.webhook_max_body_bytes)
+    except BodyTooLarge:
+        return _refuse(provider, "too-large", 413, "body too large")
     try:
         event = await adapter.verify_webhook(client_for(provider), request.headers, body, now=time.time())
     except WebhookRejected as exc:
-        events.webhook(provider, "rejected")
-        log.warning("webhook rejected", provider=provider, reason=str(exc))
-        return JSONResponse({"error": f"rejected: {exc}"}, status_code=401)
+        outcome = "malformed" if isinstance(exc, WebhookMalformed) else "rejected"
+        return _refuse(provider, outcome, exc.status_code, f"rejected: {exc}")
 
     p = _pipeline()
     seen = p.k.webhook_seen(provider, event.delivery_id)
-    job_hint = request.query_params.get("job")
     first, recorded, hinted = _lookup(p, provider, event, seen, job_hint)
     if not first:
         events.webhook(provider, "duplicate", hinted, event.request_id)
         return JSONResponse({"status": "duplicate"})
     try:
         status = await _apply(p, provider, event, job_hint, recorded, hinted)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # a signed delivery we cannot read (the provider's format changed?): the poller completes the job
+        p.r.delete(seen)
+        return _refuse(provider, "malformed", 400, f"unreadable delivery ({type(exc).__name__})")
     except Exception:
         p.r.delete(seen)  # let the provider's retry (or the poller) try again
         raise
@@ -152,29 +202,44 @@ class DeliveriesFirst:
         await self.app(scope, receive, send)
 
 
-def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint: str | None
+def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint: str
             ) -> tuple[bool, str | None, JobView | None]:
     """One Redis round trip: mark the delivery seen (False if it was already), find the job that
     recorded this request id, and read the job the delivery URL names (usually the same one)."""
     pipe = p.r.pipeline(transaction=False)
     pipe.set(seen, "1", nx=True, ex=SEEN_TTL_S)
     pipe.get(p.k.request(provider, event.request_id))
-    if job_hint:
-        pipe.hgetall(p.k.job(job_hint))
-    first, recorded, *rest = pipe.execute()
-    hinted = job_view(job_hint, rest[0]) if job_hint else None
-    return bool(first), recorded, hinted
+    pipe.hgetall(p.k.job(job_hint))
+    first, recorded, raw = pipe.execute()
+    return bool(first), recorded, job_view(job_hint, raw)
 
 
-async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str | None,
+def _uncertain(view: JobView) -> bool:
+    """An attempt of this job is recorded `uncertain`: a request may exist at the provider whose id we lost."""
+    return any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
+
+
+def _adoptable(view: JobView, provider: str) -> bool:
+    """Whether a signed result for a request id this job never recorded may be this job's: only when an
+    attempt's request id was lost (`uncertain`), or the job is being submitted right now and its request id is
+    not recorded yet (the provider answered the webhook before our submit call returned). A queued job, or a
+    submitted one whose requests are all accounted for, has no unknown request: nothing is adopted."""
+    if view.provider != provider or view.state not in ADOPTABLE:
+        return False
+    return (view.state is State.submitting and not view.request_id) or _uncertain(view)
+
+
+async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str,
                  recorded: str | None, hinted: JobView | None) -> str:
-    """`recorded`: the job id stored under the request id; `hinted`: the job named in the delivery URL,
-    read right after that lookup."""
+    """`recorded`: the job id stored under the request id; `hinted`: the job named in the delivery URL (whose
+    token was checked), read right after that lookup. Only that job is ever touched."""
     adapter = providers.protocol_of(provider)
     client = client_for(provider)
+    if recorded is not None and recorded != job_hint:
+        return "other-job"  # a request of another job delivered to this job's URL: not this URL's to apply
     job_id = recorded
     adopt = False
-    if job_id is None and job_hint:
+    if job_id is None:
         # A request whose id we never recorded: the provider answered before our submit did (latency ~0),
         # or a worker died between the provider's answer and recording it (the attempt is `uncertain`,
         # and the job may have been resubmitted since). The URL is ours and per job; the delivery is
@@ -182,9 +247,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
         view = hinted
         if view is not None and view.provider == provider and view.request_id == event.request_id:
             job_id = job_hint  # the worker recorded this very request between our two reads
-        elif view is not None and view.provider == provider and view.state in ADOPTABLE and (
-            not view.request_id or any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
-        ):
+        elif view is not None and _adoptable(view, provider):
             job_id, adopt = job_hint, True
     if job_id is None:
         return "unknown-request"
@@ -223,7 +286,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str 
 def _record_adoption(p: Pipeline, provider: str, view: JobView, request_id: str) -> str:
     """Note the adopted request in the job's request log; a newer request in flight gets cancelled."""
     p.r.set(p.k.request(provider, request_id), view.job_id, ex=p.settings.job_ttl_s)
-    lost = any('"uncertain"' in v for k, v in view.fields.items() if k.startswith("req."))
+    lost = _uncertain(view)
     note = ("late answer of a request whose id was lost; result used" if lost
             else "completion arrived before the submit answer was recorded")
     if view.request_id and view.request_id != request_id and view.state is State.submitted:

@@ -16,7 +16,9 @@ class FalSettings(ProviderSettings):
     )
     base_url: str = "https://queue.fal.run"
     jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
-    user_id: str | None = None  # when set, deliveries for another fal user are refused
+    # fal signs every account's deliveries with one key set: deliveries for another fal user are refused, and
+    # with webhooks on it is required (the worker and the receiver refuse to start without it)
+    user_id: str | None = None
     concurrency: int = 40
     request_timeout_s: float | None = None  # X-Fal-Request-Timeout: deadline for the job to start
 
@@ -24,7 +26,7 @@ class FalSettings(ProviderSettings):
 SPEC = ProviderSpec(
     package=__name__,
     settings_cls=FalSettings,
-    sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json"},
+    sandbox_env={"EDITQ_FAL_JWKS_URL": "{sandbox}/fal/.well-known/jwks.json", "EDITQ_FAL_USER_ID": "sandbox-user"},
     auth_scheme="Key",
     default=True,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,7 +26,7 @@ from providers.signatures import webhook_json
 from providers.spec import ProviderSettings
 from schemas.job import EditJob
 from schemas.params import Background
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
     from worker.provider_client import ProviderClient
@@ -152,7 +153,9 @@ def signed_message(headers: Mapping[str, str], body: bytes, *, now: float, user_
         raise WebhookRejected("malformed timestamp or signature") from None
     if abs(now - ts_i) > TOLERANCE_S:
         raise WebhookRejected("timestamp outside tolerance")
-    if user_id and uid != user_id:
+    if not user_id:  # fal signs every account's deliveries with the same keys: the user id is what binds them
+        raise WebhookRejected("EDITQ_FAL_USER_ID is not set; fal deliveries cannot be attributed to this account")
+    if not hmac.compare_digest(uid.encode("utf-8", "replace"), user_id.encode()):
         raise WebhookRejected("webhook for another fal user")
     return rid, ts, "\n".join([rid, uid, ts, hashlib.sha256(body).hexdigest()]).encode(), sig
 
@@ -185,7 +188,8 @@ class FalProtocol(ProviderProtocol):
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
         self._jwks: list[VerifyKey] = []
-        self._jwks_at = 0.0
+        self._jwks_at = 0.0  # when the keys were last fetched
+        self._jwks_tried = 0.0  # when a fetch last started, failed ones included (the once-a-minute limit)
         self._jwks_loading: asyncio.Task[None] | None = None
 
     def validate(self, job: EditJob) -> list[str]:
@@ -229,9 +233,9 @@ class FalProtocol(ProviderProtocol):
             raise WebhookRejected("signature does not match any fal key")
         payload = webhook_json(body)
         if not isinstance(payload, dict):
-            raise WebhookRejected("body is not a JSON object")
+            raise WebhookMalformed("body is not a JSON object")
         if payload.get("request_id") not in (None, rid):
-            raise WebhookRejected("body request_id differs from the signed header")
+            raise WebhookMalformed("body request_id differs from the signed header")
         return pt.WebhookEvent(delivery_id=f"{rid}:{ts}:{sig.hex()[:16]}", request_id=rid, payload=payload)
 
     async def prepare_webhooks(self, client: ProviderClient) -> None:
@@ -240,11 +244,13 @@ class FalProtocol(ProviderProtocol):
 
     # ---- the key set --------------------------------------------------------------------------------
     async def _verify(self, client: ProviderClient, message: bytes, sig: bytes, now: float) -> bool:
-        if now - self._jwks_at > JWKS_TTL_S:
+        may_fetch = now - self._jwks_tried > JWKS_MIN_REFRESH_S  # failed fetches count: no fetch per forgery
+        if now - self._jwks_at > JWKS_TTL_S and may_fetch:
             await self._refresh_jwks(client, now)
+            may_fetch = False
         if any_key(self._jwks, message, sig):
             return True
-        if now - self._jwks_at > JWKS_MIN_REFRESH_S:  # keys may have rotated
+        if may_fetch:  # keys may have rotated
             await self._refresh_jwks(client, now)
             return any_key(self._jwks, message, sig)
         return False
@@ -258,6 +264,7 @@ class FalProtocol(ProviderProtocol):
         await task
 
     async def _load_jwks(self, client: ProviderClient, now: float) -> None:
+        self._jwks_tried = now
         try:
             answer = await client.send(pt.ProviderRequest("GET", self.settings.jwks_url, auth=False, timeout_s=10,
                                                        what="jwks"))

@@ -31,7 +31,7 @@ from providers.spec import ProviderSettings
 from schemas.job import DEFAULT_MODEL, EditJob
 from schemas.manifest import Usage
 from schemas.params import Background
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
     from worker.provider_client import ProviderClient
@@ -260,10 +260,10 @@ def delivery(headers: Mapping[str, str], body: bytes, *, now: float) -> tuple[st
 def event_of(msg_id: str, body: bytes) -> pt.WebhookEvent:
     payload = webhook_json(body)
     if not isinstance(payload, dict):
-        raise WebhookRejected("body is not a JSON object")
+        raise WebhookMalformed("body is not a JSON object")
     rid = payload.get("id") or payload.get("request_id")
     if not rid or not isinstance(rid, str):
-        raise WebhookRejected("body has no request id")
+        raise WebhookMalformed("body has no request id")
     return pt.WebhookEvent(delivery_id=msg_id, request_id=rid, payload=payload)
 
 

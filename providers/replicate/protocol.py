@@ -34,7 +34,7 @@ from providers.spec import ProviderSettings
 from schemas.job import EditJob
 from schemas.manifest import Usage
 from schemas.params import parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
     from worker.provider_client import ProviderClient
@@ -306,7 +306,7 @@ def parse_secret(answer: pt.Answer) -> str | None:
 def webhook_event(msg_id: str, body: bytes) -> pt.WebhookEvent:
     payload = webhook_json(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
-        raise WebhookRejected("body is not a prediction")
+        raise WebhookMalformed("body is not a prediction")
     return pt.WebhookEvent(delivery_id=msg_id, request_id=payload["id"], payload=payload)
 
 
@@ -318,9 +318,8 @@ class ReplicateProtocol(ProviderProtocol):
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         super().__init__(settings)
-        # refetched after a day, and on a mismatch (rotated) at most once a minute; a failed fetch does not count
-        self._secret = WebhookSecret(secret_bytes, min_refresh_s=SECRET_REFRESH_S, max_age_s=SECRET_MAX_AGE_S,
-                                     throttle_failures=False)
+        # refetched after a day, and on a mismatch (rotated) at most once a minute, failed fetches included
+        self._secret = WebhookSecret(secret_bytes, min_refresh_s=SECRET_REFRESH_S, max_age_s=SECRET_MAX_AGE_S)
 
     # ---- pure ---------------------------------------------------------------------------------
     def validate(self, job: EditJob) -> list[str]:

@@ -49,7 +49,7 @@ from providers.spec import ProviderSettings
 from providers.wavespeed import WaveSpeedSettings
 from schemas.job import EditJob
 from schemas.params import Background, parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
+from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 from worker.policy import kind_for_status, parse_retry_after
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ class WaveSpeedProtocol(ProviderProtocol):
         payload = webhook_json(body)
         rid = payload.get("id") if isinstance(payload, dict) else None
         if not rid:
-            raise WebhookRejected("body has no id")
+            raise WebhookMalformed("body has no id")
         return pt.WebhookEvent(delivery_id=msg_id, request_id=str(rid), payload=payload)
 
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
