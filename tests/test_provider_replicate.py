@@ -345,11 +345,19 @@ def test_secret_fetch_failure_refuses_the_delivery_and_is_retried() -> None:
 
     async def go() -> None:
         client = mock_client(a, handler)
-        with pytest.raises(WebhookRejected):  # a failed fetch is tried again once, then the delivery refused
+        with pytest.raises(WebhookRejected):  # the fetch failed: refused
             await a.verify_webhook(client, _sign(body, "m", now), body, now=now)
+        assert len(calls) == 1
+        # a failed fetch counts towards the once-a-minute limit: deliveries within the minute fetch nothing
+        for i in range(1, 30):
+            with pytest.raises(WebhookRejected):
+                await a.verify_webhook(client, _sign(body, "m", now + i), body, now=now + i)
+        assert len(calls) == 1
+        with pytest.raises(WebhookRejected):  # a minute later: one more fetch (no key in the answer)
+            await a.verify_webhook(client, _sign(body, "m", now + 61), body, now=now + 61)
         assert len(calls) == 2
-        # a failed fetch does not count towards the once-a-minute limit: the next delivery fetches again
-        assert (await a.verify_webhook(client, _sign(body, "m", now), body, now=now + 1)).request_id == "p1"
+        later = now + 122
+        assert (await a.verify_webhook(client, _sign(body, "m", later), body, now=later)).request_id == "p1"
 
     asyncio.run(go())
     assert calls == ["/v1/webhooks/default/secret"] * 3
@@ -564,7 +572,8 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
     get_settings.cache_clear()
     try:
         settings = Settings(  # type: ignore[call-arg]
-            webhook_base_url="http://hooks.local", poll_interval_webhook_s=3000, poll_max_s=3000)
+            webhook_base_url="http://hooks.local", webhook_secret="test-webhook-secret", poll_interval_webhook_s=3000,
+            poll_max_s=3000)
         store = JobStore()
         kick = SimpleNamespace(collect=lambda: None, dispatch=lambda *a: None, poll=lambda *a: None,
                                send_collect=lambda: None, send_dispatch=lambda *a: None)

@@ -1,0 +1,144 @@
+"""What a user sees when something is missing or wrong: one line and a non-zero exit, never a traceback; a
+configuration that cannot work is refused at start-up; the receiver's health reflects Redis; processes close
+their HTTP client on the way out (no aiohttp "Unclosed client session")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from producer.api import status, submit
+from producer.stack import PY, LocalStack, free_port, wait_until
+from tests.conftest import EXAMPLES, ROOT, unique, wait_for
+
+UNCLOSED = "Unclosed client session"
+
+
+def editq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def dead_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.fixture(scope="module")
+def ops() -> Iterator[LocalStack]:
+    with LocalStack(workers=0) as s:
+        yield s
+
+
+@pytest.fixture
+def live_ops(ops: LocalStack) -> LocalStack:
+    ops.apply_env()
+    return ops
+
+
+# ---- one line, non-zero exit -------------------------------------------------------------------------------------
+def test_status_of_an_unknown_id_is_one_line_and_exit_1(live_ops: LocalStack) -> None:
+    res = editq("status", "UNKNOWN")
+    assert res.returncode == 1
+    assert res.stderr.strip() == "no batch or job with id 'UNKNOWN'"
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_download_of_an_unknown_batch_says_so_and_exits_1(live_ops: LocalStack, tmp_path: os.PathLike[str]) -> None:
+    res = editq("download", "batch_nope", "--out", str(tmp_path))
+    assert res.returncode == 1
+    assert "nothing to download for 'batch_nope'" in res.stderr
+    assert "files written" not in res.stdout
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("args", [["status", "batch_x"], ["submit", str(EXAMPLES / "batch.jsonl")],
+                                  ["cancel", "job_x"]])
+def test_redis_down_is_one_clear_line(live_ops: LocalStack, args: list[str]) -> None:
+    url = dead_redis()
+    res = editq(*args, env={"EDITQ_REDIS_URL": url, "EDITQ_BROKER_URL": url})
+    assert res.returncode == 3, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith(f"editq: cannot reach Redis at {url}: ")
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+# ---- start-up refusals ---------------------------------------------------------------------------------------------
+def test_keys_with_control_characters_are_refused_without_printing_them() -> None:
+    key = "fal-canary-key-0123456789"
+    for extra in ("\n", "\t", "\r\n"):
+        res = editq("status", "x", env={"EDITQ_FAL_KEY": key + extra, "EDITQ_REDIS_URL": dead_redis()})
+        assert res.returncode == 2
+        assert "EDITQ_FAL_KEY contains a control character" in res.stderr
+        assert key not in res.stdout + res.stderr
+        assert "Traceback" not in res.stderr
+    res = editq("worker", env={"AWS_SECRET_ACCESS_KEY": "s3-canary-secret\n", "EDITQ_REDIS_URL": dead_redis()})
+    assert res.returncode == 2 and "AWS_SECRET_ACCESS_KEY contains a control character" in res.stderr
+    assert "s3-canary-secret" not in res.stdout + res.stderr
+
+
+def test_webhooks_on_without_the_webhook_secret_or_the_fal_user_id_refuse_to_start() -> None:
+    base = {"EDITQ_REDIS_URL": dead_redis(), "EDITQ_FAL_KEY": "fal-key-123456", "EDITQ_WEBHOOK_SECRET": "",
+            "EDITQ_FAL_USER_ID": "", "EDITQ_WEBHOOK_BASE_URL": "https://hooks.example"}
+    worker = editq("worker", env=base)
+    assert worker.returncode == 2
+    assert "EDITQ_WEBHOOK_SECRET is not set" in worker.stderr and "EDITQ_FAL_USER_ID is not set" in worker.stderr
+    receiver = editq("webhooks", "--port", str(free_port()), env={**base, "EDITQ_WEBHOOK_SECRET": "s" * 32})
+    assert receiver.returncode == 2
+    assert "EDITQ_FAL_USER_ID is not set" in receiver.stderr and "EDITQ_WEBHOOK_SECRET" not in receiver.stderr
+    # polling only (no EDITQ_WEBHOOK_BASE_URL): a worker needs neither
+    polling = {**base, "EDITQ_WEBHOOK_BASE_URL": "", "EDITQ_WEBHOOK_SECRET": ""}
+    assert "refusing" not in editq("worker", "--help", env=polling).stderr
+    # fal webhooks off: no fal user id needed
+    assert editq("webhooks", "--help", env={**base, "EDITQ_WEBHOOK_SECRET": "s" * 32,
+                                            "EDITQ_FAL_WEBHOOKS": "false"}).returncode == 0
+
+
+# ---- the receiver's health -------------------------------------------------------------------------------------------
+def test_receiver_health_reflects_redis(live_ops: LocalStack) -> None:
+    port = free_port()
+    proc = live_ops.spawn("webhooks-dead-redis", [PY, "-m", "producer.cli", "webhooks", "--port", str(port)],
+                          {"EDITQ_REDIS_URL": dead_redis()})
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: httpx.get(url, timeout=2).status_code > 0, 30, "the receiver")
+        resp = httpx.get(url, timeout=10)
+        assert resp.status_code == 503
+        assert resp.json()["status"] == "unavailable" and "redis unreachable" in resp.json()["redis"]
+    finally:
+        live_ops.stop_proc("webhooks-dead-redis")
+    assert proc.returncode is not None
+    ok = httpx.get(live_ops.env["EDITQ_WEBHOOK_BASE_URL"] + "/healthz", timeout=10)
+    assert ok.status_code == 200 and ok.json() == {"status": "ok", "redis": "ok"}
+
+
+# ---- HTTP clients closed on the way out ------------------------------------------------------------------------
+def test_cancel_closes_its_http_client(live_ops: LocalStack) -> None:
+    job_id = submit({"prompt": unique("cancel"), "images": [str(EXAMPLES / "mug.png")]})
+    res = editq("cancel", job_id)
+    assert res.returncode == 0 and res.stdout.strip() == "cancelled", res.stderr[-2000:]
+    assert UNCLOSED not in res.stderr
+
+
+def test_worker_and_receiver_close_their_http_client_at_exit(live_ops: LocalStack) -> None:
+    live_ops.start_worker("closing")
+    live_ops.wait_workers(1)
+    job_id = submit({"prompt": unique("close"), "images": [str(EXAMPLES / "mug.png")], "quality": "low"})
+    wait_for(lambda: status(job_id)["finished"], 90, "the job to finish")
+    port = free_port()
+    live_ops.spawn("webhooks-closing", [PY, "-m", "producer.cli", "webhooks", "--port", str(port)])
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 30, "receiver")
+    for name in ("closing", "webhooks-closing"):
+        proc = live_ops.procs[name]
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        live_ops.procs.pop(name)
+        log = live_ops.log(name)
+        assert UNCLOSED not in log, (name, log[-3000:])
+        assert "Traceback" not in log, (name, log[-3000:])
