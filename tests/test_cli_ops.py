@@ -110,12 +110,13 @@ def test_receiver_health_reflects_redis(live_ops: LocalStack) -> None:
         wait_until(lambda: httpx.get(url, timeout=2).status_code > 0, 30, "the receiver")
         resp = httpx.get(url, timeout=10)
         assert resp.status_code == 503
-        assert resp.json()["status"] == "unavailable" and "redis unreachable" in resp.json()["redis"]
+        assert resp.json()["status"] == "unavailable"
+        assert any("redis" in p.lower() for p in resp.json()["problems"]), resp.json()
     finally:
         live_ops.stop_proc("webhooks-dead-redis")
     assert proc.returncode is not None
     ok = httpx.get(live_ops.env["EDITQ_WEBHOOK_BASE_URL"] + "/healthz", timeout=10)
-    assert ok.status_code == 200 and ok.json() == {"status": "ok", "redis": "ok"}
+    assert ok.status_code == 200 and ok.json()["status"] == "ok"
 
 
 # ---- HTTP clients closed on the way out ------------------------------------------------------------------------

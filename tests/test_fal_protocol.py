@@ -29,7 +29,8 @@ client_on = partial(client_of, SPEC)
 
 
 def adapter(**kw: Any) -> FalProtocol:
-    return FalProtocol(FalSettings(api_key="secret-key-123", base_url="https://queue.example", **{"user_id": "u1", **kw}))
+    settings: dict[str, Any] = {"user_id": "u1", **kw}
+    return FalProtocol(FalSettings(api_key="secret-key-123", base_url="https://queue.example", **settings))
 
 
 def test_build_request_is_exact() -> None:
