@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -35,8 +36,15 @@ def has_control_char(value: str) -> bool:
 
 def _secrets(settings: Settings) -> Iterator[tuple[str, str]]:
     """(the variable it comes from, the value) for every secret editq is configured with."""
-    if settings.webhook_secret is not None:
-        yield "EDITQ_WEBHOOK_SECRET", settings.webhook_secret.get_secret_value()
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):  # the webhook secret, the sentinels' password
+            yield (prefix + name).upper(), value.get_secret_value()
+    for name in ("redis_url", "broker_url"):  # redis://user:password@host: the password
+        password = urlsplit(getattr(settings, name) or "").password
+        if password:
+            yield f"the password in EDITQ_{name.upper()}", unquote(password)
     for var in ENV_SECRETS:
         if os.environ.get(var):
             yield var, os.environ[var]
