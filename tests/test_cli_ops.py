@@ -4,6 +4,7 @@ their HTTP client on the way out (no aiohttp "Unclosed client session")."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,18 +42,24 @@ def live_ops(ops: LocalStack) -> LocalStack:
     return ops
 
 
-# ---- one line, non-zero exit -------------------------------------------------------------------------------------
-def test_status_of_an_unknown_id_is_one_line_and_exit_1(live_ops: LocalStack) -> None:
+# ---- one line, non-zero exit (the messages are producer/preflight.py's and producer/cli.py:main's) ----------------
+def _one_line(res: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    return lines[0]
+
+
+def test_status_of_an_unknown_id_is_one_line_and_non_zero(live_ops: LocalStack) -> None:
     res = editq("status", "UNKNOWN")
     assert res.returncode == 1
-    assert res.stderr.strip() == "no batch or job with id 'UNKNOWN'"
-    assert "Traceback" not in res.stdout + res.stderr
+    assert "no batch or job with id 'UNKNOWN'" in _one_line(res)
 
 
-def test_download_of_an_unknown_batch_says_so_and_exits_1(live_ops: LocalStack, tmp_path: os.PathLike[str]) -> None:
+def test_download_of_an_unknown_batch_says_so_and_fails(live_ops: LocalStack, tmp_path: os.PathLike[str]) -> None:
     res = editq("download", "batch_nope", "--out", str(tmp_path))
     assert res.returncode == 1
-    assert "nothing to download for 'batch_nope'" in res.stderr
+    assert "nothing stored for batch 'batch_nope'" in _one_line(res)
     assert "files written" not in res.stdout
     assert not os.listdir(tmp_path)
 
@@ -62,11 +69,8 @@ def test_download_of_an_unknown_batch_says_so_and_exits_1(live_ops: LocalStack, 
 def test_redis_down_is_one_clear_line(live_ops: LocalStack, args: list[str]) -> None:
     url = dead_redis()
     res = editq(*args, env={"EDITQ_REDIS_URL": url, "EDITQ_BROKER_URL": url})
-    assert res.returncode == 3, res.stderr[-2000:]
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr[-3000:]
-    assert lines[0].startswith(f"editq: cannot reach Redis at {url}: ")
-    assert "Traceback" not in res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"cannot reach Redis at {url}" in _one_line(res)
 
 
 # ---- start-up refusals ---------------------------------------------------------------------------------------------
@@ -75,7 +79,7 @@ def test_keys_with_control_characters_are_refused_without_printing_them() -> Non
     for extra in ("\n", "\t", "\r\n"):
         res = editq("status", "x", env={"EDITQ_FAL_KEY": key + extra, "EDITQ_REDIS_URL": dead_redis()})
         assert res.returncode == 2
-        assert "EDITQ_FAL_KEY contains a control character" in res.stderr
+        assert "EDITQ_FAL_KEY contains a control character" in _one_line(res)
         assert key not in res.stdout + res.stderr
         assert "Traceback" not in res.stderr
     res = editq("worker", env={"AWS_SECRET_ACCESS_KEY": "s3-canary-secret\n", "EDITQ_REDIS_URL": dead_redis()})
@@ -143,3 +147,51 @@ def test_worker_and_receiver_close_their_http_client_at_exit(live_ops: LocalStac
         log = live_ops.log(name)
         assert UNCLOSED not in log, (name, log[-3000:])
         assert "Traceback" not in log, (name, log[-3000:])
+
+
+# ---- a key with a control character that got past start-up: the job fails clearly, it is not stuck -------------
+def test_a_bad_key_fails_the_job_with_a_reason_instead_of_leaving_it_stuck(live_ops: LocalStack) -> None:
+    """A worker started without the CLI's check (plain Celery) with a fal key ending in a newline: the HTTP client
+    would refuse the header on every request and the job sat in `submitting` until its lease ran out, then
+    again. Now the submit fails terminally, says why, and never shows the key."""
+    from worker.triggers import queue_name
+
+    key = "fal-bad-key-0123456789"
+    queues = f"{queue_name()},{queue_name('sync')}"
+    boot = ("from worker.celery_app import app; app.worker_main(['worker', '--pool=threads', '--concurrency=4', "
+            f"'-Q', '{queues}', '-n', 'badkey@%h', '--without-gossip', '--without-mingle'])")
+    live_ops.spawn("badkey", [PY, "-c", boot], {"EDITQ_FAL_KEY": key + "\n"})
+    try:
+        job_id = submit({"prompt": unique("badkey"), "images": [str(EXAMPLES / "mug.png")], "quality": "low"})
+        final = wait_for(lambda: (st := status(job_id))["finished"] and st, 60, "the job to fail")
+    finally:
+        live_ops.stop_proc("badkey")
+    assert final["state"] == "failed"
+    assert "control character" in final["error"]["reason"] and key not in json.dumps(final)
+    assert key not in live_ops.log("badkey")
+
+
+def test_receiver_and_cli_tracebacks_carry_no_local_variables() -> None:
+    """Importing the receiver (as uvicorn does) or running the CLI configures logging: an exception logged with
+    its traceback shows the code, not the values of local variables (a rich traceback prints them all)."""
+    code = """
+import structlog
+import {module}
+{setup}
+def leaky():
+    authorization = "Bearer canary-local-0123456789"
+    raise RuntimeError("boom")
+try:
+    leaky()
+except RuntimeError:
+    structlog.get_logger("t").exception("failed")
+"""
+    for module, setup in [("worker.webhooks", ""),
+                          ("producer.cli", "from worker.logging import configure_logging; configure_logging()")]:
+        res = subprocess.run([sys.executable, "-c", code.format(module=module, setup=setup)], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert "RuntimeError: boom" in res.stdout + res.stderr, (module, res.stderr[-2000:])
+        assert "canary-local" not in res.stdout + res.stderr, (module, res.stderr[-3000:])
+    from producer.cli import app
+
+    assert app.pretty_exceptions_enable is False  # typer's rich tracebacks print every local
