@@ -343,9 +343,13 @@ def up(
     started, lines = do_up(state_dir, latency_s=latency)
     console.print("started" if started else "already running", f"(stop it with `editq down`); in other shells: "
                   f"source {state_dir / 'env'}")
+    from worker.startup import is_secret_var
+
     for line in lines:
         if line.startswith("export "):
-            out.print(line, highlight=False, markup=False)
+            name = line.removeprefix("export ").partition("=")[0]
+            shown = f"export {name}=***  # in {state_dir / 'env'}" if is_secret_var(name) else line
+            out.print(shown, highlight=False, markup=False)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from producer.up import _alive, read_pids
 from producer.watch import Meter, render, workers_alive
 from tests.conftest import EXAMPLES, unique, write_jsonl
 from worker.keys import Keys, namespace_patterns, scan_keys
+from worker.startup import is_secret_var
 from worker.state import JobStore
 from worker.storage import get_storage
 
@@ -67,7 +68,11 @@ def test_up_starts_a_detached_stack_that_other_shells_use_and_down_stops_it(tmp_
     assert first.returncode == 0, first.stderr + (state / "supervisor.log").read_text(errors="replace")
     shown = parse_env(first.stdout.splitlines())
     written = parse_env((state / "env").read_text().splitlines())
-    assert shown == written and written["EDITQ_KEY_PREFIX"] == tag
+    public = {k: v for k, v in written.items() if not is_secret_var(k)}
+    assert {k: v for k, v in shown.items() if not is_secret_var(k)} == public and written["EDITQ_KEY_PREFIX"] == tag
+    # secrets (the S3 secret, the webhook secret, keys) are in the env file only, not on the screen
+    assert {k for k in written if is_secret_var(k)} >= {"AWS_SECRET_ACCESS_KEY", "EDITQ_WEBHOOK_SECRET"}
+    assert all(shown[k] == "***" for k in written if is_secret_var(k))
     for name in ("EDITQ_REDIS_URL", "EDITQ_S3_ENDPOINT", "EDITQ_SANDBOX_URL", "EDITQ_WEBHOOK_BASE_URL",
                  "EDITQ_FAL_BASE_URL", "AWS_ACCESS_KEY_ID"):
         assert written.get(name), name

@@ -58,6 +58,14 @@ def _secrets(settings: Settings) -> Iterator[tuple[str, str]]:
                 yield var, value.get_secret_value()
 
 
+def is_secret_var(name: str) -> bool:
+    """Whether an environment variable holds a secret (a key, a password, the webhook secret): not printed."""
+    if name in ENV_SECRETS and name != "AWS_ACCESS_KEY_ID":
+        return True
+    upper = name.upper()
+    return any(word in upper for word in ("KEY", "SECRET", "TOKEN", "PASSWORD")) and not upper.endswith("_KEY_PREFIX")
+
+
 def register_secrets(settings: Settings | None = None) -> None:
     """Every configured secret into the one redactor (worker/redact.py), so no log line or error carries one."""
     redact.register(*(value for _, value in _secrets(settings or get_settings())))
