@@ -24,7 +24,7 @@ from schemas.job import MAX_DEPTH, EditJob, InputRecord, JobRequest, content_key
 from schemas.settings import get_settings
 from schemas.variants import label_error, parse_line
 from worker.redis_client import replicated
-from worker.state import TERMINAL, JobStore, State
+from worker.state import MICRO, TERMINAL, JobStore, State, batch_scope, tenant_scope
 from worker.storage import get_storage
 
 log = structlog.get_logger("editq.producer")
@@ -60,13 +60,25 @@ class BatchReport:
 
 
 class Enqueuer:
-    """Turns request lines into stored jobs. One per batch; keeps an input cache across lines."""
+    """Turns request lines into stored jobs. One per batch; keeps an input cache across lines.
 
-    def __init__(self, batch_id: str, base_dir: Path, store: JobStore | None = None) -> None:
+    `dry=True` (editq estimate, submit --dry-run): `prepare` validates exactly the same, reading inputs but
+    writing nothing to S3, and no Redis connection is made. `budgeted`: the batch has a cost cap, so a line
+    routed to a provider without a price model is refused (its cost could not be held to the cap)."""
+
+    def __init__(self, batch_id: str, base_dir: Path, store: JobStore | None = None, *, dry: bool = False,
+                 budgeted: bool = False) -> None:
         self.batch_id = batch_id
-        self.store = store or JobStore()
+        self._store = store
         self.storage = get_storage()
-        self.inputs = InputPreparer(self.storage, base_dir)
+        self.inputs = InputPreparer(self.storage, base_dir, store=not dry)
+        self.budgeted = budgeted
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            self._store = JobStore()
+        return self._store
 
     def prepare(self, raw: Line, defaults: dict[str, Any] | None) -> EditJob:
         """Parse and validate one line that is one job (no variants); raises ValueError with a readable message."""
@@ -141,6 +153,11 @@ class Enqueuer:
         problems = [msg for name in req.route for msg in registry.protocol_of(name).validate(job)]
         if problems:
             raise ValueError("; ".join(problems))
+        if self.budgeted:
+            unpriced = [name for name in req.route if registry.price_model_of(name) is None]
+            if unpriced:
+                raise ValueError(f"provider: {', '.join(unpriced)} has no price model, so the batch's --max-cost "
+                                 "cannot hold it")
         return job
 
     def _stored_ref(self, ref: str, rec: InputRecord) -> str:
@@ -150,8 +167,10 @@ class Enqueuer:
         if not jobs:
             return
         pipe = self.store.r.pipeline(transaction=False)
+        from producer.estimate import worst_case_micro
+
         for _, job in jobs:
-            self.store.create(job, pipe=pipe)
+            self.store.create(job, pipe=pipe, worst_case=worst_case_micro(job))
         providers: set[str] = set()
         for (lineno, job), res in zip(jobs, pipe.execute(), strict=True):
             created, jid = int(res[0]), res[1]
@@ -284,15 +303,25 @@ def submit_batch(
     on_progress: Callable[[BatchReport], None] | None = None,
     keep_ids: bool = True,
     seeds: int | None = None,
+    max_cost: float | None = None,
+    on_budget: str = "wait",
 ) -> BatchReport:
     """Enqueue a batch. With `strict`, every line is checked first and any bad line refuses the whole batch
     (pass a callable returning a fresh iterator so the lines can be read twice without holding them).
     `keep_ids=False` leaves `report.job_ids` empty, so memory stays flat however long the batch is
     (the ids are in Redis under the batch, and in its manifest). `seeds`: lines without `variants` run that many
-    times as one group (`editq submit --variants N`)."""
+    times as one group (`editq submit --variants N`).
+
+    `max_cost` (USD): the batch's budget; each job reserves its worst case when it is claimed, and a job that
+    does not fit waits in `budget_wait` (`on_budget="wait"`, until `set_batch_budget` raises it or money frees
+    up) or fails with `budget_exceeded` (`on_budget="fail"`)."""
+    if on_budget not in ("wait", "fail"):
+        raise ValueError("on_budget must be 'wait' or 'fail'")
+    if max_cost is not None and max_cost < 0:
+        raise ValueError("max_cost must be at least 0")
     check_defaults(defaults)
     batch_id = batch_id or new_id("batch")
-    enq = Enqueuer(batch_id, Path(base_dir))
+    enq = Enqueuer(batch_id, Path(base_dir), budgeted=max_cost is not None)
     report = BatchReport(batch_id=batch_id, keep_ids=keep_ids)
     source_fn = lines if callable(lines) else (lambda: lines)
     if strict:
@@ -305,7 +334,11 @@ def submit_batch(
             report.refused = True
             return report
     existed = bool(enq.store.r.exists(enq.store.k.batch(batch_id)))
-    enq.store.r.hset(enq.store.k.batch(batch_id), mapping={"created_at": repr(time.time()), "source": source or ""})
+    head: dict[str, Any] = {"created_at": repr(time.time()), "source": source or "", "on_budget": on_budget}
+    if max_cost is not None:
+        head["max_cost"] = round(max_cost * MICRO)
+        enq.store.r.sadd(enq.store.k.budget_batches, batch_id)
+    enq.store.r.hset(enq.store.k.batch(batch_id), mapping=head)
     chunk: list[tuple[int, EditJob]] = []
     try:
         for n, raw in _numbered(source_fn()):
@@ -383,6 +416,7 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
             "rerun_of": raw.get("rerun_of"), "reruns": reruns,
             "latest": latest_outcomes(ident, store) if reruns and latest else None,
             "failures": failures, "providers": provider_split(raw),
+            **batch_money(store, ident, raw),
         }
     view = store.get(resolve(ident, batch_id, store) if batch_id else ident)
     if view is None:
@@ -396,7 +430,99 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
         "outputs": view.json_field("outputs") or [], "error": view.json_field("error"),
         "finished": view.state in TERMINAL, "rerun_of": view.fields.get("rerun_of") or None,
         "superseded_by": view.fields.get("superseded_by") or None,
+        "cost_usd": _job_cost(view.fields), "budget_reason": view.fields.get("budget_reason") or None,
     }
+
+
+def _usd(micro: str | int | None) -> float:
+    return round(int(micro or 0) / MICRO, 6)
+
+
+def _job_cost(fields: dict[str, str]) -> float | None:
+    manifest = fields.get("manifest")
+    if manifest:
+        return json.loads(manifest).get("cost_usd")  # type: ignore[no-any-return,unused-ignore]
+    return _usd(fields.get("spent")) if fields.get("spent") else None
+
+
+def batch_money(store: JobStore, batch_id: str, raw: dict[str, str] | None = None) -> dict[str, Any]:
+    """A batch's money: `cost_usd` (settled: what its finished attempts cost or keep committed), `committed_usd`
+    (that plus the reservations of jobs in flight), its cap, its `--on-budget` choice, and why jobs wait."""
+    raw = raw if raw is not None else store.r.hgetall(store.k.batch(batch_id))
+    waiting = int(raw.get("n_budget_wait", 0) or 0)
+    reason = None
+    if waiting:
+        head = store.r.lrange(store.k.budget_wait(batch_scope(batch_id)), 0, 0)
+        jid = head[0] if head else None
+        if jid is None:  # waiting on a tenant's budget: find one job that says why
+            for jid in store.r.lrange(store.k.batch_jobs(batch_id), 0, 2000):
+                if store.r.hget(store.k.job(jid), "state") == State.budget_wait.value:
+                    break
+            else:
+                jid = None
+        reason = store.r.hget(store.k.job(jid), "budget_reason") if jid else None
+    return {
+        "cost_usd": _usd(raw.get("spent")),
+        "committed_usd": _usd(raw.get("committed")),
+        "max_cost_usd": _usd(raw["max_cost"]) if raw.get("max_cost") not in (None, "") else None,
+        "on_budget": raw.get("on_budget") or "wait",
+        "budget_waiting": waiting,
+        "budget_reason": reason,
+    }
+
+
+def set_batch_budget(batch_id: str, max_cost: float | None, store: JobStore | None = None) -> dict[str, Any]:
+    """Set (or with None, remove) a batch's cap; jobs waiting for it that now fit go back to the queue."""
+    store = store or JobStore()
+    if not store.r.exists(store.k.batch(batch_id)):
+        raise KeyError(f"no batch with id {batch_id!r}")
+    if max_cost is None:
+        store.r.hdel(store.k.batch(batch_id), "max_cost")
+    else:
+        if max_cost < 0:
+            raise ValueError("max_cost must be at least 0")
+        store.r.hset(store.k.batch(batch_id), "max_cost", round(max_cost * MICRO))
+        if not store.r.hget(store.k.batch(batch_id), "manifest_key"):
+            store.r.sadd(store.k.budget_batches, batch_id)
+    released = store.release_budget(batch_scope(batch_id))
+    _kick_waiting(store)
+    return {**batch_money(store, batch_id), "released": released}
+
+
+def set_tenant_budget(tenant: str, max_cost: float | None, store: JobStore | None = None) -> dict[str, Any]:
+    """Set a tenant's daily cap in Redis (it overrides EDITQ_TENANT_BUDGETS; None: back to the settings)."""
+    store = store or JobStore()
+    if max_cost is None:
+        store.r.hdel(store.k.tenant_budgets, tenant)
+    else:
+        if max_cost < 0:
+            raise ValueError("max_cost must be at least 0")
+        store.r.hset(store.k.tenant_budgets, tenant, round(max_cost * MICRO))
+    released = store.release_budget(tenant_scope(tenant))
+    _kick_waiting(store)
+    return {**tenant_money(tenant, store), "released": released}
+
+
+def tenant_money(tenant: str, store: JobStore | None = None, now: float | None = None) -> dict[str, Any]:
+    from worker.state import tenant_caps
+
+    store = store or JobStore()
+    day = int((now if now is not None else time.time()) // 86400)
+    raw = store.r.hgetall(store.k.tenant_day(tenant, day))
+    override = store.r.hget(store.k.tenant_budgets, tenant)
+    caps_json, default = tenant_caps()
+    caps = json.loads(caps_json) if caps_json else {}
+    cap = int(override) if override is not None else caps.get(tenant, default if default >= 0 else None)
+    return {"tenant": tenant, "day_utc": time.strftime("%Y-%m-%d", time.gmtime(day * 86400)),
+            "cost_usd": _usd(raw.get("spent")), "committed_usd": _usd(raw.get("committed")),
+            "max_cost_usd": _usd(cap) if cap is not None else None,
+            "waiting": store.r.llen(store.k.budget_wait(tenant_scope(tenant)))}
+
+
+def _kick_waiting(store: JobStore) -> None:
+    """Jobs sent back to the queue wait for the tick's dispatch; wake their providers now."""
+    _kick({p for p in store.r.smembers(store.k.providers) if p in registry.names()
+           and any(store.r.llen(store.k.pending(p, lane)) for lane in ("interactive", "bulk"))})
 
 
 def wait(ident: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str, Any]:
@@ -418,4 +544,5 @@ def cancel(job_id: str) -> bool:
     return aio.run(Pipeline().cancel(job_id))
 
 
-__all__ = ["BatchReport", "LineError", "State", "cancel", "status", "submit", "submit_batch", "submit_file", "wait"]
+__all__ = ["BatchReport", "LineError", "State", "batch_money", "cancel", "set_batch_budget", "set_tenant_budget",
+           "status", "submit", "submit_batch", "submit_file", "tenant_money", "wait"]

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 import providers as registry
 from schemas.job import EditJob, JobRequest, content_key, describe_errors
 from schemas.settings import get_settings
-from worker.manifest import build
+from worker.manifest import build, reservation, spent_cost
 from worker.outcomes import RERUNNABLE, outcome
 from worker.state import REPLACEABLE, TRANSITIONS, JobStore, JobView, State
 from worker.storage import Storage, get_storage
@@ -225,6 +225,7 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
           storage: Storage | None = None) -> RerunReport:
     """A new batch with exactly the items of `batch_id` whose latest outcome is in `only`."""
     from producer.api import _kick, new_id
+    from producer.estimate import worst_case_micro
 
     store = store or JobStore()
     storage = storage or get_storage()
@@ -259,7 +260,7 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         pipe = store.r.pipeline(transaction=False)
         for view, job, out in todo:
             replaceable = (*REPLACEABLE, State.succeeded) if out == "missing" else REPLACEABLE
-            store.create(job, pipe=pipe, replaceable=replaceable,
+            store.create(job, pipe=pipe, replaceable=replaceable, worst_case=worst_case_micro(job),
                          extra={"rerun_of": view.job_id, "rerun_of_batch": view.job.batch_id})
         links = store.r.pipeline(transaction=False)
         for (view, job, out), res in zip(todo, pipe.execute(), strict=True):
@@ -323,7 +324,8 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
                     else:
                         report.finished += 1
                     break
-                manifest = build(view, State.cancelled.value, [], None, None)
+                # a reservation in flight stays committed (the provider may have run it): the manifest says so
+                manifest = build(view, State.cancelled.value, [], None, None, cost=spent_cost(view, reservation(view)))
                 moved = store.move(view.job_id, [view.state], State.cancelled, note="batch cancelled by user",
                                    fields={"manifest": manifest.model_dump_json()})
                 if moved.ok:

@@ -35,12 +35,63 @@ def _startup(ctx: typer.Context) -> None:
     startup.check(roles.get(ctx.invoked_subcommand or "", "client"))
 
 
+def _defaults(provider: str | None, tenant: str | None) -> dict[str, Any] | None:
+    d = {k: v for k, v in (("provider", provider), ("tenant", tenant)) if v}
+    return d or None
+
+
+def _print_estimate(file: Path, defaults: dict[str, Any] | None, as_json: bool, seeds: int | None = None) -> int:
+    """Validate every line as submit does, print what the batch will cost; returns the number of bad lines."""
+    from producer.api import UnknownProvider
+    from producer.estimate import dumps, estimate_file, render
+
+    try:
+        report = estimate_file(file, defaults=defaults, seeds=seeds)
+    except UnknownProvider as exc:
+        console.print(f"[red]--provider[/red]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(dumps(report))
+    else:
+        for err in report.invalid:  # user data is printed literally
+            cid = f" ({escape(str(err['custom_id']))})" if err.get("custom_id") else ""
+            console.print(f"[red]line {err['line']}[/red]{cid}: {escape(err['error'])}")
+        render(report, lambda line: out.print(escape(line)))
+        if report.invalid:
+            console.print(f"invalid lines: {len(report.invalid)} (not counted)")
+    return len(report.invalid)
+
+
+@app.command()
+def estimate(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, one job per line.")],
+    provider: Annotated[str | None, typer.Option(help="Default provider/route for lines that name none.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Default tenant for lines that name none.")] = None,
+    variants: Annotated[int | None, typer.Option(
+        min=1, max=64, help="As `submit --variants N`: each line without `variants` counts N times.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What a batch will cost: validates every line as submit does (reads the inputs, writes nothing, no Redis)
+    and prints per provider and in total the jobs, images, expected and worst-case cost."""
+    bad = _print_estimate(file, _defaults(provider, tenant), as_json, variants)
+    raise typer.Exit(2 if bad else 0)
+
+
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, one job per line.")],
     strict: Annotated[bool, typer.Option(help="Refuse the whole file if any line is invalid.")] = False,
     batch_id: Annotated[str | None, typer.Option(help="Use this batch id (default: a new one).")] = None,
     provider: Annotated[str | None, typer.Option(help="Default provider/route for lines that name none.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Default tenant (daily budget) for lines that name none.")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="The batch's budget in USD: each job reserves its worst case when it is submitted; none overshoots.",
+        min=0)] = None,
+    on_budget: Annotated[str, typer.Option(
+        help="A job that does not fit the budget: 'wait' (until `editq budget` raises it) or 'fail'.")] = "wait",
+    dry_run: Annotated[bool, typer.Option(help="Validate and estimate only (as `editq estimate`); enqueue nothing.")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print JSON.")] = False,
     watch: Annotated[bool, typer.Option(help="Show live progress until the batch finishes.")] = False,
     variants: Annotated[int | None, typer.Option(
         min=1, max=64, help="Run each line without `variants` N times as one A/B group (labels s1..sN).")] = None,
@@ -50,11 +101,17 @@ def submit(
     from producer.api import UnknownProvider, submit_file
     from producer.preflight import check_all
 
+    if on_budget not in ("wait", "fail"):
+        console.print("[red]--on-budget[/red] must be 'wait' or 'fail'")
+        raise typer.Exit(2)
+    defaults = _defaults(provider, tenant)
+    if dry_run:  # before any check of Redis or S3: an estimate touches neither
+        bad = _print_estimate(file, defaults, as_json, variants)
+        raise typer.Exit(2 if bad and strict else 0)
     check_all(create_bucket)
-    defaults = {"provider": provider} if provider else None
     try:
         report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False,
-                             seeds=variants)
+                             max_cost=max_cost, on_budget=on_budget, seeds=variants)
     except UnknownProvider as exc:
         console.print(f"[red]--provider[/red]: {escape(str(exc))}; nothing enqueued")
         raise typer.Exit(2) from None
@@ -101,8 +158,7 @@ def status(
 def batch_lines(st: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st["counts"].items())) or "no jobs"
     lines = [f"batch {st['batch_id']}: {st['done']}/{st['total']} finished ({counts}); invalid lines {st['invalid']}"]
-    if st.get("cost_usd") is not None:
-        lines.append(f"cost: ${st['cost_usd']:.2f}")
+    lines += money_lines(st)
     if st.get("rerun_of"):
         lines.append(f"re-run of batch {st['rerun_of']}")
     if st.get("reruns"):
@@ -142,6 +198,63 @@ def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
                 if st["finished"] and st.get("manifest_key"):
                     return st
             time.sleep(0.5)
+
+
+def money_lines(st: dict[str, Any]) -> list[str]:
+    """The cost and budget lines of `editq status BATCH`."""
+    cap = st.get("max_cost_usd")
+    lines = [f"cost: ${st.get('cost_usd', 0):,.2f} spent, ${st.get('committed_usd', 0):,.2f} committed"
+             + (f" of ${cap:,.2f} (--on-budget {st.get('on_budget')})" if cap is not None else " (no budget)")]
+    if st.get("budget_waiting"):
+        lines.append(f"waiting for budget: {st['budget_waiting']} job(s): {st.get('budget_reason') or 'over budget'}"
+                     " -- raise it with `editq budget BATCH --max-cost N`")
+    return lines
+
+
+@app.command()
+def budget(
+    batch_id: Annotated[str | None, typer.Argument(help="A batch id (omit with --tenant).")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="The new cap in USD (a tenant's: per UTC day).", min=0)] = None,
+    tenant: Annotated[str | None, typer.Option(help="Set or show a tenant's daily budget instead.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the cap (a tenant's: back to the settings).")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show or change a budget. Raising it sends the jobs waiting for it back to the queue."""
+    from producer.api import batch_money, set_batch_budget, set_tenant_budget, tenant_money
+
+    change = remove or max_cost is not None
+    if (batch_id is None) == (tenant is None):
+        console.print("name a batch id or --tenant NAME")
+        raise typer.Exit(2)
+    try:
+        if tenant is not None:
+            st = set_tenant_budget(tenant, None if remove else max_cost) if change else tenant_money(tenant)
+        elif change:
+            st = set_batch_budget(str(batch_id), None if remove else max_cost)
+        else:
+            from worker.state import JobStore
+
+            store = JobStore()
+            if not store.r.exists(store.k.batch(str(batch_id))):
+                raise KeyError(f"no batch with id {batch_id!r}")
+            st = batch_money(store, str(batch_id))
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]{exc.args[0] if exc.args else exc}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    if tenant is not None:
+        cap = st["max_cost_usd"]
+        out.print(f"tenant {tenant} on {st['day_utc']} (UTC): ${st['cost_usd']:,.2f} spent, "
+                  f"${st['committed_usd']:,.2f} committed of " + (f"${cap:,.2f}" if cap is not None else "no cap")
+                  + f"; {st['waiting']} job(s) waiting")
+    else:
+        for line in money_lines(st):
+            out.print(line)
+    if st.get("released"):
+        out.print(f"released {st['released']} waiting job(s)")
 
 
 @app.command()

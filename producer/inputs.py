@@ -33,8 +33,10 @@ class InputError(ValueError):
 
 class InputPreparer:
     def __init__(self, storage: Storage, base_dir: Path, settings: Settings | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, *, store: bool = True) -> None:
+        """`store=False` (estimates, dry runs): inputs are read and checked exactly the same, nothing is written."""
         self.storage = storage
+        self.store = store
         self.base_dir = base_dir
         self.settings = settings or get_settings()
         self.tls = tls  # the trust store for https inputs; None: httpx's default (certifi)
@@ -72,7 +74,7 @@ class InputPreparer:
                            width=probe.width, height=probe.height, s3_key=key)
 
     def _store(self, key: str, data: bytes, probe: Probe, sha: str) -> None:
-        if key in self._stored:
+        if key in self._stored or not self.store:
             return
         if not self.storage.exists(key):
             self.storage.put_bytes(key, data, probe.content_type, sha)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from providers.spec import ProviderSettings, ProviderSpec
 
 if TYPE_CHECKING:
+    from providers.pricing import PriceModel
     from providers.protocol import ProviderProtocol
 
 # name -> the package whose `SPEC` describes it
@@ -72,6 +73,12 @@ def protocol_of(name: str) -> ProviderProtocol:
     return spec_of(name).load_protocol()
 
 
+@cache
+def price_model_of(name: str) -> PriceModel | None:
+    """The provider's price model with its settings (prices are settings), once per process."""
+    return spec_of(name).price_model(settings_of(name))
+
+
 def settings_of(name: str) -> ProviderSettings:
     return protocol_of(name).settings
 
@@ -79,5 +86,6 @@ def settings_of(name: str) -> ProviderSettings:
 def cache_clear() -> None:
     """Forget loaded protocols and settings (tests and the local stack change the environment)."""
     protocol_of.cache_clear()
+    price_model_of.cache_clear()
     _load.cache_clear()
     _targets_for.cache_clear()

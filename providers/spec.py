@@ -20,6 +20,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 if TYPE_CHECKING:
+    from providers.pricing import PriceModel
     from providers.protocol import ProviderProtocol
 
 
@@ -71,6 +72,15 @@ class ProviderSpec:
 
     def load_protocol(self, settings: ProviderSettings | None = None) -> ProviderProtocol:
         return self.protocol_class()(settings or self.settings_cls())
+
+    def price_model(self, settings: ProviderSettings | None = None) -> PriceModel | None:
+        """How this provider bills: `price_model(settings)` of `{package}.pricing`, None when the folder has
+        no pricing module (such a provider's jobs cost nothing editq knows of; a budget refuses them)."""
+        name = f"{self.package}.pricing"
+        if importlib.util.find_spec(name) is None:
+            return None
+        build = importlib.import_module(name).price_model
+        return build(settings or self.settings_cls())  # type: ignore[no-any-return,unused-ignore]
 
     def emulator_module(self) -> str | None:
         """`{package}.emulator` when the folder has one (its `build(state)` is mounted by the sandbox)."""

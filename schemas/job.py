@@ -16,7 +16,7 @@ DEFAULT_PROVIDER = "fal"
 DEFAULT_MODEL = "openai/gpt-image-2/edit"
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 32_000
-OPTIONAL_KEY_FIELDS = ("group", "variant", "parent_job_id")
+OPTIONAL_KEY_FIELDS = ("group", "variant", "parent_job_id", "tenant")
 MAX_REF_CHARS = 2048  # a path, URL or s3:// reference (data: URIs are bounded by EDITQ_MAX_INPUT_BYTES)
 MAX_DEPTH = 8  # how deep any field's value may nest (metadata is the only field that nests at all)
 MAX_METADATA_BYTES = 16 * 1024  # as compact JSON: it is copied into Redis and every manifest
@@ -94,6 +94,10 @@ class JobRequest(BaseModel):
     variant: str | None = Field(None, max_length=100, description="The variant's label within its group.")
     parent_job_id: str | None = Field(
         None, max_length=100, description="The job this one follows up (`editq continue`)."
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$",
+        description="Who pays: the job counts against this tenant's daily budget (settings, `editq budget --tenant`).",
     )
     idempotency_key: str | None = Field(
         None, max_length=200, description="Defaults to a hash of the content (provider, model, prompt, params, inputs)."

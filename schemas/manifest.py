@@ -75,6 +75,11 @@ class JobManifest(BaseModel):
     history: list[StateChange]
     outputs: list[OutputRecord]
     usage: Usage | None = None
+    cost_usd: float | None = Field(
+        None, description="What the job cost, USD: the provider's figure, or editq's estimate from what it produced; "
+        "for a failed or cancelled job, what attempts that may have been billed keep committed (0 if none).",
+    )
+    cost_source: str | None = Field(None, description="'provider' (reported by the provider) or 'estimate'.")
     error: ErrorInfo | None = None
     rerun_of: str | None = Field(
         default=None, description="The job this one re-runs (`editq rerun`), in batch `rerun_of_batch`."

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "serves them on its own port."
     )
     metrics_host: str = Field("0.0.0.0", description="Address the worker's metrics/health server binds.")
+    tenant_budgets: dict[str, float] = Field(
+        default_factory=dict, description="USD per tenant per UTC day, e.g. EDITQ_TENANT_BUDGETS='{\"acme\": 100}'; "
+        "`editq budget --tenant` overrides one in Redis.",
+    )
+    tenant_budget_default: float | None = Field(
+        None, description="USD per UTC day for a tenant not in tenant_budgets; unset = no cap for them."
+    )
     max_input_bytes: int = 50 * 1024 * 1024
     max_input_pixels: int = Field(
         36_000_000, description="Inputs are decoded in full at enqueue; more pixels than this are refused "

@@ -23,7 +23,7 @@ from worker.state import JobStore, State, lua_script
 # every template's parameters, with a sample value for each (a colon in a value is kept as is)
 SAMPLE = {"job_id": "j-1", "batch_id": "b-1", "key": "ab12", "provider": "fal", "request_id": "req:9",
           "lane": "bulk", "host": "h.local", "pid": "4242", "delivery_id": "d-7", "what": "results",
-          "batch": "nb-3"}
+          "batch": "nb-3", "scope": "batch:b-1", "tenant": "acme", "day": "20429"}
 
 
 @pytest.fixture
@@ -64,9 +64,10 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
         "p:batch:b-1:reruns", "p:batch:b-1:failures", "p:idem:ab12", "p:req:fal:req:9",
         "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
-        "p:circuit:fal:fails", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick", "p:workers:h.local:4242",
-        "p:alive", "p:stats:jobs", "p:stats:latency", "p:stats:cost", "p:repl:mark", "p:whseen:fal:d-7",
-        "p:oaib:b-1:meta", "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
+        "p:circuit:fal:fails", "p:budgetwait:batch:b-1", "p:budget:waiting", "p:tenant:acme:20429",
+        "p:budget:tenants", "p:budget:batches", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick",
+        "p:workers:h.local:4242", "p:alive", "p:stats:jobs", "p:stats:latency", "p:stats:cost", "p:repl:mark",
+        "p:whseen:fal:d-7", "p:oaib:b-1:meta", "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
         "p:oaib:b-1:ingested", "p:oaib:b-1:cancelled", "p:oaib:open", "p:naive:ready", "p:naive:done:nb-3", "p:*",
     ]
 
@@ -250,7 +251,8 @@ def test_no_key_string_is_built_outside_worker_keys() -> None:
 
 def test_the_lua_scripts_take_every_key_from_the_preamble() -> None:
     lua = sorted((ROOT / "worker" / "lua").glob("*.lua"))
-    assert {p.name for p in lua} == {"move.lua", "transition.lua", "claim.lua", "create.lua", "close.lua"}
+    assert {p.name for p in lua} == {"move.lua", "transition.lua", "claim.lua", "create.lua", "close.lua",
+                                     "budget.lua", "release.lua"}
     for path in lua:
         text = path.read_text(encoding="utf-8")
         code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())  # comments may name keys

@@ -51,6 +51,12 @@ LAYOUT: Mapping[str, str] = {
     "interactive_mark": "{prefix}:interactive:{provider}",  # string with TTL: an interactive job was claimed
     "circuit": "{prefix}:circuit:{provider}",  # string with TTL: the provider's circuit is open
     "circuit_fails": "{prefix}:circuit:{provider}:fails",  # counter: consecutive retryable failures
+    # budgets (the claim script reserves, the move script settles; batch budgets live in the batch hash)
+    "budget_wait": "{prefix}:budgetwait:{scope}",  # list: budget_wait jobs of one scope (batch:<id>, tenant:<t>)
+    "budget_scopes": "{prefix}:budget:waiting",  # set: scopes that have jobs waiting for money
+    "tenant_day": "{prefix}:tenant:{tenant}:{day}",  # hash: a tenant's committed/spent micro-USD on one UTC day
+    "tenant_budgets": "{prefix}:budget:tenants",  # hash: tenant -> daily cap in micro-USD (editq budget --tenant)
+    "budget_batches": "{prefix}:budget:batches",  # set: batches with a cap, until their manifest is written
     # wake-ups (worker/triggers.py) and the tick
     "kick_dispatch": "{prefix}:kick:dispatch:{provider}",  # flag: a dispatch task is queued or pumping
     "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
@@ -188,6 +194,25 @@ class Keys:
 
     def circuit_fails(self, provider: str) -> str:
         return self._fill("circuit_fails", provider=provider)
+
+    # budgets
+    def budget_wait(self, scope: str) -> str:
+        return self._fill("budget_wait", scope=scope)
+
+    @property
+    def budget_scopes(self) -> str:
+        return self._fill("budget_scopes")
+
+    def tenant_day(self, tenant: str, day: int | str) -> str:
+        return self._fill("tenant_day", tenant=tenant, day=day)
+
+    @property
+    def tenant_budgets(self) -> str:
+        return self._fill("tenant_budgets")
+
+    @property
+    def budget_batches(self) -> str:
+        return self._fill("budget_batches")
 
     # wake-ups and the tick
     def kick_dispatch(self, provider: str) -> str:

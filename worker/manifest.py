@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
-from worker.state import JobStore, JobView
+from worker.state import MICRO, JobStore, JobView
 from worker.storage import Storage
 
 SECRET_FIELDS = {"api_key", "openai_api_key", "authorization", "token"}
@@ -21,13 +21,30 @@ def provider_requests(view: JobView) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: (e.get("attempt", 0), e.get("at", 0)))
 
 
+def reservation(view: JobView) -> int:
+    """The job's reservation in flight (micro-USD), as of `view`."""
+    return int(view.fields.get("resv", "0") or 0)
+
+
+def spent_cost(view: JobView, micro: int, source: str | None = "estimate") -> tuple[float, str | None]:
+    """The job's cost for its manifest: this attempt's `micro` plus what earlier attempts that may have been
+    billed keep committed. Its source is `provider` only when all of it is the provider's figure."""
+    earlier = int(view.fields.get("spent", "0") or 0)
+    total = earlier + micro
+    if earlier and source == "provider":
+        source = "estimate"
+    return round(total / MICRO, 6), (source if total or source == "provider" else "estimate")
+
+
 def build(
     view: JobView,
     state: str,
     outputs: list[OutputRecord],
     usage: Usage | None,
     error: ErrorInfo | None,
+    cost: tuple[float, str | None] | None = None,
 ) -> JobManifest:
+    """`cost`: (USD, source) as the pipeline settles it (worker/pipeline.py `run_cost`, `spent_cost`)."""
     job = view.job
     submitted = job.model_dump(
         mode="json",
@@ -62,6 +79,8 @@ def build(
         history=history,
         outputs=outputs,
         usage=usage,
+        cost_usd=cost[0] if cost else None,
+        cost_source=cost[1] if cost else None,
         error=error,
         rerun_of=view.fields.get("rerun_of") or None,
         rerun_of_batch=view.fields.get("rerun_of_batch") or None,
@@ -111,5 +130,15 @@ def write_batch_manifest(store: JobStore, storage: Storage, batch_id: str, chunk
             ("\n".join(errors) + "\n").encode(),
             "application/x-ndjson",
         )
+    money = r.hgetall(k.batch(batch_id))
+    summary = {
+        "batch_id": batch_id, "jobs": lines, "manifest_key": key,
+        "counts": {f[2:]: int(v) for f, v in money.items() if f.startswith("n_") and int(v)},
+        "cost_usd": round(int(money.get("spent", 0) or 0) / MICRO, 6),
+        "max_cost_usd": round(int(money["max_cost"]) / MICRO, 6) if money.get("max_cost") else None,
+        "written_at": time.time(),
+    }
+    storage.put_json(storage.batch_summary_key(batch_id), summary)
     r.hset(k.batch(batch_id), mapping={"finalized": repr(time.time()), "manifest_key": key})
+    r.srem(k.budget_batches, batch_id)  # finished: its budget is no longer one in force (worker/budgets.py)
     return key, lines

@@ -19,18 +19,20 @@ from typing import Any
 import structlog
 
 import providers
+import worker.budgets  # noqa: F401  (registers the budgets' metrics reader)
+from providers.pricing import to_micro
 from providers.protocol import ProviderProtocol
 from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
 from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
 from schemas.settings import Settings, get_settings
 from worker import aio, events, policy, startup
 from worker.errors import ErrorKind, ProviderError
-from worker.manifest import build, write_batch_manifest, write_job_manifest_async
+from worker.manifest import build, reservation, spent_cost, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
 from worker.outcomes import failure_label
 from worker.provider_client import client_for
 from worker.redis_client import replicated
-from worker.state import JobStore, JobView, State
+from worker.state import MICRO, JobStore, JobView, State
 from worker.storage import Storage, get_storage
 from worker.triggers import COALESCE_MS, Kicker
 from worker.webhook_auth import delivery_url
@@ -114,7 +116,8 @@ class Pipeline:
         if want <= 0:  # the protocol takes no more now (OpenAI Batch: max_open_batches in flight)
             return 0
         if spec.synchronous or spec.batches:
-            claimed, items = self._claim(adapter, want)
+            claimed, items, failing = self._claim(adapter, want)
+            await asyncio.gather(*failing)
             if not spec.batches:
                 await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
             else:  # the protocol groups jobs into one provider request (OpenAI Batch)
@@ -128,27 +131,32 @@ class Pipeline:
             return claimed
 
         def fill(room: int) -> tuple[int, list[Coroutine[Any, Any, None]]]:
-            claimed, items = self._claim(adapter, room)
+            claimed, items, failing = self._claim(adapter, room)
             if claimed >= room:
                 self.kick.dispatch(provider, spec.synchronous)  # other workers may help
             # one request per job: each answer is recorded the moment it arrives (shortest crash window)
-            return claimed, [self._submit_one(adapter, v, r) for v, r in items]
+            return claimed, [self._submit_one(adapter, v, r) for v, r in items] + failing
 
         return await _windowed(lambda: want, fill, f"submit to {provider}")
 
-    def _claim(self, adapter: ProviderProtocol, want: int) -> tuple[int, list[tuple[JobView, ProviderRequest]]]:
-        """Claim up to `want` jobs and record each one's attempt as `sending` before any request leaves."""
+    def _claim(
+        self, adapter: ProviderProtocol, want: int,
+    ) -> tuple[int, list[tuple[JobView, ProviderRequest]], list[Coroutine[Any, Any, None]]]:
+        """Claim up to `want` jobs and record each one's attempt as `sending` before any request leaves. Also
+        returns the steps that fail the jobs over budget whose batch chose `--on-budget fail`."""
         provider = adapter.name
         cap, reserve, rpm, lease = self.limits(adapter)
-        ids = self.store.claim(provider, want, cap, reserve, rpm, lease, self.settings.interactive_reserve_hold_s)
+        ids, over_budget = self.store.claim_budgeted(provider, want, cap, reserve, rpm, lease,
+                                                     self.settings.interactive_reserve_hold_s)
+        failing = [self._fail_over_budget(over_budget)] if over_budget else []
         if not ids:
-            return 0, []
+            return 0, [], failing
         views = [v for v in self.store.get_many(ids) if v is not None]
         items = []
         circuit_open = self._circuit_open(provider)
         sending = self.r.pipeline(transaction=False)  # one round trip for the round's "sending" records
         for view in views:
-            if circuit_open and self._reroute(view, State.submitting, "circuit open"):
+            if circuit_open and self._reroute(view, State.submitting, "circuit open", keep=False):
                 continue
             req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
             sending.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sending"))
@@ -156,7 +164,7 @@ class Pipeline:
         if items:
             sending.execute()
             replicated(self.r, self.k, "claim")  # a failover must not forget a claim whose request is leaving
-        return len(ids), items
+        return len(ids), items, failing
 
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
         try:
@@ -271,6 +279,7 @@ class Pipeline:
         # waits for a rate limit do not use up attempts; a failure streak is timed from its first failure
         free = int(view.fields.get("free_attempts", "0") or 0) + (0 if policy.counts_attempt(err) else 1)
         failing_since = float(view.fields.get("failing_since") or 0) or _now()
+        keep = err.maybe_billed  # an attempt that may have been billed keeps its money committed
         decision = policy.decide(err, attempt=view.attempts - free, max_attempts=s.max_attempts,
                                  route=view.job.route, provider=view.provider, base_s=s.retry_base_s,
                                  cap_s=s.retry_max_s, waited_s=_now() - failing_since, give_up_s=s.retry_give_up_s)
@@ -279,35 +288,50 @@ class Pipeline:
             self.store.move(
                 view.job_id, [frm], State.retry_wait, score=_now() + decision.delay_s, note=err.reason[:200],
                 fields={"error": info.model_dump_json(), "request_id": "", "handle": "",
-                        "free_attempts": str(free), "failing_since": repr(failing_since)},
+                        "free_attempts": str(free), "failing_since": repr(failing_since), **settle_field(keep)},
             )
             return
-        if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason, events.error_class(info)):
+        if isinstance(decision, policy.Reroute) and self._reroute(view, frm, err.reason, events.error_class(info),
+                                                                  keep=keep):
             return
-        await self.finish_failed(view, frm, info)
+        await self.finish_failed(view, frm, info, keep=keep)
 
-    async def finish_failed(self, view: JobView, frm: State, info: ErrorInfo) -> None:
+    async def finish_failed(self, view: JobView, frm: State, info: ErrorInfo, *, keep: bool = True) -> None:
+        """Fail the job. `keep`: the attempt in flight (if any) may have been billed, so its reservation stays
+        committed as spent; False releases it (the provider says it did not run, or nothing was sent)."""
         events.failed(view, info)
-        manifest = build(view, State.failed.value, [], None, info)
+        kept = reservation(view) if keep else 0
+        manifest = build(view, State.failed.value, [], None, info, cost=spent_cost(view, kept))
         await write_job_manifest_async(self.storage, aio.http_client(), manifest)
         moved = self.store.move(
             view.job_id, [frm], State.failed, note=info.reason[:200],
-            fields={"error": info.model_dump_json(), "manifest": manifest.model_dump_json()},
+            fields={"error": info.model_dump_json(), "manifest": manifest.model_dump_json(), **settle_field(keep)},
         )
         if moved.ok:  # the batch's failures by reason, for `editq status --watch`
             self.r.hincrby(self.k.batch_failures(view.job.batch_id), failure_label(info.reason), 1)
         if moved.batch_finished:
             self.drain_finalize()
 
-    def _reroute(self, view: JobView, frm: State, why: str, error_class: str = "circuit_open") -> bool:
-        """Send the job to the next provider of its route, if it has one."""
+    async def _fail_over_budget(self, job_ids: list[str]) -> None:
+        """Jobs that did not fit their budget, in a batch that chose `--on-budget fail`."""
+        for view in self.store.get_many(job_ids):
+            if view is None or view.state is not State.budget_wait:
+                continue
+            why = view.fields.get("budget_reason") or "over budget"
+            info = ErrorInfo(kind="terminal", reason=f"budget_exceeded: {why}"[:2000], provider_code="budget_exceeded",
+                             attempt=view.attempts)
+            await self.finish_failed(view, State.budget_wait, info, keep=False)
+
+    def _reroute(self, view: JobView, frm: State, why: str, error_class: str = "circuit_open", *,
+                 keep: bool) -> bool:
+        """Send the job to the next provider of its route, if it has one (`keep`: as in finish_failed)."""
         nxt = policy.next_provider(view.job.route, view.provider)
         if nxt is None:
             return False
         events.rerouted(view, nxt, error_class, why)
         moved = self.store.move(
             view.job_id, [frm], State.queued, note=f"fallback to {nxt}: {why}"[:200],
-            fields={"provider": nxt, "request_id": "", "handle": ""},
+            fields={"provider": nxt, "request_id": "", "handle": "", **settle_field(keep)},
         )
         if moved.ok:
             self.kick.dispatch(nxt, providers.spec_of(nxt).synchronous)
@@ -465,7 +489,8 @@ class Pipeline:
         if not outputs:
             raise ProviderError(ErrorKind.terminal, f"{view.provider}: completed without any output image")
         usage = Usage.model_validate(res["usage"]) if res.get("usage") else None
-        manifest = build(view, State.succeeded.value, outputs, usage, None)
+        micro, source = run_cost(view, outputs, usage)
+        manifest = build(view, State.succeeded.value, outputs, usage, None, cost=spent_cost(view, micro, source))
         await write_job_manifest_async(self.storage, aio.http_client(), manifest)
         moved = self.store.move(
             view.job_id, [State.collecting], State.succeeded,
@@ -473,10 +498,11 @@ class Pipeline:
                 "outputs": json.dumps([o.model_dump(mode="json") for o in outputs]),
                 "manifest": manifest.model_dump_json(),
                 "result": "",
+                "settle": str(micro),  # the reservation becomes this run's cost (worker/lua/move.lua)
             },
         )
         if moved.ok:
-            events.succeeded(view, self.r, self.k, usage.cost_usd if usage else None, len(outputs))
+            events.succeeded(view, self.r, self.k, micro / MICRO if source else None, len(outputs))
         if moved.batch_finished:
             self.drain_finalize()
 
@@ -529,6 +555,8 @@ class Pipeline:
             for i in range(0, len(ids), 50):
                 self.kick.poll(provider, ids[i : i + 50])
                 stats["polled"] += len(ids[i : i + 50])
+        for scope in self.store.budget_scopes():  # money freed or a cap raised: waiting jobs try again
+            stats["budget_released"] = stats.get("budget_released", 0) + self.store.release_budget(scope, now=now)
         for jid in self.store.due(self.k.collecting, now, 1000):
             if self.store.move(jid, [State.collecting], State.ready, note="collect retry").ok:
                 stats["recollect"] += 1
@@ -585,7 +613,8 @@ class Pipeline:
         view = self.store.get(job_id)
         if view is None:
             return False
-        active = [s for s in (State.queued, State.submitting, State.submitted, State.retry_wait, State.ready)
+        active = [s for s in (State.queued, State.budget_wait, State.submitting, State.submitted, State.retry_wait,
+                              State.ready)
                   if s is view.state]
         if not active:
             return False
@@ -593,14 +622,31 @@ class Pipeline:
         if moved.ok and view.request_id:
             await providers.protocol_of(view.provider).cancel(client_for(view.provider), view.request_id,
                                                            view.json_field("handle") or {})
-        if moved.ok:
+        if moved.ok:  # a reservation in flight stays committed: the provider may have run it
             events.cancelled(view)
-            manifest = build(view, State.cancelled.value, [], None, None)
+            manifest = build(view, State.cancelled.value, [], None, None, cost=spent_cost(view, reservation(view)))
             await write_job_manifest_async(self.storage, aio.http_client(), manifest)
             self.store.set_fields(job_id, manifest=manifest.model_dump_json())
             if moved.batch_finished:
                 self.drain_finalize()
         return moved.ok
+
+
+def settle_field(keep: bool) -> dict[str, str]:
+    """The move field that settles a reservation: keep it all as spent, or release it (worker/lua/move.lua)."""
+    return {"settle": "all" if keep else "0"}
+
+
+def run_cost(view: JobView, outputs: list[OutputRecord], usage: Usage | None) -> tuple[int, str | None]:
+    """What a successful run cost (micro-USD) and where the figure comes from: the provider's own figure
+    (`provider`: its reported cost, or its reported tokens at the configured prices), else editq's estimate
+    from the sizes it produced (`estimate`); (0, None) for a provider without a price model."""
+    if usage is not None and usage.cost_usd is not None:
+        return to_micro(usage.cost_usd), "provider"
+    model = providers.price_model_of(view.provider)
+    if model is None:
+        return 0, None
+    return to_micro(model.actual(view.job, [(o.width, o.height) for o in outputs])), "estimate"
 
 
 def _result_json(result: Result) -> dict[str, Any]:

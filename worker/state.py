@@ -5,6 +5,7 @@ Lua script, so a crash can never leave a job half-moved, and two workers racing 
 (a webhook and the poller, a redelivered task and the original) cannot both win:
 
     queued      -> pending list  {p}:pending:{provider}:{lane}
+    budget_wait -> {p}:budgetwait:{scope} list (the budget it waits for); no slot, no reservation
     submitting  -> {p}:inflight  zset, score = claim lease deadline; holds a provider slot
     submitted   -> {p}:inflight  zset, score = next poll time;       holds a provider slot
     retry_wait  -> {p}:retry     zset, score = due time
@@ -13,6 +14,11 @@ Lua script, so a crash can never leave a job half-moved, and two workers racing 
     succeeded | failed | cancelled: terminal, no index; the job hash expires after job_ttl_s.
 
 Per-batch counters (`n_<state>`, `done`) move in the same script, so `editq status` is O(1).
+
+Money moves with the job: the claim reserves its worst-case cost against its batch and tenant budgets
+(worker/lua/claim.lua, with the other global limits) and the move script settles the reservation when the
+job leaves the provider's hands (worker/lua/move.lua): released, kept (an attempt that may have been billed)
+or adjusted to the real cost (`settle` field). Amounts are integer micro-USD.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from worker.redis_client import get_redis
 
 class State(StrEnum):
     queued = "queued"
+    budget_wait = "budget_wait"
     submitting = "submitting"
     submitted = "submitted"
     retry_wait = "retry_wait"
@@ -56,7 +63,9 @@ REPLACEABLE = (State.failed, State.cancelled)
 # The only moves the pipeline makes. Anything else is a bug and is refused.
 TRANSITIONS: dict[State, frozenset[State]] = {
     # queued/retry_wait -> ready: the late, signed answer of an earlier request that was lost in a crash
-    State.queued: frozenset({State.submitting, State.ready, State.cancelled, State.failed}),
+    State.queued: frozenset({State.submitting, State.ready, State.cancelled, State.failed, State.budget_wait}),
+    # waits for money: back to the queue when its budget has room, or failed (--on-budget fail), or cancelled
+    State.budget_wait: frozenset({State.queued, State.failed, State.cancelled}),
     State.submitting: frozenset(
         {State.submitted, State.ready, State.retry_wait, State.queued, State.failed, State.cancelled}
     ),
@@ -89,6 +98,8 @@ _LUA_TRANSITION = lua_script("transition.lua")
 _LUA_CLAIM = lua_script("claim.lua")
 _LUA_CREATE = lua_script("create.lua")
 _LUA_CLOSE = lua_script("close.lua")
+_LUA_RELEASE = lua_script("release.lua")
+MICRO = 1_000_000  # budgets and reservations are integer micro-USD
 
 
 @dataclass(frozen=True)
@@ -148,19 +159,25 @@ class JobStore:
         self._claim = self.r.register_script(_LUA_CLAIM)
         self._create = self.r.register_script(_LUA_CREATE)
         self._close = self.r.register_script(_LUA_CLOSE)
+        self._release = self.r.register_script(_LUA_RELEASE)
 
     def warm_up(self) -> None:
         """Load the scripts into Redis now (the first EVALSHA of each would otherwise miss and resend)."""
-        for script in (self._transition, self._claim, self._create, self._close):
+        for script in (self._transition, self._claim, self._create, self._close, self._release):
             script.sha = self.r.script_load(script.script)
 
     # -- creation -------------------------------------------------------------------------
     def create(self, job: EditJob, pipe: Any = None, *, replaceable: Iterable[State] = REPLACEABLE,
-               extra: Mapping[str, str] | None = None) -> Any:
+               extra: Mapping[str, str] | None = None, worst_case: Mapping[str, int] | None = None) -> Any:
         """Create a queued job unless its idempotency key is held by a job in a state other than
         `replaceable` (default: failed, cancelled). Returns [1, id] or [0, existing id]. A job that
-        replaces another is recorded on it (`superseded_by`). `extra`: more fields of the job hash."""
+        replaces another is recorded on it (`superseded_by`). `extra`: more fields of the job hash.
+        `worst_case`: provider -> the job's worst-case cost there (micro-USD), what a claim reserves."""
         fields = {"spec": job.model_dump_json(exclude_none=True), "created_at": repr(job.created_at), **(extra or {})}
+        if job.tenant:
+            fields["tenant"] = job.tenant
+        for provider, micro in (worst_case or {}).items():
+            fields[f"wc.{provider}"] = str(int(micro))
         argv: list[Any] = [
             self.k.prefix, job.job_id, job.batch_id, job.idempotency_key, get_settings().job_ttl_s,
             job.route[0], job.priority.value, len(fields),
@@ -211,12 +228,33 @@ class JobStore:
         reserve_hold_s: float | None = None,
     ) -> list[str]:
         """`reserve_hold_s` None: the interactive reserve is always held; else only while interactive
-        jobs are queued or one was claimed in the last `reserve_hold_s` seconds."""
+        jobs are queued or one was claimed in the last `reserve_hold_s` seconds. Jobs over budget go to
+        `budget_wait` (see `claim_budgeted` for the ones their batch wants failed)."""
+        return self.claim_budgeted(provider, want, cap, reserve, rpm, lease_s, reserve_hold_s)[0]
+
+    def claim_budgeted(
+        self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
+        reserve_hold_s: float | None = None, now: float | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """`claim`, also returning the jobs that did not fit their budget and whose batch chose
+        `--on-budget fail` (they are `budget_wait` now; the caller fails them with `budget_exceeded`)."""
         hold_ms = -1 if reserve_hold_s is None or reserve_hold_s == float("inf") else int(reserve_hold_s * 1000)
+        caps, default = tenant_caps()
         res = self._claim(
-            keys=[], args=[self.k.prefix, provider, repr(time.time()), want, cap, reserve, rpm, lease_s, hold_ms]
+            keys=[], args=[self.k.prefix, provider, repr(now if now is not None else time.time()), want, cap,
+                           reserve, rpm, lease_s, hold_ms, caps, default, max(1000, want * 16)]
         )
-        return list(res)
+        return list(res[0]), list(res[1])
+
+    def release_budget(self, scope: str, limit: int = 1000, now: float | None = None) -> int:
+        """Send jobs waiting for money in `scope` (`batch:<id>`, `tenant:<name>`) back to the queue while
+        their worst case fits the room left. Returns how many."""
+        caps, default = tenant_caps()
+        return int(self._release(keys=[], args=[self.k.prefix, scope, repr(now if now is not None else time.time()),
+                                               caps, default, limit]))
+
+    def budget_scopes(self) -> list[str]:
+        return list(self.r.smembers(self.k.budget_scopes))
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView | None:
@@ -278,6 +316,23 @@ class JobStore:
                     return
                 except redis.WatchError:
                     continue
+
+
+def batch_scope(batch_id: str) -> str:
+    """The budget scope of a batch (the claim script spells the same: 'batch:' .. id)."""
+    return f"batch:{batch_id}"
+
+
+def tenant_scope(tenant: str) -> str:
+    return f"tenant:{tenant}"
+
+
+def tenant_caps() -> tuple[str, int]:
+    """The settings' tenant budgets for the scripts: (JSON tenant -> micro-USD per day, default or -1)."""
+    s = get_settings()
+    caps = {t: round(usd * MICRO) for t, usd in s.tenant_budgets.items()}
+    default = -1 if s.tenant_budget_default is None else round(s.tenant_budget_default * MICRO)
+    return (json.dumps(caps) if caps else ""), default
 
 
 def job_view(job_id: str, fields: dict[str, str] | None) -> JobView | None:

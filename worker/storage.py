@@ -108,6 +108,10 @@ class Storage:
     def batch_manifest_key(self, batch_id: str) -> str:
         return f"{self.settings.s3_prefix}/{batch_id}/manifest.jsonl"
 
+    def batch_summary_key(self, batch_id: str) -> str:
+        """The batch's totals (jobs, counts by state, cost), written with its manifest."""
+        return f"{self.settings.s3_prefix}/{batch_id}/summary.json"
+
     # ---- plain operations ---------------------------------------------------------------------
     def ensure_bucket(self) -> None:
         try:

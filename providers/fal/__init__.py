@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import ProviderSettings, ProviderSpec
+from providers.pricing import TablePriceSettings
+from providers.spec import ProviderSpec
 
 
-class FalSettings(ProviderSettings):
+class FalSettings(TablePriceSettings):
     model_config = SettingsConfigDict(env_prefix="EDITQ_FAL_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import ProviderSettings, ProviderSpec, host_of
+from providers.pricing import TablePriceSettings
+from providers.spec import ProviderSpec, host_of
 from schemas.job import DEFAULT_MODEL
 
 
-class ModelRunnerSettings(ProviderSettings):
+class ModelRunnerSettings(TablePriceSettings):
     """`auth_hosts` always holds `rest_url`'s host: the webhook secret is fetched there with the key."""
 
     model_config = SettingsConfigDict(env_prefix="EDITQ_MODELRUNNER_", extra="ignore", populate_by_name=True)

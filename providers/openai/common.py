@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from providers.spec import ProviderSettings
+from providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, TablePriceSettings
 from providers.types import Answer
 from schemas.job import EditJob
 from schemas.manifest import Usage
@@ -288,23 +288,22 @@ def _opt_str(v: Any) -> str | None:
 class TokenPrices:
     """USD per 1M tokens (gpt-image-2 defaults, §4). `multiplier` scales everything (Batch: 0.5)."""
 
-    text_in: float = 5.0
+    text_in: float = TEXT_IN_PER_M
     text_in_cached: float = 1.25
     text_out: float = 10.0
-    image_in: float = 8.0
+    image_in: float = IMAGE_IN_PER_M
     image_in_cached: float = 2.0
     image_out: float = 30.0
     multiplier: float = 1.0
 
 
-class OpenAIPriceSettings(ProviderSettings):
+class OpenAIPriceSettings(TablePriceSettings):
     """Price fields for an OpenAI protocol's settings class (subclass it and set the env prefix):
-    `EDITQ_OPENAI_PRICE_IMAGE_OUT=30` etc., USD per 1M tokens."""
+    `EDITQ_OPENAI_PRICE_IMAGE_OUT=30` etc., USD per 1M tokens (text and image input, the per-image table for
+    estimates: providers/pricing.py)."""
 
-    price_text_in: float = TokenPrices.text_in  # the defaults are gpt-image-2's, written once in TokenPrices
     price_text_in_cached: float = TokenPrices.text_in_cached
     price_text_out: float = TokenPrices.text_out
-    price_image_in: float = TokenPrices.image_in
     price_image_in_cached: float = TokenPrices.image_in_cached
     price_image_out: float = TokenPrices.image_out
 

@@ -8,14 +8,15 @@ import re
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import ProviderSettings, ProviderSpec
+from providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, PerImageTableSettings
+from providers.spec import ProviderSpec
 
 _CANCEL_AFTER = re.compile(r"^(?:\d+|(?:\d+h)?(?:\d+m)?(?:\d+s)?)$")
 # Replicate serves outputs from replicate.delivery and its subdomains; these get the token (https only)
 OUTPUT_HOSTS = [".replicate.delivery"]
 
 
-class ReplicateSettings(ProviderSettings):
+class ReplicateSettings(PerImageTableSettings):
     model_config = SettingsConfigDict(env_prefix="EDITQ_REPLICATE_", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(
@@ -36,8 +37,8 @@ class ReplicateSettings(ProviderSettings):
                                       "output_auth_hosts"),
         description="Output hosts that get the Authorization header (exact hosts; https only).",
     )
-    price_text_in_per_m: float = 5.0
-    price_image_in_per_m: float = 8.0
+    price_text_in_per_m: float = TEXT_IN_PER_M
+    price_image_in_per_m: float = IMAGE_IN_PER_M
     price_image_out_per_m: float = 30.0
 
     @field_validator("cancel_after")

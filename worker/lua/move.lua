@@ -1,8 +1,43 @@
--- The one move of a job between states: its index, its hash (state, history), its batch counters.
--- A function library: included by transition.lua and claim.lua; key names come from K (worker/keys.py).
+-- The one move of a job between states: its index, its hash (state, history), its batch counters, and
+-- the settlement of its budget reservation.
+-- A function library: included by transition.lua, claim.lua and release.lua; key names come from K
+-- (worker/keys.py).
+--
+-- Money (integer micro-USD): a claim reserves the job's worst case (`resv` on the job, added to `committed`
+-- of its batch and of its tenant's day). The reservation is held while the job is with the provider
+-- (submitting, submitted, ready, collecting). When the job leaves those states for any other, it is settled:
+-- the job hash's `settle` field (set by the caller in the same script) is the amount to keep as spent,
+-- `all` or absent = keep the whole reservation (an attempt that may have been billed keeps its money); the
+-- rest is released. So no path out of the provider's hands can leak or forget a reservation.
+local HOLDING = {submitting = true, submitted = true, ready = true, collecting = true}
+
+local function settle(jk, bid)
+  local resv = tonumber(redis.call('HGET', jk, 'resv') or '0') or 0
+  local how = redis.call('HGET', jk, 'settle')
+  local keep = resv
+  if how and how ~= 'all' and how ~= '' then keep = tonumber(how) or resv end
+  redis.call('HDEL', jk, 'settle')
+  redis.call('HSET', jk, 'resv', 0)
+  redis.call('HINCRBY', jk, 'spent', keep)
+  local delta = keep - resv
+  if bid then
+    local bk = K.batch(bid)
+    redis.call('HINCRBY', bk, 'committed', delta)
+    redis.call('HINCRBY', bk, 'spent', keep)
+  end
+  local tenant = redis.call('HGET', jk, 'tenant')
+  local day = redis.call('HGET', jk, 'resv_day')
+  if tenant and tenant ~= '' and day and day ~= '' then
+    local tk = K.tenant_day(tenant, day)
+    redis.call('HINCRBY', tk, 'committed', delta)
+    redis.call('HINCRBY', tk, 'spent', keep)
+  end
+end
+
 -- from_provider: the provider the job had before this move (a reroute changes it first); nil = unchanged.
 local function move(jid, cur, to, now, score, note, ttl, from_provider)
   local jk = K.job(jid)
+  if HOLDING[cur] and not HOLDING[to] then settle(jk, redis.call('HGET', jk, 'batch_id')) end
   if cur == 'submitting' or cur == 'submitted' then redis.call('ZREM', K.inflight, jid)
   elseif cur == 'retry_wait' then redis.call('ZREM', K.retry, jid)
   elseif cur == 'collecting' then redis.call('ZREM', K.collecting, jid) end
