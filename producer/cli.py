@@ -115,9 +115,7 @@ def submit(
     except UnknownProvider as exc:
         console.print(f"[red]--provider[/red]: {escape(str(exc))}; nothing enqueued")
         raise typer.Exit(2) from None
-    for err in report.invalid:  # user data (custom_id, field names, references) is printed literally
-        cid = f" ({escape(err.custom_id)})" if err.custom_id else ""
-        console.print(f"[red]line {err.line}[/red]{cid}: {escape(err.error)}")
+    _print_invalid(report.invalid)
     if report.refused:
         console.print(f"[red]refused[/red]: {len(report.invalid)} invalid line(s) and --strict; nothing enqueued")
         raise typer.Exit(2)
@@ -131,6 +129,24 @@ def submit(
         _watch(report.batch_id)
     if report.invalid:  # the rest was enqueued, but the caller must know lines were refused
         raise typer.Exit(1)
+
+
+def _print_invalid(errors: list[Any]) -> None:
+    """Each refused line with its number; a reason shared by several lines (every line naming the same
+    unknown provider, the same missing file) is said once, with their numbers. User data (custom_id, field
+    names, references) is printed literally, never as markup."""
+    by_reason: dict[str, list[Any]] = {}
+    for err in errors:
+        by_reason.setdefault(err.error, []).append(err)
+    for reason, errs in by_reason.items():
+        if len(errs) == 1:
+            err = errs[0]
+            cid = f" ({escape(err.custom_id)})" if err.custom_id else ""
+            console.print(f"[red]line {err.line}[/red]{cid}: {escape(reason)}")
+        else:
+            shown = ", ".join(str(e.line) for e in errs[:10])
+            more = f" and {len(errs) - 10} more" if len(errs) > 10 else ""
+            console.print(f"[red]lines {shown}{more}[/red]: {escape(reason)}")
 
 
 @app.command()

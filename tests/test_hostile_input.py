@@ -133,6 +133,19 @@ def test_an_unknown_default_provider_is_said_once(live: LocalStack, batch_dir: P
     assert "line " not in proc.stderr and proc.stdout == ""
 
 
+def test_lines_naming_an_unknown_provider_are_said_once(live: LocalStack, batch_dir: Path) -> None:
+    path = batch_dir / "batch.jsonl"
+    rows = [_line(custom_id=unique("p"), provider="nope") for _ in range(12)]
+    path.write_bytes(b"\n".join([*rows, _line(custom_id=unique("ok"))]) + b"\n")
+
+    proc = _cli(live, "submit", str(path))
+
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("unknown provider 'nope'") == 1, proc.stderr
+    assert "lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more: provider: unknown provider 'nope'" in proc.stderr
+    assert "enqueued 1, duplicates 0, invalid 12" in proc.stderr
+
+
 def test_all_invalid_batch_closes_with_its_manifest_and_rejected_list(live: LocalStack) -> None:
     report = submit_batch(['{"prompt": ""}', "not json", json.dumps({**GOOD, "images": ["missing.png"]})])
     assert report.enqueued == 0 and [e.line for e in report.invalid] == [1, 2, 3]
