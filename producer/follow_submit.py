@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.api import BatchReport, submit_batch
+from producer.estimate import EstimateReport, estimate_batch
 from producer.follow import follow_up_lines, parse_sets
 from producer.report import load_entries
 from producer.review_log import ReviewLog
@@ -17,12 +18,14 @@ class Continued:
     lines: list[dict[str, Any]]
     skipped: list[str] = field(default_factory=list)
     report: BatchReport | None = None
+    estimate: EstimateReport | None = None
 
 
 def continue_batch(batch_id: str, *, which: str = "picked", sets: list[str] | None = None,
                    batch_id_out: str | None = None, dry_run: bool = False, **submit_opts: Any) -> Continued:
-    """The follow-up batch of `batch_id`'s picked (or approved) variants, submitted like any batch (`submit_opts`
-    go to submit_batch). Raises ValueError when nothing is selected."""
+    """The follow-up batch of `batch_id`'s picked (or approved) variants, estimated (`result.estimate`) and
+    submitted like any batch (`submit_opts` go to submit_batch: `max_cost`, `on_budget`...). Raises ValueError
+    when nothing is selected."""
     storage = get_storage()
     overrides = parse_sets(sets or [])
     log = ReviewLog(storage, batch_id)
@@ -32,6 +35,7 @@ def continue_batch(batch_id: str, *, which: str = "picked", sets: list[str] | No
     if not lines:
         raise ValueError(f"no {which} variant that succeeded in batch {batch_id} (review it first: editq review)")
     result = Continued(lines=lines, skipped=skipped)
+    result.estimate = estimate_batch(lines)  # what `editq estimate` would say of these lines
     if not dry_run:
         result.report = submit_batch(lines, batch_id=batch_id_out, source=f"continue:{batch_id}:{which}",
                                      **submit_opts)

@@ -68,9 +68,14 @@ def continue_(
     approved: Annotated[bool, typer.Option("--approved", help="Follow up every approved variant.")] = False,
     sets: Annotated[list[str] | None, typer.Option("--set", help="field=value overrides, e.g. quality=high.")] = None,
     new_batch: Annotated[str | None, typer.Option("--batch-id", help="Id of the follow-up batch.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the lines instead of submitting them.")] = False,
+    max_cost: Annotated[float | None, typer.Option(
+        help="The follow-up batch's budget in USD (as `submit --max-cost`).", min=0)] = None,
+    on_budget: Annotated[str, typer.Option(help="A job that does not fit the budget: 'wait' or 'fail'.")] = "wait",
+    dry_run: Annotated[bool, typer.Option(
+        help="Estimate and print the lines (JSONL, on stdout) instead of submitting them.")] = False,
 ) -> None:
-    """Submit follow-up jobs for the picked (or approved) variants, linked to their originals."""
+    """Submit follow-up jobs for the picked (or approved) variants, linked to their originals. Their cost is
+    estimated first (printed), and the batch runs under the same budget rules as any `editq submit`."""
     import json
 
     from producer.follow_submit import continue_batch
@@ -78,10 +83,13 @@ def continue_(
     if picked == approved:
         console.print("[red]choose one[/red]: --picked or --approved")
         raise typer.Exit(2)
+    if on_budget not in ("wait", "fail"):
+        console.print("[red]--on-budget[/red] must be 'wait' or 'fail'")
+        raise typer.Exit(2)
     try:
         which = "picked" if picked else "approved"
         result = continue_batch(batch_id, which=which, sets=[*(sets or []), *(extra or [])],
-                                batch_id_out=new_batch, dry_run=dry_run)
+                                batch_id_out=new_batch, dry_run=dry_run, max_cost=max_cost, on_budget=on_budget)
     except ValueError as exc:
         console.print(f"[red]refused[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -90,6 +98,11 @@ def continue_(
         raise typer.Exit(1) from None
     for jid in result.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}: it did not succeed")
+    if result.estimate is not None:
+        from producer.estimate import render
+
+        console.print(f"follow-up of {len(result.lines)} {'picked' if picked else 'approved'} variant(s), estimated:")
+        render(result.estimate, lambda line: console.print(escape(line)))
     if dry_run:
         for line in result.lines:
             out.print(json.dumps(line), markup=False)

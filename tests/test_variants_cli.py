@@ -58,6 +58,7 @@ def test_submit_variants_status_report_and_continue_from_the_command_line(live: 
     res = runner.invoke(app, ["continue", batch, "--picked", "--dry-run", "--set", "quality=high", "size=1024x1536"])
     assert res.exit_code == 0, res.output
     (line,) = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert "follow-up of 1 picked variant(s), estimated:" in res.stderr and "total" in res.stderr
     assert (line["parent_job_id"], line["quality"], line["size"], line["variant"]) == (
         picked["job_id"], "high", "1024x1536", "y")
     res = runner.invoke(app, ["continue", batch, "--approved", "--picked"])

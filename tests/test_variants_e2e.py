@@ -77,7 +77,28 @@ def test_continue_submits_follow_ups_for_picked_variants(live: LocalStack, varia
     assert (mug["outputs"][0]["width"], mug["outputs"][0]["height"]) == (1536, 1024)
     bottle = follow[entries["bottle-A-openai"]["job_id"]]
     assert (bottle["provider"], bottle["job"]["metadata"]["parent_batch_id"]) == ("openai", variant_batch)
+    # the follow-ups were estimated as `editq estimate` would: the high-quality renders, on their providers
+    est = result.estimate
+    assert est is not None and est.invalid == [] and sorted(est.providers) == ["fal", "openai"]
+    assert est.total.jobs == 2 and est.total.priced and 0 < est.total.expected_usd <= est.total.worst_usd
     # continuing twice runs nothing twice (same requests, same idempotency keys)
     again = continue_batch(variant_batch, sets=["quality=high", "size=1536x1024"]).report
     assert again is not None and again.enqueued == 0 and len(again.duplicates) == 2
     assert json.loads(storage.get_bytes(log.key).decode().splitlines()[0])["by"] == "test@ci"
+
+
+def test_continue_runs_under_the_budget_rules_of_any_batch(live: LocalStack, variant_batch: str) -> None:
+    from worker.storage import get_storage
+
+    entries = {m["custom_id"]: m for m in read_manifests(variant_batch)}
+    mug = entries["mug-lemon"]
+    ReviewLog(get_storage(), variant_batch).append([Decision(action="pick", job_id=mug["job_id"], group="mug", at=2.0,
+                                                             by="test@ci", label="lemon")])
+    # a budget of nothing, and jobs that do not fit fail: the follow-ups are refused before any provider is paid
+    result = continue_batch(variant_batch, sets=["quality=medium", "size=1024x1024"], max_cost=0.0, on_budget="fail")
+    assert result.report is not None and result.report.enqueued >= 1
+    wait(result.report.batch_id, timeout=120, interval=0.2)
+    follow = read_manifests(result.report.batch_id)
+    assert follow and all(m["state"] == "failed" and m["error"]["provider_code"] == "budget_exceeded"
+                          and m["provider_request_id"] is None for m in follow)
+    assert mug["job_id"] in {m["parent_job_id"] for m in follow}
