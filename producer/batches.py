@@ -28,7 +28,7 @@ from schemas.job import EditJob, JobRequest, content_key, describe_errors
 from schemas.settings import get_settings
 from worker.manifest import build, reservation, spent_cost
 from worker.outcomes import RERUNNABLE, outcome
-from worker.state import REPLACEABLE, TRANSITIONS, JobStore, JobView, State
+from worker.state import MICRO, REPLACEABLE, TRANSITIONS, JobStore, JobView, State
 from worker.storage import Storage, get_storage
 
 CHUNK = 500
@@ -221,15 +221,27 @@ def _rerun_job(view: JobView, new_batch: str, overrides: dict[str, Any], out: st
 
 
 def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, Any] | None = None, *,
-          new_batch_id: str | None = None, store: JobStore | None = None,
-          storage: Storage | None = None) -> RerunReport:
-    """A new batch with exactly the items of `batch_id` whose latest outcome is in `only`."""
+          new_batch_id: str | None = None, max_cost: float | None = None, on_budget: str | None = None,
+          store: JobStore | None = None, storage: Storage | None = None) -> RerunReport:
+    """A new batch with exactly the items of `batch_id` whose latest outcome is in `only`.
+
+    Money: the new batch's budget is `max_cost` if given; else, if the original batch had one, what is left
+    of it (its cap minus what it spent), with its `on_budget` choice, so re-running a capped catalogue
+    cannot spend more than the catalogue was allowed to."""
     from producer.api import _kick, new_id
     from producer.estimate import worst_case_micro
 
     store = store or JobStore()
     storage = storage or get_storage()
     require_batch(store, batch_id)
+    orig = store.r.hgetall(store.k.batch(batch_id))
+    if max_cost is None and orig.get("max_cost") not in (None, ""):
+        max_cost = max(0, int(orig["max_cost"]) - int(orig.get("spent") or 0)) / MICRO
+    on_budget = on_budget or orig.get("on_budget") or "wait"
+    if on_budget not in ("wait", "fail"):
+        raise ValueError("on_budget must be 'wait' or 'fail'")
+    if max_cost is not None and max_cost < 0:
+        raise ValueError("max_cost must be at least 0")
     only = frozenset(only)
     overrides = dict(overrides or {})
     report = RerunReport(rerun_of=batch_id)
@@ -253,10 +265,14 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
             continue
         if report.batch_id is None:  # the batch exists only once it has something to run
             report.batch_id = new_batch
-            store.r.hset(store.k.batch(new_batch), mapping={
+            head: dict[str, Any] = {
                 "created_at": repr(time.time()), "source": f"rerun of {batch_id}", "rerun_of": batch_id,
-                "rerun_only": ",".join(sorted(only)),
-            })
+                "rerun_only": ",".join(sorted(only)), "on_budget": on_budget,
+            }
+            if max_cost is not None:
+                head["max_cost"] = round(max_cost * MICRO)
+                store.r.sadd(store.k.budget_batches, new_batch)
+            store.r.hset(store.k.batch(new_batch), mapping=head)
         pipe = store.r.pipeline(transaction=False)
         for view, job, out in todo:
             replaceable = (*REPLACEABLE, State.succeeded) if out == "missing" else REPLACEABLE

@@ -311,6 +311,10 @@ def rerun(
     provider: Annotated[str | None, typer.Option(help="Run them on this provider/route instead.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Change a parameter: --set quality=high "
                                                    "(a changed parameter makes a new job).")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="The new batch's budget in USD (default: what is left of "
+                                                   "the original's, if it had one).")] = None,
+    on_budget: Annotated[str | None, typer.Option(help="'wait' or 'fail' when a job does not fit the budget "
+                                                  "(default: the original's choice).")] = None,
     watch: Annotated[bool, typer.Option(help="Show live progress until the new batch finishes.")] = False,
 ) -> None:
     """Re-run the items of a batch that did not succeed, as a new batch linked to it. Successes never run again."""
@@ -328,7 +332,7 @@ def rerun(
             overrides[name.strip()] = json.loads(value)
         except ValueError:
             overrides[name.strip()] = value
-    report = do_rerun(batch_id, parse_only(only), overrides)
+    report = do_rerun(batch_id, parse_only(only), overrides, max_cost=max_cost, on_budget=on_budget)
     for jid, cid, why in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}{f' ({cid})' if cid else ''}: {why}")
     for old, existing in report.duplicates:

@@ -130,14 +130,18 @@ def test_rerun_holds_exactly_the_items_that_did_not_succeed_and_links_both_ways(
 
 def test_rerun_with_a_changed_parameter_makes_a_new_job(stack: LocalStack) -> None:
     configure_sandbox(stack, {"job_failure_rate": 1.0})
-    orig = submit_batch([line("param-1", prompt="Change my quality")])
+    orig = submit_batch([line("param-1", prompt="Change my quality")], max_cost=5.0, on_budget="fail")
     assert finished(orig.batch_id)["counts"] == {"failed": 1}
     configure_sandbox(stack, {"job_failure_rate": 0.0})
     bad = rerun(orig.batch_id, overrides={"size": "13x13"})  # refused with the reason; nothing is made
     assert bad.batch_id is None and "size" in bad.skipped[0][2]
     rep = rerun(orig.batch_id, overrides={"quality": "medium", "provider": "replicate"})
     assert rep.enqueued == 1 and rep.batch_id
-    assert finished(rep.batch_id)["counts"] == {"succeeded": 1}
+    done = finished(rep.batch_id)
+    assert done["counts"] == {"succeeded": 1}
+    # a re-run of a capped batch is capped at what is left of the original's budget, with its choice
+    spent = status(orig.batch_id)["cost_usd"] or 0.0
+    assert done["max_cost_usd"] == pytest.approx(5.0 - spent) and done["on_budget"] == "fail"
     store = JobStore()
     old, new = store.get(orig.job_ids[0]), store.get(next(iter(list_jobs(rep.batch_id)))["job_id"])
     assert old and new and new.job.quality.value == "medium" and new.provider == "replicate"
