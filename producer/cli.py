@@ -357,16 +357,24 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker (threads pool; each task hands its I/O to one asyncio loop)."""
+    from celery.bin.celery import celery as celery_command
+
     from worker.celery_app import app as celery_app
     from worker.logging import json_enabled
     from worker.triggers import queue_name
 
     qs = queues or f"{queue_name()},{queue_name('sync')}"
     quiet = ["--quiet"] if json_enabled() else []  # JSON logs: no start-up banner on stdout either
-    celery_app.worker_main(
-        [*quiet, "worker", "--pool=threads", f"--concurrency={concurrency}", "-Q", qs, f"--loglevel={loglevel}",
-         "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    # as `celery_app.worker_main`, which drops the worker's exit code: an unrecoverable error must end
+    # the process non-zero, so a supervisor restarts it
+    celery_command.params[0].default = celery_app
+    code = celery_command.main(
+        args=[*quiet, "worker", "--pool=threads", f"--concurrency={concurrency}", "-Q", qs, f"--loglevel={loglevel}",
+              "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+        standalone_mode=False,
     )
+    if code:
+        raise typer.Exit(int(code))
 
 
 @app.command()

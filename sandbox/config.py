@@ -58,6 +58,15 @@ class SandboxConfig(BaseModel):
     submit_timeout_rate: Rate = _rate("Fraction of submits held timeout_hold_s then answered 504.")
     timeout_hold_s: float = Field(default=10.0, ge=0.0, description="Hold time before a 504 fault.")
 
+    # --- faults after admission (sandbox/http_faults.py; every provider, honour provider_faults) ----------
+    poll_5xx_rate: Rate = _rate("Fraction of status/result GETs answered 503.")
+    poll_429_rate: Rate = _rate("Fraction of status/result GETs answered 429 with Retry-After.")
+    download_5xx_rate: Rate = _rate("Fraction of output file GETs (/files/...) answered 503.")
+    download_429_rate: Rate = _rate("Fraction of output file GETs answered 429 with Retry-After.")
+    submit_reset_rate: Rate = _rate(
+        "Fraction of submits (POSTs) accepted and run, whose connection is then dropped before the answer's body."
+    )
+
     # --- job faults ---------------------------------------------------------------------------
     job_failure_rate: Rate = _rate("Fraction of accepted jobs that complete with a provider error.")
     provider_faults: dict[str, dict[str, float]] = Field(
@@ -71,6 +80,12 @@ class SandboxConfig(BaseModel):
     webhook_duplicate_rate: Rate = _rate("Fraction of webhooks delivered twice.")
     webhook_bad_signature_rate: Rate = _rate("Fraction of webhooks signed with a key not in the JWKS.")
     webhook_delay_s: float = Field(default=0.0, ge=0.0, description="Delay before the first delivery.")
+    webhook_late_rate: Rate = _rate("Fraction of webhooks held webhook_late_s before the first delivery.")
+    webhook_late_s: float = Field(default=40.0, ge=0.0, description="Hold of a late webhook (on top of the delay).")
+    webhook_redirect_rate: Rate = _rate(
+        "Fraction of webhooks sent through a 307 redirect (/_sandbox/redirect) to their URL; the sender does "
+        "not follow redirects (as ModelRunner documents), so every attempt of such a delivery fails."
+    )
     webhook_retry: bool = Field(default=True, description="Retry failed deliveries with backoff.")
     webhook_retry_attempts: int = Field(default=3, ge=0, le=20, description="Retries after the first try.")
     webhook_retry_backoff_s: float = Field(default=0.5, ge=0.0, description="First retry delay (doubles).")

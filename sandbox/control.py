@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from sandbox.state import ProviderMount, SandboxState
@@ -65,6 +65,11 @@ def control_router(state: SandboxState, mounts: list[ProviderMount]) -> APIRoute
             if job is not None:
                 return JSONResponse(job.log_entry())
         return JSONResponse({"detail": "Request not found."}, status_code=404)
+
+    @router.api_route("/redirect", methods=["GET", "POST"], response_model=None)
+    async def redirect(to: str) -> Response:
+        """307 to `to` (the webhook_redirect fault sends deliveries here)."""
+        return Response(status_code=307, headers={"Location": to})
 
     @router.get("/stats")
     async def stats() -> dict[str, Any]:

@@ -219,6 +219,7 @@ class Runner:
         self._queues: dict[str, tuple[deque[Job], ...]] = {}
         self._stats: dict[str, ProviderStats] = {}
         self._webhook_totals = WebhookStats()
+        self._file_faults: Counter[str] = Counter()
         self._log: deque[Job] = deque(maxlen=MAX_LOG_ENTRIES)
         self._completed_order: deque[Job] = deque()
         self._retention_s = 3600.0
@@ -243,8 +244,12 @@ class Runner:
     # --- submission -------------------------------------------------------------------------
 
     def reject(self, provider: str, reason: str) -> None:
-        """Count a submission that was not accepted (fault, auth, validation...)."""
-        self._stats[provider].rejected[reason] += 1
+        """Count a submission that was not accepted (fault, auth, validation...), or an injected fault of
+        another kind (sandbox/http_faults.py); faults of output downloads ("" provider) count under `files`."""
+        if provider in self._stats:
+            self._stats[provider].rejected[reason] += 1
+        else:
+            self._file_faults[reason] += 1
 
     def submit(self, job: Job) -> None:
         if job.provider not in self._adapters:
@@ -432,6 +437,7 @@ class Runner:
         totals: dict[str, Any] = {k: sum(s[k] for s in providers.values()) for k in total_keys}
         totals["rejected"] = dict(sum((s.rejected for s in self._stats.values()), Counter()))
         totals["webhooks"] = self._webhook_totals.to_dict()
+        totals["file_faults"] = dict(self._file_faults)
         return {
             "uptime_s": round(time.time() - self._started, 3),
             "concurrency": self._config.current.concurrency,
@@ -445,6 +451,7 @@ class Runner:
         for stats in self._stats.values():
             stats.reset()
         self._webhook_totals.reset()
+        self._file_faults.clear()
 
     async def aclose(self) -> None:
         tasks = [job.task for job in self._jobs.values() if job.task is not None]

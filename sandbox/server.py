@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sandbox.config import SandboxConfig
 from sandbox.control import control_router
 from sandbox.files import files_router
+from sandbox.http_faults import FaultInjector
 from sandbox.providers import builders
 from sandbox.state import SandboxState
 
@@ -42,6 +43,8 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
     )
     for mount in mounts:
         app.include_router(mount.router)
+    app.add_middleware(FaultInjector, config=lambda: state.current, dice=state.dice,
+                       providers=lambda: state.runner.providers, count=state.runner.reject)
     return app
 
 

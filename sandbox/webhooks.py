@@ -1,4 +1,4 @@
-"""Webhook delivery with fault injection (lost, duplicate, delayed, bad signature) and retries.
+"""Webhook delivery with fault injection (lost, duplicate, delayed, late, redirected, bad signature) and retries.
 
 Fault dice are rolled synchronously in :meth:`WebhookDispatcher.schedule` (so, once a job is
 COMPLETED, its "lost" decision is already visible in stats); delivery runs as an asyncio task.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class WebhookStats:
     lost: int = 0  # dropped by the webhook_lost fault
     duplicated: int = 0  # delivered a second time by the webhook_duplicate fault
     bad_signature: int = 0  # signed with the unknown key
+    late: int = 0  # held webhook_late_s by the webhook_late fault
+    redirected: int = 0  # sent through a 307 redirect by the webhook_redirect fault
     pending: int = 0  # scheduled and not finished (delayed, in flight or between retries)
 
     def to_dict(self) -> dict[str, int]:
@@ -53,6 +56,8 @@ class WebhookRecord:
     lost: bool = False
     duplicated: bool = False
     bad_signature: bool = False
+    late: bool = False
+    redirected: bool = False
     last_status: int | None = None
     last_error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -85,6 +90,8 @@ class WebhookDispatcher:
         lost = self._dice.roll("webhook_lost", cfg.webhook_lost_rate)
         duplicate = self._dice.roll("webhook_duplicate", cfg.webhook_duplicate_rate)
         bad = self._dice.roll("webhook_bad_signature", cfg.webhook_bad_signature_rate)
+        late = self._dice.roll("webhook_late", cfg.webhook_late_rate)
+        redirected = self._dice.roll("webhook_redirect", cfg.webhook_redirect_rate)
         for s in (stats, totals):
             s.scheduled += 1
         if lost:
@@ -93,17 +100,28 @@ class WebhookDispatcher:
                 s.lost += 1
             return
         record.bad_signature = bad
-        if bad:
-            for s in (stats, totals):
-                s.bad_signature += 1
+        record.late = late
+        record.redirected = redirected
+        for flag, name in ((bad, "bad_signature"), (late, "late"), (redirected, "redirected")):
+            if flag:
+                for s in (stats, totals):
+                    setattr(s, name, getattr(s, name) + 1)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         for s in (stats, totals):
             s.pending += 1
         task = asyncio.get_running_loop().create_task(
-            self._deliver(record, body, signer, request_id, duplicate, bad, (stats, totals))
+            self._deliver(record, body, signer, request_id, duplicate, bad, (stats, totals),
+                          hold=cfg.webhook_delay_s + (cfg.webhook_late_s if late else 0.0),
+                          url=self.redirector(record.url) if redirected else record.url)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def redirector(self, url: str) -> str:
+        """The sandbox's own `/_sandbox/redirect` answering 307 to `url` (the webhook_redirect fault)."""
+        cfg = self._config.current
+        base = (cfg.public_url or f"http://{cfg.host}:{cfg.port}").rstrip("/")
+        return f"{base}/_sandbox/redirect?" + urllib.parse.urlencode({"to": url})
 
     @property
     def pending(self) -> int:
@@ -118,17 +136,19 @@ class WebhookDispatcher:
         duplicate: bool,
         bad: bool,
         stats: tuple[WebhookStats, ...],
+        *,
+        hold: float = 0.0,
+        url: str = "",
     ) -> None:
         try:
-            delay = self._config.current.webhook_delay_s
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self._send_with_retries(record, body, signer, request_id, bad, stats)
+            if hold > 0:
+                await asyncio.sleep(hold)
+            await self._send_with_retries(record, body, signer, request_id, bad, stats, url or record.url)
             if duplicate:
                 record.duplicated = True
                 for s in stats:
                     s.duplicated += 1
-                await self._send_with_retries(record, body, signer, request_id, bad, stats)
+                await self._send_with_retries(record, body, signer, request_id, bad, stats, url or record.url)
         finally:
             for s in stats:
                 s.pending -= 1
@@ -141,6 +161,7 @@ class WebhookDispatcher:
         request_id: str,
         bad: bool,
         stats: tuple[WebhookStats, ...],
+        url: str,
     ) -> bool:
         cfg = self._config.current
         attempts = 1 + (cfg.webhook_retry_attempts if cfg.webhook_retry else 0)
@@ -157,7 +178,7 @@ class WebhookDispatcher:
             entry: dict[str, Any] = {"at": time.time(), "attempt": attempt + 1}
             try:
                 response = await self._client().post(
-                    record.url, content=body, headers=headers, timeout=cfg.webhook_timeout_s
+                    url, content=body, headers=headers, timeout=cfg.webhook_timeout_s
                 )
             except httpx.HTTPError as exc:
                 record.last_status, record.last_error = None, f"{type(exc).__name__}: {exc}"[:300]

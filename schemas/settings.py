@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     )
     redis_wait_timeout_ms: int = Field(500, ge=1, description="How long one WAIT may take; then editq goes on.")
     redis_failover_s: float = Field(
-        30.0, gt=0, description="With Sentinel: how long a command keeps retrying while the primary fails over."
+        30.0, gt=0, description="How long a command keeps retrying while Redis restarts or (with Sentinel) the "
+        "primary fails over."
     )
     key_prefix: str = Field("editq", description="Namespace of every Redis key editq writes.")
     queue_prefix: str = Field("editq", description="Namespace of the Celery queues.")
@@ -83,6 +84,10 @@ class Settings(BaseSettings):
     )
     provider_deadline_s: float = Field(3600.0, description="A job the provider holds longer than this fails.")
     tick_interval_s: float = 0.5
+    worker_dead_after_s: float = Field(
+        10.0, description="A worker whose heartbeat (every tick_interval_s) is older than this is dead: the "
+        "submits and collects it had claimed are recovered at once instead of when their leases run out."
+    )
     job_ttl_s: int = Field(14 * 86400, description="Redis keeps finished jobs this long (S3 keeps them forever).")
 
     submit_batch: int = Field(64, description="Jobs one dispatch task submits concurrently.")

@@ -236,3 +236,39 @@ def test_poll_states() -> None:
             assert o.done and o.error is not None and o.error.kind is ErrorKind.terminal
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("body", "kind", "code"), [
+    # fal could not fetch our own input (our S3 unreachable): retried, by status and by webhook alike
+    ({"status": "ERROR", "error": "Invalid status code: 422", "payload": {"detail": [
+        {"loc": ["body", "image_urls", 0], "msg": "Failed to download the file", "type": "file_download_error"}]}},
+     ErrorKind.retryable, "file_download_error"),
+    ({"status": "ERROR", "error": "Invalid status code: 500",
+      "payload": {"detail": "Internal error", "error_type": "runner_disconnected"}},
+     ErrorKind.retryable, "runner_disconnected"),
+    ({"status": "ERROR", "error": "Invalid status code: 422", "payload": {"detail": [
+        {"loc": ["body", "image_urls", 0], "msg": "not an image", "type": "image_load_error"}]}},
+     ErrorKind.terminal, "image_load_error"),
+    ({"status": "ERROR", "error": "boom", "error_type": "request_timeout", "payload": None},
+     ErrorKind.retryable, "request_timeout"),
+])
+def test_webhook_failures_keep_their_error_type(body: dict[str, Any], kind: ErrorKind, code: str) -> None:
+    from providers.fal.protocol import webhook_payload_outcome
+
+    outcome = webhook_payload_outcome({"request_id": "r", **body})
+    assert outcome is not None and outcome.error is not None
+    assert (outcome.error.kind, outcome.error.provider_code) == (kind, code)
+
+
+def test_a_failed_input_download_is_retried_when_polled() -> None:
+    a = adapter()
+    handle = {"status_url": "https://queue.example/s", "response_url": "https://queue.example/r",
+              "cancel_url": "https://queue.example/c"}
+    status = {"status": "COMPLETED", "error": "Failed to download the file", "error_type": "file_download_error"}
+
+    async def run() -> None:
+        async with _client(lambda r: httpx.Response(200, json=status)) as http:
+            o = await a.poll(http, "r", handle)
+        assert o.done and o.error is not None and o.error.kind is ErrorKind.retryable
+
+    asyncio.run(run())

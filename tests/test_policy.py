@@ -66,16 +66,24 @@ def test_circuit_counts_every_failure_but_a_refused_request(kind: ErrorKind, cou
     assert policy.counts_for_circuit(ProviderError(kind, "x")) is counts
 
 
-@pytest.mark.parametrize(("polls", "webhooks", "cap", "retry_after", "expected"), [
-    (1, False, None, None, 7.5),
-    (12, False, None, None, 60.0),  # grows to poll_max_s
-    (1, True, None, None, 60.0),  # with webhooks the poll is a safety net
-    (1, True, 20.0, None, 20.0),  # outputs that expire: never later than the provider's cap
-    (1, False, None, 45.0, 45.0),  # never sooner than the provider's Retry-After
+@pytest.mark.parametrize(("polls", "webhooks", "cap", "retry_after", "latency", "expected"), [
+    (1, False, None, None, None, 7.5),
+    (12, False, None, None, None, 60.0),  # grows to poll_max_s
+    (1, True, None, None, None, 60.0),  # with webhooks the poll is a safety net
+    (1, True, 20.0, None, None, 20.0),  # outputs that expire: never later than the provider's cap
+    (1, False, None, 45.0, None, 45.0),  # never sooner than the provider's Retry-After
+    # with webhooks, a request unheard of for twice the provider's latency is polled: a late or lost
+    # delivery does not hold its slot for the whole safety-net period
+    (0, True, None, None, 4.0, 8.0),
+    (1, True, None, None, 4.0, 12.0),  # then 1.5x per poll...
+    (6, True, None, None, 4.0, 60.0),  # ...up to the safety net
+    (0, True, None, None, 1.0, 5.0),  # never sooner than QUIET_MIN_S
+    (0, True, None, None, 45.0, 60.0),
 ])
-def test_poll_delay(polls: int, webhooks: bool, cap: float | None, retry_after: float | None, expected: float) -> None:
+def test_poll_delay(polls: int, webhooks: bool, cap: float | None, retry_after: float | None,
+                    latency: float | None, expected: float) -> None:
     assert policy.poll_delay(polls, base_s=5.0, max_s=60.0, webhooks=webhooks, webhook_s=60.0, cap_s=cap,
-                             retry_after_s=retry_after) == expected
+                             retry_after_s=retry_after, latency_s=latency) == expected
 
 
 def test_backoff_jitters_within_a_fifth_and_caps() -> None:

@@ -600,3 +600,16 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
         store.r.delete(*store.k.scan(store.r))
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("message", "kind"), [
+    # the model could not fetch our own presigned input (our S3 was unreachable): our outage, retried
+    ("Failed to load input_images[0]: Failed to download the file: ReadTimeout.", "retryable"),
+    ("Failed to load input image: failed to download https://s3/x.png", "retryable"),
+    ("Failed to load input_images[0]: The file is too large.", "terminal"),
+    ("The input was flagged by moderation", "terminal"),
+])
+def test_input_fetch_failures_are_retried(message: str, kind: str) -> None:
+    from providers.replicate.protocol import model_error
+
+    assert model_error(message, "p1").kind.value == kind

@@ -148,3 +148,82 @@ def test_routes_around_the_delivery_fast_path(receiver_stack: LocalStack) -> Non
     assert httpx.post(f"{base}/webhooks/fal/x", content=b"{}", timeout=10).status_code == 404
     assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
     assert "editq_webhook_deliveries_total" in httpx.get(f"{base}/metrics", timeout=10).text
+
+
+def _claimed(prefix: str, entry: str = "sending") -> tuple[JobStore, str]:
+    """A job claimed for its first attempt, as a worker that died mid-submit leaves it: `submitting`, no
+    request id, its attempt recorded `sending` (or `sent`), the lease far away."""
+    store = JobStore()
+    job_id = submit({"prompt": unique(prefix), "images": [str(EXAMPLES / "mug.png")]})
+    assert job_id in store.claim("fal", 100, 100, 0, 0, 3600)
+    store.set_fields(job_id, **{"req.1": json.dumps({"attempt": 1, "provider": "fal", "status": entry, "at": 1.0})})
+    return store, job_id
+
+
+def _error_payload(request_id: str, error_type: str) -> bytes:
+    """fal's ERROR delivery for a model error: the error type only inside the failed result's detail."""
+    return json.dumps({"request_id": request_id, "gateway_request_id": request_id, "status": "ERROR",
+                       "payload": {"detail": [{"loc": ["body", "image_urls", 0], "msg": "Failed to download",
+                                               "type": error_type}]},
+                       "error": "Invalid status code: 422"}).encode()
+
+
+def _requests(store: JobStore, job_id: str) -> dict[str, dict]:
+    view = store.get(job_id)
+    assert view is not None
+    return {k: json.loads(v) for k, v in view.fields.items() if k.startswith("req.")}
+
+
+def test_a_late_failure_for_the_current_attempt_is_applied_not_dropped(receiver_stack: LocalStack) -> None:
+    """The worker died after its request was accepted, before recording the id: the request's failure
+    arrives by webhook. It must move the job on now (retry: a download failure of our own input is our
+    outage), not be dropped as stale while the job waits out its submit lease."""
+    receiver_stack.apply_env()
+    store, job_id = _claimed("late-fail", "sent")
+    rid = unique("req")
+    body = _error_payload(rid, "file_download_error")
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    assert resp.status_code == 200 and resp.json() == {"status": "accepted"}
+    view = store.get(job_id)
+    assert view is not None and view.state is State.retry_wait  # retryable, taken from the delivery's detail
+    assert store.r.zscore(store.k.slots("fal"), job_id) is None  # its provider slot is free again
+    entry = _requests(store, job_id)["req.1"]
+    assert (entry["status"], entry["request_id"]) == ("failed", rid)
+    assert json.loads(view.fields["error"])["kind"] == "retryable"
+
+
+def test_a_late_failure_for_an_attempt_given_up_changes_nothing(receiver_stack: LocalStack) -> None:
+    """With an earlier attempt left `uncertain`, an unrecorded request's failure may be that attempt's:
+    the job's current submit goes on untouched."""
+    receiver_stack.apply_env()
+    store, job_id = _claimed("late-old")
+    store.set_fields(job_id, **{"req.0": json.dumps({"attempt": 0, "provider": "fal", "status": "uncertain"})})
+    rid = unique("req")
+    body = _error_payload(rid, "file_download_error")
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    assert resp.json() == {"status": "stale-request"}
+    assert _state(job_id)[0] == State.submitting
+
+
+def test_an_adopted_answer_records_its_attempt_accepted(receiver_stack: LocalStack) -> None:
+    """A success adopted for the current attempt (its worker lost the answer): the attempt is recorded
+    `accepted` with that request id, and the manifest lists no attempt as still `sending`."""
+    from worker.manifest import build
+
+    receiver_stack.apply_env()
+    store, job_id = _claimed("adopt")
+    rid = unique("req")
+    body = _payload(rid)
+    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
+    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    assert resp.json() == {"status": "accepted"}
+    assert _state(job_id)[0] == State.ready
+    reqs = _requests(store, job_id)
+    assert (reqs["req.1"]["status"], reqs["req.1"]["request_id"]) == ("accepted", rid)
+    assert reqs[f"req.adopted.{rid}"]["status"] == "adopted"
+    view = store.get(job_id)
+    assert view is not None
+    statuses = [e["status"] for e in build(view, "succeeded", [], None, None).provider_requests]
+    assert "sending" not in statuses and "sent" not in statuses

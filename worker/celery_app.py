@@ -14,6 +14,7 @@ from celery import Celery
 from celery.signals import setup_logging
 
 from schemas.settings import Settings, get_settings
+from worker.broker import transport_for
 from worker.logging import configure_logging
 
 VISIBILITY_TIMEOUT_S = 3600
@@ -52,7 +53,10 @@ def make_app() -> Celery:
         broker_transport_options=transport,
         visibility_timeout=VISIBILITY_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # False: every task is short and a job's lease (not the task) recovers what a lost worker held;
+        # with the threads pool, cancelling raised NotImplementedError at every broker drop
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_transport=transport_for(url),
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
@@ -79,6 +83,7 @@ def reconfigure() -> None:
     if app.conf.broker_url == url and app.conf.broker_transport_options == transport:
         return
     app.conf.broker_url = url
+    app.conf.broker_transport = transport_for(url)
     app.conf.broker_transport_options = transport
     # drop (do not close) the cached pools: producers handed out earlier may still be in use
     app._pool = None

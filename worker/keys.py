@@ -62,7 +62,8 @@ LAYOUT: Mapping[str, str] = {
     "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
     "tick_lock": "{prefix}:lock:tick",  # lock: the worker that runs this tick
     "worker": "{prefix}:workers:{host}:{pid}",  # string with TTL: a live worker process
-    "alive": "{prefix}:alive",  # zset: worker host:pid -> its last tick (`editq status --watch` counts them)
+    "alive": "{prefix}:alive",  # zset: worker host:pid -> its last tick (`editq status --watch` counts them;
+    # the tick recovers at once what a worker whose last tick is too old had claimed)
     # metrics (worker/metrics.py reads them at scrape time; the scripts keep them)
     "stats_jobs": "{prefix}:stats:jobs",  # hash "state|provider|lane" -> jobs (terminal states: ever finished)
     "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)

@@ -16,8 +16,18 @@ from worker.storage import Storage
 SECRET_FIELDS = {"api_key", "openai_api_key", "authorization", "token"}
 
 
-def provider_requests(view: JobView) -> list[dict[str, Any]]:
+# An attempt still marked in flight when its job's manifest is final was never answered: `sending`
+# (no connection to the provider was open for it) was not sent; `sent` may have been billed.
+UNANSWERED = {"sending": "not_sent", "sent": "uncertain"}
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def provider_requests(view: JobView, state: str | None = None) -> list[dict[str, Any]]:
     entries = [json.loads(v) for k, v in view.fields.items() if k.startswith("req.")]
+    if state in FINAL:
+        for e in entries:
+            if e.get("status") in UNANSWERED:
+                e["status"] = UNANSWERED[e["status"]]
     return sorted(entries, key=lambda e: (e.get("attempt", 0), e.get("at", 0)))
 
 
@@ -74,7 +84,7 @@ def build(
         provider=view.provider or None,
         model=job.model,
         provider_request_id=view.request_id,
-        provider_requests=provider_requests(view),
+        provider_requests=provider_requests(view, state),
         attempts=view.attempts,
         history=history,
         outputs=outputs,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
@@ -30,7 +31,7 @@ from worker.errors import ErrorKind, ProviderError
 from worker.manifest import build, reservation, spent_cost, write_batch_manifest, write_job_manifest_async
 from worker.netguard import UnsafeURL
 from worker.outcomes import failure_label
-from worker.provider_client import client_for
+from worker.provider_client import client_for, on_wire
 from worker.redis_client import replicated
 from worker.state import MICRO, JobStore, JobView, State
 from worker.storage import Storage, get_storage
@@ -44,6 +45,11 @@ STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then
 
 def _now() -> float:
     return time.time()
+
+
+def worker_id() -> str:
+    """This process, as its heartbeat names it (`host:pid`); recorded on every job it claims."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def _windowed(
@@ -121,6 +127,7 @@ class Pipeline:
             if not spec.batches:
                 await asyncio.gather(*(self._submit_one(adapter, v, r) for v, r in items))
             else:  # the protocol groups jobs into one provider request (OpenAI Batch)
+                on_wire.set(lambda: self._mark_sent([v for v, _ in items]))
                 results = await adapter.submit_many(client_for(provider), [(v.job, r) for v, r in items])
                 for (view, _), res in zip(items, results, strict=True):
                     await self._record_submit(adapter, view, res, confirm=False)
@@ -159,14 +166,25 @@ class Pipeline:
             if circuit_open and self._reroute(view, State.submitting, "circuit open", keep=False):
                 continue
             req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
-            sending.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sending"))
+            sending.hset(self.k.job(view.job_id), mapping={f"req.{view.attempts}": self._req_entry(view, "sending"),
+                                                           "owner": worker_id()})
             items.append((view, req))
         if items:
             sending.execute()
             replicated(self.r, self.k, "claim")  # a failover must not forget a claim whose request is leaving
         return len(ids), items, failing
 
+    def _mark_sent(self, views: list[JobView]) -> None:
+        """A connection to the provider is open for these jobs' request: from now on it may reach the
+        provider. Written before the first byte of the request leaves; a worker lost before this point
+        never sent it (`_recover_submitting` records such an attempt `not_sent`, not `uncertain`)."""
+        pipe = self.r.pipeline(transaction=False)
+        for view in views:
+            pipe.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sent"))
+        pipe.execute()
+
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
+        on_wire.set(lambda: self._mark_sent([view]))  # this task's own context: one job's submit
         try:
             res: Submitted | ProviderError = await adapter.submit(client_for(adapter.name), view.job, req)
         except ProviderError as exc:
@@ -210,13 +228,12 @@ class Pipeline:
         first = self.r.pipeline(transaction=False)  # one round trip: the id, and the success that resets
         first.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
         first.delete(self.k.circuit_fails(provider))  # the circuit breaker's consecutive failures
-        first.execute()
-        delay = (
-            self.settings.poll_interval_webhook_s
-            if self.webhook_url(adapter, view)
-            else self.settings.poll_interval_s
-        )
-        delay = min(delay, adapter.poll_cap_s() or delay)
+        first.hget(self.k.stats_latency, provider)  # its recent latency: when to poll if no webhook came
+        latency = first.execute()[-1]
+        s = self.settings
+        delay = policy.poll_delay(0, base_s=s.poll_interval_s, max_s=s.poll_max_s,
+                                  webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
+                                  cap_s=adapter.poll_cap_s(), latency_s=float(latency) if latency else None)
         fields = {
             "request_id": sub.request_id,
             "handle": json.dumps(sub.handle),
@@ -360,14 +377,16 @@ class Pipeline:
         except Exception:  # a protocol's own group call failed: each request on its own, so one bad answer
             log.warning("poll group failed; polling one by one", provider=provider, exc_info=True)
             outcomes = [await adapter.poll_guarded(client, rid, handle) for rid, handle in items]
+        latency = self.r.hget(self.k.stats_latency, provider) if views else None
         for view, outcome in zip(views, outcomes, strict=True):
             try:
-                await self._after_poll(adapter, view, outcome)
+                await self._after_poll(adapter, view, outcome, float(latency) if latency else None)
             except Exception:  # this job only; its inflight entry (rescheduled by the tick) brings it back
                 log.exception("after poll failed", provider=provider, job_id=view.job_id)
         return len(views)
 
-    async def _after_poll(self, adapter: ProviderProtocol, view: JobView, outcome: Outcome | ProviderError) -> None:
+    async def _after_poll(self, adapter: ProviderProtocol, view: JobView, outcome: Outcome | ProviderError,
+                          latency_s: float | None = None) -> None:
         handle = view.json_field("handle") or {}
         polls = int(view.fields.get("polls", "0")) + 1
         retry_after = None
@@ -391,7 +410,7 @@ class Pipeline:
         s = self.settings
         delay = policy.poll_delay(polls, base_s=s.poll_interval_s, max_s=s.poll_max_s,
                                   webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
-                                  cap_s=adapter.poll_cap_s(), retry_after_s=retry_after)
+                                  cap_s=adapter.poll_cap_s(), retry_after_s=retry_after, latency_s=latency_s)
         self.store.set_fields(view.job_id, polls=str(polls))
         self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
 
@@ -433,8 +452,10 @@ class Pipeline:
         claimed = [jid for jid in ids if self.store.move(jid, [State.ready], State.collecting, score=lease).ok]
         if claimed:  # every claim counts, so a collect that dies with its worker is counted too
             pipe = self.r.pipeline(transaction=False)
+            me = worker_id()
             for jid in claimed:
                 pipe.hincrby(self.k.job(jid), "collect_attempts", 1)
+                pipe.hset(self.k.job(jid), "owner", me)
             pipe.execute()
         return [v for v in self.store.get_many(claimed) if v is not None]
 
@@ -527,12 +548,16 @@ class Pipeline:
         return key
 
     # ================================================================ tick (leader-elected, every tick_interval_s)
-    def tick(self) -> dict[str, int]:
+    def tick(self, reap: bool = False) -> dict[str, int]:
+        """`reap`: this worker has been connected long enough to tell a dead worker from a Redis outage
+        (see `reap_dead_workers`)."""
         now = _now()
         ttl_ms = max(100, int(self.settings.tick_interval_s * 900))
         if not self.r.set(self.k.tick_lock, os.getpid(), nx=True, px=ttl_ms):
             return {}
-        stats = {"retried": 0, "recovered": 0, "polled": 0, "recollect": 0}
+        stats = {"retried": 0, "recovered": 0, "polled": 0, "recollect": 0, "reaped": 0}
+        if reap:
+            stats["reaped"] = self.reap_dead_workers(now)
         for jid in self.store.due(self.k.retry, now, 1000):
             if self.store.move(jid, [State.retry_wait], State.queued).ok:
                 stats["retried"] += 1
@@ -569,17 +594,45 @@ class Pipeline:
         self.drain_finalize()
         return stats
 
+    def reap_dead_workers(self, now: float) -> int:
+        """Workers whose heartbeat is older than `worker_dead_after_s` are dead (SIGKILL, OOM, a lost
+        host): the submits and collects they had claimed are made due now, so this tick recovers them
+        (`_recover_submitting`, the collect lease) instead of waiting out their leases (120 s, and
+        timeout + 60 s for a synchronous provider's call). Only jobs whose `owner` is that worker are
+        touched; the scan of the two indexes runs only when a worker died. The caller must itself have
+        been connected for longer than `worker_dead_after_s` (after a Redis outage every heartbeat is
+        old, and the workers behind them are reconnecting, not dead)."""
+        dead = set(self.r.zrangebyscore(self.k.alive, "-inf", now - self.settings.worker_dead_after_s))
+        if not dead:
+            return 0
+        due = 0
+        for index, state in ((self.k.inflight, State.submitting), (self.k.collecting, State.collecting)):
+            ids = list(self.r.zrangebyscore(index, now, "+inf"))
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                pipe = self.r.pipeline(transaction=False)
+                for jid in chunk:
+                    pipe.hmget(self.k.job(jid), "state", "owner")
+                for jid, (st, owner) in zip(chunk, pipe.execute(), strict=True):
+                    if st == state.value and owner in dead:
+                        self.store.reschedule(index, jid, now)
+                        due += 1
+        self.r.zrem(self.k.alive, *dead)
+        if due:
+            log.warning("claims of dead workers recovered", workers=sorted(dead), jobs=due)
+        return due
+
     def _recover_submitting(self, view: JobView) -> int:
         """A claim whose lease ran out: the submitting worker died or hung."""
         if view.request_id:  # it got as far as the provider's answer: re-attach, never resubmit
             return int(self.store.move(view.job_id, [State.submitting], State.submitted, score=_now(),
                                        note="re-attached after lost worker").ok)
-        # We cannot know whether the provider received it. Record that, then try again.
-        self.store.set_fields(
-            view.job_id,
-            **{f"req.{view.attempts}": self._req_entry(view, "uncertain",
-                                                       error="worker lost while submitting; may have been billed")},
-        )
+        entry = view.json_field(f"req.{view.attempts}") or {}
+        if entry.get("status") == "sending":  # no connection to the provider was ever open for it
+            status, why = "not_sent", "worker lost before the request was sent"
+        else:  # We cannot know whether the provider received it. Record that, then try again.
+            status, why = "uncertain", "worker lost while submitting; may have been billed"
+        self.store.set_fields(view.job_id, **{f"req.{view.attempts}": self._req_entry(view, status, error=why)})
         if view.attempts >= self.settings.max_attempts:
             info = ErrorInfo(kind="unknown", reason="worker lost while submitting, attempts exhausted",
                              attempt=view.attempts)

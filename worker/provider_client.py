@@ -18,20 +18,46 @@ Protocols receive it; they never import httpx.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import contextvars
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 
 from providers.spec import ProviderSettings, ProviderSpec, credential_hosts, host_of
 from providers.types import Answer, ProviderRequest
-from worker import redact
+from worker import redact, transport
 from worker.errors import ErrorKind, ProviderError
 
 # The connection was never established, so the provider cannot have seen the request.
 NOT_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL,
 )
+
+
+# Set by the pipeline around one job's submit: called once, when the first provider request of that
+# submit has a connection open (worker/transport.py `on_connected`), before any byte of it is written.
+# Until then the request cannot have reached the provider: a worker lost earlier did not send it.
+on_wire: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("editq_on_wire", default=None)
+
+
+@contextlib.contextmanager
+def _armed() -> Iterator[None]:
+    """Arm the transport's connection hook with this task's `on_wire` mark, for one provider request."""
+    mark = on_wire.get()
+    if mark is None:
+        yield
+        return
+
+    def fire() -> None:
+        on_wire.set(None)
+        mark()
+
+    token = transport.on_connected.set(fire)
+    try:
+        yield
+    finally:
+        transport.on_connected.reset(token)
 
 
 def transport_error(provider: str, what: str, exc: Exception, timeout_s: float | None = None) -> ProviderError:
@@ -141,7 +167,8 @@ class ProviderClient:
         url = self.url(req)
         kw = self._kwargs(req, url)
         try:
-            resp = await self.http.request(req.method, url, **kw)
+            with _armed():
+                resp = await self.http.request(req.method, url, **kw)
         except httpx.HTTPError as exc:
             raise transport_error(self.name, req.what, exc, kw["timeout"].read) from None
         except ValueError as exc:  # the request could not be written (a header with a control character)
@@ -154,7 +181,7 @@ class ProviderClient:
         non-2xx answer is read whole first (its body is in the Answer; the chunks are empty)."""
         url = self.url(req)
         kw = self._kwargs(req, url)
-        try:
+        try:  # not armed: a stream reads an output, never a submit
             async with self.http.stream(req.method, url, **kw) as resp:
                 if not 200 <= resp.status_code < 300:
                     body = await resp.aread()

@@ -41,9 +41,18 @@ def get_redis(url: str | None = None) -> Any:
     client = _clients.get(key)
     if client is None:
         client = sentinel_client(s, url) if sentinels else redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30)
+            url, decode_responses=True, health_check_interval=30, retry=_retry(s),
+            retry_on_error=[ConnectionError, TimeoutError])
         _clients[key] = client
     return client
+
+
+def _retry(s: Settings) -> Retry:
+    """Without Sentinel too, a command that finds Redis gone (a restart) is retried for about
+    `redis_failover_s` before the error reaches the caller: a step that fails half-way through its
+    bookkeeping would leave its job to a lease (120 s), and a worker rides through a restart instead
+    (the same reasoning as for a failover above makes retrying safe)."""
+    return Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=0.05), max(1, int(s.redis_failover_s / BACKOFF_CAP_S)))
 
 
 def sentinel_client(s: Settings, url: str) -> Any:
@@ -53,7 +62,6 @@ def sentinel_client(s: Settings, url: str) -> Any:
     if s.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = s.redis_sentinel_password.get_secret_value()  # type: ignore[assignment]
     sentinel = Sentinel(s.sentinel_hosts(), sentinel_kwargs=sentinel_kwargs, socket_timeout=5.0)
-    retries = max(1, int(s.redis_failover_s / BACKOFF_CAP_S))
     return sentinel.master_for(
         s.redis_sentinel_master,
         decode_responses=True,
@@ -63,7 +71,7 @@ def sentinel_client(s: Settings, url: str) -> Any:
         socket_timeout=10.0,
         socket_connect_timeout=2.0,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=0.05), retries),
+        retry=_retry(s),
         retry_on_error=[ConnectionError, TimeoutError, ReadOnlyError],
     )
 

@@ -105,10 +105,12 @@ _stop = threading.Event()
 
 
 def _tick_loop() -> None:
-    interval = get_settings().tick_interval_s
+    s = get_settings()
+    interval = s.tick_interval_s
     p = pipeline()
     host_pid = f"{socket.gethostname()}:{os.getpid()}"
     me = p.k.worker(socket.gethostname(), os.getpid())
+    connected_since: float | None = None  # since the last failure: a worker just back cannot judge others
     while not _stop.wait(interval):
         health.LIVENESS.beat()  # alive whatever Redis says (liveness never checks dependencies)
         try:
@@ -118,8 +120,10 @@ def _tick_loop() -> None:
             beat.zadd(p.k.alive, {host_pid: now})  # what `editq status --watch` counts
             beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
             beat.execute()
-            p.tick()
+            connected_since = connected_since or time.monotonic()
+            p.tick(reap=time.monotonic() - connected_since > s.worker_dead_after_s)
         except Exception:  # keep ticking through Redis hiccups; the next tick retries
+            connected_since = None
             log.exception("tick failed")
             time.sleep(interval)
 

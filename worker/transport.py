@@ -21,8 +21,9 @@ Two details matter for correctness, not speed:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,26 @@ import httpx
 import yarl
 
 CHUNK = 64 * 1024
+
+# Called once, in the task that sends, the moment a connection for its next request is open (a new
+# one connected, or a pooled one taken): nothing can reach the server before this. Armed by
+# worker/provider_client.py for provider requests only; the call disarms it.
+on_connected: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "editq_on_connected", default=None)
+
+
+async def _connection_open(session: Any, ctx: Any, params: Any) -> None:
+    callback = on_connected.get()
+    if callback is not None:
+        on_connected.set(None)
+        callback()
+
+
+def _trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_connection_open)
+    trace.on_connection_reuseconn.append(_connection_open)
+    return trace
 
 
 @contextlib.contextmanager
@@ -108,6 +129,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
                 auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                trace_configs=[_trace()],
             )
         return self._session
 

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 import providers
-from providers.types import WebhookEvent
+from providers.types import Outcome, WebhookEvent
 from worker import aio, events, health, startup
 from worker import metrics as editq_metrics
 from worker.errors import ProviderError, WebhookMalformed, WebhookRejected
@@ -264,7 +264,9 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str,
             return "stale-request"  # nothing usable in the delivery itself; the job's own request goes on
         raise
     if adopt and outcome.result is None:
-        return "stale-request"  # only a late success is adopted; a late failure changes nothing
+        if _current_attempt(view):  # its submitting worker was lost: apply the failure, do not wait out the lease
+            return await _late_failure(p, provider, view, event.request_id, outcome)
+        return "stale-request"  # a late failure of an attempt already given up changes nothing
     if adopt:  # recorded before the move: the collector may write the manifest right after it
         field = _record_adoption(p, provider, view, event.request_id)
     frm: tuple[State, ...] = ADOPTABLE if adopt else (State.submitted,)
@@ -283,6 +285,26 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str,
     return "accepted" if ok else "already-done"
 
 
+def _current_attempt(view: JobView) -> bool:
+    """A job `submitting` without a request id and without an earlier attempt left `uncertain`: a signed
+    delivery to its URL for a request we never recorded can only answer its current attempt (whose
+    worker died, or has not recorded the answer yet)."""
+    current = f"req.{view.attempts}"
+    return view.state is State.submitting and not view.request_id and not any(
+        '"uncertain"' in v for k, v in view.fields.items() if k.startswith("req.") and k != current)
+
+
+async def _late_failure(p: Pipeline, provider: str, view: JobView, request_id: str, outcome: Outcome) -> str:
+    """The failure of the current attempt's request, delivered before (or instead of) its submit answer:
+    recorded on that attempt, then retried or failed by the policy now."""
+    assert outcome.error is not None
+    p.r.set(p.k.request(provider, request_id), view.job_id, ex=p.settings.job_ttl_s)
+    p.store.set_fields(view.job_id, request_id=request_id, **{f"req.{view.attempts}": p._req_entry(
+        view, "failed", request_id=request_id, error=outcome.error.reason[:300])})
+    await p.retry_or_fail(view, outcome.error, State.submitting, sent=False)
+    return "accepted"
+
+
 def _record_adoption(p: Pipeline, provider: str, view: JobView, request_id: str) -> str:
     """Note the adopted request in the job's request log; a newer request in flight gets cancelled."""
     p.r.set(p.k.request(provider, request_id), view.job_id, ex=p.settings.job_ttl_s)
@@ -294,7 +316,11 @@ def _record_adoption(p: Pipeline, provider: str, view: JobView, request_id: str)
     entry = {"attempt": view.attempts, "provider": provider, "status": "adopted", "request_id": request_id,
              "at": time.time(), "note": note}
     field = f"req.adopted.{request_id}"
-    p.store.set_fields(view.job_id, **{field: json.dumps(entry)})
+    fields = {field: json.dumps(entry)}
+    if _current_attempt(view):  # the adopted request is this attempt's: it was accepted, not still `sending`
+        fields[f"req.{view.attempts}"] = p._req_entry(view, "accepted", request_id=request_id,
+                                                      note="answer lost; its result arrived by webhook")
+    p.store.set_fields(view.job_id, **fields)
     return field
 
 

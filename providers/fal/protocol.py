@@ -39,6 +39,9 @@ TOLERANCE_S = 300.0
 RETRYABLE_ERROR_TYPES = frozenset({
     "request_timeout", "startup_timeout", "runner_scheduling_failure",
     "runner_connection_timeout", "runner_disconnected", "runner_connection_refused",
+    # fal could not fetch an input. editq's inputs are its own presigned S3 URLs, checked to be images at
+    # enqueue: a failed download is our storage being unreachable (or slow), not the user's error
+    "file_download_error",
 })
 
 
@@ -125,13 +128,32 @@ def parse_result(answer: pt.Answer) -> pt.Outcome:
     return pt.Outcome.failed(err)
 
 
+def error_type_of(p: dict[str, Any]) -> str | None:
+    """The error type of an ERROR delivery: a top-level `error_type` if any, else the one of the failed
+    result it carries (`payload.error_type` for platform errors, `payload.detail[].type` for a model
+    error), as the status and result calls report them."""
+    if isinstance(p.get("error_type"), str):
+        return str(p["error_type"])
+    payload = p.get("payload")
+    if not isinstance(payload, dict):
+        return None
+    if isinstance(payload.get("error_type"), str):
+        return str(payload["error_type"])
+    detail = payload.get("detail")
+    if isinstance(detail, list):
+        for item in detail:
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                return str(item["type"])
+    return None
+
+
 def webhook_payload_outcome(p: dict[str, Any]) -> pt.Outcome | None:
     """A delivery's body -> its outcome, or None when the payload is missing (fetch the result)."""
     if p.get("status") == "OK" and isinstance(p.get("payload"), dict):
         return pt.Outcome.succeeded(result_of(p["payload"]))
     if p.get("status") == "ERROR":
         detail = p.get("payload") if p.get("payload") is not None else p.get("error")
-        return pt.Outcome.failed(model_error(f"{p.get('error')}: {str(detail)[:500]}", p.get("error_type")))
+        return pt.Outcome.failed(model_error(f"{p.get('error')}: {str(detail)[:500]}", error_type_of(p)))
     return None
 
 

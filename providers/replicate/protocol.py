@@ -61,8 +61,12 @@ _TOKENS = {
     "input_image_tokens": re.compile(r"input image token count:\s*(\d+)", re.IGNORECASE),
     "output_tokens": re.compile(r"output token count:\s*(\d+)", re.IGNORECASE),
 }
+# The model could not fetch an input. editq's inputs are its own presigned S3 URLs, checked to be images
+# at enqueue: that is our storage being unreachable, not the user's error (the sandbox, like Replicate,
+# says "Failed to load input_images[0]: ..."). Checked before the terminal hints.
+_INPUT_FETCH_HINTS = ("failed to load input", "failed to download")
 _TERMINAL_HINTS = ("moderation", "safety", "content policy", "flagged", "nsfw", "invalid", "not allowed",
-                   "unsupported", "too large", "could not load", "failed to download")
+                   "unsupported", "too large", "could not load")
 _RETRYABLE_HINTS = ("timed out", "timeout", "rate limit", "temporarily", "unavailable", "try again",
                     "internal server error", "overloaded", "connection", "e6716", "director:")
 _PROVIDER_CODES = {401: "unauthenticated", 402: "insufficient_credit", 403: "forbidden", 404: "not_found",
@@ -274,7 +278,9 @@ def raw_of(p: Mapping[str, Any]) -> dict[str, Any]:
 
 def model_error(message: str, pid: Any) -> ProviderError:
     low = message.lower()
-    if any(h in low for h in _TERMINAL_HINTS):
+    if any(h in low for h in _INPUT_FETCH_HINTS) and "too large" not in low:
+        kind = ErrorKind.retryable
+    elif any(h in low for h in _TERMINAL_HINTS):
         kind = ErrorKind.terminal
     elif any(h in low for h in _RETRYABLE_HINTS):
         kind = ErrorKind.retryable

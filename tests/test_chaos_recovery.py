@@ -1,0 +1,135 @@
+"""Recovery that does not wait out leases: dead workers' claims, the moment a request may reach the provider,
+and jobs whose webhook is late or lost. Real Redis, the sandbox over HTTP, no worker running."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from producer.api import submit
+from producer.stack import LocalStack, free_port
+from providers.types import ProviderRequest
+from tests.conftest import EXAMPLES, SANDBOX_SEED, unique, wait_for
+from worker import aio
+from worker.errors import ProviderError
+from worker.pipeline import Pipeline
+from worker.provider_client import client_for, on_wire
+from worker.state import JobStore, State
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[LocalStack]:
+    with LocalStack(workers=0, sandbox_opts={"latency_s": 1.0, "jitter_s": 0.0, "seed": SANDBOX_SEED}) as s:
+        yield s
+
+
+def _job(store: JobStore, tag: str) -> str:
+    job_id = submit({"prompt": unique(tag), "images": [str(EXAMPLES / "mug.png")]})
+    assert job_id in store.claim("fal", 100, 100, 0, 0, 3600)  # a lease far away
+    return job_id
+
+
+def _entry(store: JobStore, job_id: str, attempt: int = 1) -> dict:  # type: ignore[type-arg]
+    return json.loads(store.r.hget(store.k.job(job_id), f"req.{attempt}") or "{}")
+
+
+def _tick(p: Pipeline, reap: bool) -> dict[str, int]:
+    p.r.delete(p.k.tick_lock)  # one tick per call, whatever the last one left
+    return p.tick(reap=reap)
+
+
+def test_a_dead_workers_claims_are_recovered_at_once(bare: LocalStack) -> None:
+    bare.apply_env()
+    p = Pipeline()
+    store = p.store
+    now = time.time()
+    unsent, sent, alive = _job(store, "unsent"), _job(store, "sent"), _job(store, "alive")
+    for jid, owner, status in ((unsent, "dead-host:1", "sending"), (sent, "dead-host:1", "sent"),
+                               (alive, "live-host:2", "sent")):
+        store.set_fields(jid, owner=owner, **{"req.1": json.dumps({"attempt": 1, "provider": "fal", "status": status})})
+    collecting = _job(store, "collect")
+    assert store.move(collecting, [State.submitting], State.ready).ok
+    assert store.move(collecting, [State.ready], State.collecting, score=now + 3600).ok
+    store.set_fields(collecting, owner="dead-host:1")
+    p.r.zadd(p.k.alive, {"dead-host:1": now - 60, "live-host:2": now})
+
+    _tick(p, reap=False)  # a worker just reconnected does not judge the others
+    assert {store.get(j).state for j in (unsent, sent, collecting)} == {State.submitting, State.collecting}  # type: ignore[union-attr]
+
+    stats = _tick(p, reap=True)
+    assert stats["reaped"] == 3 and stats["recovered"] == 2 and stats["recollect"] == 1
+    assert store.get(unsent).state is State.queued and store.get(sent).state is State.queued  # type: ignore[union-attr]
+    assert store.get(collecting).state is State.ready  # type: ignore[union-attr]
+    assert store.get(alive).state is State.submitting  # type: ignore[union-attr]
+    # never connected to the provider: not sent; connected: may have been billed
+    assert _entry(store, unsent)["status"] == "not_sent"
+    assert _entry(store, sent)["status"] == "uncertain"
+    assert p.r.zrange(p.k.alive, 0, -1) == ["live-host:2"]
+
+
+def test_the_wire_mark_fires_once_a_connection_to_the_provider_is_open(bare: LocalStack) -> None:
+    bare.apply_env()
+    sandbox = bare.env["EDITQ_SANDBOX_URL"]
+    refused = f"http://127.0.0.1:{free_port()}/x"
+
+    async def run() -> tuple[list[str], list[str]]:
+        client = client_for("fal")
+        marks: list[str] = []
+        on_wire.set(lambda: marks.append("sent"))
+        with pytest.raises(ProviderError, match="not sent"):
+            await client.send(ProviderRequest("GET", refused, auth=False, what="submit"))
+        assert marks == []  # never connected: nothing can have reached the provider
+        for _ in range(2):
+            await client.send(ProviderRequest("GET", f"{sandbox}/_sandbox/health", auth=False, what="submit"))
+        unarmed: list[str] = []  # a request outside a submit (no mark set in this task) marks nothing
+        await aio.http_client().get(f"{sandbox}/_sandbox/health")
+        return marks, unarmed
+
+    marks, unarmed = aio.run(run())
+    assert marks == ["sent"] and unarmed == []
+
+
+def test_a_submit_is_marked_sent_while_its_answer_is_awaited(bare: LocalStack) -> None:
+    """The pipeline arms the mark for each submit: while the provider holds the request, the attempt reads
+    `sent` (a worker lost now may have been billed); before the connection, `sending`."""
+    bare.apply_env()
+    sandbox = bare.env["EDITQ_SANDBOX_URL"]
+    p = Pipeline()
+    job_id = submit({"prompt": unique("wire"), "images": [str(EXAMPLES / "mug.png")]})
+    httpx.patch(f"{sandbox}/_sandbox/config", json={"submit_timeout_rate": 1.0, "timeout_hold_s": 3}, timeout=10)
+    try:
+        t = threading.Thread(target=lambda: aio.run(p.dispatch("fal")))
+        t.start()
+        wait_for(lambda: _entry(p.store, job_id).get("status") == "sent", 10, "the attempt marked sent")
+        assert p.store.get(job_id).state is State.submitting  # type: ignore[union-attr]
+        t.join(30)
+    finally:
+        httpx.patch(f"{sandbox}/_sandbox/config", json={"submit_timeout_rate": 0.0}, timeout=10)
+    assert _entry(p.store, job_id)["status"] == "failed"  # the 504 came back: not billed, retried
+
+
+def test_with_webhooks_the_first_poll_comes_after_twice_the_providers_latency(bare: LocalStack) -> None:
+    """Not 60 s after the submit: a late or lost delivery would hold the provider slot that long and keep the
+    last jobs of a batch waiting (worker/policy.py poll_delay)."""
+    bare.apply_env()
+    p = Pipeline()
+    assert p.settings.webhook_base_url and p.settings.poll_interval_webhook_s == 60
+    p.r.hset(p.k.stats_latency, "fal", "4.0")  # the provider's recent latency (worker/events.py keeps it)
+    p.r.delete(p.k.pending("fal", "bulk"), p.k.pending("fal", "interactive"))  # what earlier tests left queued
+    job_id = submit({"prompt": unique("quiet"), "images": [str(EXAMPLES / "mug.png")]})
+    sandbox = bare.env["EDITQ_SANDBOX_URL"]
+    httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 10.0}, timeout=10)  # still running when we look
+    try:
+        before = time.time()
+        aio.run(p.dispatch("fal"))
+        view = p.store.get(job_id)
+        assert view is not None and view.state is State.submitted
+        score = p.r.zscore(p.k.inflight, job_id)
+        assert before + 7 <= score <= time.time() + 8.5
+    finally:
+        httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 1.0}, timeout=10)
