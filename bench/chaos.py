@@ -344,13 +344,14 @@ def _run(a: argparse.Namespace, stack: LocalStack, redis_server: RedisServer, fa
     paid = measure_paid(sandbox, tag, s3["manifests"], {jid: i for i, jid in enumerate(report.job_ids)})
     states = Counter(x["state"] or "missing" for x in rows)
     last_fault = max((f["ended"] for f in chaos.fault_log), default=None)
-    stretch = longest_stretch(progress, last_job)
+    stretch, stall_at = longest_stretch(progress, last_job)
     out: dict[str, Any] = {
         "jobs": a.jobs,
         "states": dict(states),
         "succeeded": states.get("succeeded", 0),
         "lost": sum(1 for x in rows if x["state"] not in TERMINAL or x["job_id"] not in s3["manifests"]),
         "duplicate_outputs": len(s3["unexpected"]),
+        "unexpected_objects": s3["unexpected"][:10],
         "manifest_mismatches": s3["mismatches"],
         "double_paid_flagged": paid["flagged"],
         "double_paid_unflagged": paid["unflagged"],
@@ -359,6 +360,7 @@ def _run(a: argparse.Namespace, stack: LocalStack, redis_server: RedisServer, fa
         "uncertain_attempts": paid["uncertain_attempts"],
         "wall_s": round(last_job - t0, 1),
         "longest_no_progress_s": round(stretch, 1),
+        "longest_no_progress_from_s": round(stall_at - t0, 1),
         "last_fault_to_last_job_s": round(last_job - last_fault, 1) if last_fault else None,
         "unplanned_exits": len(chaos.exits),
         "unplanned_exit_details": [{k2: v for k2, v in e.items() if k2 != "at"} for e in chaos.exits],
@@ -372,16 +374,18 @@ def _run(a: argparse.Namespace, stack: LocalStack, redis_server: RedisServer, fa
     return out
 
 
-def longest_stretch(progress: list[tuple[float, int]], end: float) -> float:
-    """Longest time between two samples at which the number of finished jobs grew (start to last job)."""
+def longest_stretch(progress: list[tuple[float, int]], end: float) -> tuple[float, float]:
+    """The longest time between two samples at which the number of finished jobs grew (start to last
+    job), and when it began."""
     times = [t for t, _ in progress if t <= end + 0.5] + [end]
-    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    return max(((b - a, a) for a, b in itertools.pairwise(times)), default=(0.0, times[0]))
 
 
 def measure_s3(storage: Any, batch_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Every object under the batch's prefix against what the manifests say should be there."""
     keys = set(storage.list_keys(f"{storage.settings.s3_prefix}/{batch_id}/"))
-    expected = {storage.batch_manifest_key(batch_id), f"{storage.settings.s3_prefix}/{batch_id}/rejected.jsonl"}
+    expected = {storage.batch_manifest_key(batch_id), storage.batch_summary_key(batch_id),
+                f"{storage.settings.s3_prefix}/{batch_id}/rejected.jsonl"}
     manifests: dict[str, dict[str, Any]] = {}
     mismatches = 0
     for row in rows:
