@@ -89,9 +89,9 @@ def test_success_settles_at_the_cost_of_what_was_produced(pipe: Pipeline) -> Non
 
 def test_failures_retries_fallbacks_and_lost_workers_never_leak(pipe: Pipeline) -> None:  # noqa: F811
     b = unique("batch")
-    not_billed, uncertain, fallback, terminal, lost = (_claimed(pipe, b) for _ in range(5))
+    not_billed, uncertain, fallback, terminal, lost, lost_unsent = (_claimed(pipe, b) for _ in range(6))
     routed = _claimed(pipe, b, "fal,replicate")
-    assert _money(pipe, b) == (6 * WORST, 0)
+    assert _money(pipe, b) == (7 * WORST, 0)
     # a retryable failure the provider did not bill: released, waits for its retry
     aio.run(pipe.retry_or_fail(_view(pipe, not_billed), ProviderError(ErrorKind.retryable, "fal submit: HTTP 503"),
                                State.submitting, sent=True))
@@ -109,12 +109,15 @@ def test_failures_retries_fallbacks_and_lost_workers_never_leak(pipe: Pipeline) 
     pipe.store.r.hset(pipe.k.job(fallback), "attempts", pipe.settings.max_attempts)
     aio.run(pipe.retry_or_fail(_view(pipe, fallback), ProviderError(ErrorKind.terminal, "fal: HTTP 502",
                                                                     maybe_billed=True), State.submitting, sent=True))
-    # the submitting worker died: the tick records the attempt as uncertain and keeps its money
+    # the submitting worker died after a connection to the provider opened: the tick records the attempt
+    # as uncertain and keeps its money; one that died before any connection opened released it
+    pipe.r.hset(pipe.k.job(lost), f"req.{_view(pipe, lost).attempts}", json.dumps({"status": "sent"}))
     assert pipe._recover_submitting(_view(pipe, lost)) == 1
+    assert pipe._recover_submitting(_view(pipe, lost_unsent)) == 1
 
-    states = {j: _view(pipe, j).state for j in (not_billed, uncertain, routed, terminal, fallback, lost)}
+    states = {j: _view(pipe, j).state for j in (not_billed, uncertain, routed, terminal, fallback, lost, lost_unsent)}
     assert states == {not_billed: State.retry_wait, uncertain: State.retry_wait, routed: State.queued,
-                      terminal: State.failed, fallback: State.failed, lost: State.queued}
+                      terminal: State.failed, fallback: State.failed, lost: State.queued, lost_unsent: State.queued}
     assert _view(pipe, routed).provider == "replicate"
     kept = 3 * WORST  # uncertain, fallback (maybe billed), lost
     assert _money(pipe, b) == (kept, kept)
@@ -125,15 +128,15 @@ def test_failures_retries_fallbacks_and_lost_workers_never_leak(pipe: Pipeline) 
     # the retried, rerouted and recovered jobs reserve again on their next claim (replicate for the rerouted)
     for jid in (not_billed, uncertain):
         assert pipe.store.move(jid, [State.retry_wait], State.queued).ok
-    assert pipe._claim(providers.protocol_of("fal"), 64)[0] == 3
+    assert pipe._claim(providers.protocol_of("fal"), 64)[0] == 4
     assert pipe._claim(providers.protocol_of("replicate"), 64)[0] == 1
-    assert _money(pipe, b) == (kept + 4 * WORST, kept)
+    assert _money(pipe, b) == (kept + 5 * WORST, kept)
     # ...and a success after an uncertain attempt costs both in its manifest (and in the batch)
     _to_ready(pipe, uncertain, {"outputs": [{"b64": _png(64, 64)}], "usage": {"cost_usd": 0.05}})
     assert aio.run(pipe.collect()) == 1
     m = _manifest(b, uncertain)
     assert (m["cost_usd"], m["cost_source"]) == ((WORST + 50_000) / MICRO, "estimate")
-    assert _money(pipe, b) == (kept + 3 * WORST + 50_000, kept + 50_000)
+    assert _money(pipe, b) == (kept + 4 * WORST + 50_000, kept + 50_000)
 
 
 def test_a_cancel_keeps_what_the_provider_may_have_run_and_releases_nothing_else(pipe: Pipeline) -> None:  # noqa: F811

@@ -633,12 +633,14 @@ class Pipeline:
         else:  # We cannot know whether the provider received it. Record that, then try again.
             status, why = "uncertain", "worker lost while submitting; may have been billed"
         self.store.set_fields(view.job_id, **{f"req.{view.attempts}": self._req_entry(view, status, error=why)})
+        keep = status == "uncertain"  # its reservation stays committed only if the request may have left
         if view.attempts >= self.settings.max_attempts:
             info = ErrorInfo(kind="unknown", reason="worker lost while submitting, attempts exhausted",
                              attempt=view.attempts)
-            aio.run(self.finish_failed(view, State.submitting, info))
+            aio.run(self.finish_failed(view, State.submitting, info, keep=keep))
             return 1
-        return int(self.store.move(view.job_id, [State.submitting], State.queued, note="lease expired").ok)
+        return int(self.store.move(view.job_id, [State.submitting], State.queued, note="lease expired",
+                                   fields=settle_field(keep)).ok)
 
     # ================================================================ cancel
     async def cancel_remote(self, job_ids: list[str]) -> int:
