@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import providers
-from producer.api import set_batch_budget, status, submit_file, wait
+from producer.api import set_tenant_budget, status, submit_file, tenant_money, wait
 from producer.estimate import estimate_file, route_estimates
 from producer.stack import LocalStack
 from providers.pricing import to_micro
@@ -94,9 +94,11 @@ def test_a_budget_holds_waits_visibly_and_raising_it_finishes_the_batch(live: Lo
     cli = subprocess.run([sys.executable, "-m", "producer.cli", "status", report.batch_id], cwd=ROOT,
                          env={**os.environ}, capture_output=True, text=True, timeout=60)
     assert "waiting for budget: 1 job(s): batch budget" in cli.stdout, cli.stdout + cli.stderr
-    # raising the budget releases it
-    raised = set_batch_budget(report.batch_id, 1.0)
-    assert raised["released"] == 1
+    # raising the budget (the command) releases it
+    raised = subprocess.run([sys.executable, "-m", "producer.cli", "budget", report.batch_id, "--max-cost", "1"],
+                            cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=60)
+    assert raised.returncode == 0, raised.stderr
+    assert "of $1.00 (--on-budget wait)" in raised.stdout and "released 1 waiting job(s)" in raised.stdout
     final = wait(report.batch_id, timeout=120)
     assert final["counts"] == {"succeeded": 3}
     storage = get_storage()
@@ -129,3 +131,16 @@ def test_submit_refuses_a_negative_budget(bad: str, tmp_path: Path) -> None:
     path = _lines(tmp_path)
     res = _editq("submit", "--max-cost", bad, str(path), env={**os.environ})
     assert res.returncode == 2 and "max-cost" in res.stderr
+
+
+def test_tenant_budgets_are_shown_and_set_by_the_command(live: LocalStack) -> None:
+    tenant = unique("t").replace("-", "_")
+    res = subprocess.run([sys.executable, "-m", "producer.cli", "budget", "--tenant", tenant, "--max-cost", "12.5"],
+                         cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"tenant {tenant} on " in res.stdout and "$0.00 committed of $12.50; 0 job(s) waiting" in res.stdout
+    assert tenant_money(tenant)["max_cost_usd"] == 12.5
+    assert set_tenant_budget(tenant, None)["max_cost_usd"] is None  # back to the settings (none here)
+    bad = subprocess.run([sys.executable, "-m", "producer.cli", "budget"], cwd=ROOT, env={**os.environ},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "name a batch id or --tenant NAME" in bad.stderr
