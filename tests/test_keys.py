@@ -252,7 +252,7 @@ def test_no_key_string_is_built_outside_worker_keys() -> None:
 def test_the_lua_scripts_take_every_key_from_the_preamble() -> None:
     lua = sorted((ROOT / "worker" / "lua").glob("*.lua"))
     assert {p.name for p in lua} == {"move.lua", "transition.lua", "claim.lua", "create.lua", "close.lua",
-                                     "budget.lua", "release.lua"}
+                                     "budget.lua", "release.lua", "claim_ready.lua"}
     for path in lua:
         text = path.read_text(encoding="utf-8")
         code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())  # comments may name keys

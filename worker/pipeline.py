@@ -447,16 +447,8 @@ class Pipeline:
         return total
 
     def _claim_ready(self, n: int) -> list[JobView]:
-        ids = self.r.lpop(self.k.ready, n) or []
-        lease = _now() + self.settings.collect_lease_s
-        claimed = [jid for jid in ids if self.store.move(jid, [State.ready], State.collecting, score=lease).ok]
-        if claimed:  # every claim counts, so a collect that dies with its worker is counted too
-            pipe = self.r.pipeline(transaction=False)
-            me = worker_id()
-            for jid in claimed:
-                pipe.hincrby(self.k.job(jid), "collect_attempts", 1)
-                pipe.hset(self.k.job(jid), "owner", me)
-            pipe.execute()
+        # every claim counts (the script adds it), so a collect that dies with its worker is counted too
+        claimed = self.store.claim_ready(n, _now() + self.settings.collect_lease_s, worker_id())
         return [v for v in self.store.get_many(claimed) if v is not None]
 
     async def _collect_one(self, view: JobView) -> None:

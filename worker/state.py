@@ -99,6 +99,7 @@ _LUA_CLAIM = lua_script("claim.lua")
 _LUA_CREATE = lua_script("create.lua")
 _LUA_CLOSE = lua_script("close.lua")
 _LUA_RELEASE = lua_script("release.lua")
+_LUA_CLAIM_READY = lua_script("claim_ready.lua")
 MICRO = 1_000_000  # budgets and reservations are integer micro-USD
 
 
@@ -160,10 +161,11 @@ class JobStore:
         self._create = self.r.register_script(_LUA_CREATE)
         self._close = self.r.register_script(_LUA_CLOSE)
         self._release = self.r.register_script(_LUA_RELEASE)
+        self._claim_ready = self.r.register_script(_LUA_CLAIM_READY)
 
     def warm_up(self) -> None:
         """Load the scripts into Redis now (the first EVALSHA of each would otherwise miss and resend)."""
-        for script in (self._transition, self._claim, self._create, self._close, self._release):
+        for script in (self._transition, self._claim, self._create, self._close, self._release, self._claim_ready):
             script.sha = self.r.script_load(script.script)
 
     # -- creation -------------------------------------------------------------------------
@@ -231,6 +233,11 @@ class JobStore:
         jobs are queued or one was claimed in the last `reserve_hold_s` seconds. Jobs over budget go to
         `budget_wait` (see `claim_budgeted` for the ones their batch wants failed)."""
         return self.claim_budgeted(provider, want, cap, reserve, rpm, lease_s, reserve_hold_s)[0]
+
+    def claim_ready(self, want: int, lease_until: float, owner: str) -> list[str]:
+        """Up to `want` ready jobs, popped and moved to `collecting` in one script (worker/lua/claim_ready.lua):
+        leased until `lease_until`, owned by `owner`, their `collect_attempts` counted."""
+        return list(self._claim_ready(keys=[], args=[self.k.prefix, repr(time.time()), want, repr(lease_until), owner]))
 
     def claim_budgeted(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,

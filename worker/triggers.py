@@ -7,7 +7,11 @@ from worker.keys import keys
 from worker.redis_client import get_redis
 
 COALESCE_MS = 1000
-PUMP_HOLD_MS = 15_000  # a running pump holds its flag this long (refreshed each round; expires if it dies)
+# A running pump holds its flag this long, refreshed each round (a round is at most STREAM_S, 2 s, plus the
+# answers in flight). When its worker dies the flag outlives it by this much, and every kick meanwhile is
+# absorbed: with 15 s, killing a worker that was pumping stalled collect (or a provider's dispatch) for 15 s.
+# A live pump whose hold ran out only lets a second pump start, which is harmless.
+PUMP_HOLD_MS = 5_000
 
 
 def queue_name(kind: str = "") -> str:
