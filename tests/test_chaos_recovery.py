@@ -119,7 +119,7 @@ def test_with_webhooks_the_first_poll_comes_after_twice_the_providers_latency(ba
     bare.apply_env()
     p = Pipeline()
     assert p.settings.webhook_base_url and p.settings.poll_interval_webhook_s == 60
-    p.r.hset(p.k.stats_latency, "fal", "4.0")  # the provider's recent latency (worker/events.py keeps it)
+    p.r.hset(p.k.latency_median, "fal", "4.0")  # its recent median latency (worker/events.py keeps it)
     p.r.delete(p.k.pending("fal", "bulk"), p.k.pending("fal", "interactive"))  # what earlier tests left queued
     job_id = submit({"prompt": unique("quiet"), "images": [str(EXAMPLES / "mug.png")]})
     sandbox = bare.env["EDITQ_SANDBOX_URL"]

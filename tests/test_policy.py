@@ -189,3 +189,17 @@ def test_failure_label_counts_one_failure_of_many_jobs_once() -> None:
     a = failure_label("openai edit: HTTP 400: blocked; request ID req_ec69f47f90884e87a462e8f9115e42fa")
     b = failure_label("openai edit: HTTP 400: blocked; request ID req_0123456789abcdef0123456789abcdef")
     assert a == b == "openai edit: HTTP 400: blocked; request ID …"
+
+
+def test_the_running_median_ignores_a_few_late_results() -> None:
+    """The poll schedule with webhooks starts from the provider's median latency: 10 % of results learned at
+    the 60 s safety net (lost webhooks) must not drag it there (a mean of these samples is ~9.6 s)."""
+    from worker.events import running_median
+
+    m = None
+    for i in range(300):
+        m = running_median(m, 60.0 if i % 10 == 9 else 4.0)
+    assert m is not None and 3.0 < m < 5.5
+    for _ in range(100):  # and it follows a provider that really got slower
+        m = running_median(m, 30.0)
+    assert 25.0 < m < 35.0

@@ -105,6 +105,7 @@ def succeeded(view: Any, r: Any, k: Any, cost_usd: float | None, outputs: int) -
             pipe.hincrbyfloat(k.stats_cost, view.provider, cost_usd)
         if latency is not None:
             pipe.hset(k.stats_latency, view.provider, repr(round(_ewma(view.provider, latency), 3)))
+            pipe.hset(k.latency_median, view.provider, repr(round(_median(view.provider, latency), 3)))
         pipe.execute()
     except Exception:  # metrics only: the job is stored whatever happens here
         log.warning("shared metrics not recorded", job_id=view.job_id, exc_info=True)
@@ -138,4 +139,28 @@ def _ewma(provider: str, sample: float) -> float:
     prev = _latency.get(provider)
     value = sample if prev is None else prev + EWMA_WEIGHT * (sample - prev)
     _latency[provider] = value
+    return value
+
+
+_median_of: dict[str, float] = {}
+MEDIAN_STEP = 0.05  # each sample moves the running median 5 % towards itself
+
+
+def running_median(prev: float | None, sample: float, step: float = MEDIAN_STEP) -> float:
+    """A running estimate of the median (stochastic approximation): each sample moves it by `step` of its
+    value up or down, whatever the sample's size. Unlike a mean, a few results learned late (a lost
+    webhook found by the 60 s safety-net poll) barely move it, so the poll schedule built on it
+    (worker/policy.py poll_delay) does not drift towards the very delays it is there to cut."""
+    if prev is None or prev <= 0:
+        return max(sample, 0.001)
+    if sample > prev:
+        return prev * (1 + step)
+    if sample < prev:
+        return prev * (1 - step)
+    return prev
+
+
+def _median(provider: str, sample: float) -> float:
+    value = running_median(_median_of.get(provider), sample)
+    _median_of[provider] = value
     return value

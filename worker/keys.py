@@ -67,6 +67,7 @@ LAYOUT: Mapping[str, str] = {
     # metrics (worker/metrics.py reads them at scrape time; the scripts keep them)
     "stats_jobs": "{prefix}:stats:jobs",  # hash "state|provider|lane" -> jobs (terminal states: ever finished)
     "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)
+    "latency_median": "{prefix}:latency:median",  # hash provider -> running median of provider latency (s)
     "stats_cost": "{prefix}:stats:cost",  # hash provider -> USD of succeeded jobs (a counter)
     # replication (worker/redis_client.py replicated): a write WAIT can follow on the same connection
     "repl_mark": "{prefix}:repl:mark",  # counter
@@ -242,6 +243,11 @@ class Keys:
     @property
     def stats_latency(self) -> str:
         return self._fill("stats_latency")
+
+    @property
+    def latency_median(self) -> str:
+        """Hash provider -> a running median of its latency: when to poll a job whose webhook is late."""
+        return self._fill("latency_median")
 
     @property
     def stats_cost(self) -> str:

@@ -228,7 +228,7 @@ class Pipeline:
         first = self.r.pipeline(transaction=False)  # one round trip: the id, and the success that resets
         first.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
         first.delete(self.k.circuit_fails(provider))  # the circuit breaker's consecutive failures
-        first.hget(self.k.stats_latency, provider)  # its recent latency: when to poll if no webhook came
+        first.hget(self.k.latency_median, provider)  # its recent latency: when to poll if no webhook came
         latency = first.execute()[-1]
         s = self.settings
         delay = policy.poll_delay(0, base_s=s.poll_interval_s, max_s=s.poll_max_s,
@@ -377,7 +377,7 @@ class Pipeline:
         except Exception:  # a protocol's own group call failed: each request on its own, so one bad answer
             log.warning("poll group failed; polling one by one", provider=provider, exc_info=True)
             outcomes = [await adapter.poll_guarded(client, rid, handle) for rid, handle in items]
-        latency = self.r.hget(self.k.stats_latency, provider) if views else None
+        latency = self.r.hget(self.k.latency_median, provider) if views else None
         for view, outcome in zip(views, outcomes, strict=True):
             try:
                 await self._after_poll(adapter, view, outcome, float(latency) if latency else None)
