@@ -40,6 +40,7 @@ from worker.webhook_auth import delivery_url
 
 log = structlog.get_logger("editq.pipeline")
 
+POLL_TASK_LEASE_S = 10.0  # a job handed to a poll task is due again this long after, should the task be lost
 STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
 
 
@@ -562,7 +563,9 @@ class Pipeline:
                 stats["recovered"] += self._recover_submitting(view)
             elif view.state is State.submitted:
                 to_poll.setdefault(view.provider, []).append(view.job_id)
-                self.store.reschedule(self.k.inflight, view.job_id, now + 30)  # the poll task reschedules properly
+                # the poll task reschedules it properly; if that task is lost (its worker killed with the task
+                # prefetched), the job is due again after POLL_TASK_LEASE_S (30 s cost a chaos run's last job)
+                self.store.reschedule(self.k.inflight, view.job_id, now + POLL_TASK_LEASE_S)
         for provider, ids in to_poll.items():
             held_ms = self.r.pttl(self.k.backoff_poll(provider))
             if held_ms > 0:  # the provider answered a poll with Retry-After: its polls wait that long
