@@ -7,7 +7,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,24 +147,17 @@ def test_probes_of_a_worker_and_the_receiver(stack: LocalStack) -> None:
     assert httpx.get(hooks + "/readyz", timeout=10).json() == {"status": "ok", "problems": []}
 
 
-def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care(tmp_path: Path) -> None:
-    """A worker whose Redis is gone: not ready (503, Redis and the broker named), still alive."""
+def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care() -> None:
+    """A real worker started while its Redis (job state and broker) is down: alive (`/livez` 200, so
+    Kubernetes does not restart it into the same outage), not ready (503 naming Redis and the broker)."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
     port = free_port()
     env = {**os.environ, "EDITQ_REDIS_URL": dead, "EDITQ_METRICS_PORT": str(port),
-           "EDITQ_METRICS_HOST": "127.0.0.1", "EDITQ_KEY_PREFIX": unique("health")}
-    code = (
-        "import time\n"
-        "from worker import health\n"
-        "from schemas.settings import get_settings as g\n"
-        "health.serve(g().metrics_port, g().metrics_host)\n"
-        "health.LIVENESS.beat()\n"
-        "time.sleep(120)\n"
-    )
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
+           "EDITQ_METRICS_HOST": "127.0.0.1", "EDITQ_KEY_PREFIX": unique("health"), "EDITQ_QUEUE_PREFIX": unique("hq")}
+    env.pop("EDITQ_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--concurrency", "2"], env=env,
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
 
@@ -172,14 +167,16 @@ def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care(
             except httpx.TransportError:
                 return None
 
-        ready = wait_for(up, 30, "the probe server")
+        ready = wait_for(up, 60, "the worker's probe server")
         assert ready.status_code == 503
         problems = ready.json()["problems"]
         assert [p.split(":")[0] for p in problems] == ["redis", "broker"]
         assert httpx.get(base + "/livez", timeout=5).status_code == 200
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 503
         assert httpx.get(base + "/nope", timeout=5).status_code == 404
+        assert proc.poll() is None  # still alive, waiting for its broker
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
 

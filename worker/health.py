@@ -30,9 +30,9 @@ CHECK_TIMEOUT_S = 2.0
 def check_redis() -> str | None:
     """None when the job-state Redis answers a PING, else why not."""
     try:
-        from worker.redis_client import get_redis
+        from worker.redis_client import probe_client
 
-        get_redis().ping()
+        probe_client().ping()
         return None
     except Exception as exc:
         return f"redis: {type(exc).__name__}: {exc}"[:300]

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 import structlog
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -55,8 +55,25 @@ def _retry(s: Settings) -> Retry:
     return Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=0.05), max(1, int(s.redis_failover_s / BACKOFF_CAP_S)))
 
 
-def sentinel_client(s: Settings, url: str) -> Any:
-    """The primary named `redis_sentinel_master`, through the sentinels; db, username and password from `url`."""
+def probe_client() -> Any:
+    """A client for health probes: the same Redis (or the primary the sentinels name) with 2 s timeouts and no
+    retries, so a probe answers within seconds when Redis is gone (the working client retries for
+    `redis_failover_s`). One per process."""
+    s = get_settings()
+    key = (os.getpid(), s.redis_url, "probe:" + (s.redis_sentinels or ""))
+    client = _clients.get(key)
+    if client is None:
+        if s.redis_sentinels:
+            client = sentinel_client(s, s.redis_url, probe=True)
+        else:
+            client = redis.Redis.from_url(s.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=None)
+        _clients[key] = client
+    return client
+
+
+def sentinel_client(s: Settings, url: str, probe: bool = False) -> Any:
+    """The primary named `redis_sentinel_master`, through the sentinels; db, username and password from `url`.
+    `probe`: short timeouts and no retries (health checks)."""
     opts = redis.connection.parse_url(url)
     sentinel_kwargs = {"socket_timeout": 2.0}
     if s.redis_sentinel_password is not None:
@@ -68,11 +85,11 @@ def sentinel_client(s: Settings, url: str) -> Any:
         db=int(opts.get("db", 0) or 0),
         username=opts.get("username"),
         password=opts.get("password"),
-        socket_timeout=10.0,
+        socket_timeout=2.0 if probe else 10.0,
         socket_connect_timeout=2.0,
         health_check_interval=30,
-        retry=_retry(s),
-        retry_on_error=[ConnectionError, TimeoutError, ReadOnlyError],
+        **({"retry": Retry(NoBackoff(), 0)} if probe else {
+            "retry": _retry(s), "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError]}),
     )
 
 

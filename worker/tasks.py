@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import cache
 
 import structlog
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 import providers
 from schemas.settings import get_settings
@@ -128,10 +128,16 @@ def _tick_loop() -> None:
             time.sleep(interval)
 
 
-@worker_ready.connect
-def _start_tick(**_: object) -> None:
+@worker_init.connect
+def _serve_health(**_: object) -> None:
+    """Metrics and probes from the start, before the broker answers: a worker waiting for Redis is alive
+    (`/livez` 200) and not ready (`/readyz` 503), never restarted into the same outage."""
     s = get_settings()
     health.serve(s.metrics_port, s.metrics_host)
+
+
+@worker_ready.connect
+def _start_tick(**_: object) -> None:
     _warm_up()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
 
