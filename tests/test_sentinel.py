@@ -60,4 +60,4 @@ def _failover_mid_batch(stack: LocalStack, ha: RedisHA) -> None:
     assert Counter(str(e["input"]["prompt"]) for e in log) == Counter({f"failover {i}": 1 for i in range(N)})
     assert {e["request_id"] for e in log} == {m["provider_request_id"] for m in manifests.values()}
     assert stack.procs["webhooks"].poll() is None, stack.log("webhooks")[-3000:]  # the receiver rode through
-    assert len(restarts) <= 2
+    assert restarts == [], f"workers exited during the failover: {restarts}"  # they rode through it

@@ -29,9 +29,28 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """The same for the Sentinel transport (`sentinel://`, EDITQ_REDIS_SENTINELS): a failover drops the
+    broker connection exactly like a restart does."""
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if getattr(self.connection, "client", None) is None:
+            raise redis.ConnectionError("this channel's broker connection was closed (the broker went away)")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 TRANSPORT = "worker.broker:Transport"
+SENTINEL_TRANSPORT = "worker.broker:SentinelTransport"
 
 
 def transport_for(url: str) -> str | None:
-    """The transport Celery should use for a broker URL: ours for Redis, Celery's choice otherwise."""
-    return TRANSPORT if url.split("://", 1)[0] in ("redis", "rediss") else None
+    """The transport Celery should use for a broker URL: ours for Redis and Sentinel, Celery's choice
+    otherwise."""
+    scheme = url.split("://", 1)[0]
+    if scheme in ("redis", "rediss"):
+        return TRANSPORT
+    return SENTINEL_TRANSPORT if scheme == "sentinel" else None
