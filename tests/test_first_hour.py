@@ -93,6 +93,7 @@ def test_up_starts_a_detached_stack_that_other_shells_use_and_down_stops_it(tmp_
         assert sub.returncode == 0, sub.stderr
         batch_id = sub.stdout.strip().splitlines()[-1]
         with scoped_env(written):
+            reset_caches()  # this process reads the stack's settings (key prefix, Redis) from here on
             st = wait(batch_id, timeout=90, interval=0.2)
         assert st["counts"] == {"succeeded": 1}
     finally:

@@ -190,6 +190,8 @@ def test_cancel_batch_cancels_every_unfinished_job_at_the_provider_too(stack: Lo
         wait_for(lambda jid=jid: storage.exists(f"outputs/{orig.batch_id}/{jid}/manifest.json"), 30, "manifest")
         assert json.loads(storage.get_bytes(f"outputs/{orig.batch_id}/{jid}/manifest.json"))["state"] == "cancelled"
     assert cancel_batch(orig.batch_id).cancelled == 0  # twice: nothing more
+    one = cli("cancel", "slow-0", "--batch", orig.batch_id)  # a job by its custom_id within the batch
+    assert one.returncode == 1 and one.stdout.strip() == "not cancellable (it has finished)"
     # cancelled items are re-runnable and not duplicates
     configure_sandbox(stack, {"latency_s": 0.1})
     rep = rerun(orig.batch_id, {"cancelled"})
