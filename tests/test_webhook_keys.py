@@ -106,7 +106,7 @@ def test_fal_deliveries_need_the_fal_user_id() -> None:
             return ev.request_id
 
     with pytest.raises(WebhookRejected, match="EDITQ_FAL_USER_ID is not set"):
-        asyncio.run(run(FalProtocol(FalSettings(api_key="k" * 12)), "anyone"))
+        asyncio.run(run(FalProtocol(FalSettings(api_key="k" * 12, user_id=None)), "anyone"))
     with pytest.raises(WebhookRejected, match="another fal user"):
         asyncio.run(run(FalProtocol(FalSettings(api_key="k" * 12, user_id="u1")), "u2"))
     assert asyncio.run(run(FalProtocol(FalSettings(api_key="k" * 12, user_id="u1")), "u1")) == "r1"
