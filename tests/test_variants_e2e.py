@@ -58,9 +58,13 @@ def test_continue_submits_follow_ups_for_picked_variants(live: LocalStack, varia
     entries = {m["custom_id"]: m for m in read_manifests(variant_batch)}
     log = ReviewLog(storage, variant_batch)
     log.load()
+    # the session's batch may carry picks of other tests (the review app's): clear them, then pick three
+    clears = [Decision(action="clear", job_id=jid, group=group, at=1.0, by="test@ci")
+              for group, jid in log.state().picked.items()]
     picks = [entries["mug-berry"], entries["bottle-A-openai"], entries["watch-blocked"]]
-    log.append([Decision(action="pick", job_id=m["job_id"], group=m["group"], at=1.0, by="test@ci",
-                         label=m["variant"], provider=m["provider"]) for m in picks])
+    log.append(clears + [Decision(action="pick", job_id=m["job_id"], group=m["group"], at=1.0, by="test@ci",
+                                  label=m["variant"], provider=m["provider"]) for m in picks])
+    assert sorted(log.state().picked) == ["bottle", "mug", "watch"]
     result = continue_batch(variant_batch, sets=["quality=high", "size=1536x1024"])
     assert result.skipped == [entries["watch-blocked"]["job_id"]]  # a failed pick has nothing to follow up
     report = result.report
@@ -84,7 +88,7 @@ def test_continue_submits_follow_ups_for_picked_variants(live: LocalStack, varia
     # continuing twice runs nothing twice (same requests, same idempotency keys)
     again = continue_batch(variant_batch, sets=["quality=high", "size=1536x1024"]).report
     assert again is not None and again.enqueued == 0 and len(again.duplicates) == 2
-    assert json.loads(storage.get_bytes(log.key).decode().splitlines()[0])["by"] == "test@ci"
+    assert json.loads(storage.get_bytes(log.key).decode().splitlines()[-1])["by"] == "test@ci"
 
 
 def test_continue_runs_under_the_budget_rules_of_any_batch(live: LocalStack, variant_batch: str) -> None:
