@@ -42,6 +42,7 @@ from worker.webhook_auth import JOB_PARAM, TOKEN_PARAM, receives_webhooks, token
 log = structlog.get_logger("editq.webhooks")
 
 ADOPTABLE = (State.queued, State.retry_wait, State.submitting, State.submitted)  # and see `_adoptable`
+WARM_UP_S = 5.0
 SEEN_TTL_S = 3 * 3600  # longer than any provider's retry window (fal: 10 tries over ~2 h)
 
 
@@ -56,10 +57,14 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     # One-off costs paid at start, not by the first burst of deliveries: the HTTP client (TLS context),
     # the pipeline with its Redis connection and scripts. Failures here are not fatal: the first
     # delivery pays instead.
-    try:
-        aio.http_client()
+    def warm_redis() -> None:
         _pipeline().r.ping()
         _pipeline().store.warm_up()
+
+    try:
+        aio.http_client()
+        # bounded: with Redis down the receiver still starts and its probes say so (the client retries)
+        await asyncio.wait_for(asyncio.to_thread(warm_redis), timeout=WARM_UP_S)
     except Exception:
         log.warning("warm-up failed", exc_info=True)
     else:
@@ -74,7 +79,6 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await aio.close_http_client()  # no "Unclosed client session" at exit
-
 
 
 def create_app() -> DeliveriesFirst:
