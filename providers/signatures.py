@@ -8,6 +8,7 @@ the protocols keep their own functions and pass them in.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -97,12 +98,18 @@ class WebhookSecret:
         self.key: bytes | None = None
         self.fetched_at = 0.0  # last successful fetch
         self.tried_at: float | None = None  # last fetch started, failed ones included
+        self.loading: asyncio.Future[None] | None = None  # the fetch in flight, shared by every delivery
 
     async def verify(self, configured: SecretStr | None, fetch: Callable[[], Awaitable[str | None]],
                      matches: Callable[[bytes], bool], now: float) -> bool:
         if configured is not None:
             key = self.key_of(configured.get_secret_value())
             return key is not None and matches(key)
+        loading = self.loading
+        if loading is not None and not loading.done() and loading.get_loop() is asyncio.get_running_loop():
+            # a fetch is on its way (the burst of deliveries right after start-up): wait for its key rather
+            # than refuse valid deliveries because the once-a-minute limit forbids a fetch of their own
+            await asyncio.shield(loading)
         may_fetch = self.tried_at is None or now - self.tried_at > self.min_refresh_s
         stale = self.key is None or (self.max_age_s is not None and now - self.fetched_at > self.max_age_s)
         if stale and may_fetch:
@@ -118,10 +125,15 @@ class WebhookSecret:
     async def load(self, fetch: Callable[[], Awaitable[str | None]], now: float) -> None:
         """`fetch` answers the secret text, or None when the provider did not give one."""
         self.tried_at = now
-        secret = await fetch()
-        key = self.key_of(secret) if secret is not None else None
-        if key is not None:
-            self.key, self.fetched_at = key, now
+
+        async def run() -> None:
+            secret = await fetch()
+            key = self.key_of(secret) if secret is not None else None
+            if key is not None:
+                self.key, self.fetched_at = key, now
+
+        self.loading = asyncio.ensure_future(run())
+        await asyncio.shield(self.loading)
 
 
 

@@ -266,6 +266,9 @@ class FalProtocol(ProviderProtocol):
 
     # ---- the key set --------------------------------------------------------------------------------
     async def _verify(self, client: ProviderClient, message: bytes, sig: bytes, now: float) -> bool:
+        loading = self._jwks_loading
+        if loading is not None and not loading.done() and loading.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(loading)  # a fetch is on its way: use its keys rather than refuse the delivery
         may_fetch = now - self._jwks_tried > JWKS_MIN_REFRESH_S  # failed fetches count: no fetch per forgery
         if now - self._jwks_at > JWKS_TTL_S and may_fetch:
             await self._refresh_jwks(client, now)
