@@ -104,22 +104,34 @@ def cancel_remote(job_ids: list[str]) -> int:
 _stop = threading.Event()
 
 
-def _tick_loop() -> None:
-    s = get_settings()
-    interval = s.tick_interval_s
+def _heartbeat_loop() -> None:
+    """This worker is alive: its key and its entry in `Keys.alive`, every tick interval, on a thread of its
+    own. A tick can block for long (a manifest write while S3 is frozen); a heartbeat written by the tick
+    stopped with it, other workers judged this one dead and recovered the submits it still had in hand."""
+    interval = get_settings().tick_interval_s
     p = pipeline()
     host_pid = f"{socket.gethostname()}:{os.getpid()}"
     me = p.k.worker(socket.gethostname(), os.getpid())
-    connected_since: float | None = None  # since the last failure: a worker just back cannot judge others
     while not _stop.wait(interval):
-        health.LIVENESS.beat()  # alive whatever Redis says (liveness never checks dependencies)
         try:
             now = time.time()
             beat = p.r.pipeline(transaction=False)
             beat.set(me, repr(now), ex=max(5, int(interval * 10)))
-            beat.zadd(p.k.alive, {host_pid: now})  # what `editq status --watch` counts
+            beat.zadd(p.k.alive, {host_pid: now})  # what `editq status --watch` counts; dead ones are reaped
             beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
             beat.execute()
+        except Exception:  # Redis away: the next beat retries
+            log.warning("heartbeat failed", exc_info=True)
+
+
+def _tick_loop() -> None:
+    s = get_settings()
+    interval = s.tick_interval_s
+    p = pipeline()
+    connected_since: float | None = None  # since the last failure: a worker just back cannot judge others
+    while not _stop.wait(interval):
+        health.LIVENESS.beat()  # alive whatever Redis says (liveness never checks dependencies)
+        try:
             connected_since = connected_since or time.monotonic()
             p.tick(reap=time.monotonic() - connected_since > s.worker_dead_after_s)
         except Exception:  # keep ticking through Redis hiccups; the next tick retries
@@ -139,6 +151,7 @@ def _serve_health(**_: object) -> None:
 @worker_ready.connect
 def _start_tick(**_: object) -> None:
     _warm_up()
+    threading.Thread(target=_heartbeat_loop, name="editq-heartbeat", daemon=True).start()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
 
 
