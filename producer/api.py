@@ -59,6 +59,21 @@ class BatchReport:
         return not self.invalid and not self.refused
 
 
+def checked_request(data: dict[str, Any]) -> JobRequest:
+    """A job request by the canonical rules, every provider of its route registered. Raises ValueError naming
+    the field."""
+    try:
+        req = JobRequest.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(describe_errors(exc)) from None
+    for name in req.route:
+        try:
+            registry.spec_of(name)
+        except KeyError as exc:
+            raise ValueError(f"provider: {exc.args[0]}") from None
+    return req
+
+
 class Enqueuer:
     """Turns request lines into stored jobs. One per batch; keeps an input cache across lines.
 
@@ -115,15 +130,7 @@ class Enqueuer:
 
     def prepare_request(self, data: dict[str, Any]) -> EditJob:
         """Validate one job request (canonical rules, inputs fetched and stored, each provider's rules)."""
-        try:
-            req = JobRequest.model_validate(data)
-        except ValidationError as exc:
-            raise ValueError(describe_errors(exc)) from None
-        for name in req.route:
-            try:
-                registry.spec_of(name)
-            except KeyError as exc:
-                raise ValueError(f"provider: {exc.args[0]}") from None
+        req = checked_request(data)
         try:
             inputs = [self.inputs.prepare(ref, f"images[{i}]") for i, ref in enumerate(req.images)]
             mask = self.inputs.prepare(req.mask, "mask", mask=True) if req.mask else None

@@ -21,10 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 import providers as registry
-from schemas.job import EditJob, JobRequest, content_key, describe_errors
+from producer.api import checked_request
+from schemas.job import EditJob, JobRequest, content_key
 from schemas.settings import get_settings
 from worker.manifest import build, reservation, spent_cost
 from worker.outcomes import RERUNNABLE, outcome
@@ -195,15 +194,7 @@ def _rerun_job(view: JobView, new_batch: str, overrides: dict[str, Any], out: st
     old = view.job
     fields = set(JobRequest.model_fields) - {"idempotency_key"}
     data = {**old.model_dump(include=fields), **overrides}
-    try:
-        req = JobRequest.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(describe_errors(exc)) from None
-    for name in req.route:
-        try:
-            registry.spec_of(name)
-        except KeyError as exc:
-            raise ValueError(f"provider: {exc.args[0]}") from None
+    req = checked_request(data)
     if out == "moderated" and view.provider in req.route and req.prompt == old.prompt:
         raise ValueError(f"moderated by {view.provider}; not sent there again with the same prompt "
                          "(re-run with --provider or a changed prompt)")
