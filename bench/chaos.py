@@ -271,11 +271,11 @@ def run_once(a: argparse.Namespace, faults_on: bool, work: Path) -> dict[str, An
     logs.mkdir(parents=True, exist_ok=True)
     caps = {f"EDITQ_{p.upper()}_CONCURRENCY": str(a.provider_concurrency) for p in PROVIDERS}
     try:
-        with scoped_env({**EDITQ_ENV, **caps}), LocalStack(
-            sandbox_opts=sandbox_opts, workers=a.workers, worker_concurrency=a.worker_concurrency,
-            redis_url=redis_server.url, log_dir=logs,
-        ) as stack:
-            return _run(a, stack, redis_server, faults_on, work)
+        with scoped_env({**EDITQ_ENV, **caps}):
+            os.environ.pop("EDITQ_S3_ENDPOINT", None)  # the suite freezes an S3 server of its own, never a given one
+            with LocalStack(sandbox_opts=sandbox_opts, workers=a.workers, worker_concurrency=a.worker_concurrency,
+                            redis_url=redis_server.url, log_dir=logs) as stack:
+                return _run(a, stack, redis_server, faults_on, work)
     finally:
         redis_server.stop(signal.SIGKILL)
 
