@@ -111,7 +111,7 @@ def test_receiver_health_reflects_redis(live_ops: LocalStack) -> None:
                           {"EDITQ_REDIS_URL": dead_redis()})
     try:
         url = f"http://127.0.0.1:{port}/healthz"
-        wait_until(lambda: httpx.get(url, timeout=2).status_code > 0, 120, "the receiver")
+        wait_until(lambda: httpx.get(url, timeout=10).status_code > 0, 120, "the receiver")
         resp = httpx.get(url, timeout=10)
         assert resp.status_code == 503
         assert resp.json()["status"] == "unavailable"

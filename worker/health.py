@@ -44,7 +44,7 @@ def check_broker() -> str | None:
         from worker.celery_app import app
 
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_S)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT_S)
         return None
     except Exception as exc:
         return f"broker: {type(exc).__name__}: {exc}"[:300]
