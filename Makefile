@@ -32,7 +32,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) -m bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --json
+	$(PY) -m editq.bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --json
 
 # re-render infra/k8s/rendered/ after changing a manifest (needs kubectl; tests/test_k8s.py checks the result)
 k8s-render:

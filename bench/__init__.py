@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench.throughput`, `bench.enqueue`, `bench.priority` (see docs/benchmarks.md)."""
+"""Benchmarks: `python -m editq.bench.throughput`, `bench.enqueue`, `bench.priority` (see docs/benchmarks.md)."""

@@ -1,6 +1,6 @@
 """The chaos run: N jobs over every queue and sync provider with faults everywhere, measured from outside.
 
-    python -m bench.chaos --jobs 1000 [--seed S] [--json]
+    python -m editq.bench.chaos --jobs 1000 [--seed S] [--json]
 
 It starts the whole stack as the benchmark does (producer/stack.py LocalStack), but on its own
 `redis-server` (AOF on, on its own port, so it can restart it). The jobs are spread over the async
@@ -48,8 +48,8 @@ from typing import Any
 import httpx
 import redis
 
-from bench.harness import job_rows, log, make_inputs, sandbox_get
-from producer.stack import PY, LocalStack, free_port, scoped_env, wait_until
+from editq.bench.harness import job_rows, log, make_inputs, sandbox_get
+from editq.producer.stack import PY, LocalStack, free_port, scoped_env, wait_until
 
 ASYNC_PROVIDERS = ("fal", "replicate", "wavespeed", "modelrunner")
 SYNC_PROVIDERS = ("openai", "oxen")
@@ -282,16 +282,16 @@ def run_once(a: argparse.Namespace, faults_on: bool, work: Path) -> dict[str, An
 
 def _run(a: argparse.Namespace, stack: LocalStack, redis_server: RedisServer, faults_on: bool,
          work: Path) -> dict[str, Any]:
-    from producer.api import submit_batch
-    from worker.keys import Keys
-    from worker.storage import get_storage
+    from editq.producer.api import submit_batch
+    from editq.worker.keys import Keys
+    from editq.worker.storage import get_storage
 
     r = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=10)
     k = Keys(stack.env["EDITQ_KEY_PREFIX"])
     sandbox = stack.env["EDITQ_SANDBOX_URL"]
     receiver_port = stack.env["EDITQ_WEBHOOK_BASE_URL"].rsplit(":", 1)[1]
     chaos = Chaos(stack, redis_server, faults_on, a.freeze_s,
-                  receiver_args=[PY, "-m", "producer.cli", "webhooks", "--host", "127.0.0.1", "--port", receiver_port])
+                  receiver_args=[PY, "-m", "editq", "webhooks", "--host", "127.0.0.1", "--port", receiver_port])
     tag = secrets.token_hex(3)
     images = make_inputs(work / "inputs", a.inputs, (a.input_px, a.input_px))
     lines = job_lines(a.jobs, images, tag)
@@ -462,7 +462,7 @@ def sandbox_summary(sandbox: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m editq.bench.chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print only the JSON figures on stdout")
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             out["baseline_wall_s"] = base["wall_s"]
             out["baseline_succeeded"] = base["succeeded"]
             out["wall_vs_baseline"] = round(out["wall_s"] / base["wall_s"], 2) if base["wall_s"] else None
-    out["command"] = "python -m bench.chaos " + " ".join(argv if argv is not None else sys.argv[1:])
+    out["command"] = "python -m editq.bench.chaos " + " ".join(argv if argv is not None else sys.argv[1:])
     out["targets_met"] = targets_met(out)
     if not a.json:
         for key, value in out.items():

@@ -1,6 +1,6 @@
 """Enqueue rate and producer memory of `editq submit` on a big JSONL.
 
-    python -m bench.enqueue --lines 100000 --json
+    python -m editq.bench.enqueue --lines 100000 --json
 
 Generates the file (a few distinct images, a unique prompt per line), starts Redis and the S3
 server as `make demo` does (no workers: nothing is run, the jobs stay queued and are deleted
@@ -24,18 +24,18 @@ from typing import Any
 
 import psutil
 
-from bench.harness import MB, job_line, log, machine_state, make_inputs, redis_bytes, write_jsonl
+from editq.bench.harness import MB, job_line, log, machine_state, make_inputs, redis_bytes, write_jsonl
 
 
 def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
-    from producer.stack import LocalStack
+    from editq.producer.stack import LocalStack
 
     images = make_inputs(work, distinct)
     tag = secrets.token_hex(3)
     path = work / f"batch-{lines}.jsonl"
     write_jsonl(path, (job_line(i, images, tag=tag, size="1024x1024", fmt="png") for i in range(lines)))
     with LocalStack(workers=0, webhooks=False, log_dir=work) as stack:
-        from worker.redis_client import get_redis
+        from editq.worker.redis_client import get_redis
 
         env = {**os.environ, **stack.env}
         exe = Path(sys.executable).parent / "editq"
@@ -56,7 +56,7 @@ def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"editq submit failed: {err.decode()[-2000:]}")
         batch_id = out.decode().strip().splitlines()[-1]
         r = get_redis()
-        from worker.keys import Keys, namespace_patterns
+        from editq.worker.keys import Keys, namespace_patterns
 
         prefix = stack.env["EDITQ_KEY_PREFIX"]
         total = int(r.hget(Keys(prefix).batch(batch_id), "total") or 0)
@@ -78,8 +78,8 @@ def run(lines: int, distinct: int, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from producer.stack import scoped_env
-    p = argparse.ArgumentParser(prog="python -m bench.enqueue", description=__doc__,
+    from editq.producer.stack import scoped_env
+    p = argparse.ArgumentParser(prog="python -m editq.bench.enqueue", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lines", type=int, nargs="+", default=[100_000],
                    help="One run per value (e.g. 10000 100000 to show the memory is flat).")

@@ -20,7 +20,7 @@ import httpx
 import psutil
 from PIL import Image
 
-from worker.keys import Keys, scan_keys
+from editq.worker.keys import Keys, scan_keys
 
 MB = 1024 * 1024
 

@@ -1,6 +1,6 @@
 """The design a user writes first, for comparison: one Celery task per job, waiting inside the task.
 
-    celery -A bench.naive worker --pool=threads --concurrency=16 -Q $NAIVE_QUEUE
+    celery -A editq.bench.naive worker --pool=threads --concurrency=16 -Q $NAIVE_QUEUE
 
 The task submits the edit to fal, polls its status with `time.sleep` until it completes, downloads
 the output, uploads it to S3 and writes a manifest. The whole job (not an id) travels in the task
@@ -22,7 +22,7 @@ from botocore.config import Config
 from celery import Celery
 from celery.signals import worker_ready
 
-from worker.keys import Keys
+from editq.worker.keys import Keys
 
 REDIS_URL = os.environ.get("EDITQ_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("NAIVE_PREFIX", "naive")

@@ -1,6 +1,6 @@
 """Is the interactive lane served ahead of bulk? Time to finish one interactive job behind a big bulk batch.
 
-    python -m bench.priority --bulk 10000 --latency 20 --provider-concurrency 500 --json
+    python -m editq.bench.priority --bulk 10000 --latency 20 --provider-concurrency 500 --json
 
 Starts the stack as bench.throughput does, enqueues `--bulk` bulk jobs, then one `priority:
 interactive` job, and waits for that one job (the bulk batch is abandoned afterwards). Reports the
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import job_line, log, machine_state, make_inputs, sandbox_requests
+from editq.bench.harness import job_line, log, machine_state, make_inputs, sandbox_requests
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.priority", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m editq.bench.priority", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bulk", type=int, default=10_000)
     p.add_argument("--latency", type=float, default=20.0)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    from producer.stack import LocalStack
+    from editq.producer.stack import LocalStack
 
     os.environ["EDITQ_FAL_CONCURRENCY"] = str(a.provider_concurrency)
     if a.reserve_hold is not None:
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"latency_s": a.latency, "jitter_s": a.jitter, "concurrency": a.provider_concurrency,
             "render": "cached", "seed": 1}
     with LocalStack(sandbox_opts=opts, log_dir=work) as stack:
-        from producer.api import status, submit, submit_batch
-        from worker.keys import Keys
-        from worker.redis_client import get_redis
+        from editq.producer.api import status, submit, submit_batch
+        from editq.worker.keys import Keys
+        from editq.worker.redis_client import get_redis
 
         r = get_redis()
         prefix = stack.env["EDITQ_KEY_PREFIX"]
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                             base_dir=work, keep_ids=False)
         t_bulk = time.time()
         if a.after_full:
-            from bench.harness import sandbox_get
-            from schemas.settings import get_settings
+            from editq.bench.harness import sandbox_get
+            from editq.schemas.settings import get_settings
 
             # bulk takes every slot, or all but the interactive reserve while the lane is in use
             held = a.warm or a.reserve_hold in ("inf", "infinity")

@@ -1,8 +1,8 @@
 """End-to-end throughput of editq at the provider's limit, and of the design a user writes first.
 
-    python -m bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --json
-    python -m bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --compare --json
-    python -m bench.throughput --jobs 2000 --latency 0 --provider-concurrency 500 --rate 20 --json
+    python -m editq.bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --json
+    python -m editq.bench.throughput --jobs 2000 --latency 20 --provider-concurrency 500 --compare --json
+    python -m editq.bench.throughput --jobs 2000 --latency 0 --provider-concurrency 500 --rate 20 --json
 
 Starts the whole system as `make demo` does (Redis, moto's S3 server over HTTP, the sandbox with
 latency L, no jitter and concurrency cap C, the webhook receiver, worker processes with their
@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench.harness import (
+from editq.bench.harness import (
     MB,
     RssSampler,
     cpu_seconds,
@@ -52,7 +52,7 @@ DEFAULT_WORKER_CONCURRENCY = 16  # `editq worker --concurrency` default (produce
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m editq.bench.throughput", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--latency", type=float, default=2.0, help="Sandbox time in progress per job (s).")
@@ -108,7 +108,7 @@ def _input_size(a: argparse.Namespace) -> tuple[int, int]:
 
 # ====================================================================== editq
 def run_editq(a: argparse.Namespace) -> dict[str, Any]:
-    from producer.stack import LocalStack
+    from editq.producer.stack import LocalStack
 
     cap = a.editq_cap or a.provider_concurrency
     os.environ["EDITQ_FAL_CONCURRENCY"] = str(cap)
@@ -118,9 +118,9 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
     log(f"editq: starting the stack ({a.workers} worker(s) x {a.worker_concurrency} threads, cap {cap})")
     with LocalStack(sandbox_opts=sandbox_opts(a, files_dir), workers=a.workers,
                     worker_concurrency=a.worker_concurrency, webhooks=a.webhooks, log_dir=work) as stack:
-        from producer.api import BatchReport, Enqueuer, new_id, submit_batch
-        from worker.keys import Keys, namespace_patterns
-        from worker.redis_client import get_redis
+        from editq.producer.api import BatchReport, Enqueuer, new_id, submit_batch
+        from editq.worker.keys import Keys, namespace_patterns
+        from editq.worker.redis_client import get_redis
 
         r = get_redis()
         k = Keys(stack.env["EDITQ_KEY_PREFIX"])
@@ -263,7 +263,7 @@ def start_py_spy(named: dict[str, int], seconds: float, folder: Path) -> list[su
 
 def verify_bytes(rows: list[dict[str, Any]], files_dir: Path) -> dict[str, Any]:
     """sha256 of each output as the sandbox served it (its file on disk) vs the object in S3."""
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     storage = get_storage()
     checked = mismatched = 0
@@ -285,14 +285,14 @@ def verify_bytes(rows: list[dict[str, Any]], files_dir: Path) -> dict[str, Any]:
 def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
     import redis as redis_lib
 
-    from producer.stack import PY, LocalStack, wait_until
+    from editq.producer.stack import PY, LocalStack, wait_until
 
     work = Path(tempfile.mkdtemp(prefix="editq-bench-naive-"))
     machine = machine_state()
     log(f"naive: starting the stack ({a.workers} worker process(es), {a.naive_pool} pool, {slots} slots in all)")
     with LocalStack(sandbox_opts=sandbox_opts(a), workers=0, webhooks=False, log_dir=work) as stack:
-        from worker.keys import Keys
-        from worker.storage import get_storage
+        from editq.worker.keys import Keys
+        from editq.worker.storage import get_storage
 
         prefix = stack.env["EDITQ_KEY_PREFIX"]
         naive_keys = Keys(prefix)
@@ -302,13 +302,13 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
         names = []
         for i in range(a.workers):
             name = f"naive{i}"
-            stack.spawn(name, [PY, "-m", "celery", "-A", "bench.naive", "worker", f"--pool={a.naive_pool}",
+            stack.spawn(name, [PY, "-m", "celery", "-A", "editq.bench.naive", "worker", f"--pool={a.naive_pool}",
                                f"--concurrency={per_worker}", "-Q", env["NAIVE_QUEUE"], "--loglevel=WARNING",
                                "-n", f"{name}@%h", "--without-gossip", "--without-mingle"], env)
             names.append(name)
         wait_until(lambda: int(r.get(naive_keys.naive_ready) or 0) >= a.workers, 60, "naive workers")
         os.environ.update(env)
-        from bench import naive
+        from editq.bench import naive
 
         storage = get_storage()
         tag = secrets.token_hex(3)
@@ -378,7 +378,7 @@ def run_naive(a: argparse.Namespace, slots: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from producer.stack import scoped_env  # each run gets its own stack; what one exported must not leak
+    from editq.producer.stack import scoped_env  # each run gets its own stack; what one exported must not leak
 
     a = parse_args(argv)
     slots = a.naive_slots or a.workers * a.worker_concurrency

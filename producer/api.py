@@ -18,14 +18,14 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-import providers as registry
-from producer.inputs import InputError, InputPreparer
-from schemas.job import MAX_DEPTH, EditJob, InputRecord, JobRequest, content_key, describe_errors, nesting_problem
-from schemas.settings import get_settings
-from schemas.variants import label_error, parse_line
-from worker.redis_client import replicated
-from worker.state import MICRO, TERMINAL, JobStore, State, batch_scope, tenant_scope
-from worker.storage import get_storage
+from editq import providers as registry
+from editq.producer.inputs import InputError, InputPreparer
+from editq.schemas.job import MAX_DEPTH, EditJob, InputRecord, JobRequest, content_key, describe_errors, nesting_problem
+from editq.schemas.settings import get_settings
+from editq.schemas.variants import label_error, parse_line
+from editq.worker.redis_client import replicated
+from editq.worker.state import MICRO, TERMINAL, JobStore, State, batch_scope, tenant_scope
+from editq.worker.storage import get_storage
 
 log = structlog.get_logger("editq.producer")
 
@@ -174,7 +174,7 @@ class Enqueuer:
         if not jobs:
             return
         pipe = self.store.r.pipeline(transaction=False)
-        from producer.estimate import worst_case_micro
+        from editq.producer.estimate import worst_case_micro
 
         for _, job in jobs:
             self.store.create(job, pipe=pipe, worst_case=worst_case_micro(job))
@@ -249,7 +249,7 @@ def close_batch(store: JobStore, batch_id: str) -> None:
     """The batch is fully enqueued. If its jobs are all done already, the state machine indexed it for
     its manifest: lease that entry (the tick leaves it meanwhile) and send the finalize task now."""
     if store.close_batch(batch_id):
-        from worker.triggers import Kicker
+        from editq.worker.triggers import Kicker
 
         store.lease_finalizing(batch_id, time.time() + get_settings().finalize_lease_s)
         Kicker().finalize(batch_id)
@@ -258,7 +258,7 @@ def close_batch(store: JobStore, batch_id: str) -> None:
 def _kick(providers: set[str]) -> None:
     if not providers:
         return
-    from worker.triggers import Kicker
+    from editq.worker.triggers import Kicker
 
     kicker = Kicker()
     for name in providers:
@@ -400,8 +400,8 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
     """Counts by state for a batch id (with `groups`, also per A/B group: {group: {state: n}}), or the state,
     history and outputs of a job id (or of a custom_id within `batch_id`). For a batch that was re-run,
     `latest` counts each item's latest outcome."""
-    from producer.batches import UnknownId, latest_outcomes, resolve
-    from producer.watch import provider_split
+    from editq.producer.batches import UnknownId, latest_outcomes, resolve
+    from editq.producer.watch import provider_split
 
     store = store or JobStore()
     if batch_id is None and store.r.exists(store.k.batch(ident)):
@@ -410,7 +410,7 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
         total, done = int(raw.get("total", 0)), int(raw.get("done", 0))
         extra: dict[str, Any] = {}
         if groups:
-            from producer.groups import group_counts
+            from editq.producer.groups import group_counts
 
             extra["groups"] = group_counts(ident, store)
         reruns = list(store.r.lrange(store.k.batch_reruns(ident), 0, -1))
@@ -511,7 +511,7 @@ def set_tenant_budget(tenant: str, max_cost: float | None, store: JobStore | Non
 
 
 def tenant_money(tenant: str, store: JobStore | None = None, now: float | None = None) -> dict[str, Any]:
-    from worker.state import tenant_caps
+    from editq.worker.state import tenant_caps
 
     store = store or JobStore()
     day = int((now if now is not None else time.time()) // 86400)
@@ -545,8 +545,8 @@ def wait(ident: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str,
 
 
 def cancel(job_id: str) -> bool:
-    from worker import aio
-    from worker.pipeline import Pipeline
+    from editq.worker import aio
+    from editq.worker.pipeline import Pipeline
 
     return aio.run(Pipeline().cancel(job_id))
 

@@ -21,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import providers as registry
-from producer.api import checked_request
-from schemas.job import EditJob, JobRequest, content_key
-from schemas.settings import get_settings
-from worker.manifest import build, reservation, spent_cost
-from worker.outcomes import RERUNNABLE, outcome
-from worker.state import MICRO, REPLACEABLE, TRANSITIONS, JobStore, JobView, State
-from worker.storage import Storage, get_storage
+from editq import providers as registry
+from editq.producer.api import checked_request
+from editq.schemas.job import EditJob, JobRequest, content_key
+from editq.schemas.settings import get_settings
+from editq.worker.manifest import build, reservation, spent_cost
+from editq.worker.outcomes import RERUNNABLE, outcome
+from editq.worker.state import MICRO, REPLACEABLE, TRANSITIONS, JobStore, JobView, State
+from editq.worker.storage import Storage, get_storage
 
 CHUNK = 500
 # what `cancel_batch` cancels: every state the state machine lets a job be cancelled from, except a job
@@ -201,7 +201,7 @@ def _rerun_job(view: JobView, new_batch: str, overrides: dict[str, Any], out: st
     changed = req.model_dump(include=fields) != old.model_dump(include=fields)
     key = content_key(req, [i.sha256 for i in old.inputs], old.mask_input.sha256 if old.mask_input else None) \
         if changed else old.idempotency_key
-    from producer.api import new_id
+    from editq.producer.api import new_id
 
     job = EditJob(**req.model_dump(exclude={"idempotency_key"}), job_id=new_id("job"), batch_id=new_batch,
                   inputs=old.inputs, mask_input=old.mask_input, idempotency_key=key)
@@ -219,8 +219,8 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
     Money: the new batch's budget is `max_cost` if given; else, if the original batch had one, what is left
     of it (its cap minus what it spent), with its `on_budget` choice, so re-running a capped catalogue
     cannot spend more than the catalogue was allowed to."""
-    from producer.api import _kick, new_id
-    from producer.estimate import worst_case_micro
+    from editq.producer.api import _kick, new_id
+    from editq.producer.estimate import worst_case_micro
 
     store = store or JobStore()
     storage = storage or get_storage()
@@ -283,7 +283,7 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         return report
     store.r.rpush(store.k.batch_reruns(batch_id), new_batch)
     _write_rerun_links(store, storage, batch_id)
-    from producer.api import close_batch
+    from editq.producer.api import close_batch
 
     close_batch(store, new_batch)
     _kick(kicked)
@@ -313,7 +313,7 @@ class CancelReport:
 def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
     """Cancel every job of the batch that the provider has not finished, through the state machine (a job
     that moves meanwhile is read again); the provider side is left to a short task, ids only."""
-    from worker.triggers import Kicker, queue_name
+    from editq.worker.triggers import Kicker, queue_name
 
     store = store or JobStore()
     require_batch(store, batch_id)

@@ -27,8 +27,8 @@ def _startup(ctx: typer.Context) -> None:
     with fal webhooks on)."""
     if ctx.invoked_subcommand == "sandbox":  # the provider side: none of editq's settings apply
         return
-    from worker import startup
-    from worker.logging import configure_logging
+    from editq.worker import startup
+    from editq.worker.logging import configure_logging
 
     configure_logging()
     roles: dict[str, startup.Role] = {"worker": "worker", "webhooks": "receiver"}
@@ -42,8 +42,8 @@ def _defaults(provider: str | None, tenant: str | None) -> dict[str, Any] | None
 
 def _print_estimate(file: Path, defaults: dict[str, Any] | None, as_json: bool, seeds: int | None = None) -> int:
     """Validate every line as submit does, print what the batch will cost; returns the number of bad lines."""
-    from producer.api import UnknownProvider
-    from producer.estimate import dumps, estimate_file, render
+    from editq.producer.api import UnknownProvider
+    from editq.producer.estimate import dumps, estimate_file, render
 
     try:
         report = estimate_file(file, defaults=defaults, seeds=seeds)
@@ -98,8 +98,8 @@ def submit(
     create_bucket: Annotated[bool, typer.Option(help="Create the S3 bucket if it does not exist.")] = False,
 ) -> None:
     """Enqueue a batch. Invalid lines are reported with their number; the rest are enqueued."""
-    from producer.api import UnknownProvider, submit_file
-    from producer.preflight import check_all
+    from editq.producer.api import UnknownProvider, submit_file
+    from editq.producer.preflight import check_all
 
     if on_budget not in ("wait", "fail"):
         console.print("[red]--on-budget[/red] must be 'wait' or 'fail'")
@@ -157,8 +157,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Counts by state for a batch (and, once re-run, each item's latest outcome), or one job's state."""
-    from producer.api import status as get_status
-    from producer.preflight import check_redis
+    from editq.producer.api import status as get_status
+    from editq.producer.preflight import check_redis
 
     check_redis()
     if watch:
@@ -183,7 +183,7 @@ def batch_lines(st: dict[str, Any]) -> list[str]:
     if st.get("manifest_key"):
         lines.append(f"manifest: {st['manifest_key']}")
     if st.get("groups"):
-        from producer.groups import format_groups
+        from editq.producer.groups import format_groups
 
         lines.append(f"{len(st['groups'])} A/B groups:")
         lines += format_groups(st["groups"])
@@ -194,9 +194,9 @@ def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
     from rich.live import Live
     from rich.text import Text
 
-    from producer.api import status as get_status
-    from producer.watch import Meter, render, workers_alive
-    from worker.state import JobStore
+    from editq.producer.api import status as get_status
+    from editq.producer.watch import Meter, render, workers_alive
+    from editq.worker.state import JobStore
 
     store = JobStore()
     meter = Meter()
@@ -237,7 +237,7 @@ def budget(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show or change a budget. Raising it sends the jobs waiting for it back to the queue."""
-    from producer.api import batch_money, set_batch_budget, set_tenant_budget, tenant_money
+    from editq.producer.api import batch_money, set_batch_budget, set_tenant_budget, tenant_money
 
     change = remove or max_cost is not None
     if (batch_id is None) == (tenant is None):
@@ -249,7 +249,7 @@ def budget(
         elif change:
             st = set_batch_budget(str(batch_id), None if remove else max_cost)
         else:
-            from worker.state import JobStore
+            from editq.worker.state import JobStore
 
             store = JobStore()
             if not store.r.exists(store.k.batch(str(batch_id))):
@@ -283,8 +283,8 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """The batch's jobs: custom_id, provider, state, error, cost."""
-    from producer.batches import list_jobs
-    from producer.preflight import check_redis
+    from editq.producer.batches import list_jobs
+    from editq.producer.preflight import check_redis
 
     check_redis()
     states = [s.strip() for s in state.split(",") if s.strip()] if state else None
@@ -318,9 +318,9 @@ def rerun(
     watch: Annotated[bool, typer.Option(help="Show live progress until the new batch finishes.")] = False,
 ) -> None:
     """Re-run the items of a batch that did not succeed, as a new batch linked to it. Successes never run again."""
-    from producer.batches import parse_only
-    from producer.batches import rerun as do_rerun
-    from producer.preflight import check_all
+    from editq.producer.batches import parse_only
+    from editq.producer.batches import rerun as do_rerun
+    from editq.producer.preflight import check_all
 
     check_all()
     overrides: dict[str, Any] = {"provider": provider} if provider else {}
@@ -359,9 +359,9 @@ def worker(
     """Run a Celery worker (threads pool; each task hands its I/O to one asyncio loop)."""
     from celery.bin.celery import celery as celery_command
 
-    from worker.celery_app import app as celery_app
-    from worker.logging import json_enabled
-    from worker.triggers import queue_name
+    from editq.worker.celery_app import app as celery_app
+    from editq.worker.logging import json_enabled
+    from editq.worker.triggers import queue_name
 
     qs = queues or f"{queue_name()},{queue_name('sync')}"
     quiet = ["--quiet"] if json_enabled() else []  # JSON logs: no start-up banner on stdout either
@@ -385,8 +385,8 @@ def drain(
 ) -> None:
     """Drain a worker (Kubernetes preStop): it takes no new task, hands its pumps over, finishes what it holds.
     Exit 0 when drained, 1 when tasks were still running at the timeout (SIGTERM's warm shutdown follows)."""
-    from worker.drain import drain as run_drain
-    from worker.drain import node_name
+    from editq.worker.drain import drain as run_drain
+    from editq.worker.drain import node_name
 
     target = node or node_name(name)
     drained, active = run_drain(target, timeout)
@@ -407,17 +407,17 @@ def webhooks(
     finishing together) reuses its connections instead of opening hundreds at each burst."""
     import uvicorn
 
-    from worker.logging import configure_logging
+    from editq.worker.logging import configure_logging
 
     configure_logging()  # uvicorn's lines too (log_config=None: it installs no handler of its own)
-    uvicorn.run("worker.webhooks:app", host=host, port=port, log_level="warning", access_log=False, log_config=None,
-                timeout_keep_alive=keep_alive, backlog=4096)
+    uvicorn.run("editq.worker.webhooks:app", host=host, port=port, log_level="warning", access_log=False,
+                log_config=None, timeout_keep_alive=keep_alive, backlog=4096)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sandbox(ctx: typer.Context) -> None:
-    """Run the provider sandbox (every provider's protocol on one port). Options as `python -m sandbox -h`."""
-    from sandbox.__main__ import main as sandbox_main
+    """Run the provider sandbox (every provider's protocol on one port). Options as `python -m editq.sandbox -h`."""
+    from editq.sandbox.__main__ import main as sandbox_main
 
     sandbox_main(list(ctx.args))
 
@@ -429,10 +429,10 @@ def cancel(
     batch: Annotated[str | None, typer.Option(help="Look IDENT up as a custom_id within this batch.")] = None,
 ) -> None:
     """Cancel a batch or one job, at the provider too where it holds the request."""
-    from producer.api import cancel as do_cancel
-    from producer.batches import cancel_batch, resolve
-    from producer.preflight import check_redis
-    from worker.state import JobStore
+    from editq.producer.api import cancel as do_cancel
+    from editq.producer.batches import cancel_batch, resolve
+    from editq.producer.preflight import check_redis
+    from editq.worker.state import JobStore
 
     check_redis()
     store = JobStore()
@@ -457,8 +457,8 @@ def download(
 ) -> None:
     """Download a batch's outputs (each checked against its manifest's sha256) and manifests from S3.
     Files already present with the same sha256 are skipped."""
-    from producer.download import download_batch
-    from producer.preflight import check_s3
+    from editq.producer.download import download_batch
+    from editq.producer.preflight import check_s3
 
     if name not in ("job", "custom_id"):
         raise typer.BadParameter("--name must be 'job' or 'custom_id'")
@@ -479,12 +479,12 @@ def up(
     latency: Annotated[float, typer.Option(help="The sandbox's edit latency, seconds.")] = 2.0,
 ) -> None:
     """Start the embedded stack (Redis, S3, provider sandbox, webhook receiver, one worker) and leave it running."""
-    from producer.up import up as do_up
+    from editq.producer.up import up as do_up
 
     started, lines = do_up(state_dir, latency_s=latency)
     console.print("started" if started else "already running", f"(stop it with `editq down`); in other shells: "
                   f"source {state_dir / 'env'}")
-    from worker.startup import is_secret_var
+    from editq.worker.startup import is_secret_var
 
     for line in lines:
         if line.startswith("export "):
@@ -498,7 +498,7 @@ def down(
     state_dir: Annotated[Path, typer.Option(help="The folder `editq up` used.")] = Path(".editq"),
 ) -> None:
     """Stop the stack `editq up` started."""
-    from producer.up import down as do_down
+    from editq.producer.up import down as do_down
 
     if do_down(state_dir):
         out.print("stopped")
@@ -512,12 +512,12 @@ def demo(
     batch: Annotated[Path, typer.Option(help="The batch to run.")] = Path("examples/batch.jsonl"),
 ) -> None:
     """Start what is missing, run the sample batch end to end, download the results, stop."""
-    from producer.demo import run_demo
+    from editq.producer.demo import run_demo
 
     sys.exit(run_demo(batch, dest))
 
 
-from producer import variants_cli  # noqa: E402  (report, review, continue: their own module)
+from editq.producer import variants_cli  # noqa: E402  (report, review, continue: their own module)
 
 variants_cli.register(app)
 
@@ -527,8 +527,8 @@ def main() -> None:
     import redis
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
-    from producer.preflight import Problem
-    from worker.startup import StartupRefused
+    from editq.producer.preflight import Problem
+    from editq.worker.startup import StartupRefused
 
     try:
         app()

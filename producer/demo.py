@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from producer.stack import LocalStack
+from editq.producer.stack import LocalStack
 
 console = Console(soft_wrap=True)
 
@@ -24,9 +24,9 @@ def run_demo(batch: Path, dest: Path) -> int:
         console.print(f"  webhooks  {env.get('EDITQ_WEBHOOK_BASE_URL')}")
         console.print(f"  logs      {stack.log_dir}")
 
-        from producer.api import submit_file
-        from producer.cli import _watch
-        from producer.download import download_batch
+        from editq.producer.api import submit_file
+        from editq.producer.cli import _watch
+        from editq.producer.download import download_batch
 
         report = submit_file(batch)
         console.print(f"batch [bold]{report.batch_id}[/bold]: enqueued {report.enqueued}, "
@@ -38,7 +38,7 @@ def run_demo(batch: Path, dest: Path) -> int:
         n = got.written + got.skipped
         failed = st["counts"].get("failed", 0)
         folder = dest / report.batch_id
-        from producer.report import write_report
+        from editq.producer.report import write_report
 
         files = write_report(report.batch_id, folder / "report")
         console.print(f"\n[bold green]done[/bold green] in {time.monotonic() - t0:.0f}s: "

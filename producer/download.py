@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.storage import Storage, get_storage
+from editq.worker.storage import Storage, get_storage
 
 Naming = Literal["job", "custom_id"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

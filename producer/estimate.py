@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import providers as registry
-from producer.api import Line
-from providers.pricing import Estimate, to_micro
-from schemas.job import EditJob
+from editq import providers as registry
+from editq.producer.api import Line
+from editq.providers.pricing import Estimate, to_micro
+from editq.schemas.job import EditJob
 
 
 def route_estimates(job: EditJob) -> dict[str, Estimate | None]:
@@ -99,7 +99,7 @@ def estimate_batch(
 ) -> EstimateReport:
     """Validate every line as `submit` does (variants expanded into their jobs, `seeds` as
     `submit --variants`) and add up what the valid ones will cost."""
-    from producer.api import Enqueuer, _custom_id, _numbered, check_defaults
+    from editq.producer.api import Enqueuer, _custom_id, _numbered, check_defaults
 
     check_defaults(defaults)  # an unknown --provider is said once (UnknownProvider), as submit does
     enq = Enqueuer("estimate", Path(base_dir), dry=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from producer.review_state import ReviewState
+from editq.producer.review_state import ReviewState
 
 FIXED = frozenset({"images", "mask", "group", "variant", "parent_job_id", "custom_id", "idempotency_key"})
 

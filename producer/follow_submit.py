@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.api import BatchReport, submit_batch
-from producer.estimate import EstimateReport, estimate_batch
-from producer.follow import follow_up_lines, parse_sets
-from producer.report import load_entries
-from producer.review_log import ReviewLog
-from worker.storage import get_storage
+from editq.producer.api import BatchReport, submit_batch
+from editq.producer.estimate import EstimateReport, estimate_batch
+from editq.producer.follow import follow_up_lines, parse_sets
+from editq.producer.report import load_entries
+from editq.producer.review_log import ReviewLog
+from editq.worker.storage import get_storage
 
 
 @dataclass

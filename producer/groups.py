@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from worker.state import JobStore
+from editq.worker.state import JobStore
 
 CHUNK = 1000
 

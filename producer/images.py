@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from providers.masks import alpha_problem
-from worker.storage import Probe
+from editq.providers.masks import alpha_problem
+from editq.worker.storage import Probe
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from producer.images import Decoded, ImageProblem, decode
-from schemas.job import InputRecord
-from schemas.settings import Settings, get_settings
-from worker.netguard import UnsafeURL, check_url
-from worker.storage import Probe, Storage
+from editq.producer.images import Decoded, ImageProblem, decode
+from editq.schemas.job import InputRecord
+from editq.schemas.settings import Settings, get_settings
+from editq.worker.netguard import UnsafeURL, check_url
+from editq.worker.storage import Probe, Storage
 
 CACHE_SIZE = 4096
 MAX_REDIRECTS = 3

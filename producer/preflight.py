@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from schemas.settings import get_settings
+from editq.schemas.settings import get_settings
 
 
 class Problem(Exception):
@@ -35,7 +35,7 @@ def check_redis() -> None:
 
 
 def check_s3(create_bucket: bool = False) -> None:
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     s = get_settings()
     where = s.s3_endpoint or "AWS S3"

@@ -19,11 +19,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from producer.report_model import Report, Thumb, build
-from producer.report_render import contact_sheets, render_html
-from producer.review_log import ReviewLog
-from worker.state import JobStore
-from worker.storage import Storage, get_storage
+from editq.producer.report_model import Report, Thumb, build
+from editq.producer.report_render import contact_sheets, render_html
+from editq.producer.review_log import ReviewLog
+from editq.worker.state import JobStore
+from editq.worker.storage import Storage, get_storage
 
 THUMB_MAX = 384
 MASK_TINT = (230, 0, 160)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.review_state import ReviewState
+from editq.producer.review_state import ReviewState
 
 THUMB_EXT = "jpg"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 from PIL import Image, ImageDraw, ImageFont
 
-from producer.report_model import Cell, Report
+from editq.producer.report_model import Cell, Report
 
 SHEET_ROWS_PER_PAGE = 40
 SHEET_CELL = 160
@@ -35,7 +35,7 @@ def fmt_cost(value: float | None) -> str:
 @cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("producer", "templates"),
+        loader=jinja2.PackageLoader("editq.producer", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         trim_blocks=True, lstrip_blocks=True,
     )

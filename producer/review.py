@@ -20,12 +20,12 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from producer.report import load_entries, make_thumbs
-from producer.report_model import Cell, Report, build
-from producer.report_render import render_html
-from producer.review_log import ReviewLog
-from producer.review_state import Decision
-from worker.storage import Storage
+from editq.producer.report import load_entries, make_thumbs
+from editq.producer.report_model import Cell, Report, build
+from editq.producer.report_render import render_html
+from editq.producer.review_log import ReviewLog
+from editq.producer.review_state import Decision
+from editq.worker.storage import Storage
 
 
 def default_reviewer() -> str:

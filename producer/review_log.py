@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from botocore.exceptions import ClientError
 
-from producer.review_state import Decision, ReviewState, parse_log, replay
-from worker.storage import Storage
+from editq.producer.review_state import Decision, ReviewState, parse_log, replay
+from editq.worker.storage import Storage
 
 CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 

@@ -10,7 +10,7 @@ Here every request except moto's own `/moto-api` goes straight to the S3 app, wi
 served by waitress (keep-alive connections, a fixed pool of threads, no per-request log). Same
 moto S3 backend, same state, same HTTP API: only what stands in front of it changed.
 
-    python -m producer.s3_local --host 127.0.0.1 --port 5000
+    python -m editq.producer.s3_local --host 127.0.0.1 --port 5000
 """
 
 from __future__ import annotations

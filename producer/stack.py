@@ -107,7 +107,7 @@ class LocalStack:
         if self.webhooks:
             self.start_webhooks()
         self.apply_env()
-        from worker.storage import get_storage
+        from editq.worker.storage import get_storage
 
         get_storage().ensure_bucket()
         for i in range(self.workers):
@@ -139,7 +139,7 @@ class LocalStack:
         url = self.env.get("EDITQ_REDIS_URL")
         if not prefix or not queues or not url or self._embedded_redis is not None:  # an embedded Redis goes as a whole
             return
-        from worker.keys import namespace_patterns, scan_keys
+        from editq.worker.keys import namespace_patterns, scan_keys
 
         with contextlib.suppress(redis.RedisError):
             r = redis.Redis.from_url(url, socket_connect_timeout=2)
@@ -179,14 +179,14 @@ class LocalStack:
         if os.environ.get("EDITQ_S3_ENDPOINT"):
             return os.environ["EDITQ_S3_ENDPOINT"]
         port = free_port()
-        self.spawn("s3", [PY, "-m", "producer.s3_local", "--host", "127.0.0.1", "--port", str(port)])
+        self.spawn("s3", [PY, "-m", "editq.producer.s3_local", "--host", "127.0.0.1", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _http_ok(url + "/moto-api/"), 30, "moto S3 server")
         return url
 
     def start_sandbox(self) -> None:
         port = free_port()
-        args = [PY, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)]
+        args = [PY, "-m", "editq.sandbox", "--host", "127.0.0.1", "--port", str(port)]
         for k, v in self.sandbox_opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         self.spawn("sandbox", args)
@@ -197,13 +197,13 @@ class LocalStack:
 
     def start_webhooks(self) -> None:
         port = free_port()
-        self.spawn("webhooks", [PY, "-m", "producer.cli", "webhooks", "--host", "127.0.0.1", "--port", str(port)])
+        self.spawn("webhooks", [PY, "-m", "editq", "webhooks", "--host", "127.0.0.1", "--port", str(port)])
         base = f"http://127.0.0.1:{port}"
         self.env["EDITQ_WEBHOOK_BASE_URL"] = base
         wait_until(lambda: _http_ok(base + "/healthz"), 30, "webhook receiver")
 
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None, queues: str | None = None) -> None:
-        args = [PY, "-m", "producer.cli", "worker", "--concurrency", str(self.worker_concurrency), "--name", name]
+        args = [PY, "-m", "editq", "worker", "--concurrency", str(self.worker_concurrency), "--name", name]
         if queues:
             args += ["--queues", queues]
         env = dict(extra_env or {})
@@ -214,7 +214,7 @@ class LocalStack:
 
     def wait_workers(self, n: int, timeout: float = 60) -> None:
         r = redis.Redis.from_url(self.env["EDITQ_REDIS_URL"])
-        from worker.keys import Keys
+        from editq.worker.keys import Keys
 
         prefix = self.env.get("EDITQ_KEY_PREFIX") or os.environ.get("EDITQ_KEY_PREFIX") or "editq"
         workers = Keys(prefix).match("worker")
@@ -271,7 +271,7 @@ def allowed_private_hosts(existing: str, *urls: str) -> str:
 
 def sandbox_provider_env(base: str) -> dict[str, str]:
     """Point every provider at the sandbox (keys are placeholders the sandbox accepts), from the specs."""
-    import providers
+    from editq import providers
 
     env: dict[str, str] = {}
     for spec in providers.specs():
@@ -295,10 +295,10 @@ def scoped_env(extra: dict[str, str] | None = None) -> Iterator[None]:
 
 
 def reset_caches() -> None:
-    import providers
-    from schemas.settings import get_settings
-    from worker.celery_app import reconfigure
-    from worker.storage import get_storage
+    from editq import providers
+    from editq.schemas.settings import get_settings
+    from editq.worker.celery_app import reconfigure
+    from editq.worker.storage import get_storage
 
     get_settings.cache_clear()
     providers.cache_clear()

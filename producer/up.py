@@ -1,6 +1,6 @@
 """`editq up` / `editq down`: the embedded stack (Redis, S3, sandbox, receiver, one worker), detached.
 
-`editq up` starts a supervisor process in its own session (`python -m producer.up --state-dir DIR`),
+`editq up` starts a supervisor process in its own session (`python -m editq.producer.up --state-dir DIR`),
 which starts the stack with `producer.stack.LocalStack` and writes, once everything answers:
 
 * `DIR/env`: `export NAME=value` lines, the environment other shells use (`source .editq/env`);
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from producer.preflight import Problem
+from editq.producer.preflight import Problem
 
 DEFAULT_DIR = Path(".editq")
 PASS_THROUGH = ("EDITQ_KEY_PREFIX", "EDITQ_QUEUE_PREFIX")  # namespaces chosen by the caller, kept in the env file
@@ -75,7 +75,7 @@ def up(state_dir: Path = DEFAULT_DIR, *, latency_s: float = 2.0, timeout: float 
         (state_dir / name).unlink(missing_ok=True)
     log = (state_dir / "supervisor.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.up", "--state-dir", str(state_dir), "--latency", str(latency_s)],
+        [sys.executable, "-m", "editq.producer.up", "--state-dir", str(state_dir), "--latency", str(latency_s)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
@@ -131,7 +131,7 @@ def down(state_dir: Path = DEFAULT_DIR, timeout: float = 60.0) -> bool:
 
 def supervise(state_dir: Path, latency_s: float) -> int:
     """The detached process: start the stack, publish its environment, stop it on SIGTERM/SIGINT."""
-    from producer.stack import LocalStack
+    from editq.producer.stack import LocalStack
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -165,7 +165,7 @@ def supervise(state_dir: Path, latency_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m producer.up")
+    ap = argparse.ArgumentParser(prog="python -m editq.producer.up")
     ap.add_argument("--state-dir", type=Path, default=DEFAULT_DIR)
     ap.add_argument("--latency", type=float, default=2.0)
     args = ap.parse_args(argv)

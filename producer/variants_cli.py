@@ -20,7 +20,7 @@ def report(
         "report"),
 ) -> None:
     """Write a static report of a batch (one row per A/B group) that opens from disk, and a PNG contact sheet."""
-    from producer.report import write_report
+    from editq.producer.report import write_report
 
     try:
         files = write_report(batch_id, dest)
@@ -46,7 +46,7 @@ def review(
     """Serve the batch's grid as a local web app: approve, reject, pick the best variant; saved to S3."""
     import uvicorn
 
-    from producer.review import ReviewSession, create_app, default_reviewer
+    from editq.producer.review import ReviewSession, create_app, default_reviewer
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = cache or base / "editq" / "review" / "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in batch_id)
@@ -78,7 +78,7 @@ def continue_(
     estimated first (printed), and the batch runs under the same budget rules as any `editq submit`."""
     import json
 
-    from producer.follow_submit import continue_batch
+    from editq.producer.follow_submit import continue_batch
 
     if picked == approved:
         console.print("[red]choose one[/red]: --picked or --approved")
@@ -99,7 +99,7 @@ def continue_(
     for jid in result.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}: it did not succeed")
     if result.estimate is not None:
-        from producer.estimate import render
+        from editq.producer.estimate import render
 
         console.print(f"follow-up of {len(result.lines)} {'picked' if picked else 'approved'} variant(s), estimated:")
         render(result.estimate, lambda line: console.print(escape(line)))
@@ -121,7 +121,7 @@ def continue_(
 
 
 def _storage():
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     return get_storage()
 

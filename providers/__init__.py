@@ -13,21 +13,21 @@ import os
 from functools import cache
 from typing import TYPE_CHECKING
 
-from providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.spec import ProviderSettings, ProviderSpec
 
 if TYPE_CHECKING:
-    from providers.pricing import PriceModel
-    from providers.protocol import ProviderProtocol
+    from editq.providers.pricing import PriceModel
+    from editq.providers.protocol import ProviderProtocol
 
 # name -> the package whose `SPEC` describes it
 REGISTRY: dict[str, str] = {
-    "fal": "providers.fal",
-    "openai": "providers.openai",
-    "openai_batch": "providers.openai_batch",
-    "oxen": "providers.oxen",
-    "wavespeed": "providers.wavespeed",
-    "modelrunner": "providers.modelrunner",
-    "replicate": "providers.replicate",
+    "fal": "editq.providers.fal",
+    "openai": "editq.providers.openai",
+    "openai_batch": "editq.providers.openai_batch",
+    "oxen": "editq.providers.oxen",
+    "wavespeed": "editq.providers.wavespeed",
+    "modelrunner": "editq.providers.modelrunner",
+    "replicate": "editq.providers.replicate",
 }
 
 PLUGINS_ENV = "EDITQ_PROVIDER_MODULES"

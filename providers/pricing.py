@@ -34,9 +34,9 @@ from typing import Protocol
 
 from pydantic import Field, field_validator
 
-from providers.spec import ProviderSettings
-from schemas.job import EditJob
-from schemas.params import parse_size
+from editq.providers.spec import ProviderSettings
+from editq.schemas.job import EditJob
+from editq.schemas.params import parse_size
 
 QUALITIES = ("low", "medium", "high")
 

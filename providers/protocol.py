@@ -18,13 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers.spec import ProviderSettings
-from providers.types import InputUrls, Outcome, ProviderRequest, Submitted, WebhookEvent, malformed
-from schemas.job import EditJob
-from worker.errors import ProviderError
+from editq.providers.spec import ProviderSettings
+from editq.providers.types import InputUrls, Outcome, ProviderRequest, Submitted, WebhookEvent, malformed
+from editq.schemas.job import EditJob
+from editq.worker.errors import ProviderError
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 POLL_CONCURRENCY = 32
 

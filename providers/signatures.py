@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from providers.types import Outcome
-from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+from editq.providers.types import Outcome
+from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 if TYPE_CHECKING:
-    from providers.pricing import PriceModel
-    from providers.protocol import ProviderProtocol
+    from editq.providers.pricing import PriceModel
+    from editq.providers.protocol import ProviderProtocol
 
 
 class ProviderSettings(BaseSettings):
@@ -61,7 +61,7 @@ class ProviderSpec:
 
     def protocol_class(self) -> type[ProviderProtocol]:
         """The ProviderProtocol subclass named for this provider in `{package}.protocol`."""
-        from providers.protocol import ProviderProtocol
+        from editq.providers.protocol import ProviderProtocol
 
         module = importlib.import_module(f"{self.package}.protocol")
         for value in vars(module).values():

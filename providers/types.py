@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from schemas.manifest import Usage
-from worker.errors import ErrorKind, ProviderError
-from worker.policy import kind_for_status, parse_retry_after
+from editq.schemas.manifest import Usage
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.policy import kind_for_status, parse_retry_after
 
 
 @dataclass(frozen=True)

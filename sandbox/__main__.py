@@ -1,4 +1,4 @@
-"""``python -m sandbox --host 127.0.0.1 --port 8900 [--latency 0.5 ...]``.
+"""``python -m editq.sandbox --host 127.0.0.1 --port 8900 [--latency 0.5 ...]``.
 
 Every :class:`~sandbox.config.SandboxConfig` field is a flag (``--submit-429-rate 0.1``); fields
 ending in ``_s`` also accept the short form (``--latency``, ``--jitter``, ``--webhook-delay``).
@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from sandbox.config import SandboxConfig
-from sandbox.server import serve
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.server import serve
 
 
 def _bool(value: str) -> bool:
@@ -25,7 +25,7 @@ def _bool(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description="editq provider sandbox")
+    parser = argparse.ArgumentParser(prog="python -m editq.sandbox", description="editq provider sandbox")
     for name, field in SandboxConfig.model_fields.items():
         flags = [f"--{name.replace('_', '-')}"]
         if name.endswith("_s"):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.state import ProviderMount, SandboxState
 
 
 def control_router(state: SandboxState, mounts: list[ProviderMount]) -> APIRouter:

@@ -25,7 +25,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from sandbox.engine import sniff_image_type
+from editq.sandbox.engine import sniff_image_type
 
 MEDIA_TYPES: dict[str, str] = {
     "png": "image/png",

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox.config import SandboxConfig
-from sandbox.faults import Dice
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.faults import Dice
 
 
 class SubmitReset(Exception):

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from sandbox.engine import sniff_image_type
+from editq.sandbox.engine import sniff_image_type
 
 _OFFLOAD_CHARS = 256 * 1024  # decode bigger data URIs off the event loop
 

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sandbox.config import ConfigHolder, SandboxConfig
-from sandbox.faults import Dice
-from sandbox.signing import WebhookSigner
-from sandbox.webhooks import WebhookDispatcher, WebhookRecord, WebhookStats
+from editq.sandbox.config import ConfigHolder, SandboxConfig
+from editq.sandbox.faults import Dice
+from editq.sandbox.signing import WebhookSigner
+from editq.sandbox.webhooks import WebhookDispatcher, WebhookRecord, WebhookStats
 
 PRIORITY_NORMAL = 0
 PRIORITY_LOW = 1

@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from sandbox.config import SandboxConfig
-from sandbox.control import control_router
-from sandbox.files import files_router
-from sandbox.http_faults import FaultInjector
-from sandbox.providers import builders
-from sandbox.state import SandboxState
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.control import control_router
+from editq.sandbox.files import files_router
+from editq.sandbox.http_faults import FaultInjector
+from editq.sandbox.providers import builders
+from editq.sandbox.state import SandboxState
 
 
 def create_app(config: SandboxConfig | None = None) -> FastAPI:

@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 import httpx
 from fastapi import APIRouter, Request
 
-from sandbox.config import ConfigHolder, SandboxConfig
-from sandbox.faults import Dice
-from sandbox.files import FileStore
-from sandbox.inputs import set_input_cache
-from sandbox.runner import ProviderAdapter, Runner
-from sandbox.webhooks import WebhookDispatcher
-from worker.transport import async_client
+from editq.sandbox.config import ConfigHolder, SandboxConfig
+from editq.sandbox.faults import Dice
+from editq.sandbox.files import FileStore
+from editq.sandbox.inputs import set_input_cache
+from editq.sandbox.runner import ProviderAdapter, Runner
+from editq.sandbox.webhooks import WebhookDispatcher
+from editq.worker.transport import async_client
 
 T = TypeVar("T")
 

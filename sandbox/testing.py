@@ -4,7 +4,7 @@
         httpx.get(base_url + "/_sandbox/health")
 
 Port 0 (the default) binds a free port; the yielded URL has the real one.  The server speaks real
-HTTP, so clients exercise the same code paths as against ``python -m sandbox``.
+HTTP, so clients exercise the same code paths as against ``python -m editq.sandbox``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from sandbox.config import SandboxConfig
-from sandbox.server import create_app
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.server import create_app
 
 
 @contextmanager

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from sandbox.config import ConfigHolder
-from sandbox.faults import Dice
-from sandbox.signing import WebhookSigner
+from editq.sandbox.config import ConfigHolder
+from editq.sandbox.faults import Dice
+from editq.sandbox.signing import WebhookSigner
 
 USER_AGENT = "editq-sandbox-webhooks/1"
 

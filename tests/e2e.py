@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from producer.api import status, submit_batch, wait
-from producer.stack import LocalStack, scoped_env
+from editq.producer.api import status, submit_batch, wait
+from editq.producer.stack import LocalStack, scoped_env
+from editq.worker.webhook_auth import delivery_url
 from tests import sandbox_proc
-from worker.webhook_auth import delivery_url
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPT = "Place this product on a rustic oak table in soft morning light."
@@ -101,7 +101,7 @@ def accepted_webhooks(stack: LocalStack, provider: str) -> float:
 
 def read_manifests(batch_id: str) -> list[dict[str, Any]]:
     """The batch manifest's entries, in its order."""
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     storage = get_storage()
     raw = storage.get_bytes(storage.batch_manifest_key(batch_id)).decode()
@@ -114,7 +114,7 @@ def manifests_by_cid(batch_id: str) -> dict[str, dict[str, Any]]:
 
 def verify_batch(batch_id: str, job_ids: list[str], provider: str) -> dict[str, dict[str, Any]]:
     """Every output's sha256 in the batch manifest matches the bytes in S3; returns manifests by custom_id."""
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     storage = get_storage()
     manifests = manifests_by_cid(batch_id)
@@ -136,7 +136,7 @@ def assert_mask_respected(output_key: str, *, size: tuple[int, int] | None = Non
 
     `size`: the output is the source scaled to it (the mask scaled by nearest neighbour, the source by Lanczos);
     `same_size`: also assert that the output has the source's size."""
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     out = Image.open(io.BytesIO(get_storage().get_bytes(output_key))).convert("RGB")
     src = Image.open(EXAMPLES / "mug.png").convert("RGB")

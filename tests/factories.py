@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from providers.spec import ProviderSpec
-from schemas.job import EditJob, InputRecord
-from worker.provider_client import ProviderClient
+from editq.providers.spec import ProviderSpec
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.provider_client import ProviderClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

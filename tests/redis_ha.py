@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from producer.stack import free_port, wait_until
+from editq.producer.stack import free_port, wait_until
 
 MASTER = "editq-ha"
 

@@ -40,7 +40,7 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "
 
 @contextmanager
 def sandbox_process(*args: str, keep_sandbox_env: bool = False, what: str = "sandbox") -> Iterator[str]:
-    """`python -m sandbox` on a free loopback port with `args` (e.g. "--seed", "3"); yields its base URL once
+    """`python -m editq.sandbox` on a free loopback port with `args` (e.g. "--seed", "3"); yields its base URL once
     /_sandbox/health answers 200. The child sees this environment minus EDITQ_SANDBOX_* (unless
     `keep_sandbox_env`), so nothing inherited reconfigures it. Stopped (killed if need be) on exit."""
     port = free_port()
@@ -50,7 +50,7 @@ def sandbox_process(*args: str, keep_sandbox_env: bool = False, what: str = "san
     # output to a file, not a pipe: nobody reads it while the tests run, and a full pipe blocks the sandbox
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port), "--latency", "0.05",
+            [sys.executable, "-m", "editq.sandbox", "--host", "127.0.0.1", "--port", str(port), "--latency", "0.05",
              "--jitter", "0", *args],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -21,7 +21,7 @@ KEYS = {
 
 def test_throughput_harness_reports_every_key() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--jobs", "20", "--latency", "0.1",
+        [sys.executable, "-m", "editq.bench.throughput", "--jobs", "20", "--latency", "0.1",
          "--provider-concurrency", "10", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )

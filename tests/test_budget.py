@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from schemas.job import EditJob, InputRecord
-from schemas.settings import get_settings
+from editq.schemas.job import EditJob, InputRecord
+from editq.schemas.settings import get_settings
+from editq.worker.keys import Keys
+from editq.worker.state import MICRO, JobStore, State, batch_scope, tenant_scope
 from tests.conftest import ROOT, unique
-from worker.keys import Keys
-from worker.state import MICRO, JobStore, State, batch_scope, tenant_scope
 
 NOW = 1_796_040_000.0  # a fixed instant (2026-12-01 12:00 UTC): the tenant's day never turns mid-test
 DAY = int(NOW // 86400)
@@ -248,7 +248,7 @@ def test_64_concurrent_claimers_in_two_processes_never_commit_over_the_caps(
 
 
 def test_the_metrics_read_every_budget_in_force(store: JobStore, tenant_env: None) -> None:
-    from worker import budgets, metrics
+    from editq.worker import budgets, metrics
 
     assert budgets.readings in metrics.BUDGET_READERS or not metrics.BUDGET_READERS  # (another test may clear it)
     b = unique("b")

@@ -13,16 +13,16 @@ import time
 import pytest
 from PIL import Image
 
-import providers
-from providers.pricing import to_micro
-from schemas.job import EditJob, InputRecord
+from editq import providers
+from editq.providers.pricing import to_micro
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker import aio
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.pipeline import Pipeline
+from editq.worker.state import MICRO, State
+from editq.worker.storage import get_storage
 from tests.conftest import unique
 from tests.test_pipeline_faults import pipe  # noqa: F401  (the fixture: a Pipeline on its own prefix)
-from worker import aio
-from worker.errors import ErrorKind, ProviderError
-from worker.pipeline import Pipeline
-from worker.state import MICRO, State
-from worker.storage import get_storage
 
 WORST = 410_000  # every test job reserves $0.41 on each provider of its route
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.chaos import parse_args, run_once, schedule, targets_met
+from editq.bench.chaos import parse_args, run_once, schedule, targets_met
 
 
 def test_sixty_jobs_through_chaos_nothing_lost_nothing_paid_twice_unflagged(tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from producer.api import submit
-from producer.stack import LocalStack, free_port
-from providers.types import ProviderRequest
+from editq.producer.api import submit
+from editq.producer.stack import LocalStack, free_port
+from editq.providers.types import ProviderRequest
+from editq.worker import aio
+from editq.worker.errors import ProviderError
+from editq.worker.pipeline import Pipeline
+from editq.worker.provider_client import client_for, on_wire
+from editq.worker.state import JobStore, State
 from tests.conftest import EXAMPLES, SANDBOX_SEED, unique, wait_for
-from worker import aio
-from worker.errors import ProviderError
-from worker.pipeline import Pipeline
-from worker.provider_client import client_for, on_wire
-from worker.state import JobStore, State
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from producer.api import status, submit
-from producer.stack import PY, LocalStack, free_port, wait_until
+from editq.producer.api import status, submit
+from editq.producer.stack import PY, LocalStack, free_port, wait_until
 from tests.conftest import EXAMPLES, ROOT, unique, wait_for
 
 UNCLOSED = "Unclosed client session"
 
 
 def editq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "editq", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
@@ -107,7 +107,7 @@ def test_webhooks_on_without_the_webhook_secret_or_the_fal_user_id_refuse_to_sta
 # ---- the receiver's health -------------------------------------------------------------------------------------------
 def test_receiver_health_reflects_redis(live_ops: LocalStack) -> None:
     port = free_port()
-    proc = live_ops.spawn("webhooks-dead-redis", [PY, "-m", "producer.cli", "webhooks", "--port", str(port)],
+    proc = live_ops.spawn("webhooks-dead-redis", [PY, "-m", "editq", "webhooks", "--port", str(port)],
                           {"EDITQ_REDIS_URL": dead_redis()})
     try:
         url = f"http://127.0.0.1:{port}/healthz"
@@ -137,7 +137,7 @@ def test_worker_and_receiver_close_their_http_client_at_exit(live_ops: LocalStac
     job_id = submit({"prompt": unique("close"), "images": [str(EXAMPLES / "mug.png")], "quality": "low"})
     wait_for(lambda: status(job_id)["finished"], 90, "the job to finish")
     port = free_port()
-    live_ops.spawn("webhooks-closing", [PY, "-m", "producer.cli", "webhooks", "--port", str(port)])
+    live_ops.spawn("webhooks-closing", [PY, "-m", "editq", "webhooks", "--port", str(port)])
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 30, "receiver")
     for name in ("closing", "webhooks-closing"):
         proc = live_ops.procs[name]
@@ -154,11 +154,11 @@ def test_a_bad_key_fails_the_job_with_a_reason_instead_of_leaving_it_stuck(live_
     """A worker started without the CLI's check (plain Celery) with a fal key ending in a newline: the HTTP client
     would refuse the header on every request and the job sat in `submitting` until its lease ran out, then
     again. Now the submit fails terminally, says why, and never shows the key."""
-    from worker.triggers import queue_name
+    from editq.worker.triggers import queue_name
 
     key = "fal-bad-key-0123456789"
     queues = f"{queue_name()},{queue_name('sync')}"
-    boot = ("from worker.celery_app import app; app.worker_main(['worker', '--pool=threads', '--concurrency=4', "
+    boot = ("from editq.worker.celery_app import app; app.worker_main(['worker', '--pool=threads', '--concurrency=4', "
             f"'-Q', '{queues}', '-n', 'badkey@%h', '--without-gossip', '--without-mingle'])")
     live_ops.spawn("badkey", [PY, "-c", boot], {"EDITQ_FAL_KEY": key + "\n"})
     try:
@@ -186,12 +186,12 @@ try:
 except RuntimeError:
     structlog.get_logger("t").exception("failed")
 """
-    for module, setup in [("worker.webhooks", ""),
-                          ("producer.cli", "from worker.logging import configure_logging; configure_logging()")]:
+    setup_logging = "from editq.worker.logging import configure_logging; configure_logging()"
+    for module, setup in [("editq.worker.webhooks", ""), ("editq.producer.cli", setup_logging)]:
         res = subprocess.run([sys.executable, "-c", code.format(module=module, setup=setup)], capture_output=True,
                              text=True, timeout=60, cwd=ROOT)
         assert "RuntimeError: boom" in res.stdout + res.stderr, (module, res.stderr[-2000:])
         assert "canary-local" not in res.stdout + res.stderr, (module, res.stderr[-3000:])
-    from producer.cli import app
+    from editq.producer.cli import app
 
     assert app.pretty_exceptions_enable is False  # typer's rich tracebacks print every local

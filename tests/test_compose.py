@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from producer.stack import allowed_private_hosts, sandbox_provider_env
+from editq.producer.stack import allowed_private_hosts, sandbox_provider_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -435,8 +435,8 @@ def check_flower(data: dict[str, Any]) -> list[str]:
             problems.append(f"unexpected required variable in flower command: {exc}")
     sentinel = "pw-from-env-7f3a"
     argv = argv_of(render(command, {"FLOWER_PASSWORD": sentinel}))
-    if argv[:4] != ["celery", "-A", "worker.celery_app", "flower"]:
-        problems.append("flower command must be `celery -A worker.celery_app flower ...`")
+    if argv[:4] != ["celery", "-A", "editq.worker.celery_app", "flower"]:
+        problems.append("flower command must be `celery -A editq.worker.celery_app flower ...`")
     if "--port=5555" not in argv:
         problems.append("flower must listen on --port=5555")
     auth = [a.split("=", 1)[1] for a in argv if a.startswith("--basic_auth=")]
@@ -857,13 +857,13 @@ REGRESSIONS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "bucket never created": ("minio", _set("services/minio-init/command", ["mc ls local"])),
     "flower without auth": (
         "flower",
-        _set("services/flower/command", "celery -A worker.celery_app flower --port=5555"),
+        _set("services/flower/command", "celery -A editq.worker.celery_app flower --port=5555"),
     ),
     "flower literal password": (
         "flower",
         _set(
             "services/flower/command",
-            "celery -A worker.celery_app flower --port=5555 --basic_auth=admin:hunter2",
+            "celery -A editq.worker.celery_app flower --port=5555 --basic_auth=admin:hunter2",
         ),
     ),
     "literal provider key": ("secrets", _set("services/worker/environment/EDITQ_FAL_KEY", "abc123")),
@@ -968,7 +968,7 @@ def test_private_hosts_allow_list_agrees_everywhere(compose: dict[str, Any]) -> 
 def test_private_hosts_check_catches_regressions(compose: dict[str, Any]) -> None:
     example = ENV_EXAMPLE.read_text(encoding="utf-8")
     docs = _private_hosts_documents()
-    assert check_private_hosts(compose, example.replace("sandbox:8900,minio:9000", "sandbox:8900"), docs)
+    assert check_private_hosts(compose, example.replace("editq.sandbox:8900,minio:9000", "editq.sandbox:8900"), docs)
     assert check_private_hosts(compose, example, {**docs, "README.md": "set EDITQ_ALLOW_PRIVATE_URLS=true"})
     opened = copy.deepcopy(compose)
     opened["x-editq-env"][PRIVATE_HOSTS_VAR] = "${EDITQ_ALLOWED_PRIVATE_HOSTS:-10.0.0.0:80}"
@@ -982,7 +982,7 @@ def test_text_checks_catch_regressions() -> None:
     stale = "# EDITQ_FAL_BASE_URL=http://sandbox:8900\n"
     assert check_sandbox_mentions("x", stale)
     example = ENV_EXAMPLE.read_text(encoding="utf-8")
-    assert check_env_example(example.replace("sandbox:8900/fal\n", "sandbox:8900\n"))
+    assert check_env_example(example.replace("editq.sandbox:8900/fal\n", "editq.sandbox:8900\n"))
     assert check_env_example(example.replace("# EDITQ_REPLICATE_BASE_URL=", "EDITQ_REPLICATE_BASE_URL="))
     assert check_env_example(re.sub(r"(?m)^# EDITQ_OXEN_BASE_URL=.*\n", "", example))
     doc = "```bash\ndocker compose run --rm -v $PWD:/in worker editq submit /in/b.jsonl  # x\n```"

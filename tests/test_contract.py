@@ -18,21 +18,21 @@ import httpx
 import pytest
 from PIL import Image
 
-import providers
-from producer.inputs import InputPreparer
-from producer.stack import LocalStack, scoped_env
-from providers.cases import Cases
-from providers.protocol import ProviderProtocol
-from providers.types import InputUrls, Outcome, Submitted
-from schemas.job import EditJob
+from editq import providers
+from editq.producer.inputs import InputPreparer
+from editq.producer.stack import LocalStack, scoped_env
+from editq.providers.cases import Cases
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.types import InputUrls, Outcome, Submitted
+from editq.schemas.job import EditJob
+from editq.worker import aio
+from editq.worker.errors import ProviderError, WebhookRejected
+from editq.worker.provider_client import client_for
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, ROOT
 from tests.e2e import configure_sandbox, start, using
 from tests.factories import make_job, record
 from tests.webhook_peer import Peer, peer_fixture
-from worker import aio
-from worker.errors import ProviderError, WebhookRejected
-from worker.provider_client import client_for
-from worker.storage import get_storage
 
 PLUGIN = {"EDITQ_PROVIDER_MODULES": "tests.plugins.echo", "PYTHONPATH": str(ROOT)}
 

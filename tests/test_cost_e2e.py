@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-import providers
-from producer.api import set_tenant_budget, status, submit_file, tenant_money, wait
-from producer.estimate import estimate_file, route_estimates
-from producer.stack import LocalStack
-from providers.pricing import to_micro
+from editq import providers
+from editq.producer.api import set_tenant_budget, status, submit_file, tenant_money, wait
+from editq.producer.estimate import estimate_file, route_estimates
+from editq.producer.stack import LocalStack
+from editq.providers.pricing import to_micro
+from editq.worker.state import MICRO
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, ROOT, unique, wait_for, write_jsonl
-from worker.state import MICRO
-from worker.storage import get_storage
 
 PROMPT = "Place this on an oak table in morning light"  # 43 characters
 
@@ -38,7 +38,7 @@ def _lines(tmp_path: Path) -> Path:
 
 
 def _editq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "editq", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -91,11 +91,11 @@ def test_a_budget_holds_waits_visibly_and_raising_it_finishes_the_batch(live: Lo
     assert st["max_cost_usd"] == cap and st["committed_usd"] <= cap
     assert st["budget_reason"].startswith(f"batch budget ${cap:.2f}: ")
     assert "this job needs up to" in st["budget_reason"]
-    cli = subprocess.run([sys.executable, "-m", "producer.cli", "status", report.batch_id], cwd=ROOT,
+    cli = subprocess.run([sys.executable, "-m", "editq", "status", report.batch_id], cwd=ROOT,
                          env={**os.environ}, capture_output=True, text=True, timeout=60)
     assert "waiting for budget: 1 job(s): batch budget" in cli.stdout, cli.stdout + cli.stderr
     # raising the budget (the command) releases it
-    raised = subprocess.run([sys.executable, "-m", "producer.cli", "budget", report.batch_id, "--max-cost", "1"],
+    raised = subprocess.run([sys.executable, "-m", "editq", "budget", report.batch_id, "--max-cost", "1"],
                             cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=60)
     assert raised.returncode == 0, raised.stderr
     assert "of $1.00 (--on-budget wait)" in raised.stdout and "released 1 waiting job(s)" in raised.stdout
@@ -120,7 +120,7 @@ def test_a_budget_holds_waits_visibly_and_raising_it_finishes_the_batch(live: Lo
 
 def _jobs(path: Path) -> list:  # type: ignore[type-arg]
     """The file's jobs as submit prepares them (dry: nothing stored), for their prices."""
-    from producer.api import Enqueuer
+    from editq.producer.api import Enqueuer
 
     enq = Enqueuer(unique("est"), path.parent, dry=True)
     return [j for line in path.read_text().splitlines() if line.strip() for j in enq.prepare_line(line, None)]
@@ -135,12 +135,12 @@ def test_submit_refuses_a_negative_budget(bad: str, tmp_path: Path) -> None:
 
 def test_tenant_budgets_are_shown_and_set_by_the_command(live: LocalStack) -> None:
     tenant = unique("t").replace("-", "_")
-    res = subprocess.run([sys.executable, "-m", "producer.cli", "budget", "--tenant", tenant, "--max-cost", "12.5"],
+    res = subprocess.run([sys.executable, "-m", "editq", "budget", "--tenant", tenant, "--max-cost", "12.5"],
                          cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert f"tenant {tenant} on " in res.stdout and "$0.00 committed of $12.50; 0 job(s) waiting" in res.stdout
     assert tenant_money(tenant)["max_cost_usd"] == 12.5
     assert set_tenant_budget(tenant, None)["max_cost_usd"] is None  # back to the settings (none here)
-    bad = subprocess.run([sys.executable, "-m", "producer.cli", "budget"], cwd=ROOT, env={**os.environ},
+    bad = subprocess.run([sys.executable, "-m", "editq", "budget"], cwd=ROOT, env={**os.environ},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "name a batch id or --tenant NAME" in bad.stderr

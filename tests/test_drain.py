@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from producer.api import status, submit_batch, wait
+from editq.producer.api import status, submit_batch, wait
 from tests import e2e
 from tests.conftest import EXAMPLES, ROOT, wait_for
 
@@ -28,7 +28,7 @@ def test_a_drained_worker_takes_nothing_more_and_the_batch_loses_nothing() -> No
             wait_for(lambda b=bid: status(b)["counts"].get("succeeded", 0) >= 4, 60, "a few jobs done")
             node = f"worker0@{socket.gethostname()}"
             env = {**os.environ, **stack.env}
-            out = subprocess.run([sys.executable, "-m", "producer.cli", "drain", "--node", node, "--timeout", "30"],
+            out = subprocess.run([sys.executable, "-m", "editq", "drain", "--node", node, "--timeout", "30"],
                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
             assert out.returncode == 0, out.stderr
             assert f"{node}: drained" in out.stderr

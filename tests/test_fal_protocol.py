@@ -16,12 +16,12 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from providers.fal import SPEC, FalSettings
-from providers.fal.protocol import FalProtocol
-from providers.types import InputUrls
+from editq.providers.fal import SPEC, FalSettings
+from editq.providers.fal.protocol import FalProtocol
+from editq.providers.types import InputUrls
+from editq.worker.errors import ErrorKind, ProviderError, WebhookRejected
+from editq.worker.provider_client import ProviderClient
 from tests.factories import client_of, make_job, record
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
-from worker.provider_client import ProviderClient
 
 REC = record("a.png", s3_key="k")
 job = partial(make_job, None, job_id="j1", batch_id="b1", prompt="make it blue", images=["a.png"], inputs=[REC])
@@ -253,7 +253,7 @@ def test_poll_states() -> None:
      ErrorKind.retryable, "request_timeout"),
 ])
 def test_webhook_failures_keep_their_error_type(body: dict[str, Any], kind: ErrorKind, code: str) -> None:
-    from providers.fal.protocol import webhook_payload_outcome
+    from editq.providers.fal.protocol import webhook_payload_outcome
 
     outcome = webhook_payload_outcome({"request_id": "r", **body})
     assert outcome is not None and outcome.error is not None

@@ -16,22 +16,22 @@ import httpx
 import pytest
 import redis
 
-from producer.api import submit_batch, wait
-from producer.download import download_batch
-from producer.stack import LocalStack, reset_caches, scoped_env
-from producer.up import _alive, read_pids
-from producer.watch import Meter, render, workers_alive
+from editq.producer.api import submit_batch, wait
+from editq.producer.download import download_batch
+from editq.producer.stack import LocalStack, reset_caches, scoped_env
+from editq.producer.up import _alive, read_pids
+from editq.producer.watch import Meter, render, workers_alive
+from editq.worker.keys import Keys, namespace_patterns, scan_keys
+from editq.worker.startup import is_secret_var
+from editq.worker.state import JobStore
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, unique, write_jsonl
-from worker.keys import Keys, namespace_patterns, scan_keys
-from worker.startup import is_secret_var
-from worker.state import JobStore
-from worker.storage import get_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def editq(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "editq", *args], capture_output=True, text=True, timeout=300,
                           env=env if env is not None else dict(os.environ), cwd=cwd)
 
 
@@ -206,7 +206,7 @@ def test_watch_render_shows_rate_eta_split_cost_failures() -> None:
 
 def test_watch_on_a_live_batch(live: LocalStack) -> None:
     rows = [{"custom_id": "w-ok", "prompt": "Watch me", "images": [str(EXAMPLES / "mug.png")], "quality": "low"},
-            {"custom_id": "w-bad", "provider": "openai", "prompt": "sandbox:moderation watch",
+            {"custom_id": "w-bad", "provider": "openai", "prompt": "editq.sandbox:moderation watch",
              "images": [str(EXAMPLES / "mug.png")], "quality": "low"}]
     bid = submit_batch(rows).batch_id
     st = wait(bid, timeout=90, interval=0.1)

@@ -25,13 +25,13 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from producer.api import submit_batch, wait
-from producer.stack import LocalStack
-from schemas.settings import get_settings
+from editq.producer.api import submit_batch, wait
+from editq.producer.stack import LocalStack
+from editq.schemas.settings import get_settings
+from editq.worker.keys import Keys
+from editq.worker.state import JobStore
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, unique, wait_for
-from worker.keys import Keys
-from worker.state import JobStore
-from worker.storage import get_storage
 
 GOOD = {"prompt": "make it blue", "images": ["mug.png"], "size": "auto", "quality": "low"}
 
@@ -60,7 +60,7 @@ def batch_dir(tmp_path: Path) -> Path:
 
 def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env, "COLUMNS": "400"}
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "editq", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 

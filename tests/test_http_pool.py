@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from worker.provider_client import NOT_SENT
-from worker.transport import AsyncClient, async_client
+from editq.worker.provider_client import NOT_SENT
+from editq.worker.transport import AsyncClient, async_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -295,7 +295,7 @@ def test_stream_direct_yields_the_body_decoded_and_maps_a_cut_body() -> None:
 def test_the_process_loop_is_uvloop() -> None:
     import uvloop
 
-    from worker import aio
+    from editq.worker import aio
 
     assert isinstance(aio.get_loop(), uvloop.Loop)
 
@@ -304,11 +304,11 @@ def test_receiver_keeps_idle_connections_75_s(monkeypatch: pytest.MonkeyPatch) -
     import uvicorn
     from typer.testing import CliRunner
 
-    from producer.cli import app
+    from editq.producer.cli import app
 
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append({"target": target, **kw}))
     assert CliRunner().invoke(app, ["webhooks", "--port", "9"]).exit_code == 0
     assert CliRunner().invoke(app, ["webhooks", "--keep-alive", "120"]).exit_code == 0
     assert [(c["target"], c["port"], c["timeout_keep_alive"]) for c in calls] == [
-        ("worker.webhooks:app", 9, 75), ("worker.webhooks:app", 8901, 120)]
+        ("editq.worker.webhooks:app", 9, 75), ("editq.worker.webhooks:app", 8901, 120)]

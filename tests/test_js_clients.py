@@ -1,5 +1,5 @@
 """OpenAI's and Replicate's official JavaScript clients (npm `openai`, `replicate`, pinned in tests/js) against
-``python -m sandbox`` over plain http on loopback: each script in tests/js drives its client and prints one
+``python -m editq.sandbox`` over plain http on loopback: each script in tests/js drives its client and prints one
 JSON object; these tests check it against what the sandbox served. fal's JS client: tests/test_sandbox_fal.py.
 ModelRunner's (@modelrunner/client) is not published on npm (404 for it and for `modelrunner`), so it cannot run
 here; see providers/modelrunner/README.md for the one check made against a build of its source.

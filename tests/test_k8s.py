@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from producer.stack import allowed_private_hosts, sandbox_provider_env
+from editq.producer.stack import allowed_private_hosts, sandbox_provider_env
 from tests.conftest import ROOT
 from tests.js_clients import run_script
 from tests.kustomize import key, load_docs, render

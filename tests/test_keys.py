@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from schemas.job import EditJob, InputRecord
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.keys import LAYOUT, Keys, broker_patterns, lua_preamble, namespace_patterns, scan_keys
+from editq.worker.state import JobStore, State, lua_script
 from tests.conftest import ROOT, unique
-from worker.keys import LAYOUT, Keys, broker_patterns, lua_preamble, namespace_patterns, scan_keys
-from worker.state import JobStore, State, lua_script
 
 # every template's parameters, with a sample value for each (a colon in a value is kept as is)
 SAMPLE = {"job_id": "j-1", "batch_id": "b-1", "key": "ab12", "provider": "fal", "request_id": "req:9",

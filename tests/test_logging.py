@@ -9,8 +9,8 @@ from tests.conftest import ROOT
 
 SCRIPT = r"""
 import structlog
-from worker import redact
-from worker.logging import configure_logging
+from editq.worker import redact
+from editq.worker.logging import configure_logging
 configure_logging()
 redact.register("r8_logcanary_0123456789")
 log = structlog.get_logger("t")
@@ -44,7 +44,7 @@ def test_a_traceback_prints_no_locals_and_no_key() -> None:
 
 def _run_batch(json_logs: bool) -> tuple[str, str, str]:
     """Two jobs through a real worker and receiver; their logs, and the batch id."""
-    from producer.api import submit_batch, wait
+    from editq.producer.api import submit_batch, wait
     from tests import e2e
     from tests.conftest import EXAMPLES
 

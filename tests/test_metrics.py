@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.api import submit_batch, wait
-from producer.stack import LocalStack, free_port
+from editq.producer.api import submit_batch, wait
+from editq.producer.stack import LocalStack, free_port
 from tests import e2e
 from tests.conftest import EXAMPLES, unique, wait_for
 
@@ -155,7 +155,7 @@ def test_readiness_names_the_dependency_that_is_down_and_liveness_does_not_care(
     env = {**os.environ, "EDITQ_REDIS_URL": dead, "EDITQ_METRICS_PORT": str(port),
            "EDITQ_METRICS_HOST": "127.0.0.1", "EDITQ_KEY_PREFIX": unique("health"), "EDITQ_QUEUE_PREFIX": unique("hq")}
     env.pop("EDITQ_BROKER_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--concurrency", "2"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "editq", "worker", "--concurrency", "2"], env=env,
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -215,7 +215,7 @@ def test_every_dashboard_and_alert_query_names_a_metric_the_processes_expose(sta
 def test_a_budget_reader_feeds_the_budget_gauges(stack: LocalStack) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from worker import metrics
+    from editq.worker import metrics
 
     with e2e.using(stack):
         registry = CollectorRegistry()

@@ -15,13 +15,13 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from producer.inputs import InputPreparer
-from schemas.settings import Settings
+from editq.producer.inputs import InputPreparer
+from editq.schemas.settings import Settings
+from editq.worker.errors import ProviderError
+from editq.worker.netguard import Target, UnsafeURL, allow_list, check_url, check_url_async
+from editq.worker.storage import Storage
+from editq.worker.transport import AiohttpTransport, AsyncClient
 from tests.conftest import EXAMPLES
-from worker.errors import ProviderError
-from worker.netguard import Target, UnsafeURL, allow_list, check_url, check_url_async
-from worker.storage import Storage
-from worker.transport import AiohttpTransport, AsyncClient
 
 # the bounded wait of the blocking resolver below: only reached when the loop is blocked (the bug)
 BLOCKED_FOR_S = 5.0
@@ -66,7 +66,7 @@ def _fake_getaddrinfo(host: str, port: object, *args: object, **kwargs: object) 
     return FAKE_DNS[host]
 
 
-ALLOWED = allow_list("sandbox:8900,10.9.8.7:9000,127.0.0.1:5000")
+ALLOWED = allow_list("editq.sandbox:8900,10.9.8.7:9000,127.0.0.1:5000")
 
 # (url, allowed, refusal message fragment or None when the URL is allowed)
 CASES: list[tuple[str, frozenset[tuple[str, int]], str | None]] = [

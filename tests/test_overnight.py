@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from producer.api import status, submit_batch, wait
-from producer.batches import cancel_batch, list_jobs, rerun
-from producer.stack import LocalStack
+from editq.producer.api import status, submit_batch, wait
+from editq.producer.batches import cancel_batch, list_jobs, rerun
+from editq.producer.stack import LocalStack
+from editq.worker.state import JobStore
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, wait_for
 from tests.e2e import configure_sandbox, sandbox_log, start, using
-from worker.state import JobStore
-from worker.storage import get_storage
 
 ENV = {"EDITQ_RETRY_BASE_S": "0.2", "EDITQ_RETRY_MAX_S": "1", "EDITQ_POLL_INTERVAL_S": "0.2",
        "EDITQ_POLL_MAX_S": "0.5", "EDITQ_MAX_ATTEMPTS": "3"}
@@ -55,7 +55,7 @@ def by_cid(batch_id: str) -> dict[str, dict[str, Any]]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "editq", *args], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ))
 
 

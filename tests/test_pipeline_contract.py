@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
-import providers
-from producer.api import BatchReport, submit_batch, wait
-from producer.stack import LocalStack
+from editq import providers
+from editq.producer.api import BatchReport, submit_batch, wait
+from editq.producer.stack import LocalStack
+from editq.worker.storage import get_storage
 from tests.conftest import unique
 from tests.e2e import (
     EXAMPLES,
@@ -48,7 +49,6 @@ from tests.e2e import (
     verify_batch,
     wait_for,
 )
-from worker.storage import get_storage
 
 Manifests = dict[str, dict[str, Any]]  # by custom_id
 Sent = dict[str, dict[str, Any]]  # the sandbox's log entry of each job's provider request, by custom_id

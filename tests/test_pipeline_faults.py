@@ -12,18 +12,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer.stack import LocalStack
-from providers.types import Outcome
-from schemas.job import EditJob, InputRecord
-from schemas.settings import get_settings
+from editq.producer.stack import LocalStack
+from editq.providers.types import Outcome
+from editq.schemas.job import EditJob, InputRecord
+from editq.schemas.settings import get_settings
+from editq.worker import aio
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.keys import Keys
+from editq.worker.pipeline import Pipeline
+from editq.worker.state import JobStore, State
+from editq.worker.storage import get_storage
+from editq.worker.triggers import Kicker
 from tests.conftest import unique
-from worker import aio
-from worker.errors import ErrorKind, ProviderError
-from worker.keys import Keys
-from worker.pipeline import Pipeline
-from worker.state import JobStore, State
-from worker.storage import get_storage
-from worker.triggers import Kicker
 
 
 class _NoKicks(Kicker):
@@ -173,7 +173,7 @@ def test_an_output_url_we_will_not_fetch_fails_the_job_at_once(pipe: Pipeline) -
 
 def test_a_batch_manifest_that_fails_to_write_is_written_later(pipe: Pipeline) -> None:
     """Finalize used to pop the batch before it ran: one failed manifest write and the batch never got one."""
-    from worker.storage import Storage
+    from editq.worker.storage import Storage
 
     job = _job(unique("batch"))
     bid = job.batch_id

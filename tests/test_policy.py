@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker import policy
-from worker.errors import ErrorKind, ProviderError
+from editq.worker import policy
+from editq.worker.errors import ErrorKind, ProviderError
 
 
 def fixed(lo: float, hi: float) -> float:
@@ -178,13 +178,13 @@ def test_an_hour_long_outage_ends_with_the_job_done() -> None:
     ("failed", None, "failed"),
 ])
 def test_outcome_of_a_job(state: str, error: dict[str, str] | None, expected: str) -> None:
-    from worker.outcomes import outcome
+    from editq.worker.outcomes import outcome
 
     assert outcome(state, error) == expected
 
 
 def test_failure_label_counts_one_failure_of_many_jobs_once() -> None:
-    from worker.outcomes import failure_label
+    from editq.worker.outcomes import failure_label
 
     a = failure_label("openai edit: HTTP 400: blocked; request ID req_ec69f47f90884e87a462e8f9115e42fa")
     b = failure_label("openai edit: HTTP 400: blocked; request ID req_0123456789abcdef0123456789abcdef")
@@ -194,7 +194,7 @@ def test_failure_label_counts_one_failure_of_many_jobs_once() -> None:
 def test_the_running_median_ignores_a_few_late_results() -> None:
     """The poll schedule with webhooks starts from the provider's median latency: 10 % of results learned at
     the 60 s safety net (lost webhooks) must not drag it there (a mean of these samples is ~9.6 s)."""
-    from worker.events import running_median
+    from editq.worker.events import running_median
 
     m = None
     for i in range(300):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import providers
-from providers.oxen import pricing as oxen_pricing
-from providers.pricing import PER_IMAGE_TABLE, TablePrices, dearest, per_image, to_micro
-from providers.wavespeed import pricing as wavespeed_pricing
-from schemas.job import EditJob, InputRecord
+from editq import providers
+from editq.providers.oxen import pricing as oxen_pricing
+from editq.providers.pricing import PER_IMAGE_TABLE, TablePrices, dearest, per_image, to_micro
+from editq.providers.wavespeed import pricing as wavespeed_pricing
+from editq.schemas.job import EditJob, InputRecord
 from tests.conftest import ROOT
 
 PUBLISHED = ROOT / "tests" / "data" / "published_prices.md"

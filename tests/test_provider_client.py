@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.fal import SPEC, FalSettings
-from providers.fal.protocol import FalProtocol
-from providers.types import ProviderRequest
-from worker import aio, redact
-from worker.errors import ErrorKind, ProviderError
-from worker.provider_client import NOT_SENT, ProviderClient, transport_error
+from editq.providers.fal import SPEC, FalSettings
+from editq.providers.fal.protocol import FalProtocol
+from editq.providers.types import ProviderRequest
+from editq.worker import aio, redact
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.provider_client import NOT_SENT, ProviderClient, transport_error
 
 KEY = "fal-key-abcdef123456"
 
@@ -129,7 +129,7 @@ def test_a_refused_connection_was_not_sent() -> None:
 
 def test_the_fal_protocol_records_a_dropped_submit_as_maybe_billed(hangs_up_after_reading: str) -> None:
     """The adapter-level defect: a submit whose connection dropped after sending was resubmitted silently."""
-    from providers.types import InputUrls
+    from editq.providers.types import InputUrls
     from tests.test_fal_protocol import job
 
     proto = FalProtocol(FalSettings(api_key=KEY, base_url=hangs_up_after_reading))

@@ -20,15 +20,15 @@ from PIL import Image
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
-from providers.modelrunner import SPEC, ModelRunnerSettings
-from providers.modelrunner.protocol import ModelRunnerProtocol
-from providers.types import InputUrls, WebhookEvent
+from editq.providers.modelrunner import SPEC, ModelRunnerSettings
+from editq.providers.modelrunner.protocol import ModelRunnerProtocol
+from editq.providers.types import InputUrls, WebhookEvent
+from editq.worker.errors import ErrorKind, ProviderError, WebhookRejected
 from tests.factories import EXAMPLES, data_uri, mock_http, provider_http, record, run
 from tests.factories import client_of as _client_of
 from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
 from tests.webhook_peer import Peer, peer_fixture
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
 MODEL = "openai/gpt-image-2/edit"
 KEY = "mr-secret-key-456"
@@ -399,7 +399,7 @@ def test_bad_signature_fault_is_refused_by_the_adapter(sandbox_url: str, http: h
 
 # ------------------------------------------------------------------------------------------------ the port's rules
 def test_rest_url_host_may_receive_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from providers.spec import credential_hosts
+    from editq.providers.spec import credential_hosts
 
     for name in ("EDITQ_MODELRUNNER_BASE_URL", "EDITQ_MODELRUNNER_REST_URL", "EDITQ_MODELRUNNER_AUTH_HOSTS"):
         monkeypatch.delenv(name, raising=False)  # a stack started earlier in this process may have set them
@@ -509,7 +509,7 @@ def test_unreadable_answers_are_errors_not_crashes() -> None:
 
 
 def test_webhook_payload_outcomes() -> None:
-    from providers.modelrunner.protocol import result_outcome
+    from editq.providers.modelrunner.protocol import result_outcome
 
     ok = result_outcome({"id": "r", "status": "COMPLETED", "billingStatus": "charged",
                          "output": {"images": [{"url": "https://m/a.png"}]}})

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.modelrunner import emulator
-from providers.modelrunner.emulator import js_numbers
-from sandbox.config import SandboxConfig
-from sandbox.runner import Job, JobOutcome
-from sandbox.testing import running_sandbox
+from editq.providers.modelrunner import emulator
+from editq.providers.modelrunner.emulator import js_numbers
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.runner import Job, JobOutcome
+from editq.sandbox.testing import running_sandbox
 from tests.sandbox_proc import wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

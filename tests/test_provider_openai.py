@@ -1,5 +1,5 @@
 """OpenAI synchronous images/edits: pure translation, error paths, and the protocol against the real sandbox
-(`python -m sandbox` in a subprocess, real HTTP). Inputs come from examples/ instead of S3 here
+(`python -m editq.sandbox` in a subprocess, real HTTP). Inputs come from examples/ instead of S3 here
 (the protocol is given a file reader); the end-to-end test with S3 is in test_pipeline_contract.py."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers.openai import SPEC, OpenAISettings
-from providers.openai.protocol import OpenAIProtocol
-from providers.types import InputUrls, ProviderRequest
-from schemas.job import EditJob, InputRecord
+from editq.providers.openai import SPEC, OpenAISettings
+from editq.providers.openai.protocol import OpenAIProtocol
+from editq.providers.types import InputUrls, ProviderRequest
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.errors import ErrorKind, ProviderError
 from tests import sandbox_proc
 from tests.factories import client_of, make_job, run
 from tests.factories import example_record as rec
-from worker.errors import ErrorKind, ProviderError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -377,12 +377,12 @@ def test_sandbox_auth_quota_and_json_encoding(sb: str) -> None:
 
 
 def test_request_form_round_trips_through_the_sandbox_parser() -> None:
-    from providers.openai.emulator import params_from_form, parse_multipart
+    from editq.providers.openai.emulator import params_from_form, parse_multipart
 
     a = OpenAIProtocol(OpenAISettings(api_key=KEY))  # type: ignore[arg-type]
     j = canonical_job()
     req: ProviderRequest = a.build_request(j, InputUrls(images=[]), None)
-    from providers.openai.common import multipart_form
+    from editq.providers.openai.common import multipart_form
 
     _, files = multipart_form({}, [((EXAMPLES / r.ref).read_bytes(), r.format) for r in j.inputs],
                               (EXAMPLES / "mask_mug.png").read_bytes())

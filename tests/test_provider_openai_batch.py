@@ -19,26 +19,26 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers.openai.common import usage_and_cost
-from providers.openai_batch import SPEC, OpenAIBatchSettings
-from providers.openai_batch.protocol import (
+from editq.providers.openai.common import usage_and_cost
+from editq.providers.openai_batch import SPEC, OpenAIBatchSettings
+from editq.providers.openai_batch.protocol import (
     OpenAIBatchProtocol,
     custom_id_of,
     lines,
     missing_outcome,
     split_request_id,
 )
-from providers.types import InputUrls, Outcome, ProviderRequest
-from sandbox.config import SandboxConfig
-from sandbox.testing import running_sandbox
-from schemas.job import EditJob, InputRecord
+from editq.providers.types import InputUrls, Outcome, ProviderRequest
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.testing import running_sandbox
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker import redact
+from editq.worker.batch_ingest import RedisBatchStore
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.keys import Keys
+from editq.worker.provider_client import ProviderClient
 from tests.factories import data_uri as _data_uri
 from tests.factories import make_job, record
-from worker import redact
-from worker.batch_ingest import RedisBatchStore
-from worker.errors import ErrorKind, ProviderError
-from worker.keys import Keys
-from worker.provider_client import ProviderClient
 
 KEY = "sk-test-batch-0123456789abcdef"
 
@@ -164,7 +164,7 @@ def auth(a: OpenAIBatchProtocol) -> dict[str, str]:
     key = a.settings.api_key.get_secret_value() if a.settings.api_key else ""
     b = a.build_request(job(), URLS, None)
     assert b.headers == {}
-    from providers.openai_batch.protocol import org_headers
+    from editq.providers.openai_batch.protocol import org_headers
 
     return {"Authorization": f"Bearer {key}", **org_headers(a.settings)}
 
@@ -499,7 +499,7 @@ async def _drive(a: Adapter, items: list[tuple[EditJob, ProviderRequest]], count
 def test_batch_round_trip_partial_failure_and_one_status_call_per_batch(sb: str) -> None:
     a = adapter(base_url=f"{sb}/openai/v1", status_ttl_s=0.2)
     jobs = [canonical("job_a"), canonical("job_b"), job("job_bad").model_copy(update={"num_images": 11}),
-            job("job_mod", prompt="sandbox:moderation please")]
+            job("job_mod", prompt="editq.sandbox:moderation please")]
     items = [(j, a.build_request(j, INLINE, None)) for j in jobs]
     counting = Counting()
     subs, outs = asyncio.run(_drive(a, items, counting))

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from producer.api import BatchReport, status, submit_file, wait
-from producer.stack import LocalStack
+from editq.producer.api import BatchReport, status, submit_file, wait
+from editq.producer.stack import LocalStack
+from editq.worker.storage import get_storage
 from tests.conftest import sandbox_requests, sha256, unique, wait_for, write_jsonl
 from tests.e2e import configure_sandbox, copy_examples, manifests_by_cid, start, using
-from worker.storage import get_storage
 
 WORKER_ENV = {
     "EDITQ_POLL_INTERVAL_S": "0.2",
@@ -181,8 +181,8 @@ def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, 
 def test_batches_are_cut_small_and_only_max_open_batches_run_at_once(live: LocalStack, tmp_path: Path) -> None:
     """The limits set small through settings: 3 lines per provider batch, 2 provider batches open at once. 11 jobs
     make at least 4 batches of at most 3 lines; two run together, never three."""
-    from worker.keys import keys
-    from worker.redis_client import get_redis
+    from editq.worker.keys import keys
+    from editq.worker.redis_client import get_redis
 
     tag = unique("oaibn")
     copy_examples(tmp_path, INPUTS)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from providers.masks import mask_alpha_problem
-from providers.openai.common import (
+from editq.providers.masks import mask_alpha_problem
+from editq.providers.openai.common import (
     TokenPrices,
     classify_code,
     classify_error,
@@ -18,10 +18,10 @@ from providers.openai.common import (
     validate_edit,
     wait_from_message,
 )
-from schemas.job import EditJob, InputRecord
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker import redact
+from editq.worker.errors import ErrorKind
 from tests.factories import make_job, record
-from worker import redact
-from worker.errors import ErrorKind
 
 
 def rec(i: int, fmt: str = "png", w: int = 512, h: int = 512, size: int = 1000) -> InputRecord:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from producer.api import submit_file, wait
-from producer.stack import LocalStack
+from editq.producer.api import submit_file, wait
+from editq.producer.stack import LocalStack
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, wait_for, write_jsonl
 from tests.e2e import configure_sandbox, start, using
-from worker.storage import get_storage
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Oxen.ai images/edit (providers/oxen/): pure translation, error classification, the emulator's strictness, and
-the protocol against the real sandbox (`python -m sandbox` in a subprocess, real HTTP)."""
+the protocol against the real sandbox (`python -m editq.sandbox` in a subprocess, real HTTP)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from providers.oxen import SPEC, OxenSettings
-from providers.oxen.protocol import OxenProtocol, aspect_and_tier, classify_oxen_error, white_is_edit
-from providers.types import InputUrls
-from schemas.job import EditJob, InputRecord
+from editq.providers.oxen import SPEC, OxenSettings
+from editq.providers.oxen.protocol import OxenProtocol, aspect_and_tier, classify_oxen_error, white_is_edit
+from editq.providers.types import InputUrls
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.errors import ErrorKind, ProviderError
 from tests.factories import client_of as _client_of
 from tests.factories import data_uri as _uri
 from tests.factories import example_record as rec
 from tests.factories import make_job
 from tests.sandbox_proc import sandbox_process
-from worker.errors import ErrorKind, ProviderError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -344,7 +344,7 @@ def test_spec_matches_the_old_adapter() -> None:
 
 
 def test_contract_cases_hold_against_validate() -> None:
-    from providers.oxen.cases import CASES
+    from editq.providers.oxen.cases import CASES
 
     a = adapter()
     for fields in CASES.accepted:
@@ -357,8 +357,8 @@ def test_contract_cases_hold_against_validate() -> None:
 
 # ---- emulator faithfulness (shared/reference/provider-replicate-wavespeed-oxen.md §6) ---------------------
 def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
-    from providers.oxen.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
-    from schemas.params import size_problems
+    from editq.providers.oxen.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+    from editq.schemas.params import size_problems
 
     for aspect in ASPECT_RATIOS:
         for tier in RESOLUTIONS:
@@ -382,7 +382,7 @@ def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
     ({"quality": True}, "quality must be one of: low, medium, high (got True)."),
 ])
 def test_emulator_refuses_wrong_types_as_oxen(extra: dict[str, Any], detail: str) -> None:
-    from providers.oxen.emulator import OxenError, parse_params
+    from editq.providers.oxen.emulator import OxenError, parse_params
 
     with pytest.raises(OxenError) as info:
         parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"], **extra})
@@ -390,7 +390,7 @@ def test_emulator_refuses_wrong_types_as_oxen(extra: dict[str, Any], detail: str
 
 
 def test_emulator_accepts_documented_defaults_and_null_where_there_is_no_default() -> None:
-    from providers.oxen.emulator import parse_params
+    from editq.providers.oxen.emulator import parse_params
 
     params = parse_params({"model": "gpt-image-2", "prompt": "p", "input_image": ["https://x/a.png"],
                            "aspect_ratio": "16:9", "resolution": "2K", "quality": "high", "output_format": "png",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import providers
-from producer.api import submit_file, wait
-from producer.stack import LocalStack, sandbox_provider_env, scoped_env
+from editq import providers
+from editq.producer.api import submit_file, wait
+from editq.producer.stack import LocalStack, sandbox_provider_env, scoped_env
 from tests.conftest import EXAMPLES, ROOT, sandbox_requests, unique, write_jsonl
 from tests.e2e import FAST_POLLS, start, using, verify_batch
 

@@ -1,6 +1,6 @@
 """Replicate protocol: pure translation (validate, build_request, answers -> Outcome, errors, webhook
 verification, output auth), its calls through a ProviderClient on a mock transport, and its I/O against
-the real sandbox over HTTP (a `python -m sandbox` process)."""
+the real sandbox over HTTP (a `python -m editq.sandbox` process)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from providers.replicate import SPEC, ReplicateSettings
-from providers.replicate.protocol import ReplicateProtocol, answer_error, api_url, parse_get
-from providers.types import Answer, InputUrls, Outcome
-from schemas.job import EditJob, InputRecord
+from editq.providers.replicate import SPEC, ReplicateSettings
+from editq.providers.replicate.protocol import ReplicateProtocol, answer_error, api_url, parse_get
+from editq.providers.types import Answer, InputUrls, Outcome
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker import redact
+from editq.worker.errors import ErrorKind, ProviderError, WebhookRejected
 from tests.factories import client_of as _client_of
 from tests.factories import data_uri as _data_uri
 from tests.factories import make_job as _make_job
@@ -30,8 +32,6 @@ from tests.factories import mock_client as _mock_client
 from tests.factories import patched_sandbox, record
 from tests.sandbox_proc import sandbox_process
 from tests.webhook_peer import Peer
-from worker import redact
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -562,11 +562,11 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
     import secrets
     from types import SimpleNamespace
 
-    from providers.fal.protocol import FalProtocol
-    from providers.types import Submitted
-    from schemas.settings import Settings, get_settings
-    from worker.pipeline import Pipeline
-    from worker.state import JobStore, State
+    from editq.providers.fal.protocol import FalProtocol
+    from editq.providers.types import Submitted
+    from editq.schemas.settings import Settings, get_settings
+    from editq.worker.pipeline import Pipeline
+    from editq.worker.state import JobStore, State
 
     monkeypatch.setenv("EDITQ_KEY_PREFIX", f"editq-rcap-{secrets.token_hex(4)}")
     get_settings.cache_clear()
@@ -610,6 +610,6 @@ def test_poll_safety_net_is_capped_for_replicate_only(monkeypatch: pytest.Monkey
     ("The input was flagged by moderation", "terminal"),
 ])
 def test_input_fetch_failures_are_retried(message: str, kind: str) -> None:
-    from providers.replicate.protocol import model_error
+    from editq.providers.replicate.protocol import model_error
 
     assert model_error(message, "p1").kind.value == kind

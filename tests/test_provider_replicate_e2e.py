@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from producer.api import BatchReport, status, submit_file, wait
-from producer.stack import LocalStack
+from editq.producer.api import BatchReport, status, submit_file, wait
+from editq.producer.stack import LocalStack
+from editq.worker.storage import get_storage
+from editq.worker.webhook_auth import delivery_url
 from tests.e2e import EXAMPLES, configure_sandbox, read_manifests, start, using
-from worker.storage import get_storage
-from worker.webhook_auth import delivery_url
 
 TOKEN = "r8_sandbox-token"  # producer.stack.sandbox_provider_env
 SANDBOX = {"latency_s": 0.1, "jitter_s": 0.05, "concurrency": 16, "seed": 5}

@@ -1,4 +1,4 @@
-"""The sandbox's Replicate API under /replicate, over real HTTP against `python -m sandbox` in a subprocess,
+"""The sandbox's Replicate API under /replicate, over real HTTP against `python -m editq.sandbox` in a subprocess,
 and the official `replicate` 1.0.7 client pointed at it by base URL only (the SDK contract)."""
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def test_webhook_resend_keeps_webhook_id_and_filter_is_honoured(sb: str) -> None
 def test_per_provider_fault_overrides() -> None:
     from pydantic import ValidationError
 
-    from sandbox.config import SandboxConfig
+    from editq.sandbox.config import SandboxConfig
 
     cfg = SandboxConfig.from_env({}, submit_5xx_rate=1.0, provider_faults='{"replicate": {"submit_5xx_rate": 0}}')
     assert cfg.rate("replicate", "submit_5xx_rate") == 0.0 and cfg.rate("fal", "submit_5xx_rate") == 1.0

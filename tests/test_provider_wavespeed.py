@@ -19,16 +19,16 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from providers.types import InputUrls, WebhookEvent
-from providers.wavespeed import SPEC, WaveSpeedSettings
-from providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
-from schemas.params import size_problems
+from editq.providers.types import InputUrls, WebhookEvent
+from editq.providers.wavespeed import SPEC, WaveSpeedSettings
+from editq.providers.wavespeed.protocol import SIZE_TABLE, WaveSpeedProtocol
+from editq.schemas.params import size_problems
+from editq.worker.errors import ErrorKind, ProviderError, WebhookRejected
 from tests.factories import EXAMPLES, data_uri, mock_client, provider_http, record, run
 from tests.factories import client_of as _client_of
 from tests.factories import make_job as _make_job
 from tests.sandbox_proc import sandbox_process, wait_for
 from tests.webhook_peer import Peer, peer_fixture
-from worker.errors import ErrorKind, ProviderError, WebhookRejected
 
 MODEL = "openai/gpt-image-2/edit"
 KEY = "ws-secret-key-123"
@@ -90,7 +90,7 @@ def test_other_models_are_refused() -> None:
 
 
 def test_size_table_entries_are_valid_gpt_image_2_sizes_and_match_the_sandbox() -> None:
-    from providers.wavespeed.emulator import output_size
+    from editq.providers.wavespeed.emulator import output_size
 
     for (w, h), (aspect, resolution) in SIZE_TABLE.items():
         assert size_problems(w, h) == [], (w, h)
@@ -415,7 +415,7 @@ def test_spec_matches_the_old_adapter() -> None:
 
 
 def test_contract_cases_hold_against_validate() -> None:
-    from providers.wavespeed.cases import CASES
+    from editq.providers.wavespeed.cases import CASES
 
     a = adapter()
     for fields in CASES.accepted:
@@ -428,7 +428,7 @@ def test_contract_cases_hold_against_validate() -> None:
 
 # ------------------------------------------------------------------------------------------------ emulator faithfulness
 def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
-    from providers.wavespeed.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
+    from editq.providers.wavespeed.emulator import ASPECT_RATIOS, RESOLUTIONS, output_size
 
     for aspect in ASPECT_RATIOS:
         for resolution in RESOLUTIONS:
@@ -453,14 +453,14 @@ def test_emulator_output_sizes_are_ones_gpt_image_2_makes() -> None:
      "enable_base64_output must be a boolean"),
 ])
 def test_emulator_refuses_wrong_types_as_wavespeed(body: dict[str, Any], message: str) -> None:
-    from providers.wavespeed.emulator import Problem, check_body
+    from editq.providers.wavespeed.emulator import Problem, check_body
 
     with pytest.raises(Problem, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
         check_body(body)
 
 
 def test_emulator_accepts_documented_defaults_and_explicit_null() -> None:
-    from providers.wavespeed.emulator import check_body
+    from editq.providers.wavespeed.emulator import check_body
 
     body = {"images": ["https://x/a.png"], "prompt": "x", "resolution": "1k", "quality": "medium",
             "enable_sync_mode": False, "enable_base64_output": False}

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page
 
-from producer.report import write_report
-from producer.review import ReviewSession, create_app
-from producer.review_log import ReviewLog
-from producer.stack import LocalStack
+from editq.producer.report import write_report
+from editq.producer.review import ReviewSession, create_app
+from editq.producer.review_log import ReviewLog
+from editq.producer.stack import LocalStack
 from tests.browser import chromium, load_every_image, serve
 from tests.conftest import ROOT
 from tests.e2e import manifests_by_cid
@@ -97,7 +97,7 @@ def _keys_to_group(page: Page, group: str) -> None:
 
 def test_review_pick_by_keyboard_is_saved_to_s3_and_shown_after_reload(
         live: LocalStack, variant_batch: str, browser: Browser, tmp_path: Path) -> None:
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     storage = get_storage()
     jobs = manifests_by_cid(variant_batch)

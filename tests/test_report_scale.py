@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from producer.report_model import build
-from producer.report_render import contact_sheets, render_html
+from editq.producer.report_model import build
+from editq.producer.report_render import contact_sheets, render_html
 from tests.browser import chromium
 from tests.test_variants import entry
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from sandbox.providers.common import look_up
-from sandbox.runner import Job, JobOutcome
+from editq.sandbox.providers.common import look_up
+from editq.sandbox.runner import Job, JobOutcome
 
 
 async def _work(job: Job) -> JobOutcome:

@@ -13,11 +13,11 @@ from nacl.signing import VerifyKey
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from sandbox.__main__ import build_parser
-from sandbox.config import SandboxConfig
-from sandbox.faults import Dice
-from sandbox.inputs import InputError, decode_data_uri, fetch_image, summarize_for_log
-from sandbox.signing import Ed25519KeyRing, FalWebhookSigner, StandardWebhookSigner, fal_signed_message
+from editq.sandbox.__main__ import build_parser
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.faults import Dice
+from editq.sandbox.inputs import InputError, decode_data_uri, fetch_image, summarize_for_log
+from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner, StandardWebhookSigner, fal_signed_message
 
 
 def test_config_from_env_and_overrides() -> None:
@@ -103,7 +103,7 @@ def test_fetch_image_rejects_non_images() -> None:
 
 
 def test_running_sandbox_in_thread_serves_real_http() -> None:
-    from sandbox.testing import running_sandbox
+    from editq.sandbox.testing import running_sandbox
 
     with running_sandbox(SandboxConfig(latency_s=0.0, jitter_s=0.0)) as base_url:
         health = httpx.get(base_url + "/_sandbox/health")
@@ -118,8 +118,8 @@ def test_files_small_and_large_are_served_whole_with_head() -> None:
     """Outputs up to 1 MiB are answered from one read, bigger ones streamed: same bytes either way."""
     import os
 
-    from sandbox.files import SMALL_FILE
-    from sandbox.testing import running_sandbox
+    from editq.sandbox.files import SMALL_FILE
+    from editq.sandbox.testing import running_sandbox
 
     with running_sandbox(SandboxConfig(latency_s=0.0, jitter_s=0.0)) as base_url:
         for size in (1000, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE):
@@ -135,8 +135,8 @@ def test_files_small_and_large_are_served_whole_with_head() -> None:
 
 def test_cached_inputs_are_fetched_once_for_a_burst_of_submits() -> None:
     """render=cached: 50 submits naming one input at once make one download, not 50."""
-    from sandbox.inputs import fetch_bytes, set_input_cache
-    from worker.transport import async_client
+    from editq.sandbox.inputs import fetch_bytes, set_input_cache
+    from editq.worker.transport import async_client
 
     png = b"\x89PNG\r\n\x1a\n" + bytes(1000)
     hits: list[bytes] = []

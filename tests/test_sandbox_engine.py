@@ -8,7 +8,7 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
-from sandbox.engine import EngineError, plan_edit, render_edit, render_edit_images, render_placeholder
+from editq.sandbox.engine import EngineError, plan_edit, render_edit, render_edit_images, render_placeholder
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -1,4 +1,4 @@
-"""The sandbox's fal queue protocol, over real HTTP against ``python -m sandbox`` in a subprocess.
+"""The sandbox's fal queue protocol, over real HTTP against ``python -m editq.sandbox`` in a subprocess.
 
 Synchronisation is by bounded polling (never by sleeping); jobs that must stay IN_PROGRESS are held
 either by a long latency (then cancelled) or by an input URL the test's receiver holds open.
@@ -433,7 +433,7 @@ def test_cached_render_sizes_match_the_bytes(client: httpx.Client) -> None:
 
 
 def test_size_fitting_always_lands_within_the_limits() -> None:
-    from providers.fal.emulator_schema import output_size
+    from editq.providers.fal.emulator_schema import output_size
 
     for width in (1, 15, 16, 100, 333, 512, 577, 1000, 1024, 2047, 3840, 3841, 5000, 9999):
         for height in (1, 17, 64, 250, 512, 768, 1080, 2000, 3840, 7000):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from sandbox.http_faults import route_kind
+from editq.sandbox.http_faults import route_kind
 from tests.sandbox_proc import sandbox_process, wait_for
 from tests.webhook_peer import Peer
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producer.api import submit_batch, wait
-from producer.stack import LocalStack, scoped_env
+from editq.producer.api import submit_batch, wait
+from editq.producer.stack import LocalStack, scoped_env
 from tests.conftest import EXAMPLES, unique
 
 RABBIT_URL = os.environ.get("EDITQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from schemas.job import JobRequest, content_key, describe_errors
-from schemas.params import parse_size, size_problems
+from editq.schemas.job import JobRequest, content_key, describe_errors
+from editq.schemas.params import parse_size, size_problems
 
 
 def _err(**kw: object) -> str:

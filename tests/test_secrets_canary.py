@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import redis
 
-import providers
-from producer.api import status
-from producer.stack import LocalStack, scoped_env
+from editq import providers
+from editq.producer.api import status
+from editq.producer.stack import LocalStack, scoped_env
+from editq.worker.storage import get_storage
+from editq.worker.webhook_auth import job_token
 from tests.conftest import EXAMPLES, ROOT, wait_for, write_jsonl
-from worker.storage import get_storage
-from worker.webhook_auth import job_token
 
 FAULTS = {"latency_s": 0.2, "jitter_s": 0.1, "concurrency": 8, "seed": 11, "submit_5xx_rate": 0.2,
           "submit_429_rate": 0.15, "retry_after_s": 1, "job_failure_rate": 0.2, "webhook_lost_rate": 0.2,
@@ -84,7 +84,7 @@ def redis_dump(r: Any) -> Iterator[tuple[str, bytes]]:
 
 
 def editq(*args: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "producer.cli", *args], capture_output=True, timeout=300, cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "editq", *args], capture_output=True, timeout=300, cwd=ROOT,
                          env=dict(os.environ))
     return res.stdout.decode("utf-8", "replace") + res.stderr.decode("utf-8", "replace")
 

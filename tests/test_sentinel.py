@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from producer.api import status, submit_batch, wait
-from producer.stack import LocalStack
+from editq.producer.api import status, submit_batch, wait
+from editq.producer.stack import LocalStack
 from tests import e2e
 from tests.conftest import EXAMPLES, wait_for
 from tests.redis_ha import RedisHA, redis_ha

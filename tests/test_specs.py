@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-import providers
-from producer.stack import sandbox_provider_env
-from providers import docs
-from providers.protocol import ProviderProtocol
+from editq import providers
+from editq.producer.stack import sandbox_provider_env
+from editq.providers import docs
+from editq.providers.protocol import ProviderProtocol
 from tests.conftest import ROOT
 
 NAMES = list(providers.REGISTRY)
-FORBIDDEN_IN_PROTOCOLS = ("httpx", "aiohttp", "redis", "boto3", "botocore", "worker.storage", "worker.transport",
-                          "worker.state", "worker.pipeline", "worker.redis_client")
+FORBIDDEN_IN_PROTOCOLS = ("httpx", "aiohttp", "redis", "boto3", "botocore", "editq.worker.storage",
+                          "editq.worker.transport", "editq.worker.state", "editq.worker.pipeline",
+                          "editq.worker.redis_client")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -37,7 +38,7 @@ def module_path(dotted: str) -> Path:
 
 def test_generated_docs_match_the_specs() -> None:
     for path, text in docs.rendered().items():
-        assert path.read_text() == text, f"{path.name} is stale: run `python -m providers.docs`"
+        assert path.read_text() == text, f"{path.name} is stale: run `python -m editq.providers.docs`"
 
 
 def test_a_changed_spec_changes_the_generated_table() -> None:
@@ -98,7 +99,7 @@ def test_an_emulator_never_imports_the_engine_or_the_protocol(name: str) -> None
 def test_the_sandbox_never_imports_the_engine() -> None:
     """The sandbox shares schemas and signature primitives, and the HTTP wire (worker/transport.py, no editq
     logic in it); never the pipeline, the state machine, the protocols or the provider client."""
-    allowed = {"worker.transport"}
+    allowed = {"editq.worker.transport"}
     for path in (ROOT / "sandbox").rglob("*.py"):
         bad = {m for m in imports_of(path) if m.startswith("worker") and m not in allowed}
         bad |= {m for m in imports_of(path) if m.startswith("providers.") and ".protocol" in m}

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer.api import status, submit, wait
-from producer.stack import LocalStack
+from editq.producer.api import status, submit, wait
+from editq.producer.stack import LocalStack
+from editq.worker.state import State
+from editq.worker.storage import get_storage
+from editq.worker.webhook_auth import delivery_url
 from tests.conftest import EXAMPLES, SANDBOX_SEED, sandbox_requests, unique, wait_for
-from worker.state import State
-from worker.storage import get_storage
-from worker.webhook_auth import delivery_url
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_answer_lost_in_a_crash_is_marked_uncertain_and_its_late_result_adopted(
     arrives it is matched to the job through its per-job URL and adopted; B is cancelled."""
     import httpx
 
-    from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+    from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner
 
     bare.apply_env()
     for name in [n for n in bare.procs if n.startswith("phoenix")]:

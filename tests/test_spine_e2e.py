@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from producer.api import status, submit, submit_batch, submit_file, wait
-from producer.stack import LocalStack
-from schemas.variants import parse_line
+from editq.producer.api import status, submit, submit_batch, submit_file, wait
+from editq.producer.stack import LocalStack
+from editq.schemas.variants import parse_line
+from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, sandbox_requests, sha256, unique, write_jsonl
-from worker.storage import get_storage
 
 
 def _manifests(batch_id: str) -> list[dict]:  # type: ignore[type-arg]
@@ -130,7 +130,7 @@ def test_bad_lines_reported_by_number_rest_proceeds(live: LocalStack, tmp_path: 
         {"custom_id": f"{tag}-ok2", "prompt": f"{tag} two", "images": ["mug.png"], "quality": "low"},
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    proc = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "editq", "submit", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr  # lines were refused (the rest is enqueued)
     err = proc.stderr
@@ -146,7 +146,7 @@ def test_bad_lines_reported_by_number_rest_proceeds(live: LocalStack, tmp_path: 
     rejected = storage.get_bytes(f"{storage.settings.s3_prefix}/{batch_id}/rejected.jsonl").decode()
     assert [json.loads(x)["line"] for x in rejected.splitlines()] == [2, 3, 4, 5]
 
-    strict = subprocess.run([sys.executable, "-m", "producer.cli", "submit", "--strict", str(path)],
+    strict = subprocess.run([sys.executable, "-m", "editq", "submit", "--strict", str(path)],
                             capture_output=True, text=True, timeout=120)
     assert strict.returncode == 2 and "nothing enqueued" in strict.stderr
 
@@ -162,8 +162,8 @@ def test_strict_api_refuses_whole_batch(live: LocalStack) -> None:
 def test_first_lines_reach_redis_before_the_rest_is_read(live: LocalStack) -> None:
     """Dispatch can start on a big file while it is still being read: the first FIRST_CHUNK lines are
     written (and the workers woken) before line FIRST_CHUNK + 10 is even produced."""
-    from producer.api import CHUNK, FIRST_CHUNK, new_id
-    from worker.state import JobStore
+    from editq.producer.api import CHUNK, FIRST_CHUNK, new_id
+    from editq.worker.state import JobStore
 
     assert FIRST_CHUNK < CHUNK
     store, batch, tag = JobStore(), new_id("batch"), unique("first")

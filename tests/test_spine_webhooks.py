@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from producer.api import submit
-from producer.stack import LocalStack
-from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from editq.producer.api import submit
+from editq.producer.stack import LocalStack
+from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from editq.worker.state import JobStore, State
+from editq.worker.webhook_auth import delivery_url
 from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
-from worker.state import JobStore, State
-from worker.webhook_auth import delivery_url
 
 USER = "sandbox-user"
 
@@ -210,7 +210,7 @@ def test_a_late_failure_for_an_attempt_given_up_changes_nothing(receiver_stack: 
 def test_an_adopted_answer_records_its_attempt_accepted(receiver_stack: LocalStack) -> None:
     """A success adopted for the current attempt (its worker lost the answer): the attempt is recorded
     `accepted` with that request id, and the manifest lists no attempt as still `sending`."""
-    from worker.manifest import build
+    from editq.worker.manifest import build
 
     receiver_stack.apply_env()
     store, job_id = _claimed("adopt")

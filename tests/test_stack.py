@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import redis
 
-from producer.api import submit
-from producer.stack import LocalStack
+from editq.producer.api import submit
+from editq.producer.stack import LocalStack
+from editq.worker.keys import Keys, broker_patterns, namespace_patterns, scan_keys
 from tests.conftest import EXAMPLES, unique
-from worker.keys import Keys, broker_patterns, namespace_patterns, scan_keys
 
 
 def test_an_isolated_stack_leaves_no_keys_in_a_shared_redis(stack_redis_url: str) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from schemas.job import EditJob, InputRecord
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.keys import Keys
+from editq.worker.state import TRANSITIONS, JobStore, State
 from tests.conftest import unique
-from worker.keys import Keys
-from worker.state import TRANSITIONS, JobStore, State
 
 
 @pytest.fixture

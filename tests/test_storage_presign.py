@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from botocore.auth import S3SigV4QueryAuth
 
-from schemas.settings import Settings
-from worker.storage import PUT_URL_TTL_S, Storage
+from editq.schemas.settings import Settings
+from editq.worker.storage import PUT_URL_TTL_S, Storage
 
 FROZEN = dt.datetime(2026, 11, 22, 12, 0, 0)
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from producer.follow import follow_up_lines, parse_sets
-from producer.groups import count_groups, format_groups
-from producer.report_model import build, latency
-from producer.review_state import Decision, parse_log, replay
-from schemas.job import JobRequest, content_key
-from schemas.variants import MAX_JOBS_PER_LINE, expand, parse_line
+from editq.producer.follow import follow_up_lines, parse_sets
+from editq.producer.groups import count_groups, format_groups
+from editq.producer.report_model import build, latency
+from editq.producer.review_state import Decision, parse_log, replay
+from editq.schemas.job import JobRequest, content_key
+from editq.schemas.variants import MAX_JOBS_PER_LINE, expand, parse_line
 
 BASE = {"custom_id": "mug", "prompt": "On oak", "images": ["mug.png"], "quality": "low", "metadata": {"sku": "M1"}}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from producer.api import wait
-from producer.cli import app
-from producer.review_log import ReviewLog
-from producer.review_state import Decision
-from producer.stack import LocalStack
+from editq.producer.api import wait
+from editq.producer.cli import app
+from editq.producer.review_log import ReviewLog
+from editq.producer.review_state import Decision
+from editq.producer.stack import LocalStack
 from tests.conftest import unique, write_jsonl
 from tests.e2e import copy_examples
 
@@ -20,7 +20,7 @@ runner = CliRunner()
 
 
 def test_submit_variants_status_report_and_continue_from_the_command_line(live: LocalStack, tmp_path: Path) -> None:
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     tag = unique("cli")
     copy_examples(tmp_path, ("mug.png", "bottle.png"))
@@ -71,7 +71,7 @@ def test_submit_variants_status_report_and_continue_from_the_command_line(live: 
 
 
 def _redis_manifests(batch: str) -> list[dict]:  # type: ignore[type-arg]
-    from producer.report import load_entries
+    from editq.producer.report import load_entries
 
     entries = load_entries(batch)
     assert entries and all(e["state"] == "succeeded" for e in entries)
@@ -85,12 +85,12 @@ def test_editq_review_serves_the_grid_and_saves_decisions(live: LocalStack, vari
 
     import httpx
 
-    from producer.stack import free_port
+    from editq.producer.stack import free_port
     from tests.conftest import wait_for
 
     port = free_port()
     env = {**os.environ, **live.env, "XDG_CACHE_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "review", variant_batch, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "editq", "review", variant_batch, "--port", str(port),
                              "--reviewer", "proc@test"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -125,6 +125,6 @@ def read_job(batch: str, custom_id: str) -> str:
 
 
 def _storage():  # type: ignore[no-untyped-def]
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     return get_storage()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from producer.api import status, submit_batch, wait
-from producer.follow_submit import continue_batch
-from producer.review_log import ReviewLog
-from producer.review_state import Decision
-from producer.stack import LocalStack
+from editq.producer.api import status, submit_batch, wait
+from editq.producer.follow_submit import continue_batch
+from editq.producer.review_log import ReviewLog
+from editq.producer.review_state import Decision
+from editq.producer.stack import LocalStack
 from tests.conftest import EXAMPLES
 from tests.e2e import read_manifests
 
@@ -52,7 +52,7 @@ def test_a_bad_variant_refuses_its_whole_line_and_names_the_variant(live: LocalS
 
 
 def test_continue_submits_follow_ups_for_picked_variants(live: LocalStack, variant_batch: str) -> None:
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     storage = get_storage()
     entries = {m["custom_id"]: m for m in read_manifests(variant_batch)}
@@ -92,7 +92,7 @@ def test_continue_submits_follow_ups_for_picked_variants(live: LocalStack, varia
 
 
 def test_continue_runs_under_the_budget_rules_of_any_batch(live: LocalStack, variant_batch: str) -> None:
-    from worker.storage import get_storage
+    from editq.worker.storage import get_storage
 
     entries = {m["custom_id"]: m for m in read_manifests(variant_batch)}
     mug = entries["mug-lemon"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from providers.signatures import WebhookSecret
+from editq.providers.signatures import WebhookSecret
 
 
 def test_deliveries_during_the_first_fetch_wait_for_its_key() -> None:

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from providers.fal import SPEC as FAL_SPEC
-from providers.fal import FalSettings
-from providers.fal.protocol import FalProtocol
-from providers.signatures import WebhookSecret
+from editq.providers.fal import SPEC as FAL_SPEC
+from editq.providers.fal import FalSettings
+from editq.providers.fal.protocol import FalProtocol
+from editq.providers.signatures import WebhookSecret
+from editq.worker.errors import WebhookRejected
 from tests.factories import client_of
-from worker.errors import WebhookRejected
 
 
 def _fal_headers(key: SigningKey, body: bytes, user: str = "u1") -> dict[str, str]:

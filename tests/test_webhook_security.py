@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from producer.api import submit
-from producer.stack import LocalStack
-from sandbox.signing import Ed25519KeyRing, FalWebhookSigner, StandardWebhookSigner
+from editq.producer.api import submit
+from editq.producer.stack import LocalStack
+from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner, StandardWebhookSigner
+from editq.worker.state import JobStore, JobView, State
+from editq.worker.webhook_auth import delivery_url, job_token
 from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
-from worker.state import JobStore, JobView, State
-from worker.webhook_auth import delivery_url, job_token
 
 USER = "sandbox-user"
 FAL = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import RedisServer
-from producer.api import submit, wait
-from producer.stack import LocalStack
+from editq.bench.chaos import RedisServer
+from editq.producer.api import submit, wait
+from editq.producer.stack import LocalStack
+from editq.worker.state import State
 from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
-from worker.state import State
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from worker.transport import async_client
+from editq.worker.transport import async_client
 
 T = TypeVar("T")
 

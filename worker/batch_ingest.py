@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from worker.keys import Keys
+from editq.worker.keys import Keys
 
 
 class RedisBatchStore:
@@ -31,7 +31,7 @@ class RedisBatchStore:
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            from worker.redis_client import get_redis
+            from editq.worker.redis_client import get_redis
 
             self._redis = get_redis()
         return self._redis
@@ -39,7 +39,7 @@ class RedisBatchStore:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            from worker.storage import get_storage
+            from editq.worker.storage import get_storage
 
             self._storage = get_storage()
         return self._storage
@@ -47,7 +47,7 @@ class RedisBatchStore:
     @property
     def k(self) -> Keys:
         if self._keys is None:
-            from worker.keys import keys
+            from editq.worker.keys import keys
 
             self._keys = keys()
         return self._keys

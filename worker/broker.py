@@ -43,8 +43,8 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-TRANSPORT = "worker.broker:Transport"
-SENTINEL_TRANSPORT = "worker.broker:SentinelTransport"
+TRANSPORT = "editq.worker.broker:Transport"
+SENTINEL_TRANSPORT = "editq.worker.broker:SentinelTransport"
 
 
 def transport_for(url: str) -> str | None:

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from worker import metrics
-from worker.keys import Keys
-from worker.state import MICRO, batch_scope, tenant_caps, tenant_scope
+from editq.worker import metrics
+from editq.worker.keys import Keys
+from editq.worker.state import MICRO, batch_scope, tenant_caps, tenant_scope
 
 
 def readings(r: Any, k: Keys, now: float | None = None) -> Iterator[tuple[str, float, float]]:

@@ -13,9 +13,9 @@ import redis
 from celery import Celery
 from celery.signals import setup_logging
 
-from schemas.settings import Settings, get_settings
-from worker.broker import transport_for
-from worker.logging import configure_logging
+from editq.schemas.settings import Settings, get_settings
+from editq.worker.broker import transport_for
+from editq.worker.logging import configure_logging
 
 VISIBILITY_TIMEOUT_S = 3600
 
@@ -40,7 +40,7 @@ def make_app() -> Celery:
     s = get_settings()
     configure_logging()
     url, transport = broker(s)
-    app = Celery("editq", broker=url, include=["worker.tasks"])
+    app = Celery("editq", broker=url, include=["editq.worker.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

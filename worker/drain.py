@@ -42,8 +42,8 @@ def node_name(name: str = "editq") -> str:
 
 def drain(node: str, timeout_s: float, poll_s: float = 0.5) -> tuple[bool, int]:
     """Stop `node` taking tasks and wait for its active ones. Returns (drained, tasks still active)."""
-    from worker.celery_app import app
-    from worker.triggers import queue_name
+    from editq.worker.celery_app import app
+    from editq.worker.triggers import queue_name
 
     for queue in (queue_name(), queue_name("sync")):
         app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=2)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from schemas.manifest import ErrorInfo
-from worker.redact import redact
+from editq.schemas.manifest import ErrorInfo
+from editq.worker.redact import redact
 
 
 class ErrorKind(StrEnum):

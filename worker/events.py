@@ -10,8 +10,8 @@ from typing import Any
 
 import structlog
 
-from schemas.manifest import ErrorInfo
-from worker import metrics
+from editq.schemas.manifest import ErrorInfo
+from editq.worker import metrics
 
 log = structlog.get_logger("editq.jobs")
 

@@ -30,7 +30,7 @@ CHECK_TIMEOUT_S = 2.0
 def check_redis() -> str | None:
     """None when the job-state Redis answers a PING, else why not."""
     try:
-        from worker.redis_client import probe_client
+        from editq.worker.redis_client import probe_client
 
         probe_client().ping()
         return None
@@ -41,7 +41,7 @@ def check_redis() -> str | None:
 def check_broker() -> str | None:
     """None when Celery's broker accepts a connection, else why not."""
     try:
-        from worker.celery_app import app
+        from editq.worker.celery_app import app
 
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT_S)
@@ -110,7 +110,7 @@ def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
     taken (two workers on one host with the same setting) is logged and skipped, never fatal."""
     if not port:
         return None
-    from worker.metrics import register_redis_collector
+    from editq.worker.metrics import register_redis_collector
 
     register_redis_collector()
     try:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.settings import get_settings
+from editq.schemas.settings import get_settings
 
 # name -> template. `{prefix}` is the key prefix (EDITQ_KEY_PREFIX); every other field is a parameter.
 LAYOUT: Mapping[str, str] = {

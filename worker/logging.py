@@ -20,7 +20,7 @@ import sys
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.redact import redact
+from editq.worker.redact import redact
 
 _done = False
 NOISY = ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
-from worker.state import MICRO, JobStore, JobView
-from worker.storage import Storage
+from editq.schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
+from editq.worker.state import MICRO, JobStore, JobView
+from editq.worker.storage import Storage
 
 SECRET_FIELDS = {"api_key", "openai_api_key", "authorization", "token"}
 
@@ -67,7 +67,7 @@ def build(
     history = view.history
     now = time.time()
     if not history or history[-1].state != state:
-        from schemas.manifest import StateChange
+        from editq.schemas.manifest import StateChange
 
         history.append(StateChange(state=state, at=now))
     return JobManifest(

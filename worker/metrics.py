@@ -83,8 +83,8 @@ class RedisCollector(Collector):
         self._keys = keys
 
     def _r_k(self) -> tuple[Any, Any]:
-        from worker.keys import keys
-        from worker.redis_client import get_redis
+        from editq.worker.keys import keys
+        from editq.worker.redis_client import get_redis
 
         return self._redis or get_redis(), self._keys or keys()
 
@@ -92,7 +92,7 @@ class RedisCollector(Collector):
         return list(self._families({}, {}, {}, {}, []))
 
     def collect(self) -> Iterable[Metric]:
-        import providers
+        from editq import providers
 
         r, k = self._r_k()
         names = sorted(set(providers.names()) | set(r.smembers(k.providers)))
@@ -129,7 +129,7 @@ class RedisCollector(Collector):
     def _families(self, counts: dict[str, str], latency: dict[str, str], cost: dict[str, str],
                   slots: dict[str, int], ages: list[tuple[str, str, float]],
                   budgets: Iterable[tuple[str, float, float]] = ()) -> Iterator[Metric]:
-        import providers
+        from editq import providers
 
         jobs = GaugeMetricFamily("editq_jobs", "Jobs in each active state, by provider and lane (from Redis)",
                                  labels=["state", "provider", "lane"])

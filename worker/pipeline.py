@@ -19,24 +19,24 @@ from typing import Any
 
 import structlog
 
-import providers
-import worker.budgets  # noqa: F401  (registers the budgets' metrics reader)
-from providers.pricing import to_micro
-from providers.protocol import ProviderProtocol
-from providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
-from schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
-from schemas.settings import Settings, get_settings
-from worker import aio, events, policy, startup
-from worker.errors import ErrorKind, ProviderError
-from worker.manifest import build, reservation, spent_cost, write_batch_manifest, write_job_manifest_async
-from worker.netguard import UnsafeURL
-from worker.outcomes import failure_label
-from worker.provider_client import client_for, on_wire
-from worker.redis_client import replicated
-from worker.state import MICRO, JobStore, JobView, State
-from worker.storage import Storage, get_storage
-from worker.triggers import COALESCE_MS, Kicker
-from worker.webhook_auth import delivery_url
+import editq.worker.budgets  # noqa: F401  (registers the budgets' metrics reader)
+from editq import providers
+from editq.providers.pricing import to_micro
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
+from editq.schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
+from editq.schemas.settings import Settings, get_settings
+from editq.worker import aio, events, policy, startup
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.manifest import build, reservation, spent_cost, write_batch_manifest, write_job_manifest_async
+from editq.worker.netguard import UnsafeURL
+from editq.worker.outcomes import failure_label
+from editq.worker.provider_client import client_for, on_wire
+from editq.worker.redis_client import replicated
+from editq.worker.state import MICRO, JobStore, JobView, State
+from editq.worker.storage import Storage, get_storage
+from editq.worker.triggers import COALESCE_MS, Kicker
+from editq.worker.webhook_auth import delivery_url
 
 log = structlog.get_logger("editq.pipeline")
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from worker.errors import ErrorKind, ProviderError
+from editq.worker.errors import ErrorKind, ProviderError
 
 CIRCUIT_FAILURES = 5  # consecutive non-terminal failures of one provider open its circuit...
 CIRCUIT_OPEN_S = 60  # ...for this long; routed jobs skip to their next provider meanwhile

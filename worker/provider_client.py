@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from providers.spec import ProviderSettings, ProviderSpec, credential_hosts, host_of
-from providers.types import Answer, ProviderRequest
-from worker import redact, transport
-from worker.errors import ErrorKind, ProviderError
+from editq.providers.spec import ProviderSettings, ProviderSpec, credential_hosts, host_of
+from editq.providers.types import Answer, ProviderRequest
+from editq.worker import redact, transport
+from editq.worker.errors import ErrorKind, ProviderError
 
 # The connection was never established, so the provider cannot have seen the request.
 NOT_SENT: tuple[type[Exception], ...] = (
@@ -211,8 +211,8 @@ _clients: dict[tuple[str, int, int], ProviderClient] = {}
 
 def client_for(name: str) -> ProviderClient:
     """The provider's client on this process's pooled HTTP client (call from inside the worker's loop)."""
-    import providers
-    from worker import aio
+    from editq import providers
+    from editq.worker import aio
 
     http = aio.http_client()
     settings = providers.settings_of(name)

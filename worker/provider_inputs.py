@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.job import InputRecord
-from worker.errors import ErrorKind, ProviderError
+from editq.schemas.job import InputRecord
+from editq.worker.errors import ErrorKind, ProviderError
 
 
 class StorageInputs:
@@ -22,7 +22,7 @@ class StorageInputs:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            from worker.storage import get_storage
+            from editq.worker.storage import get_storage
 
             self._storage = get_storage()
         return self._storage
@@ -51,7 +51,7 @@ class StorageMasks:
     `providers.oxen.protocol.MaskStore`."""
 
     async def read(self, rec: InputRecord) -> bytes:
-        from worker.storage import get_storage
+        from editq.worker.storage import get_storage
 
         try:
             return await asyncio.to_thread(get_storage().get_bytes, rec.s3_key)
@@ -60,7 +60,7 @@ class StorageMasks:
                                 f"({type(exc).__name__})") from None
 
     async def put_png(self, data: bytes, sha256: str) -> str:
-        from worker.storage import get_storage
+        from editq.worker.storage import get_storage
 
         storage = get_storage()
         key = storage.input_key(sha256, "png")

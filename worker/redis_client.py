@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from schemas.settings import Settings, get_settings
+from editq.schemas.settings import Settings, get_settings
 
 log = structlog.get_logger("editq.redis")
 

@@ -18,9 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 
-import providers
-from schemas.settings import Settings, get_settings
-from worker import redact
+from editq import providers
+from editq.schemas.settings import Settings, get_settings
+from editq.worker import redact
 
 Role = Literal["worker", "receiver", "client"]
 ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")

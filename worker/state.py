@@ -35,11 +35,11 @@ from typing import Any
 
 import redis
 
-from schemas.job import EditJob
-from schemas.manifest import StateChange
-from schemas.settings import get_settings
-from worker.keys import Keys, keys, lua_preamble
-from worker.redis_client import get_redis
+from editq.schemas.job import EditJob
+from editq.schemas.manifest import StateChange
+from editq.schemas.settings import get_settings
+from editq.worker.keys import Keys, keys, lua_preamble
+from editq.worker.redis_client import get_redis
 
 
 class State(StrEnum):
@@ -83,7 +83,7 @@ _INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
 
 
 def _lua_source(name: str) -> str:
-    return (resources.files("worker") / LUA_DIR / name).read_text(encoding="utf-8")
+    return (resources.files("editq.worker") / LUA_DIR / name).read_text(encoding="utf-8")
 
 
 def lua_script(name: str) -> str:

@@ -24,11 +24,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 from PIL import Image
 
-from schemas.manifest import OutputRecord
-from schemas.settings import Settings, get_settings
-from worker.errors import ErrorKind, ProviderError
-from worker.netguard import Target, check_url_async
-from worker.policy import kind_for_status
+from editq.schemas.manifest import OutputRecord
+from editq.schemas.settings import Settings, get_settings
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.netguard import Target, check_url_async
+from editq.worker.policy import kind_for_status
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900

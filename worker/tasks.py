@@ -12,12 +12,12 @@ from functools import cache
 import structlog
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-import providers
-from schemas.settings import get_settings
-from worker import aio, health
-from worker.celery_app import app
-from worker.drain import DRAINING
-from worker.pipeline import Pipeline
+from editq import providers
+from editq.schemas.settings import get_settings
+from editq.worker import aio, health
+from editq.worker.celery_app import app
+from editq.worker.drain import DRAINING
+from editq.worker.pipeline import Pipeline
 
 log = structlog.get_logger("editq.tasks")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.settings import get_settings
-from worker.keys import keys
-from worker.redis_client import get_redis
+from editq.schemas.settings import get_settings
+from editq.worker.keys import keys
+from editq.worker.redis_client import get_redis
 
 COALESCE_MS = 1000
 # A running pump holds its flag this long, refreshed each round (a round is at most STREAM_S, 2 s, plus the
@@ -26,7 +26,7 @@ class Kicker:
     `hold`, `clear` and `take` get that key."""
 
     def __init__(self) -> None:
-        from worker.celery_app import app
+        from editq.worker.celery_app import app
 
         self.app = app
         self.r = get_redis()

@@ -14,8 +14,8 @@ import hashlib
 import hmac
 from urllib.parse import urlencode
 
-import providers
-from schemas.settings import Settings, get_settings
+from editq import providers
+from editq.schemas.settings import Settings, get_settings
 
 JOB_PARAM = "job"
 TOKEN_PARAM = "token"  # worker/redact.py hides the value of any `token=` query parameter

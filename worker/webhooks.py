@@ -28,16 +28,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-import providers
-from providers.types import Outcome, WebhookEvent
-from worker import aio, events, health, startup
-from worker import metrics as editq_metrics
-from worker.errors import ProviderError, WebhookMalformed, WebhookRejected
-from worker.logging import configure_logging
-from worker.pipeline import Pipeline
-from worker.provider_client import client_for
-from worker.state import JobView, State, job_view
-from worker.webhook_auth import JOB_PARAM, TOKEN_PARAM, receives_webhooks, token_ok
+from editq import providers
+from editq.providers.types import Outcome, WebhookEvent
+from editq.worker import aio, events, health, startup
+from editq.worker import metrics as editq_metrics
+from editq.worker.errors import ProviderError, WebhookMalformed, WebhookRejected
+from editq.worker.logging import configure_logging
+from editq.worker.pipeline import Pipeline
+from editq.worker.provider_client import client_for
+from editq.worker.state import JobView, State, job_view
+from editq.worker.webhook_auth import JOB_PARAM, TOKEN_PARAM, receives_webhooks, token_ok
 
 log = structlog.get_logger("editq.webhooks")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.pricing import TablePriceSettings
-from providers.spec import ProviderSpec
+from editq.providers.pricing import TablePriceSettings
+from editq.providers.spec import ProviderSpec
 
 
 class FalSettings(TablePriceSettings):

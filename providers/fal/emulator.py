@@ -68,17 +68,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from providers.fal.emulator_schema import GptImage2EditInput, error_detail, validation_detail
-from sandbox.engine import (
+from editq.providers.fal.emulator_schema import GptImage2EditInput, error_detail, validation_detail
+from editq.sandbox.engine import (
     CONTENT_TYPES,
     EngineError,
     image_dimensions,
     render_edit_images,
     render_placeholder,
 )
-from sandbox.files import MEDIA_TYPES, FileStore, StoredFile
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import (
+from editq.sandbox.files import MEDIA_TYPES, FileStore, StoredFile
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
     admit,
@@ -90,9 +90,9 @@ from sandbox.providers.common import (
     queue_urls,
     retry_after,
 )
-from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import Ed25519KeyRing, FalWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "fal"
 PREFIX = "/fal"

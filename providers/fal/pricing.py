@@ -7,7 +7,7 @@ produced. fal bills only successful outputs: failures release their reservation.
 
 from __future__ import annotations
 
-from providers.pricing import TablePrices, TablePriceSettings
+from editq.providers.pricing import TablePrices, TablePriceSettings
 
 
 def price_model(settings: TablePriceSettings) -> TablePrices:

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from providers import types as pt
-from providers.fal import FalSettings
-from providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
-from providers.protocol import ProviderProtocol
-from providers.signatures import webhook_json
-from providers.spec import ProviderSettings
-from schemas.job import EditJob
-from schemas.params import Background
-from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+from editq.providers import types as pt
+from editq.providers.fal import FalSettings
+from editq.providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.signatures import webhook_json
+from editq.providers.spec import ProviderSettings
+from editq.schemas.job import EditJob
+from editq.schemas.params import Background
+from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "fal"
 JWKS_TTL_S = 24 * 3600

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.types import InputUrls
-from schemas.job import EditJob
-from schemas.params import parse_size, size_problems
+from editq.providers.types import InputUrls
+from editq.schemas.job import EditJob
+from editq.schemas.params import parse_size, size_problems
 
 PRESETS: dict[tuple[int, int], str] = {
     (1024, 1024): "square_hd",

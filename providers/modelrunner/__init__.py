@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.pricing import TablePriceSettings
-from providers.spec import ProviderSpec, host_of
-from schemas.job import DEFAULT_MODEL
+from editq.providers.pricing import TablePriceSettings
+from editq.providers.spec import ProviderSpec, host_of
+from editq.schemas.job import DEFAULT_MODEL
 
 
 class ModelRunnerSettings(TablePriceSettings):

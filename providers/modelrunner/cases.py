@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from providers.cases import Cases
+from editq.providers.cases import Cases
 
 CASES = Cases(
     accepted=[

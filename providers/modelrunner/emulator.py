@@ -47,10 +47,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from providers.fal.emulator_schema import GptImage2EditInput
-from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import (
+from editq.providers.fal.emulator_schema import GptImage2EditInput
+from editq.sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import (
     KEY_AUTH,
     InputFailed,
     admit,
@@ -64,9 +64,9 @@ from sandbox.providers.common import (
     random_id,
     retry_after,
 )
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import StandardWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from editq.sandbox.signing import StandardWebhookSigner
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "modelrunner"
 PREFIX = "/modelrunner"

@@ -5,7 +5,7 @@ estimated with fal's table (providers/pricing.py, 2026-11) before they run. Its 
 
 from __future__ import annotations
 
-from providers.pricing import TablePrices, TablePriceSettings
+from editq.providers.pricing import TablePrices, TablePriceSettings
 
 
 def price_model(settings: TablePriceSettings) -> TablePrices:

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from providers import types as pt
-from providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
-from providers.modelrunner import ModelRunnerSettings
-from providers.protocol import ProviderProtocol
-from providers.signatures import (
+from editq.providers import types as pt
+from editq.providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
+from editq.providers.modelrunner import ModelRunnerSettings
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.signatures import (
     WebhookSecret,
     standard_webhook_key,
     v1_matches,
@@ -27,14 +27,14 @@ from providers.signatures import (
     webhook_headers,
     webhook_json,
 )
-from providers.spec import ProviderSettings
-from schemas.job import DEFAULT_MODEL, EditJob
-from schemas.manifest import Usage
-from schemas.params import Background
-from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+from editq.providers.spec import ProviderSettings
+from editq.schemas.job import DEFAULT_MODEL, EditJob
+from editq.schemas.manifest import Usage
+from editq.schemas.params import Background
+from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "modelrunner"
 MAX_IMAGES = 16

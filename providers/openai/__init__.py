@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.openai.common import OpenAIPriceSettings
-from providers.spec import ProviderSpec
+from editq.providers.openai.common import OpenAIPriceSettings
+from editq.providers.spec import ProviderSpec
 
 
 class OpenAISettings(OpenAIPriceSettings):

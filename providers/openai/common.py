@@ -39,13 +39,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, TablePriceSettings
-from providers.types import Answer
-from schemas.job import EditJob
-from schemas.manifest import Usage
-from schemas.params import Background, parse_size, size_problems
-from worker.errors import ErrorKind, ProviderError
-from worker.policy import kind_for_status, parse_retry_after
+from editq.providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, TablePriceSettings
+from editq.providers.types import Answer
+from editq.schemas.job import EditJob
+from editq.schemas.manifest import Usage
+from editq.schemas.params import Background, parse_size, size_problems
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.policy import kind_for_status, parse_retry_after
 
 # ---- models and limits ---------------------------------------------------------------------------
 # Canonical (fal-style) ids a job may carry -> the OpenAI model id. Only the gpt-image-2 family is

@@ -56,10 +56,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from sandbox.engine import EngineError, render_edit_images, render_placeholder, sniff_image_type
-from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
-from sandbox.runner import Job, JobOutcome, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.engine import EngineError, render_edit_images, render_placeholder, sniff_image_type
+from editq.sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, submit_fault
+from editq.sandbox.runner import Job, JobOutcome, ProviderAdapter
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "openai"
 PREFIX = "/openai/v1"
@@ -83,7 +83,7 @@ SCALAR_FIELDS = frozenset({
 })
 OUTPUT_TOKENS_1024 = {"low": 196, "medium": 1756, "high": 7024}
 NO_QUOTA_KEY = "sk-sandbox-no-quota"
-MODERATION_TRIGGER = "sandbox:moderation"
+MODERATION_TRIGGER = "editq.sandbox:moderation"
 
 
 # ---- errors ------------------------------------------------------------------------------------------

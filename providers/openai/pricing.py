@@ -5,7 +5,7 @@ tokens at the configured prices, source `provider`. Overridable: `EDITQ_OPENAI_P
 
 from __future__ import annotations
 
-from providers.pricing import TablePrices, TablePriceSettings
+from editq.providers.pricing import TablePrices, TablePriceSettings
 
 
 def price_model(settings: TablePriceSettings) -> TablePrices:

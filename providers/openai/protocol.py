@@ -21,29 +21,29 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from providers import types as pt
-from providers.masks import mask_alpha_problem
-from providers.openai import OpenAISettings
-from providers.openai.common import (
+from editq.providers import types as pt
+from editq.providers.masks import mask_alpha_problem
+from editq.providers.openai import OpenAISettings
+from editq.providers.openai.common import (
     answer_error,
     edit_fields,
     multipart_form,
     usage_and_cost,
     validate_edit,
 )
-from providers.protocol import ProviderProtocol, engine_service
-from providers.signatures import lost_sync_answer
-from providers.spec import ProviderSettings
-from schemas.job import EditJob, InputRecord
-from worker.errors import ErrorKind, ProviderError
+from editq.providers.protocol import ProviderProtocol, engine_service
+from editq.providers.signatures import lost_sync_answer
+from editq.providers.spec import ProviderSettings
+from editq.schemas.job import EditJob, InputRecord
+from editq.worker.errors import ErrorKind, ProviderError
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "openai"
 EDITS_PATH = "/images/edits"
 # the engine's reader (our S3 by key, sha256-checked); named, not imported: the protocol stays free of storage
-ENGINE_INPUTS = "worker.provider_inputs:StorageInputs"
+ENGINE_INPUTS = "editq.worker.provider_inputs:StorageInputs"
 
 
 class InputReader(Protocol):

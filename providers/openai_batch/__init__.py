@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from providers.openai.common import OpenAIPriceSettings
-from providers.spec import ProviderSpec
+from editq.providers.openai.common import OpenAIPriceSettings
+from editq.providers.spec import ProviderSpec
 
 
 class OpenAIBatchSettings(OpenAIPriceSettings):

@@ -60,7 +60,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from providers.openai.emulator import (
+from editq.providers.openai.emulator import (
     MODERATION_TRIGGER,
     OpenAIError,
     execute_edit,
@@ -74,11 +74,11 @@ from providers.openai.emulator import (
     parse_multipart,
     server_error,
 )
-from sandbox.engine import sniff_image_type
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import bearer_key, submit_fault
-from sandbox.runner import Job, JobOutcome, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.engine import sniff_image_type
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import bearer_key, submit_fault
+from editq.sandbox.runner import Job, JobOutcome, ProviderAdapter
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "openai_batch"
 PREFIX = "/openai"

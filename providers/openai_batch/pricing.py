@@ -5,8 +5,8 @@ Estimates are the OpenAI table times the discount; a finished line's `usage` giv
 
 from __future__ import annotations
 
-from providers.openai_batch import OpenAIBatchSettings
-from providers.pricing import TablePrices
+from editq.providers.openai_batch import OpenAIBatchSettings
+from editq.providers.pricing import TablePrices
 
 
 def price_model(settings: OpenAIBatchSettings) -> TablePrices:

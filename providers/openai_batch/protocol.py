@@ -81,7 +81,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from providers.openai.common import (
+from editq.providers.openai.common import (
     answer_error,
     classify_code,
     classify_error,
@@ -90,16 +90,16 @@ from providers.openai.common import (
     usage_and_cost,
     validate_edit,
 )
-from providers.openai_batch import OpenAIBatchSettings
-from providers.protocol import ProviderProtocol, engine_service
-from providers.spec import ProviderSettings
-from providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
-from schemas.job import EditJob
-from schemas.manifest import Usage
-from worker.errors import ErrorKind, ProviderError
+from editq.providers.openai_batch import OpenAIBatchSettings
+from editq.providers.protocol import ProviderProtocol, engine_service
+from editq.providers.spec import ProviderSettings
+from editq.providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
+from editq.schemas.job import EditJob
+from editq.schemas.manifest import Usage
+from editq.worker.errors import ErrorKind, ProviderError
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "openai_batch"
 ENDPOINT = "/v1/images/edits"
@@ -111,7 +111,7 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # the engine's store (Redis + S3); named, not imported: the protocol stays free of redis and storage
-ENGINE_STORE = "worker.batch_ingest:RedisBatchStore"
+ENGINE_STORE = "editq.worker.batch_ingest:RedisBatchStore"
 
 
 class BatchStore(Protocol):

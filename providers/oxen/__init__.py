@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.pricing import check_table
-from providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.pricing import check_table
+from editq.providers.spec import ProviderSettings, ProviderSpec
 
 
 class OxenSettings(ProviderSettings):
@@ -40,7 +40,7 @@ class OxenSettings(ProviderSettings):
 
 
 def _default_per_run() -> dict[str, dict[str, float]]:
-    from providers.oxen.pricing import DEFAULT_PER_RUN
+    from editq.providers.oxen.pricing import DEFAULT_PER_RUN
 
     return {k: dict(v) for k, v in DEFAULT_PER_RUN.items()}
 

@@ -43,12 +43,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from sandbox.engine import EngineError, render_edit_images, render_placeholder
-from sandbox.files import StoredFile
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import InputFailed, bearer_key, fetch_inputs, kept_headers, retry_after, submit_fault
-from sandbox.runner import Job, JobOutcome, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.engine import EngineError, render_edit_images, render_placeholder
+from editq.sandbox.files import StoredFile
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import (
+    InputFailed,
+    bearer_key,
+    fetch_inputs,
+    kept_headers,
+    retry_after,
+    submit_fault,
+)
+from editq.sandbox.runner import Job, JobOutcome, ProviderAdapter
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "oxen"
 PREFIX = "/oxen/api/ai"

@@ -7,11 +7,11 @@ table (providers/pricing.py, fal 2026-11) up to the largest image of that tier (
 
 from __future__ import annotations
 
-from providers.oxen import OxenSettings
-from providers.oxen.protocol import aspect_and_tier
-from providers.pricing import RunPrices
-from schemas.job import EditJob
-from schemas.params import parse_size
+from editq.providers.oxen import OxenSettings
+from editq.providers.oxen.protocol import aspect_and_tier
+from editq.providers.pricing import RunPrices
+from editq.schemas.job import EditJob
+from editq.schemas.params import parse_size
 
 TIER_LARGEST = {"1K": (1536, 1536), "2K": (2560, 2560), "4K": (3840, 2160)}
 DEFAULT_PER_RUN: dict[str, dict[str, float]] = {

@@ -47,19 +47,19 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from providers.masks import mask_alpha_problem
-from providers.oxen import OxenSettings
-from providers.protocol import ProviderProtocol, engine_service
-from providers.signatures import lost_sync_answer
-from providers.spec import ProviderSettings
-from providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
-from schemas.job import EditJob, InputRecord
-from schemas.params import Background, parse_size
-from worker.errors import ErrorKind, ProviderError
-from worker.policy import parse_retry_after
+from editq.providers.masks import mask_alpha_problem
+from editq.providers.oxen import OxenSettings
+from editq.providers.protocol import ProviderProtocol, engine_service
+from editq.providers.signatures import lost_sync_answer
+from editq.providers.spec import ProviderSettings
+from editq.providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
+from editq.schemas.job import EditJob, InputRecord
+from editq.schemas.params import Background, parse_size
+from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.policy import parse_retry_after
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "oxen"
 EDIT_PATH = "/images/edit"
@@ -72,7 +72,7 @@ INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_IMAGES = 16
 
 
-ENGINE_MASKS = "worker.provider_inputs:StorageMasks"  # the engine's MaskStore (our S3)
+ENGINE_MASKS = "editq.worker.provider_inputs:StorageMasks"  # the engine's MaskStore (our S3)
 
 class MaskStore(Protocol):
     """Where the converted mask is kept so Oxen can fetch it (editq's S3 in production)."""

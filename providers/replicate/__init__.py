@@ -8,8 +8,8 @@ import re
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, PerImageTableSettings
-from providers.spec import ProviderSpec
+from editq.providers.pricing import IMAGE_IN_PER_M, TEXT_IN_PER_M, PerImageTableSettings
+from editq.providers.spec import ProviderSpec
 
 _CANCEL_AFTER = re.compile(r"^(?:\d+|(?:\d+h)?(?:\d+m)?(?:\d+s)?)$")
 # Replicate serves outputs from replicate.delivery and its subdomains; these get the token (https only)

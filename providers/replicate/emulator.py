@@ -62,10 +62,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
-from sandbox.files import MEDIA_TYPES, StoredFile
-from sandbox.inputs import InputError, fetch_image, summarize_for_log
-from sandbox.providers.common import (
+from editq.sandbox.engine import CONTENT_TYPES, EngineError, image_dimensions, render_edit_images, render_placeholder
+from editq.sandbox.files import MEDIA_TYPES, StoredFile
+from editq.sandbox.inputs import InputError, fetch_image, summarize_for_log
+from editq.sandbox.providers.common import (
     InputFailed,
     authorization_matches,
     fetch_inputs,
@@ -75,9 +75,9 @@ from sandbox.providers.common import (
     random_id,
     submit_fault,
 )
-from sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.signing import StandardWebhookSigner
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.runner import CancelResult, Job, JobOutcome, JobState, ProviderAdapter
+from editq.sandbox.signing import StandardWebhookSigner
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "replicate"
 PREFIX = "/replicate"

@@ -5,8 +5,8 @@ reports token counts (metrics or logs) the job's cost is computed from them (sou
 
 from __future__ import annotations
 
-from providers.pricing import TablePrices
-from providers.replicate import ReplicateSettings
+from editq.providers.pricing import TablePrices
+from editq.providers.replicate import ReplicateSettings
 
 
 def price_model(settings: ReplicateSettings) -> TablePrices:

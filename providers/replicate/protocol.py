@@ -26,18 +26,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from providers import types as pt
-from providers.protocol import ProviderProtocol
-from providers.replicate import ReplicateSettings
-from providers.signatures import WebhookSecret, v1_matches, v1_signatures, webhook_headers, webhook_json
-from providers.spec import ProviderSettings
-from schemas.job import EditJob
-from schemas.manifest import Usage
-from schemas.params import parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+from editq.providers import types as pt
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.replicate import ReplicateSettings
+from editq.providers.signatures import WebhookSecret, v1_matches, v1_signatures, webhook_headers, webhook_json
+from editq.providers.spec import ProviderSettings
+from editq.schemas.job import EditJob
+from editq.schemas.manifest import Usage
+from editq.schemas.params import parse_size
+from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "replicate"
 REPLICATE_MODEL = "openai/gpt-image-2"

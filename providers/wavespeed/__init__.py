@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from providers.pricing import check_table
-from providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.pricing import check_table
+from editq.providers.spec import ProviderSettings, ProviderSpec
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
@@ -38,7 +38,7 @@ class WaveSpeedSettings(ProviderSettings):
 
 
 def _default_per_run() -> dict[str, dict[str, float]]:
-    from providers.wavespeed.pricing import DEFAULT_PER_RUN
+    from editq.providers.wavespeed.pricing import DEFAULT_PER_RUN
 
     return {k: dict(v) for k, v in DEFAULT_PER_RUN.items()}
 

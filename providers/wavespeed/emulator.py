@@ -46,9 +46,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandbox.engine import EngineError, image_dimensions, render_edit_images, render_placeholder
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import (
+from editq.sandbox.engine import EngineError, image_dimensions, render_edit_images, render_placeholder
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import (
     BEARER_AUTH,
     InputFailed,
     admit,
@@ -59,8 +59,8 @@ from sandbox.providers.common import (
     look_up,
     retry_after,
 )
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "wavespeed"
 PREFIX = "/wavespeed"

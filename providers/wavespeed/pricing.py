@@ -11,11 +11,11 @@ Set your own figures from your WaveSpeed invoice. `size: auto` is sent at 1k, so
 
 from __future__ import annotations
 
-from providers.pricing import RunPrices
-from providers.wavespeed import WaveSpeedSettings
-from providers.wavespeed.protocol import DEFAULT_RESOLUTION, SIZE_TABLE
-from schemas.job import EditJob
-from schemas.params import parse_size
+from editq.providers.pricing import RunPrices
+from editq.providers.wavespeed import WaveSpeedSettings
+from editq.providers.wavespeed.protocol import DEFAULT_RESOLUTION, SIZE_TABLE
+from editq.schemas.job import EditJob
+from editq.schemas.params import parse_size
 
 MIN_PER_RUN = 0.06  # wavespeed.ai/gpt-image-2-api, "From $0.060/run" (2026-12-07)
 TIER_LARGEST = {"1k": (2048, 1024), "2k": (2560, 2048), "4k": (3840, 2160)}

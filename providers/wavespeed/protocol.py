@@ -42,18 +42,18 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers import types as pt
-from providers.protocol import ProviderProtocol
-from providers.signatures import WebhookSecret, webhook_headers, webhook_json
-from providers.spec import ProviderSettings
-from providers.wavespeed import WaveSpeedSettings
-from schemas.job import EditJob
-from schemas.params import Background, parse_size
-from worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
-from worker.policy import kind_for_status, parse_retry_after
+from editq.providers import types as pt
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.signatures import WebhookSecret, webhook_headers, webhook_json
+from editq.providers.spec import ProviderSettings
+from editq.providers.wavespeed import WaveSpeedSettings
+from editq.schemas.job import EditJob
+from editq.schemas.params import Background, parse_size
+from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+from editq.worker.policy import kind_for_status, parse_retry_after
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "wavespeed"
 MODEL = "openai/gpt-image-2/edit"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.state import ProviderMount, SandboxState
 
 ProviderBuilder = Callable[[SandboxState], ProviderMount]
 
 
 def builders() -> list[ProviderBuilder]:
     """The emulators of every registered provider (plugins from EDITQ_PROVIDER_MODULES included)."""
-    import providers
+    from editq import providers
 
     out: list[ProviderBuilder] = []
     for spec in providers.specs():

@@ -17,10 +17,10 @@ from typing import Literal, TypeVar, overload
 
 from fastapi import Request, Response
 
-from sandbox.config import SandboxConfig
-from sandbox.inputs import InputError, fetch_image
-from sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, Job
-from sandbox.state import SandboxState
+from editq.sandbox.config import SandboxConfig
+from editq.sandbox.inputs import InputError, fetch_image
+from editq.sandbox.runner import PRIORITY_LOW, PRIORITY_NORMAL, Job
+from editq.sandbox.state import SandboxState
 
 # ---- auth ------------------------------------------------------------------------------------------------------
 KEY_AUTH = re.compile(r"^Key\s+\S+", re.IGNORECASE)  # fal, ModelRunner

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.spec import ProviderSettings, ProviderSpec
 
 
 class EchoSettings(ProviderSettings):

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from providers.cases import Cases
+from editq.providers.cases import Cases
 
 CASES = Cases(accepted=[{}, {"output_format": "jpeg"}], refused=[({"num_images": 2}, "num_images=2")])

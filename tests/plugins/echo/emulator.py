@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sandbox.engine import EngineError, render_edit_images
-from sandbox.inputs import summarize_for_log
-from sandbox.providers.common import BEARER_AUTH, InputFailed, authorization_matches, fetch_inputs
-from sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
-from sandbox.state import ProviderMount, SandboxState
+from editq.sandbox.engine import EngineError, render_edit_images
+from editq.sandbox.inputs import summarize_for_log
+from editq.sandbox.providers.common import BEARER_AUTH, InputFailed, authorization_matches, fetch_inputs
+from editq.sandbox.runner import Job, JobOutcome, JobState, ProviderAdapter
+from editq.sandbox.state import ProviderMount, SandboxState
 
 NAME = "echo"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers.protocol import ProviderProtocol
-from providers.spec import ProviderSettings
-from providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
-from schemas.job import EditJob
+from editq.providers.protocol import ProviderProtocol
+from editq.providers.spec import ProviderSettings
+from editq.providers.types import Answer, InputUrls, Outcome, OutputRef, ProviderRequest, Result, Submitted, malformed
+from editq.schemas.job import EditJob
+from editq.worker.errors import ErrorKind, ProviderError
 from tests.plugins.echo import EchoSettings
-from worker.errors import ErrorKind, ProviderError
 
 if TYPE_CHECKING:
-    from worker.provider_client import ProviderClient
+    from editq.worker.provider_client import ProviderClient
 
 NAME = "echo"
 

@@ -1,0 +1,1 @@
+"""Pydantic models shared by the producer, the worker and the sandbox."""

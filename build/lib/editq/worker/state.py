@@ -1,0 +1,357 @@
+"""The job state machine: every state, every allowed transition, applied atomically in Redis.
+
+A job lives in exactly one index that matches its state, and every move between states is one
+Lua script, so a crash can never leave a job half-moved, and two workers racing on the same job
+(a webhook and the poller, a redelivered task and the original) cannot both win:
+
+    queued      -> pending list  {p}:pending:{provider}:{lane}
+    budget_wait -> {p}:budgetwait:{scope} list (the budget it waits for); no slot, no reservation
+    submitting  -> {p}:inflight  zset, score = claim lease deadline; holds a provider slot
+    submitted   -> {p}:inflight  zset, score = next poll time;       holds a provider slot
+    retry_wait  -> {p}:retry     zset, score = due time
+    ready       -> {p}:ready     list (collect drains it)
+    collecting  -> {p}:collecting zset, score = lease deadline
+    succeeded | failed | cancelled: terminal, no index; the job hash expires after job_ttl_s.
+
+Per-batch counters (`n_<state>`, `done`) move in the same script, so `editq status` is O(1).
+
+Money moves with the job: the claim reserves its worst-case cost against its batch and tenant budgets
+(worker/lua/claim.lua, with the other global limits) and the move script settles the reservation when the
+job leaves the provider's hands (worker/lua/move.lua): released, kept (an attempt that may have been billed)
+or adjusted to the real cost (`settle` field). Amounts are integer micro-USD.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from importlib import resources
+from typing import Any
+
+import redis
+
+from editq.schemas.job import EditJob
+from editq.schemas.manifest import StateChange
+from editq.schemas.settings import get_settings
+from editq.worker.keys import Keys, keys, lua_preamble
+from editq.worker.redis_client import get_redis
+
+
+class State(StrEnum):
+    queued = "queued"
+    budget_wait = "budget_wait"
+    submitting = "submitting"
+    submitted = "submitted"
+    retry_wait = "retry_wait"
+    ready = "ready"
+    collecting = "collecting"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({State.succeeded, State.failed, State.cancelled})
+ACTIVE = frozenset(State) - TERMINAL
+# a job that ended in one of these does not hold its idempotency key: the same line submitted again runs
+REPLACEABLE = (State.failed, State.cancelled)
+
+# The only moves the pipeline makes. Anything else is a bug and is refused.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    # queued/retry_wait -> ready: the late, signed answer of an earlier request that was lost in a crash
+    State.queued: frozenset({State.submitting, State.ready, State.cancelled, State.failed, State.budget_wait}),
+    # waits for money: back to the queue when its budget has room, or failed (--on-budget fail), or cancelled
+    State.budget_wait: frozenset({State.queued, State.failed, State.cancelled}),
+    State.submitting: frozenset(
+        {State.submitted, State.ready, State.retry_wait, State.queued, State.failed, State.cancelled}
+    ),
+    State.submitted: frozenset({State.ready, State.retry_wait, State.queued, State.failed, State.cancelled}),
+    State.retry_wait: frozenset({State.queued, State.ready, State.failed, State.cancelled}),
+    State.ready: frozenset({State.collecting, State.cancelled}),
+    State.collecting: frozenset({State.succeeded, State.ready, State.failed, State.retry_wait}),
+    State.succeeded: frozenset(),
+    State.failed: frozenset(),
+    State.cancelled: frozenset(),
+}
+
+LUA_DIR = "lua"  # worker/lua/*.lua, package data
+_INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
+
+
+def _lua_source(name: str) -> str:
+    return (resources.files("editq.worker") / LUA_DIR / name).read_text(encoding="utf-8")
+
+
+def lua_script(name: str) -> str:
+    """The full text of the script `worker/lua/<name>` as sent to Redis: the key layout's preamble
+    (worker/keys.py), then the file with each `--@include <file>` line replaced by that file."""
+    body = _INCLUDE.sub(lambda m: _lua_source(m.group(1)).rstrip("\n"), _lua_source(name))
+    return lua_preamble() + body
+
+
+# Every move, claim and creation is one of these (ARGV, returns: see the head of each file).
+_LUA_TRANSITION = lua_script("transition.lua")
+_LUA_CLAIM = lua_script("claim.lua")
+_LUA_CREATE = lua_script("create.lua")
+_LUA_CLOSE = lua_script("close.lua")
+_LUA_RELEASE = lua_script("release.lua")
+_LUA_CLAIM_READY = lua_script("claim_ready.lua")
+MICRO = 1_000_000  # budgets and reservations are integer micro-USD
+
+
+@dataclass(frozen=True)
+class Moved:
+    ok: bool
+    previous: str
+    batch_finished: bool = False
+    freed: str = ""  # provider whose slot this move released while it has queued jobs
+    kicks: int = 0  # wake-ups this move claimed (bit 1: dispatch of `freed`, bit 2: collect)
+
+
+@dataclass
+class JobView:
+    """A job as read back from Redis."""
+
+    job_id: str
+    state: State
+    provider: str
+    lane: str
+    attempts: int
+    request_id: str | None
+    fields: dict[str, str]
+
+    @cached_property
+    def job(self) -> EditJob:
+        """The job as enqueued, parsed on first use (the receiver's path never needs it)."""
+        return EditJob.model_validate_json(self.fields["spec"])
+
+    @property
+    def history(self) -> list[StateChange]:
+        out = []
+        for line in self.fields.get("h", "").splitlines():
+            parts = line.split("\t", 2)
+            if len(parts) >= 2:
+                out.append(StateChange(state=parts[0], at=float(parts[1]), note=parts[2] if len(parts) > 2 else None))
+        return out
+
+    def json_field(self, name: str) -> Any:
+        raw = self.fields.get(name)
+        return json.loads(raw) if raw else None
+
+
+class JobStore:
+    """Atomic job state in Redis. Every method is safe to call twice."""
+
+    def __init__(self, r: Any = None, k: Keys | None = None) -> None:
+        self.r: Any = r or get_redis()
+        self.k = k or keys()
+        # Wake-ups: with `kick_ms` > 0 the move script sets the coalescing flags of worker/triggers.py
+        # itself, and the callback runs only when it set one (a burst of moves sends one task):
+        # `on_slot_freed(provider)` when a move frees one of its slots while it has queued jobs,
+        # `on_ready()` when a job becomes ready. With 0 (the default) moves wake nothing.
+        self.kick_ms = 0
+        self.on_slot_freed: Callable[[str], None] | None = None
+        self.on_ready: Callable[[], None] | None = None
+        self._transition = self.r.register_script(_LUA_TRANSITION)
+        self._claim = self.r.register_script(_LUA_CLAIM)
+        self._create = self.r.register_script(_LUA_CREATE)
+        self._close = self.r.register_script(_LUA_CLOSE)
+        self._release = self.r.register_script(_LUA_RELEASE)
+        self._claim_ready = self.r.register_script(_LUA_CLAIM_READY)
+
+    def warm_up(self) -> None:
+        """Load the scripts into Redis now (the first EVALSHA of each would otherwise miss and resend)."""
+        for script in (self._transition, self._claim, self._create, self._close, self._release, self._claim_ready):
+            script.sha = self.r.script_load(script.script)
+
+    # -- creation -------------------------------------------------------------------------
+    def create(self, job: EditJob, pipe: Any = None, *, replaceable: Iterable[State] = REPLACEABLE,
+               extra: Mapping[str, str] | None = None, worst_case: Mapping[str, int] | None = None) -> Any:
+        """Create a queued job unless its idempotency key is held by a job in a state other than
+        `replaceable` (default: failed, cancelled). Returns [1, id] or [0, existing id]. A job that
+        replaces another is recorded on it (`superseded_by`). `extra`: more fields of the job hash.
+        `worst_case`: provider -> the job's worst-case cost there (micro-USD), what a claim reserves."""
+        fields = {"spec": job.model_dump_json(exclude_none=True), "created_at": repr(job.created_at), **(extra or {})}
+        if job.tenant:
+            fields["tenant"] = job.tenant
+        for provider, micro in (worst_case or {}).items():
+            fields[f"wc.{provider}"] = str(int(micro))
+        argv: list[Any] = [
+            self.k.prefix, job.job_id, job.batch_id, job.idempotency_key, get_settings().job_ttl_s,
+            job.route[0], job.priority.value, len(fields),
+        ]
+        for f, v in fields.items():
+            argv += [f, v]
+        argv += [",".join(s.value for s in replaceable), job.custom_id or ""]
+        return self._create(keys=[], args=argv, client=pipe or self.r)
+
+    def close_batch(self, batch_id: str) -> bool:
+        return bool(self._close(keys=[], args=[self.k.prefix, batch_id, repr(time.time())]))
+
+    # -- transitions ------------------------------------------------------------------------
+    def move(
+        self,
+        job_id: str,
+        frm: Iterable[State],
+        to: State,
+        *,
+        score: float = 0.0,
+        note: str = "",
+        fields: Mapping[str, Any] | None = None,
+    ) -> Moved:
+        frm = list(frm)
+        for f in frm:
+            if to not in TRANSITIONS[f]:
+                raise ValueError(f"illegal transition {f} -> {to}")
+        flat: list[Any] = []
+        for name, value in (fields or {}).items():
+            flat += [name, value if isinstance(value, str) else json.dumps(value)]
+        res = self._transition(
+            keys=[],
+            args=[
+                self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
+                note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
+            ],
+        )
+        moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
+                      int(res[4]) if len(res) > 4 else 0)
+        if moved.kicks & 1 and self.on_slot_freed is not None:
+            self.on_slot_freed(moved.freed)
+        if moved.kicks & 2 and self.on_ready is not None:
+            self.on_ready()
+        return moved
+
+    def claim(
+        self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
+        reserve_hold_s: float | None = None,
+    ) -> list[str]:
+        """`reserve_hold_s` None: the interactive reserve is always held; else only while interactive
+        jobs are queued or one was claimed in the last `reserve_hold_s` seconds. Jobs over budget go to
+        `budget_wait` (see `claim_budgeted` for the ones their batch wants failed)."""
+        return self.claim_budgeted(provider, want, cap, reserve, rpm, lease_s, reserve_hold_s)[0]
+
+    def claim_ready(self, want: int, lease_until: float, owner: str) -> list[str]:
+        """Up to `want` ready jobs, popped and moved to `collecting` in one script (worker/lua/claim_ready.lua):
+        leased until `lease_until`, owned by `owner`, their `collect_attempts` counted."""
+        return list(self._claim_ready(keys=[], args=[self.k.prefix, repr(time.time()), want, repr(lease_until), owner]))
+
+    def claim_budgeted(
+        self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
+        reserve_hold_s: float | None = None, now: float | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """`claim`, also returning the jobs that did not fit their budget and whose batch chose
+        `--on-budget fail` (they are `budget_wait` now; the caller fails them with `budget_exceeded`)."""
+        hold_ms = -1 if reserve_hold_s is None or reserve_hold_s == float("inf") else int(reserve_hold_s * 1000)
+        caps, default = tenant_caps()
+        res = self._claim(
+            keys=[], args=[self.k.prefix, provider, repr(now if now is not None else time.time()), want, cap,
+                           reserve, rpm, lease_s, hold_ms, caps, default, max(1000, want * 16)]
+        )
+        return list(res[0]), list(res[1])
+
+    def release_budget(self, scope: str, limit: int = 1000, now: float | None = None) -> int:
+        """Send jobs waiting for money in `scope` (`batch:<id>`, `tenant:<name>`) back to the queue while
+        their worst case fits the room left. Returns how many."""
+        caps, default = tenant_caps()
+        return int(self._release(keys=[], args=[self.k.prefix, scope, repr(now if now is not None else time.time()),
+                                               caps, default, limit]))
+
+    def budget_scopes(self) -> list[str]:
+        return list(self.r.smembers(self.k.budget_scopes))
+
+    # -- reads ----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobView | None:
+        return job_view(job_id, self.r.hgetall(self.k.job(job_id)))
+
+    def get_many(self, job_ids: list[str]) -> list[JobView | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for jid in job_ids:
+            pipe.hgetall(self.k.job(jid))
+        return [job_view(j, f) for j, f in zip(job_ids, pipe.execute(), strict=True)]
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        self.r.hset(
+            self.k.job(job_id),
+            mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()},
+        )
+
+    def due(self, zset: str, now: float, limit: int) -> list[str]:
+        return list(self.r.zrangebyscore(zset, "-inf", now, start=0, num=limit))
+
+    def reschedule(self, zset: str, job_id: str, at: float) -> None:
+        """Move a job's next check (only if it is still in that index)."""
+        self.r.zadd(zset, {job_id: at}, xx=True)
+
+    def claim_finalizing(self, now: float, lease_s: float, limit: int = 100) -> list[str]:
+        """Batches due for their manifest: each one returned is leased `lease_s` ahead (another claim
+        skips it meanwhile); it leaves the index only when `finalized` is called after a successful write."""
+        due = list(self.r.zrangebyscore(self.k.finalize, "-inf", now, start=0, num=limit))
+        if not due:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for bid in due:
+            pipe.zadd(self.k.finalize, {bid: now + lease_s}, xx=True)
+        pipe.execute()
+        return due
+
+    def lease_finalizing(self, batch_id: str, until: float) -> None:
+        self.r.zadd(self.k.finalize, {batch_id: until}, xx=True)
+
+    def finalized(self, batch_id: str) -> None:
+        self.r.zrem(self.k.finalize, batch_id)
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        raw = self.r.hgetall(self.k.batch(batch_id))
+        return {k: int(v) for k, v in raw.items() if k in ("total", "done") or k.startswith("n_")}
+
+    def record_request(self, job_id: str, entry: dict[str, Any]) -> None:
+        """Append to the job's provider request log (read-modify-write under WATCH)."""
+        jk = self.k.job(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(jk)
+                    current = json.loads(pipe.hget(jk, "requests") or "[]")
+                    current.append(entry)
+                    pipe.multi()
+                    pipe.hset(jk, "requests", json.dumps(current))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+
+def batch_scope(batch_id: str) -> str:
+    """The budget scope of a batch (the claim script spells the same: 'batch:' .. id)."""
+    return f"batch:{batch_id}"
+
+
+def tenant_scope(tenant: str) -> str:
+    return f"tenant:{tenant}"
+
+
+def tenant_caps() -> tuple[str, int]:
+    """The settings' tenant budgets for the scripts: (JSON tenant -> micro-USD per day, default or -1)."""
+    s = get_settings()
+    caps = {t: round(usd * MICRO) for t, usd in s.tenant_budgets.items()}
+    default = -1 if s.tenant_budget_default is None else round(s.tenant_budget_default * MICRO)
+    return (json.dumps(caps) if caps else ""), default
+
+
+def job_view(job_id: str, fields: dict[str, str] | None) -> JobView | None:
+    """A job from its Redis hash (as read by HGETALL); None when there is no such job."""
+    if not fields or "spec" not in fields:
+        return None
+    return JobView(
+        job_id=job_id,
+        state=State(fields["state"]),
+        provider=fields.get("provider", ""),
+        lane=fields.get("lane", "bulk"),
+        attempts=int(fields.get("attempts", "0")),
+        request_id=fields.get("request_id") or None,
+        fields=fields,
+    )
