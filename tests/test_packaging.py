@@ -4,6 +4,7 @@ imports, finds its Lua scripts and templates, and runs its command, away from th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,13 @@ FOLDERS = ("worker", "schemas", "producer", "sandbox", "bench", "providers")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    source = tmp_path_factory.mktemp("source")  # setuptools builds in the tree: keep build/ out of the checkout
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("editq", *FOLDERS):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                    check=True, capture_output=True, timeout=600)
     (built,) = out.glob("editq-*.whl")
     return built
@@ -43,20 +50,20 @@ def test_the_installed_copy_works_away_from_the_checkout(wheel: Path, tmp_path: 
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin") \
         == ["editq"]
     env = {**os.environ, "PYTHONPATH": str(target)}
-    probe = """
+    probe = f"""
 import importlib, editq
 from editq.worker import state
 from editq.producer.report_render import _env
 print(editq.__file__)
 print(len(state.lua_script("claim.lua")) > 0 and _env().get_template("grid.html.j2") is not None)
 print(callable(editq.submit), callable(editq.rerun))
-for name in %r:
+for name in {FOLDERS!r}:
     try:
         importlib.import_module(name)
         print("importable", name)
     except ModuleNotFoundError:
         pass
-""" % (FOLDERS,)
+"""
     res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr

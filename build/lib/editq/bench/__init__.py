@@ -1,1 +1,0 @@
-"""Benchmarks: `python -m editq.bench.throughput`, `bench.enqueue`, `bench.priority` (see docs/benchmarks.md)."""

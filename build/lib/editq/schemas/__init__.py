@@ -1,1 +1,0 @@
-"""Pydantic models shared by the producer, the worker and the sandbox."""
