@@ -27,10 +27,11 @@ Choices where the sources are silent (safe for the user's money):
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import Field, field_validator
 
@@ -209,3 +210,25 @@ class TablePriceSettings(PerImageTableSettings):
                            image_in_per_m=self.price_image_in, input_image_tokens=self.price_input_image_tokens,
                            multiplier=multiplier)
 
+
+
+class PerRunPriceSettings(ProviderSettings):
+    """`EDITQ_<P>_PRICE_PER_RUN` (JSON {"tier": {"low": .., "medium": .., "high": ..}}, USD per run) for the
+    providers that bill by run (`RunPrices`). A subclass gives its defaults with `per_run_prices(module)`."""
+
+    price_per_run: dict[str, dict[str, float]]
+
+    @field_validator("price_per_run")
+    @classmethod
+    def _per_run(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        check_table(v, rows_are_sizes=False)
+        return v
+
+
+def per_run_prices(module: str) -> Any:
+    """The `price_per_run` field of a `PerRunPriceSettings`: defaults to a copy of `DEFAULT_PER_RUN` of the
+    provider's `pricing` module (named, and imported on first use: that module imports the settings class)."""
+    return Field(
+        default_factory=lambda: _table_copy(importlib.import_module(module).DEFAULT_PER_RUN),
+        description=f"USD per run by resolution tier x quality ({module.replace('.', '/')}.py says where from).",
+    )

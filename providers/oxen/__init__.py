@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from editq.providers.pricing import check_table
-from editq.providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.pricing import PerRunPriceSettings, per_run_prices
+from editq.providers.spec import ProviderSpec
 
 
-class OxenSettings(ProviderSettings):
+class OxenSettings(PerRunPriceSettings):
     model_config = SettingsConfigDict(env_prefix="EDITQ_OXEN_", extra="ignore", populate_by_name=True)
 
-    price_per_run: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: _default_per_run(),
-        description="USD per run by resolution tier x quality (providers/oxen/pricing.py says where from).",
-    )
+    price_per_run: dict[str, dict[str, float]] = per_run_prices("editq.providers.oxen.pricing")
 
     api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("EDITQ_OXEN_API_KEY", "OXEN_API_KEY"))
     base_url: str = "https://hub.oxen.ai/api/ai"
@@ -31,18 +28,6 @@ class OxenSettings(ProviderSettings):
     webhooks: bool = False
     timeout_s: float = 300.0
     connect_timeout_s: float = 10.0
-
-    @field_validator("price_per_run")
-    @classmethod
-    def _price_per_run(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        check_table(v, rows_are_sizes=False)
-        return v
-
-
-def _default_per_run() -> dict[str, dict[str, float]]:
-    from editq.providers.oxen.pricing import DEFAULT_PER_RUN
-
-    return {k: dict(v) for k, v in DEFAULT_PER_RUN.items()}
 
 
 SPEC = ProviderSpec(

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from editq.providers.pricing import check_table
-from editq.providers.spec import ProviderSettings, ProviderSpec
+from editq.providers.pricing import PerRunPriceSettings, per_run_prices
+from editq.providers.spec import ProviderSpec
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 
-class WaveSpeedSettings(ProviderSettings):
+class WaveSpeedSettings(PerRunPriceSettings):
     model_config = SettingsConfigDict(env_prefix="EDITQ_WAVESPEED_", extra="ignore", populate_by_name=True)
 
-    price_per_run: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: _default_per_run(),
-        description="USD per run by resolution tier x quality (providers/wavespeed/pricing.py says where from).",
-    )
+    price_per_run: dict[str, dict[str, float]] = per_run_prices("editq.providers.wavespeed.pricing")
 
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("EDITQ_WAVESPEED_API_KEY", "WAVESPEED_API_KEY")
@@ -29,18 +26,6 @@ class WaveSpeedSettings(ProviderSettings):
 
     def allowed_formats(self) -> list[str]:
         return [f.strip() for f in self.output_formats.split(",") if f.strip()]
-
-    @field_validator("price_per_run")
-    @classmethod
-    def _price_per_run(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        check_table(v, rows_are_sizes=False)
-        return v
-
-
-def _default_per_run() -> dict[str, dict[str, float]]:
-    from editq.providers.wavespeed.pricing import DEFAULT_PER_RUN
-
-    return {k: dict(v) for k, v in DEFAULT_PER_RUN.items()}
 
 
 SPEC = ProviderSpec(
