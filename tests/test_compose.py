@@ -968,7 +968,7 @@ def test_private_hosts_allow_list_agrees_everywhere(compose: dict[str, Any]) -> 
 def test_private_hosts_check_catches_regressions(compose: dict[str, Any]) -> None:
     example = ENV_EXAMPLE.read_text(encoding="utf-8")
     docs = _private_hosts_documents()
-    assert check_private_hosts(compose, example.replace("editq.sandbox:8900,minio:9000", "editq.sandbox:8900"), docs)
+    assert check_private_hosts(compose, example.replace("sandbox:8900,minio:9000", "sandbox:8900"), docs)
     assert check_private_hosts(compose, example, {**docs, "README.md": "set EDITQ_ALLOW_PRIVATE_URLS=true"})
     opened = copy.deepcopy(compose)
     opened["x-editq-env"][PRIVATE_HOSTS_VAR] = "${EDITQ_ALLOWED_PRIVATE_HOSTS:-10.0.0.0:80}"
@@ -982,7 +982,7 @@ def test_text_checks_catch_regressions() -> None:
     stale = "# EDITQ_FAL_BASE_URL=http://sandbox:8900\n"
     assert check_sandbox_mentions("x", stale)
     example = ENV_EXAMPLE.read_text(encoding="utf-8")
-    assert check_env_example(example.replace("editq.sandbox:8900/fal\n", "editq.sandbox:8900\n"))
+    assert check_env_example(example.replace("sandbox:8900/fal\n", "sandbox:8900\n"))
     assert check_env_example(example.replace("# EDITQ_REPLICATE_BASE_URL=", "EDITQ_REPLICATE_BASE_URL="))
     assert check_env_example(re.sub(r"(?m)^# EDITQ_OXEN_BASE_URL=.*\n", "", example))
     doc = "```bash\ndocker compose run --rm -v $PWD:/in worker editq submit /in/b.jsonl  # x\n```"

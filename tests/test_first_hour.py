@@ -206,7 +206,7 @@ def test_watch_render_shows_rate_eta_split_cost_failures() -> None:
 
 def test_watch_on_a_live_batch(live: LocalStack) -> None:
     rows = [{"custom_id": "w-ok", "prompt": "Watch me", "images": [str(EXAMPLES / "mug.png")], "quality": "low"},
-            {"custom_id": "w-bad", "provider": "openai", "prompt": "editq.sandbox:moderation watch",
+            {"custom_id": "w-bad", "provider": "openai", "prompt": "sandbox:moderation watch",
              "images": [str(EXAMPLES / "mug.png")], "quality": "low"}]
     bid = submit_batch(rows).batch_id
     st = wait(bid, timeout=90, interval=0.1)

@@ -66,7 +66,7 @@ def _fake_getaddrinfo(host: str, port: object, *args: object, **kwargs: object) 
     return FAKE_DNS[host]
 
 
-ALLOWED = allow_list("editq.sandbox:8900,10.9.8.7:9000,127.0.0.1:5000")
+ALLOWED = allow_list("sandbox:8900,10.9.8.7:9000,127.0.0.1:5000")
 
 # (url, allowed, refusal message fragment or None when the URL is allowed)
 CASES: list[tuple[str, frozenset[tuple[str, int]], str | None]] = [

@@ -499,7 +499,7 @@ async def _drive(a: Adapter, items: list[tuple[EditJob, ProviderRequest]], count
 def test_batch_round_trip_partial_failure_and_one_status_call_per_batch(sb: str) -> None:
     a = adapter(base_url=f"{sb}/openai/v1", status_ttl_s=0.2)
     jobs = [canonical("job_a"), canonical("job_b"), job("job_bad").model_copy(update={"num_images": 11}),
-            job("job_mod", prompt="editq.sandbox:moderation please")]
+            job("job_mod", prompt="sandbox:moderation please")]
     items = [(j, a.build_request(j, INLINE, None)) for j in jobs]
     counting = Counting()
     subs, outs = asyncio.run(_drive(a, items, counting))

@@ -145,7 +145,7 @@ def test_bodies_are_checked_per_line_like_the_sync_json_form(client: openai.Open
         _line("size", size="1000x1000"),
         _line("unknown", colour="red"),
         _line("transparent", background="transparent"),
-        _line("modblock", prompt="editq.sandbox:moderation test"),
+        _line("modblock", prompt="sandbox:moderation test"),
         _line("gif", images=[{"image_url": "data:image/gif;base64,R0lGODlhAQABAAAAACw="}]),
         _line("maskjpeg", mask={"image_url": _uri("sneaker.jpg")}),
     ]

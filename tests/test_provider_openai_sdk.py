@@ -73,7 +73,7 @@ def test_sdk_sees_openai_errors_as_its_exceptions(base: str) -> None:
     assert bad.value.code == "unsupported_file_mimetype" and bad.value.param == "image"
     assert "unsupported mimetype ('application/octet-stream')" in bad.value.message
     with pytest.raises(openai.BadRequestError) as blocked:
-        c.images.edit(model="gpt-image-2", image=_files("mug.png")[0], prompt="editq.sandbox:moderation please")
+        c.images.edit(model="gpt-image-2", image=_files("mug.png")[0], prompt="sandbox:moderation please")
     assert blocked.value.code == "moderation_blocked" and blocked.value.type == "image_generation_user_error"
     assert isinstance(blocked.value.body, dict) and blocked.value.body["moderation_details"]["moderation_stage"]
     with pytest.raises(openai.RateLimitError) as quota:

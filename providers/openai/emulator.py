@@ -83,7 +83,7 @@ SCALAR_FIELDS = frozenset({
 })
 OUTPUT_TOKENS_1024 = {"low": 196, "medium": 1756, "high": 7024}
 NO_QUOTA_KEY = "sk-sandbox-no-quota"
-MODERATION_TRIGGER = "editq.sandbox:moderation"
+MODERATION_TRIGGER = "sandbox:moderation"
 
 
 # ---- errors ------------------------------------------------------------------------------------------
