@@ -1,8 +1,4 @@
-"""The producer side of editq: a Python API (`submit`, `submit_batch`, `status`, `wait`; after a batch:
-`list_jobs`, `rerun`, `cancel_batch`) and the CLI."""
+"""The producer side of editq: submitting, following and working on batches, and the CLI.
 
-from editq.producer.api import BatchReport, cancel, status, submit, submit_batch, submit_file, wait
-from editq.producer.batches import cancel_batch, list_jobs, rerun
-
-__all__ = ["BatchReport", "cancel", "cancel_batch", "list_jobs", "rerun", "status", "submit", "submit_batch",
-           "submit_file", "wait"]
+The public Python API is `import editq` (producer/client.py, typed results in producer/results.py; async in
+editq/aio.py). The modules here are its implementation and may change."""

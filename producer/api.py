@@ -478,11 +478,21 @@ def batch_money(store: JobStore, batch_id: str, raw: dict[str, str] | None = Non
     }
 
 
+def batch_budget(batch_id: str, store: JobStore | None = None) -> dict[str, Any]:
+    """`batch_money` of a batch that must exist (UnknownId otherwise)."""
+    from editq.producer.batches import require_batch
+
+    store = store or JobStore()
+    require_batch(store, batch_id)
+    return batch_money(store, batch_id)
+
+
 def set_batch_budget(batch_id: str, max_cost: float | None, store: JobStore | None = None) -> dict[str, Any]:
     """Set (or with None, remove) a batch's cap; jobs waiting for it that now fit go back to the queue."""
+    from editq.producer.batches import require_batch
+
     store = store or JobStore()
-    if not store.r.exists(store.k.batch(batch_id)):
-        raise KeyError(f"no batch with id {batch_id!r}")
+    require_batch(store, batch_id)
     if max_cost is None:
         store.r.hdel(store.k.batch(batch_id), "max_cost")
     else:
@@ -532,12 +542,17 @@ def _kick_waiting(store: JobStore) -> None:
            and any(store.r.llen(store.k.pending(p, lane)) for lane in ("interactive", "bulk"))})
 
 
+def settled(st: dict[str, Any]) -> bool:
+    """What `wait` waits for: a job finished; a batch finished and its manifest written."""
+    return bool(st["finished"]) and (st["kind"] == "job" or bool(st.get("manifest_key")))
+
+
 def wait(ident: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str, Any]:
-    """Block until a batch or job is finished (and a batch's manifest is written). Raises TimeoutError."""
+    """Block until a batch or job is `settled`. Raises TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
         st = status(ident)
-        if st["finished"] and (st["kind"] == "job" or st.get("manifest_key")):
+        if settled(st):
             return st
         if time.monotonic() > deadline:
             raise TimeoutError(f"{ident} not finished after {timeout}s: {st}")
@@ -551,5 +566,5 @@ def cancel(job_id: str) -> bool:
     return aio.run(Pipeline().cancel(job_id))
 
 
-__all__ = ["BatchReport", "LineError", "State", "batch_money", "cancel", "set_batch_budget", "set_tenant_budget",
-           "status", "submit", "submit_batch", "submit_file", "tenant_money", "wait"]
+__all__ = ["BatchReport", "LineError", "State", "batch_budget", "batch_money", "cancel", "set_batch_budget",
+           "set_tenant_budget", "settled", "status", "submit", "submit_batch", "submit_file", "tenant_money", "wait"]

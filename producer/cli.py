@@ -194,6 +194,7 @@ def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
     from rich.live import Live
     from rich.text import Text
 
+    from editq.producer.api import settled
     from editq.producer.api import status as get_status
     from editq.producer.watch import Meter, render, workers_alive
     from editq.worker.state import JobStore
@@ -205,14 +206,12 @@ def _watch(ident: str, batch: str | None = None) -> dict[str, Any]:
             st = get_status(ident, store, batch_id=batch, latest=False)
             if st["kind"] == "job":
                 live.update(Text(f"job {st['job_id']}: {st['state']}"))
-                if st["finished"]:
-                    return st
             else:
                 meter.add(time.monotonic(), st["done"])
                 lines = render(st, rate=meter.rate(), workers=workers_alive(store), split=st.get("providers", {}))
                 live.update(Text("\n".join(lines)))
-                if st["finished"] and st.get("manifest_key"):
-                    return st
+            if settled(st):
+                return st
             time.sleep(0.5)
 
 
@@ -237,7 +236,7 @@ def budget(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show or change a budget. Raising it sends the jobs waiting for it back to the queue."""
-    from editq.producer.api import batch_money, set_batch_budget, set_tenant_budget, tenant_money
+    from editq.producer.api import batch_budget, set_batch_budget, set_tenant_budget, tenant_money
 
     change = remove or max_cost is not None
     if (batch_id is None) == (tenant is None):
@@ -249,12 +248,7 @@ def budget(
         elif change:
             st = set_batch_budget(str(batch_id), None if remove else max_cost)
         else:
-            from editq.worker.state import JobStore
-
-            store = JobStore()
-            if not store.r.exists(store.k.batch(str(batch_id))):
-                raise KeyError(f"no batch with id {batch_id!r}")
-            st = batch_money(store, str(batch_id))
+            st = batch_budget(str(batch_id))
     except (KeyError, ValueError) as exc:
         console.print(f"[red]{exc.args[0] if exc.args else exc}[/red]")
         raise typer.Exit(1) from None
