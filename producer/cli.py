@@ -53,9 +53,7 @@ def _print_estimate(file: Path, defaults: dict[str, Any] | None, as_json: bool, 
     if as_json:
         out.print_json(dumps(report))
     else:
-        for err in report.invalid:  # user data is printed literally
-            cid = f" ({escape(str(err['custom_id']))})" if err.get("custom_id") else ""
-            console.print(f"[red]line {err['line']}[/red]{cid}: {escape(err['error'])}")
+        _print_invalid(report.invalid)  # user data is printed literally
         render(report, lambda line: out.print(escape(line)))
         if report.invalid:
             console.print(f"invalid lines: {len(report.invalid)} (not counted)")

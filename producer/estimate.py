@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from editq import providers as registry
-from editq.producer.api import Line
+from editq.producer.api import Line, LineError
 from editq.providers.pricing import Estimate, to_micro
 from editq.schemas.job import EditJob
 
@@ -60,7 +60,7 @@ class ProviderTotal:
 @dataclass
 class EstimateReport:
     providers: dict[str, ProviderTotal] = field(default_factory=dict)
-    invalid: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[LineError] = field(default_factory=list)
 
     @property
     def total(self) -> ProviderTotal:
@@ -86,7 +86,7 @@ class EstimateReport:
         return {
             "providers": {name: money(t) for name, t in sorted(self.providers.items())},
             "total": money(self.total),
-            "invalid": self.invalid,
+            "invalid": [asdict(e) for e in self.invalid],
         }
 
 
@@ -108,7 +108,7 @@ def estimate_batch(
         try:
             jobs = enq.prepare_line(raw, defaults, seeds)
         except ValueError as exc:
-            report.invalid.append({"line": n, "error": str(exc), "custom_id": _custom_id(raw)})
+            report.invalid.append(LineError(n, str(exc), _custom_id(raw)))
             continue
         for job in jobs:
             report.add(job)
