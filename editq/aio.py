@@ -7,8 +7,13 @@ worker thread (`asyncio.to_thread`): the event loop is never blocked, but each c
 of the loop's default executor while it runs (milliseconds for a status, longer for a submit that uploads
 inputs). What can wait long without a thread does so on the loop:
 
-* `wait`, `wait_batch`, `wait_job` sleep between polls with `asyncio.sleep`; a thread is held only for each
-  status read, so a thousand concurrent waits cost a thousand timers, not a thousand threads;
+* `wait`, `wait_batch`, `wait_job` poll on the loop itself: one thread hop resolves the id, then each poll is
+  one command on redis.asyncio (HMGET of the batch's `closed`/`done`/`total`/`manifest_key`, or HGET of the
+  job's `state`: producer/api.py decides from them, as the sync `wait` does from a status), and the final
+  status is read in a thread once. Between polls they sleep on the loop: a thousand concurrent waits hold
+  no thread and share one small connection pool per event loop. With Redis Sentinel
+  (`EDITQ_REDIS_SENTINELS`) the polls go through the sync client in a thread instead (its failover
+  handling is written once, there);
 * `list_jobs` is an async iterator that reads the batch a page (500 jobs) per thread hop.
 
 `submit_batch` reads its `lines` (a plain iterable) and calls `on_progress` in the worker thread.
@@ -20,11 +25,14 @@ import asyncio
 import functools
 import itertools
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from editq.producer import api, batches, client
 from editq.producer.results import BatchStatus, JobRow, JobStatus, Status, status_result
+from editq.schemas.settings import get_settings
+from editq.worker.keys import keys
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,16 +71,66 @@ report = in_thread(client.report)
 
 
 async def wait(ident: str, *, timeout: float = 600.0, interval: float = 0.5) -> Status:
-    """Until the batch or job is finished (a batch: and its manifest written), sleeping on the event loop
-    between status reads; its final status. Raises TimeoutError."""
+    """Until the batch or job is finished (a batch: and its manifest written), polling on the event loop;
+    its final status. Raises TimeoutError."""
     deadline = time.monotonic() + timeout
-    while True:
-        st = await asyncio.to_thread(api.status, ident)
-        if api.settled(st):
-            return status_result(st)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{ident} not finished after {timeout}s")
-        await asyncio.sleep(interval)
+    first = await asyncio.to_thread(api.status, ident, latest=False)  # which it is (UnknownId if neither)
+    if not api.settled(first):
+        poll = _poller(first)
+        while not await poll():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ident} not finished after {timeout}s")
+            await asyncio.sleep(interval)
+    return status_result(await asyncio.to_thread(api.status, ident))
+
+
+def _poller(st: dict[str, Any]) -> Callable[[], Coroutine[Any, Any, bool]]:
+    """One cheap read that says whether the batch or job of status `st` is settled."""
+    settings = get_settings()
+    k = keys()
+    if settings.redis_sentinels:
+        ident = st["batch_id"] if st["kind"] == "batch" else st["job_id"]
+
+        async def in_a_thread() -> bool:
+            return api.settled(await asyncio.to_thread(api.status, ident, latest=False))
+
+        return in_a_thread
+    r = _loop_redis(settings.redis_url)
+    if st["kind"] == "batch":
+        key = k.batch(st["batch_id"])
+
+        async def batch() -> bool:
+            values = await r.hmget(key, api.SETTLED_FIELDS)
+            return api.batch_settled(dict(zip(api.SETTLED_FIELDS, values, strict=True)))
+
+        return batch
+    job_key = k.job(st["job_id"])
+
+    async def job() -> bool:
+        return api.job_settled(await r.hget(job_key, "state"))
+
+    return job
+
+
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
+POLL_CONNECTIONS = 8  # per event loop: a poll holds a connection for one command
+
+
+def _loop_redis(url: str) -> Any:
+    """The running loop's redis.asyncio client for `url` (a client belongs to the loop it was made on)."""
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    from editq.worker.redis_client import retry_policy
+
+    clients = _loop_clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in clients:  # a restart of Redis is ridden through as the sync client does
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=POLL_CONNECTIONS, timeout=None,
+            retry=retry_policy(get_settings(), Retry), retry_on_error=[ConnectionError, TimeoutError])
+        clients[url] = redis.asyncio.Redis(connection_pool=pool)
+    return clients[url]
 
 
 async def wait_batch(batch_id: str, *, timeout: float = 600.0, interval: float = 0.5) -> BatchStatus:

@@ -418,7 +418,7 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
         return {**extra,
             "kind": "batch", "batch_id": ident, "total": total, "done": done, "counts": counts,
             "invalid": store.r.llen(store.k.batch_errors(ident)),
-            "closed": raw.get("closed") == "1", "finished": raw.get("closed") == "1" and done >= total,
+            "closed": raw.get("closed") == "1", "finished": batch_finished(raw),
             "manifest_key": raw.get("manifest_key"), "created_at": float(raw.get("created_at", 0) or 0),
             "rerun_of": raw.get("rerun_of"), "reruns": reruns,
             "latest": latest_outcomes(ident, store) if reruns and latest else None,
@@ -542,8 +542,25 @@ def _kick_waiting(store: JobStore) -> None:
            and any(store.r.llen(store.k.pending(p, lane)) for lane in ("interactive", "bulk"))})
 
 
+def batch_finished(raw: dict[str, Any]) -> bool:
+    """A batch (its hash's `closed`, `done`, `total`) is finished: fully enqueued and every job ended."""
+    return raw.get("closed") == "1" and int(raw.get("done") or 0) >= int(raw.get("total") or 0)
+
+
+# the fields of a batch hash that `batch_settled` reads (editq.aio polls just these)
+SETTLED_FIELDS = ("closed", "done", "total", "manifest_key")
+
+
+def batch_settled(raw: dict[str, Any]) -> bool:
+    return batch_finished(raw) and bool(raw.get("manifest_key"))
+
+
+def job_settled(state: str | None) -> bool:
+    return state is not None and State(state) in TERMINAL
+
+
 def settled(st: dict[str, Any]) -> bool:
-    """What `wait` waits for: a job finished; a batch finished and its manifest written."""
+    """What `wait` waits for (a status): a job finished; a batch finished and its manifest written."""
     return bool(st["finished"]) and (st["kind"] == "job" or bool(st.get("manifest_key")))
 
 

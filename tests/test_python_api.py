@@ -198,3 +198,29 @@ def test_the_readme_python_api_snippets_run(live: LocalStack, tmp_path: Path, mo
     outputs = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
     assert len(outputs) >= 2, outputs
     assert json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())["state"] == "succeeded"
+
+
+def test_async_wait_polls_on_the_loop_not_in_threads(live: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`editq.aio.wait` reads the full status in a thread twice (which id it is; the final status): every poll
+    between is one redis.asyncio command on the loop, and many waits run at once."""
+    from editq.producer import api
+
+    reads: list[dict[str, object]] = []
+    real = api.status
+
+    def counted(*args: object, **kwargs: object) -> dict[str, object]:
+        st = real(*args, **kwargs)  # type: ignore[arg-type]
+        reads.append(st)
+        return st
+
+    tag = unique("poll")
+    job_ids = [editq.submit(line(f"{tag}-{i}")) for i in range(6)]
+    monkeypatch.setattr(api, "status", counted)
+
+    async def run() -> list[editq.Status]:
+        return list(await asyncio.gather(*(editq.aio.wait(j, timeout=60, interval=0.05) for j in job_ids)))
+
+    finals = asyncio.run(run())
+    assert [(type(f), f.state) for f in finals] == [(editq.JobStatus, editq.State.succeeded)] * 6  # type: ignore[union-attr]
+    assert len(reads) <= 2 * len(job_ids)  # one thread read to start, one for the result; none per poll
+    assert any(not st["finished"] for st in reads)  # some had to be polled

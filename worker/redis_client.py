@@ -41,18 +41,19 @@ def get_redis(url: str | None = None) -> Any:
     client = _clients.get(key)
     if client is None:
         client = sentinel_client(s, url) if sentinels else redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30, retry=_retry(s),
+            url, decode_responses=True, health_check_interval=30, retry=retry_policy(s),
             retry_on_error=[ConnectionError, TimeoutError])
         _clients[key] = client
     return client
 
 
-def _retry(s: Settings) -> Retry:
+def retry_policy(s: Settings, cls: Any = Retry) -> Any:
     """Without Sentinel too, a command that finds Redis gone (a restart) is retried for about
     `redis_failover_s` before the error reaches the caller: a step that fails half-way through its
     bookkeeping would leave its job to a lease (120 s), and a worker rides through a restart instead
-    (the same reasoning as for a failover above makes retrying safe)."""
-    return Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=0.05), max(1, int(s.redis_failover_s / BACKOFF_CAP_S)))
+    (the same reasoning as for a failover above makes retrying safe). `cls`: redis-py's Retry, or
+    redis.asyncio's (editq.aio's polls)."""
+    return cls(ExponentialBackoff(cap=BACKOFF_CAP_S, base=0.05), max(1, int(s.redis_failover_s / BACKOFF_CAP_S)))
 
 
 def probe_client() -> Any:
@@ -89,7 +90,7 @@ def sentinel_client(s: Settings, url: str, probe: bool = False) -> Any:
         socket_connect_timeout=2.0,
         health_check_interval=30,
         **({"retry": Retry(NoBackoff(), 0)} if probe else {
-            "retry": _retry(s), "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError]}),
+            "retry": retry_policy(s), "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError]}),
     )
 
 
