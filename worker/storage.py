@@ -18,8 +18,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import boto3
 import httpx
-from botocore.auth import S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 from PIL import Image
@@ -29,6 +27,7 @@ from editq.schemas.settings import Settings, get_settings
 from editq.worker.errors import ErrorKind, ProviderError
 from editq.worker.netguard import Target, check_url_async
 from editq.worker.policy import kind_for_status
+from editq.worker.presign import QuerySigner
 
 PUT_ATTEMPTS = 5  # like botocore's standard retry mode: 5xx and connection errors are retried in place
 PUT_URL_TTL_S = 900
@@ -91,6 +90,7 @@ class Storage:
         )
         self._base: tuple[str, str, str] | None = None  # scheme, host, path prefix of this bucket's URLs
         self._get_urls: dict[tuple[str, int], tuple[str, float]] = {}
+        self._signer = QuerySigner(self.client.meta.region_name)
 
     # ---- keys -------------------------------------------------------------------------------
     def input_key(self, sha256: str, ext: str) -> str:
@@ -142,8 +142,8 @@ class Storage:
     # botocore's generate_presigned_url runs the whole request pipeline (parameter validation,
     # serialisation, endpoint rules, event hooks) for each URL; on the worker that was most of the cost
     # of a URL, and there are three per job. Here botocore resolves this bucket's base URL once, and each
-    # URL is signed with its SigV4 query signer directly (the same signer generate_presigned_url ends in;
-    # tests/test_storage_presign.py checks the URLs are identical).
+    # URL is signed by worker/presign.py, botocore's SigV4 query signing written out for one path and a
+    # few headers (tests/test_storage_presign.py checks the URLs are identical to botocore's).
     def _sign(
         self, method: str, key: str, expires: int, headers: dict[str, str] | None = None, *, public: bool = False
     ) -> str:
@@ -159,11 +159,11 @@ class Storage:
             # the provider reaches S3 by another name than we do; SigV4 signs the host, so sign for that one
             pub = urlsplit(self.settings.s3_public_endpoint)
             scheme, netloc = pub.scheme, pub.netloc
-        req = AWSRequest(method=method, url=urlunsplit((scheme, netloc, prefix + quote(key, safe="/~"), "", "")),
-                         headers=headers or {})
-        signer = S3SigV4QueryAuth(creds.get_frozen_credentials(), "s3", self.client.meta.region_name, expires=expires)
-        signer.add_auth(req)
-        return str(req.url)
+        frozen = creds.get_frozen_credentials()
+        if frozen.access_key is None or frozen.secret_key is None:
+            raise NoCredentialsError()
+        return self._signer.sign(method, scheme, netloc, prefix + quote(key, safe="/~"), headers or {}, expires,
+                                 access_key=frozen.access_key, secret_key=frozen.secret_key, token=frozen.token)
 
     def presign_put(self, key: str, content_type: str, metadata: dict[str, str] | None = None) -> str:
         headers = {"Content-Type": content_type}
