@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -29,6 +30,47 @@ NOISY = ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
 def redact_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """Every string value of the event (message, fields, the formatted traceback) redacted."""
     return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
+class LineWriter:
+    """The logger behind editq's own (structlog) events: the line is rendered by structlog's processors and
+    written here to the root handler's stream, under that handler's lock, so it interleaves with Celery's
+    lines whole. Going through the standard library instead (a LogRecord built twice, the caller's frame
+    looked up, a formatter re-running the processors) was most of the ~90 us a lifecycle line cost, and a
+    job writes three (docs/benchmarks.md)."""
+
+    def __init__(self, name: str, handler: logging.StreamHandler[TextIO]) -> None:
+        self.name = name
+        self._handler = handler
+
+    def msg(self, message: str) -> None:
+        h = self._handler
+        with h.lock or _NO_LOCK:
+            try:
+                h.stream.write(message + "\n")
+                h.stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream loses the line, never the step
+                pass
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def _writer_factory(handler: logging.StreamHandler[TextIO]) -> Any:
+    def factory(*args: Any) -> LineWriter:
+        return LineWriter(str(args[0]) if args else "", handler)
+
+    return factory
 
 
 def json_enabled() -> bool:
@@ -53,14 +95,14 @@ def configure_logging(force: bool = False) -> None:
         if json_enabled()
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
+    final: list[Processor] = [
+        structlog.processors.format_exc_info,  # plain text, no locals
+        redact_event,
+        renderer,
+    ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,  # plain text, no locals
-            redact_event,
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
@@ -74,9 +116,10 @@ def configure_logging(force: bool = False) -> None:
         lg = logging.getLogger(name)  # their own handlers (if any were set up) would print a second, other line
         lg.handlers = []
         lg.propagate = True
+    # editq's own events: the same processors and renderer, written straight to the handler's stream
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *final],
+        logger_factory=_writer_factory(handler),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=False,
     )
