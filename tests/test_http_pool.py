@@ -312,3 +312,64 @@ def test_receiver_keeps_idle_connections_75_s(monkeypatch: pytest.MonkeyPatch) -
     assert CliRunner().invoke(app, ["webhooks", "--keep-alive", "120"]).exit_code == 0
     assert [(c["target"], c["port"], c["timeout_keep_alive"]) for c in calls] == [
         ("editq.worker.webhooks:app", 9, 75), ("editq.worker.webhooks:app", 8901, 120)]
+
+
+@pytest.mark.parametrize(("method", "path", "kw"), [
+    ("POST", "/fal-ai/edit", {"json": {"prompt": "a café ☕", "n": 1},
+                              "params": {"fal_webhook": "http://h:1/w?job=j&t=a b"},
+                              "headers": {"X-Fal-Queue-Priority": "low"}}),
+    ("GET", "/requests/r1/status?x=1", {"params": {"logs": "0", "flag": True}}),
+    ("PUT", "/requests/r1/cancel", {}),
+    ("POST", "/raw", {"content": b"\x00bytes", "headers": {"Content-Type": "application/octet-stream"}}),
+])
+def test_provider_requests_sent_directly_match_httpx(method: str, path: str, kw: dict[str, object],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProviderClient.send takes a shortcut past httpx's models (AsyncClient.request_direct): the server must
+    see the same request line, headers and body as through httpx, and the protocol the same answer (repeated
+    headers joined, a gzip body decoded)."""
+    import gzip
+
+    from editq.providers.fal import SPEC, FalSettings
+    from editq.providers.types import ProviderRequest
+    from editq.worker.provider_client import ProviderClient
+
+    body = gzip.compress(b'{"request_id": "r1"}')
+    answer = (b"HTTP/1.1 202 Accepted\r\nContent-Encoding: gzip\r\nX-Thing: a\r\nx-thing: b\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def seen(direct: bool) -> tuple[dict[bytes, bytes], bytes, bytes, tuple[int, dict[str, str], bytes]]:
+        rec = Recorder(answer)
+        calls: list[str] = []
+        real = AsyncClient.request_direct
+
+        async def spy(self: AsyncClient, *a: object, **k: object) -> object:
+            calls.append("direct")
+            return await real(self, *a, **k)  # type: ignore[arg-type]
+
+        with monkeypatch.context() as m:
+            m.setattr(AsyncClient, "request_direct", spy)
+            if not direct:
+                m.setattr(AsyncClient, "direct_ok", lambda self, url: False)
+
+            async def send(client: httpx.AsyncClient, base: str) -> httpx.Response:
+                pc = ProviderClient(SPEC, FalSettings(api_key="k-123", base_url=base), client)
+                got = await pc.send(ProviderRequest(method, path, what="submit", **kw))  # type: ignore[arg-type]
+                out.append((got.status, got.headers, got.body))
+                return httpx.Response(200)
+
+            out: list[tuple[int, dict[str, str], bytes]] = []
+            asyncio.run(_once(rec.handle, send))
+        assert calls == (["direct"] if direct else [])
+        line, *rest = rec.head.split(b"\r\n")
+        headers = {ln.split(b":", 1)[0].lower(): ln.split(b":", 1)[1].strip() for ln in rest if b":" in ln}
+        assert headers.pop(b"host").startswith(b"127.0.0.1:")  # each run has its own server port
+        return headers, line, rec.body, out[0]
+
+    h_direct, line_direct, body_direct, answer_direct = seen(direct=True)
+    h_httpx, line_httpx, body_httpx, answer_httpx = seen(direct=False)
+    assert line_direct == line_httpx
+    assert body_direct == body_httpx
+    assert h_direct == h_httpx
+    assert answer_direct == answer_httpx
+    assert answer_direct[0] == 202 and answer_direct[2] == b'{"request_id": "r1"}'
+    assert answer_direct[1]["x-thing"] == "a, b"
