@@ -127,3 +127,21 @@ def test_moves_claim_coalesced_wake_ups_in_the_same_round_trip(store: JobStore) 
     # a move that is refused claims nothing
     assert not store.move(claimed[5], [State.submitting], State.ready).ok
     assert len(sent) == 3 and ids[10] not in claimed
+
+
+def test_commands_before_a_move_share_its_round_trip_and_survive_lost_scripts(store: JobStore) -> None:
+    """`move(before=...)` (the submit's request id and circuit reset ride with its move to `submitted`): the
+    commands run and the move is applied in one call, even when Redis no longer has the script (a restart)."""
+    (jid,) = _create(store, "b9", 1)
+    assert store.claim("fal", 1, 5, 0, 0, 60) == [jid]
+    r, k = store.r, store.k
+    store._transition.sha = "0" * 40  # as after SCRIPT FLUSH: EVALSHA answers NOSCRIPT
+    moved = store.move(jid, [State.submitting], State.submitted, score=time.time() + 60, fields={"request_id": "r1"},
+                       before=lambda p: p.set(k.request("fal", "r1"), jid))
+    assert moved.ok and moved.previous == "submitting"
+    assert r.get(k.request("fal", "r1")) == jid
+    view = store.get(jid)
+    assert view is not None and view.state is State.submitted and view.request_id == "r1"
+    # a second move from the same state is refused, and its `before` commands still ran
+    again = store.move(jid, [State.submitting], State.submitted, before=lambda p: p.set(k.request("fal", "r2"), jid))
+    assert not again.ok and r.get(k.request("fal", "r2")) == jid

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -88,9 +89,10 @@ def failed(view: Any, info: ErrorInfo) -> None:
     log.warning("job failed", **ids(view, error_class=cls, reason=info.reason[:200]))
 
 
-def succeeded(view: Any, r: Any, k: Any, cost_usd: float | None, outputs: int) -> None:
-    """Outputs and manifest stored. Shared figures go to Redis (cost, the provider's recent latency: one
-    pipeline, no read), the rest to this process's histograms."""
+def succeeded(view: Any, cost_usd: float | None, outputs: int) -> None:
+    """Outputs and manifest stored. This process's histograms are observed now; the figures shared through
+    Redis (cost, the provider's recent latency) are gathered and written by `flush_shared`, once per collect
+    round instead of one round trip per job."""
     now = time.time()
     submitted_at, done_at = _float(view.fields, "submitted_at"), _float(view.fields, "provider_done_at")
     latency = done_at - submitted_at if submitted_at and done_at and done_at >= submitted_at else None
@@ -99,18 +101,42 @@ def succeeded(view: Any, r: Any, k: Any, cost_usd: float | None, outputs: int) -
     if done_at:
         metrics.DONE_TO_STORED.labels(view.provider).observe(max(0.0, now - done_at))
     metrics.SUCCEEDED.labels(view.provider).inc()
-    try:
-        pipe = r.pipeline(transaction=False)
+    with _shared_lock:
         if cost_usd:
-            pipe.hincrbyfloat(k.stats_cost, view.provider, cost_usd)
+            _cost_due[view.provider] = _cost_due.get(view.provider, 0.0) + cost_usd
         if latency is not None:
-            pipe.hset(k.stats_latency, view.provider, repr(round(_ewma(view.provider, latency), 3)))
-            pipe.hset(k.latency_median, view.provider, repr(round(_median(view.provider, latency), 3)))
-        pipe.execute()
-    except Exception:  # metrics only: the job is stored whatever happens here
-        log.warning("shared metrics not recorded", job_id=view.job_id, exc_info=True)
+            _latency_due[view.provider] = (_ewma(view.provider, latency), _median(view.provider, latency))
     log.info("job succeeded", **ids(view, outputs=outputs, cost_usd=cost_usd,
                                     latency_s=round(latency, 3) if latency is not None else None))
+
+
+_shared_lock = threading.Lock()
+_cost_due: dict[str, float] = {}  # provider -> USD of succeeded jobs not yet added to Keys.stats_cost
+_latency_due: dict[str, tuple[float, float]] = {}  # provider -> (EWMA, running median) not yet written
+
+
+def flush_shared(r: Any, k: Any) -> None:
+    """Write what `succeeded` gathered to Redis in one round trip: the cost counter (added) and each provider's
+    latest latency estimates (set). A failure keeps the cost for the next flush; metrics never fail a step."""
+    with _shared_lock:
+        cost, latency = dict(_cost_due), dict(_latency_due)
+        _cost_due.clear()
+        _latency_due.clear()
+    if not cost and not latency:
+        return
+    try:
+        pipe = r.pipeline(transaction=False)
+        for provider, usd in cost.items():
+            pipe.hincrbyfloat(k.stats_cost, provider, usd)
+        for provider, (ewma, median) in latency.items():
+            pipe.hset(k.stats_latency, provider, repr(round(ewma, 3)))
+            pipe.hset(k.latency_median, provider, repr(round(median, 3)))
+        pipe.execute()
+    except Exception:  # metrics only: the jobs are stored whatever happens here
+        with _shared_lock:
+            for provider, usd in cost.items():
+                _cost_due[provider] = _cost_due.get(provider, 0.0) + usd
+        log.warning("shared metrics not recorded", exc_info=True)
 
 
 def cancelled(view: Any) -> None:

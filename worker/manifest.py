@@ -98,16 +98,22 @@ def build(
     )
 
 
+def manifest_bytes(manifest: JobManifest) -> bytes:
+    """A job manifest as stored in S3: JSON indented by 2, fields in the model's order (pydantic's serialiser,
+    ~10 us; `json.dumps(..., indent=2, sort_keys=True)` of the same dict took ~90 us, per job)."""
+    return manifest.model_dump_json(indent=2).encode()
+
+
 def write_job_manifest(storage: Storage, manifest: JobManifest) -> str:
     key = storage.manifest_key(manifest.batch_id, manifest.job_id)
-    storage.put_json(key, manifest.model_dump(mode="json"))
+    storage.put_bytes(key, manifest_bytes(manifest), "application/json")
     return key
 
 
 async def write_job_manifest_async(storage: Storage, http: httpx.AsyncClient, manifest: JobManifest) -> str:
     """write_job_manifest from the event loop: a presigned PUT on the process's async client."""
     key = storage.manifest_key(manifest.batch_id, manifest.job_id)
-    await storage.put_json_async(http, key, manifest.model_dump(mode="json"))
+    await storage.put_async(http, key, manifest_bytes(manifest), "application/json")
     return key
 
 

@@ -41,6 +41,7 @@ from editq.worker.webhook_auth import delivery_url
 log = structlog.get_logger("editq.pipeline")
 
 POLL_TASK_LEASE_S = 10.0  # a job handed to a poll task is due again this long after, should the task be lost
+LATENCY_READ_S = 1.0  # a provider's shared latency median is read again after this long (see _latency_median)
 STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
 
 
@@ -99,6 +100,7 @@ class Pipeline:
         self.store.on_slot_freed = lambda provider: self.kick.send_dispatch(
             provider, providers.spec_of(provider).synchronous)
         self.store.on_ready = self.kick.send_collect
+        self._latency: dict[str, tuple[float, float | None]] = {}  # provider -> (read at, median latency s)
 
     # ================================================================ dispatch (submit)
     def limits(self, adapter: ProviderProtocol) -> tuple[int, int, int, float]:
@@ -201,6 +203,17 @@ class Pipeline:
         else:
             await self.submitted(adapter, view, res, confirm=confirm)
 
+    def _latency_median(self, provider: str) -> float | None:
+        """The provider's recent median latency (when to poll a job no webhook answered), shared through Redis
+        (worker/events.py keeps it) and read at most once per LATENCY_READ_S per provider: it moves by a few
+        percent per finished job, and reading it cost a round trip per submit."""
+        now = time.monotonic()
+        hit = self._latency.get(provider)
+        if hit is None or now - hit[0] > LATENCY_READ_S:
+            raw = self.r.hget(self.k.latency_median, provider)
+            hit = self._latency[provider] = (now, float(raw) if raw else None)
+        return hit[1]
+
     def input_urls(self, view: JobView) -> InputUrls:
         job = view.job
         mask = self.storage.presign(job.mask_input.s3_key) if job.mask_input else None
@@ -226,15 +239,10 @@ class Pipeline:
         if os.environ.get("EDITQ_FAULT_CRASH_BEFORE_RECORD") == "1":  # fault injection: answer lost in a crash
             os.kill(os.getpid(), signal.SIGKILL)
         provider = adapter.name
-        first = self.r.pipeline(transaction=False)  # one round trip: the id, and the success that resets
-        first.set(self.k.request(provider, sub.request_id), view.job_id, ex=self.settings.job_ttl_s)
-        first.delete(self.k.circuit_fails(provider))  # the circuit breaker's consecutive failures
-        first.hget(self.k.latency_median, provider)  # its recent latency: when to poll if no webhook came
-        latency = first.execute()[-1]
         s = self.settings
         delay = policy.poll_delay(0, base_s=s.poll_interval_s, max_s=s.poll_max_s,
                                   webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
-                                  cap_s=adapter.poll_cap_s(), latency_s=float(latency) if latency else None)
+                                  cap_s=adapter.poll_cap_s(), latency_s=self._latency_median(provider))
         fields = {
             "request_id": sub.request_id,
             "handle": json.dumps(sub.handle),
@@ -242,7 +250,12 @@ class Pipeline:
             "polls": "0",
             f"req.{view.attempts}": self._req_entry(view, "accepted", request_id=sub.request_id),
         }
-        moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields)
+        def first(pipe: Any) -> None:  # the same round trip as the move, ahead of it
+            pipe.set(self.k.request(provider, sub.request_id), view.job_id, ex=s.job_ttl_s)  # the id, found by
+            pipe.delete(self.k.circuit_fails(provider))  # webhooks; the success resets the circuit breaker
+
+        moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields,
+                                before=first)
         if confirm:
             replicated(self.r, self.k, "request id")
         events.submitted(view, sub.request_id)
@@ -442,7 +455,10 @@ class Pipeline:
             views = self._claim_ready(room)
             return len(views), [self._collect_one(v) for v in views]
 
-        total = await _windowed(size, fill, "collect")
+        try:
+            total = await _windowed(size, fill, "collect")
+        finally:
+            events.flush_shared(self.r, self.k)  # the round's cost and latency figures, one round trip
         if self.r.llen(self.k.ready):
             self.kick.collect()
         return total
@@ -516,7 +532,7 @@ class Pipeline:
             },
         )
         if moved.ok:
-            events.succeeded(view, self.r, self.k, micro / MICRO if source else None, len(outputs))
+            events.succeeded(view, micro / MICRO if source else None, len(outputs))
         if moved.batch_finished:
             self.drain_finalize()
 

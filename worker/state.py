@@ -202,7 +202,10 @@ class JobStore:
         score: float = 0.0,
         note: str = "",
         fields: Mapping[str, Any] | None = None,
+        before: Callable[[Any], None] | None = None,
     ) -> Moved:
+        """`before(pipe)`: commands to run ahead of the move in the same round trip (a non-transactional
+        pipeline: they run whatever the move decides, so they must be safe to apply twice)."""
         frm = list(frm)
         for f in frm:
             if to not in TRANSITIONS[f]:
@@ -210,13 +213,22 @@ class JobStore:
         flat: list[Any] = []
         for name, value in (fields or {}).items():
             flat += [name, value if isinstance(value, str) else json.dumps(value)]
-        res = self._transition(
-            keys=[],
-            args=[
-                self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
-                note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
-            ],
-        )
+        args = [
+            self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
+            note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
+        ]
+        res = None
+        if before is not None:
+            pipe = self.r.pipeline(transaction=False)
+            before(pipe)
+            # EVALSHA itself: redis-py's Script in a pipeline would first ask SCRIPT EXISTS (a round trip)
+            pipe.evalsha(self._transition.sha, 0, *args)
+            try:
+                res = pipe.execute()[-1]
+            except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): the rest ran; the
+                res = None  # Script object below loads it and moves
+        if res is None:
+            res = self._transition(keys=[], args=args)
         moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
                       int(res[4]) if len(res) > 4 else 0)
         if moved.kicks & 1 and self.on_slot_freed is not None:
