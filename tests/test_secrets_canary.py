@@ -3,7 +3,24 @@ webhook secret are set to distinct canaries; a batch runs over every provider wi
 429 on submit, failed jobs, lost and badly signed webhooks, and webhook secrets that do not match, so
 deliveries are refused and jobs are polled); then the logs of every process, everything in Redis (every key,
 every value, Celery's messages included), every S3 object and the CLI's output are searched for each canary,
-and for each job's webhook URL token."""
+and for each job's webhook URL token.
+
+The paths issue 10 saw leak a key are provoked on purpose, and the test checks they were taken:
+* an S3 403 during a collect: the workers reach S3 through a proxy (tests/s3_fault_proxy.py) that refuses the
+  first upload of every output, so each job's collect fails once with the output download's headers
+  (`Authorization: Bearer <replicate key>`) in a frame's locals, and is logged with its traceback;
+* a key with a trailing newline (and one with `\r\n`) in a worker started as plain Celery, without the
+  start-up check that refuses it: its fal and Replicate jobs must fail, saying why, without the key.
+
+How it fails when the protection is removed (checked by hand, 2026-12-07, `pytest tests/test_secrets_canary.py`):
+put worker/logging.py's renderer back as it was before the logging rework (drop
+`structlog.processors.format_exc_info` and the ConsoleRenderer's `exception_formatter=structlog.dev.plain_traceback`,
+so that structlog's default rich traceback prints every frame's locals) and the test fails with
+`EDITQ_REPLICATE_API_TOKEN in log worker1.log` (the `headers` local of `Storage.store_output` in the S3 403's
+traceback); the redactor does not save it, as it only sees the event's strings, not the exception the renderer
+formats afterwards. The redactor itself (worker/redact.py) is a second line here: with it switched off the
+test still passes, as no path of this run puts a key into a string in the first place.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +44,7 @@ from editq.producer.stack import LocalStack, scoped_env
 from editq.worker.storage import get_storage
 from editq.worker.webhook_auth import job_token
 from tests.conftest import EXAMPLES, ROOT, wait_for, write_jsonl
+from tests.s3_fault_proxy import S3FaultProxy
 
 FAULTS = {"latency_s": 0.2, "jitter_s": 0.1, "concurrency": 8, "seed": 11, "submit_5xx_rate": 0.2,
           "submit_429_rate": 0.15, "retry_after_s": 1, "job_failure_rate": 0.2, "webhook_lost_rate": 0.2,
@@ -92,24 +110,68 @@ def editq(*args: str) -> str:
 @dataclass
 class CanaryStack(LocalStack):
     """A local stack whose processes get the canaries instead of the sandbox's placeholder keys (the sandbox
-    accepts any key)."""
+    accepts any key), and whose workers store outputs through an S3 proxy that refuses each first upload."""
 
     canary: dict[str, str] = field(default_factory=dict)
+    proxy: S3FaultProxy | None = None
 
     def start_sandbox(self) -> None:
         super().start_sandbox()
         self.env.update(self.canary)
 
+    def worker_env(self) -> dict[str, str]:
+        if self.proxy is None:
+            self.proxy = S3FaultProxy(self.env["EDITQ_S3_ENDPOINT"]).__enter__()
+        host = self.proxy.url.removeprefix("http://")
+        return {"EDITQ_S3_ENDPOINT": self.proxy.url, "EDITQ_S3_PUBLIC_ENDPOINT": self.env["EDITQ_S3_ENDPOINT"],
+                "EDITQ_ALLOWED_PRIVATE_HOSTS": f"{self.env['EDITQ_ALLOWED_PRIVATE_HOSTS']},{host}"}
+
+    def start_worker(self, name: str, extra_env: dict[str, str] | None = None, queues: str | None = None) -> None:
+        super().start_worker(name, {**self.worker_env(), **(extra_env or {})}, queues)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.proxy is not None:
+            self.proxy.__exit__(None, None, None)
+
 
 @pytest.fixture(scope="module")
-def canary_stack() -> Iterator[tuple[LocalStack, dict[str, str]]]:
+def canary_stack() -> Iterator[tuple[CanaryStack, dict[str, str]]]:
     env = canaries()
     with scoped_env(env), CanaryStack(sandbox_opts=FAULTS, worker_concurrency=8, workers=2, canary=env) as stack:
         stack.apply_env()
         yield stack, env
 
 
-def test_no_secret_in_logs_redis_s3_or_cli_output(canary_stack: tuple[LocalStack, dict[str, str]],
+def bad_key_batch(stack: CanaryStack, env: dict[str, str], tmp_path: Path) -> tuple[str, list[str]]:
+    """The regular workers stopped, a worker started as plain Celery (no start-up check) whose fal key ends in a
+    newline and whose Replicate key ends in CR LF runs a fal and a Replicate job: (the CLI's output, job ids)."""
+    from editq.worker.triggers import queue_name
+
+    for name in [n for n in stack.procs if n.startswith("worker")]:
+        stack.stop_proc(name)
+    fal_key, rep_key = providers.spec_of("fal").key_env, providers.spec_of("replicate").key_env
+    queues = f"{queue_name()},{queue_name('sync')}"
+    boot = ("from editq.worker.celery_app import app; app.worker_main(['worker', '--pool=threads', '--concurrency=4', "
+            f"'-Q', '{queues}', '-n', 'badkey@%h', '--without-gossip', '--without-mingle'])")
+    stack.spawn("worker-badkey", [sys.executable, "-c", boot],
+                {**stack.worker_env(), fal_key: env[fal_key] + "\n", rep_key: env[rep_key] + "\r\n"})
+    stack.wait_workers(1)
+    rows = [{"custom_id": f"badkey-{p}", "prompt": f"Bad key {p} {secrets.token_hex(3)}", "images": ["mug.png"],
+             "provider": p, "quality": "low"} for p in ("fal", "replicate")]
+    cli = editq("submit", str(write_jsonl(tmp_path / "badkey.jsonl", rows)))
+    batch_id = next(w for w in cli.split() if w.startswith("batch_"))
+    final = wait_for(lambda: (st := status(batch_id))["finished"] and st, 120, "the bad-key batch to finish")
+    assert final["counts"] == {"failed": 2}, final
+    job_ids = []
+    for p in ("fal", "replicate"):
+        job = status(f"badkey-{p}", batch_id=batch_id)
+        assert "contains a control character" in job["error"]["reason"], job["error"]
+        job_ids.append(job["job_id"])
+    return cli + editq("jobs", batch_id) + editq("status", batch_id), job_ids
+
+
+def test_no_secret_in_logs_redis_s3_or_cli_output(canary_stack: tuple[CanaryStack, dict[str, str]],
                                                   tmp_path: Path) -> None:
     stack, env = canary_stack
     rows: list[dict[str, Any] | str] = []
@@ -136,6 +198,17 @@ def test_no_secret_in_logs_redis_s3_or_cli_output(canary_stack: tuple[LocalStack
     # the faults happened (so error paths ran), and some jobs got through despite them
     states = final["counts"]
     assert states.get("succeeded", 0) >= 1, states
+    # every stored output was refused once by S3 first, Replicate's among them, and logged with its traceback
+    assert stack.proxy is not None
+    stored = [o["key"] for m in lines if m["state"] == "succeeded" for o in m["outputs"]]
+    assert stored and all(any(d.endswith("/" + k) for d in stack.proxy.denied) for k in stored), stack.proxy.denied
+    assert any(m["job"]["provider"] == "replicate" and m["state"] == "succeeded" for m in lines), states
+    worker_logs = stack.log("worker0") + stack.log("worker1")
+    assert "collect failed" in worker_logs and "HTTP 403" in worker_logs and "StorageError" in worker_logs
+    assert "Traceback (most recent call last)" in worker_logs
+    more_cli, bad_jobs = bad_key_batch(stack, env, tmp_path)
+    cli += more_cli
+    job_ids += bad_jobs
     sandbox_log = stack.log("sandbox")
 
     what = needles(env)

@@ -490,7 +490,10 @@ class Pipeline:
             else:
                 err = ProviderError(ErrorKind.retryable, f"{view.provider} collect: {type(exc).__name__}: {exc}"[:2000])
             if not isinstance(exc, ProviderError):
-                log.warning("collect failed", job_id=view.job_id, provider=view.provider, error=err.reason)
+                # not a provider's answer (S3 refusing the upload, a bug): with its traceback, which, like every
+                # traceback, is printed without local variables (here: the output download's auth headers)
+                log.warning("collect failed", job_id=view.job_id, provider=view.provider, error=err.reason,
+                            exc_info=not isinstance(exc, UnsafeURL))
             self.store.set_fields(view.job_id, collect_failures=str(tries), collect_error=err.reason[:300])
             if err.kind is ErrorKind.retryable and tries < limit:
                 # stays `collecting`; the tick hands it back to `ready` when this back-off runs out
