@@ -248,7 +248,7 @@ def budget(
         else:
             st = batch_budget(str(batch_id))
     except (KeyError, ValueError) as exc:
-        console.print(f"[red]{exc.args[0] if exc.args else exc}[/red]")
+        console.print(escape(str(exc.args[0] if exc.args else exc)), style="red", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         out.print_json(json.dumps(st))
@@ -326,7 +326,8 @@ def rerun(
             overrides[name.strip()] = value
     report = do_rerun(batch_id, parse_only(only), overrides, max_cost=max_cost, on_budget=on_budget)
     for jid, cid, why in report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {jid}{f' ({cid})' if cid else ''}: {why}")
+        console.print(f"[yellow]skipped[/yellow] {jid}{escape(f' ({cid})') if cid else ''}: {escape(why)}",
+                      highlight=False)
     for old, existing in report.duplicates:
         console.print(f"{old}: already enqueued as {existing} (not run again)")
     if report.still_running:
@@ -514,6 +515,12 @@ from editq.producer import variants_cli  # noqa: E402  (report, review, continue
 variants_cli.register(app)
 
 
+def _error(message: object) -> None:
+    """One error line. The message often quotes what the user typed (an id, a custom_id, a file name), so it is
+    printed literally: `editq status '[/red]'` must say the id is unknown, not fail on it as rich markup."""
+    console.print(f"[red]error[/red]: {escape(str(message))}", highlight=False)
+
+
 def main() -> None:
     """The CLI, with the errors a user can fix printed as one line and a non-zero exit."""
     import redis
@@ -528,22 +535,22 @@ def main() -> None:
         console.print(f"[red]refusing to start[/red]: {escape('; '.join(str(exc).splitlines()))}", highlight=False)
         sys.exit(2)
     except Problem as exc:
-        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        _error(exc)
         sys.exit(1)
     except KeyError as exc:  # an unknown id
-        console.print(f"[red]error[/red]: {exc.args[0] if exc.args else exc}", highlight=False)
+        _error(exc.args[0] if exc.args else exc)
         sys.exit(1)
     except ValueError as exc:  # a bad option value (e.g. --only) or a bad line in --strict
-        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        _error(exc)
         sys.exit(2)
     except redis.ConnectionError as exc:
-        console.print(f"[red]error[/red]: lost the connection to Redis: {exc}", highlight=False)
+        _error(f"lost the connection to Redis: {exc}")
         sys.exit(1)
     except NoCredentialsError:
         console.print("[red]error[/red]: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         sys.exit(1)
     except BotoCoreError as exc:
-        console.print(f"[red]error[/red]: S3: {exc}", highlight=False)
+        _error(f"S3: {exc}")
         sys.exit(1)
 
 

@@ -25,7 +25,7 @@ def report(
     try:
         files = write_report(batch_id, dest)
     except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
+        console.print(escape(str(exc.args[0])), style="red", highlight=False)
         raise typer.Exit(1) from None
     for key in files.missing:
         console.print(f"[yellow]missing in S3[/yellow]: {key}")
@@ -54,7 +54,7 @@ def review(
     try:
         session = ReviewSession(batch_id, _storage(), folder, reviewer or default_reviewer())
     except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
+        console.print(escape(str(exc.args[0])), style="red", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"{len(session.log.decisions)} decision(s) so far in s3://{session.storage.bucket}/{session.log.key}")
     out.print(f"review {batch_id} at http://{host}:{port}/ (Ctrl-C to stop)")
@@ -94,7 +94,7 @@ def continue_(
         console.print(f"[red]refused[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
     except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
+        console.print(escape(str(exc.args[0])), style="red", highlight=False)
         raise typer.Exit(1) from None
     for jid in result.skipped:
         console.print(f"[yellow]skipped[/yellow] {jid}: it did not succeed")

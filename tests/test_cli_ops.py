@@ -56,6 +56,20 @@ def test_status_of_an_unknown_id_is_one_line_and_non_zero(live_ops: LocalStack) 
     assert "no batch or job with id 'UNKNOWN'" in _one_line(res)
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["status", "[/red]"], "error: no batch or job with id '[/red]'"),
+    (["status", "SKU-1", "--batch", "[bold]b"], "error: no batch with id '[bold]b'"),
+    (["budget", "[/red]"], "no batch with id '[/red]'"),
+    (["report", "[/red]"], "[/red]"),
+])
+def test_ids_that_look_like_markup_are_printed_as_typed(live_ops: LocalStack, args: list[str], said: str) -> None:
+    """What the user typed is quoted literally: rich read `[/red]` as a closing tag and raised a MarkupError
+    (a traceback instead of the one line)."""
+    res = editq(*args)
+    assert res.returncode == 1
+    assert said in _one_line(res)
+
+
 def test_download_of_an_unknown_batch_says_so_and_fails(live_ops: LocalStack, tmp_path: os.PathLike[str]) -> None:
     res = editq("download", "batch_nope", "--out", str(tmp_path))
     assert res.returncode == 1

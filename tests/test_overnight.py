@@ -149,11 +149,11 @@ def test_rerun_with_a_changed_parameter_makes_a_new_job(stack: LocalStack) -> No
 
 
 def test_moderation_is_terminal_recorded_with_its_stage_and_listed(stack: LocalStack) -> None:
-    orig = submit_batch([line("blocked", "openai", prompt="A label sandbox:moderation please"),
+    orig = submit_batch([line("[/i]blocked", "openai", prompt="A label sandbox:moderation please"),
                          line("fine", "openai", prompt="A plain label")])
     assert finished(orig.batch_id)["counts"] == {"failed": 1, "succeeded": 1}
     (row,) = list_jobs(orig.batch_id, ["moderated"])
-    assert (row["custom_id"], row["state"], row["moderation_stage"], row["attempts"]) == ("blocked", "moderated",
+    assert (row["custom_id"], row["state"], row["moderation_stage"], row["attempts"]) == ("[/i]blocked", "moderated",
                                                                                           "input", 1)
     assert list(list_jobs(orig.batch_id, ["failed"])) == []  # moderated is its own outcome
     manifest = json.loads(get_storage().get_bytes(f"outputs/{orig.batch_id}/{row['job_id']}/manifest.json"))
@@ -161,6 +161,9 @@ def test_moderation_is_terminal_recorded_with_its_stage_and_listed(stack: LocalS
     # never sent to the same provider again with the same prompt; elsewhere it may go
     same = rerun(orig.batch_id, {"moderated"})
     assert same.batch_id is None and "moderated by openai" in same.skipped[0][2]
+    said = cli("rerun", orig.batch_id, "--only", "moderated")  # the custom_id is printed as written, not as markup
+    assert said.returncode == 1 and "Traceback" not in said.stderr, said.stderr
+    assert f"skipped {row['job_id']} ([/i]blocked): moderated by openai" in said.stderr, said.stderr
     listed = cli("jobs", orig.batch_id, "--state", "moderated")
     assert listed.returncode == 0 and "blocked" in listed.stdout and "moderated at input" in listed.stdout
     elsewhere = rerun(orig.batch_id, {"moderated"}, {"provider": "fal"})
