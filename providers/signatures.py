@@ -15,12 +15,19 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from pydantic import SecretStr
 
-from editq.providers.types import Outcome
+from editq.providers.types import Answer, Outcome, ProviderRequest
 from editq.worker.errors import ErrorKind, ProviderError, WebhookMalformed, WebhookRejected
+
+if TYPE_CHECKING:
+    from editq.worker.provider_client import ProviderClient
+
+log = structlog.get_logger("editq.webhooks")
+T = TypeVar("T")
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------------
@@ -81,23 +88,72 @@ def v1_matches(key: bytes, message: bytes, given: list[bytes]) -> bool:
     return any(hmac.compare_digest(expected, sig) for sig in given)
 
 
+async def fetch_key(client: ProviderClient, req: ProviderRequest, parse: Callable[[Answer], T | None]) -> T | None:
+    """Fetch a provider's webhook key material (a secret, a JWKS): the parsed value, or None, logged with the
+    answer's status or the transport error's kind (never the body: it is the key)."""
+    try:
+        answer = await client.send(req)
+    except ProviderError as exc:
+        log.warning("webhook key not fetched", provider=client.name, what=req.what, error=exc.kind.value)
+        return None
+    try:
+        value = parse(answer)
+    except (ValueError, KeyError, TypeError):
+        value = None
+    if value is None:
+        log.warning("webhook key not fetched", provider=client.name, what=req.what, status=answer.status)
+    return value
+
+
+class KeyFetchLimit:
+    """When a provider's webhook key may be fetched again. Every fetch counts, a failed one too.
+
+    * A key is held: at most once every `min_refresh_s` (a mismatch may mean a rotated key, but forged
+      deliveries must not cause a fetch each).
+    * No key is held (fresh start, or every fetch so far failed): every delivery is refused anyway, so a
+      failed fetch is retried sooner, after `first_retry_s`, then twice as long each time up to
+      `min_refresh_s`. One failed fetch (a 503 from the key endpoint) then deafens the receiver for a
+      second, not a minute; a flood of forgeries at a receiver that holds no key causes at most
+      log2(min_refresh_s / first_retry_s) + 1 fetches more (7 with 60 s and 1 s), then one a minute.
+    """
+
+    def __init__(self, min_refresh_s: float, first_retry_s: float = 1.0) -> None:
+        self.min_refresh_s = min_refresh_s
+        self.first_retry_s = min(first_retry_s, min_refresh_s)
+        self.tried_at: float | None = None  # last fetch started, failed ones included
+        self.failures = 0  # failed fetches since the last one that gave a key
+
+    def wait_s(self, have_key: bool) -> float:
+        if have_key:
+            return self.min_refresh_s
+        return min(self.min_refresh_s, self.first_retry_s * 2 ** max(self.failures - 1, 0))
+
+    def may_fetch(self, now: float, have_key: bool) -> bool:
+        return self.tried_at is None or now - self.tried_at >= self.wait_s(have_key)
+
+    def started(self, now: float) -> None:
+        self.tried_at = now
+
+    def ended(self, got_key: bool) -> None:
+        self.failures = 0 if got_key else self.failures + 1
+
+
 class WebhookSecret:
     """A webhook signing key: the configured one, else fetched from the provider and kept.
 
-    A signature that does not match fetches the secret again (it may have been rotated), at most once every
-    `min_refresh_s`; every fetch counts towards that limit, a failed one too, so forged deliveries (or a
-    provider that is down) never cause more than one fetch a minute. `max_age_s` (None = never) refetches a
-    kept secret that old before checking. A failed fetch always keeps the old key: it must not open the door.
+    A signature that does not match fetches the secret again (it may have been rotated), within the limits of
+    `KeyFetchLimit`: once every `min_refresh_s` while a key is held, sooner (capped backoff) while none is.
+    `max_age_s` (None = never) refetches a kept secret that old before checking. A failed fetch always keeps
+    the old key: it must not open the door.
     """
 
     def __init__(self, key_of: Callable[[str], bytes | None], *, min_refresh_s: float = 60.0,
-                 max_age_s: float | None = None) -> None:
+                 max_age_s: float | None = None, first_retry_s: float = 1.0) -> None:
         self.key_of = key_of
-        self.min_refresh_s = min_refresh_s
+        self.limit = KeyFetchLimit(min_refresh_s, first_retry_s)
         self.max_age_s = max_age_s
         self.key: bytes | None = None
         self.fetched_at = 0.0  # last successful fetch
-        self.tried_at: float | None = None  # last fetch started, failed ones included
         self.loading: asyncio.Future[None] | None = None  # the fetch in flight, shared by every delivery
 
     async def verify(self, configured: SecretStr | None, fetch: Callable[[], Awaitable[str | None]],
@@ -108,9 +164,9 @@ class WebhookSecret:
         loading = self.loading
         if loading is not None and not loading.done() and loading.get_loop() is asyncio.get_running_loop():
             # a fetch is on its way (the burst of deliveries right after start-up): wait for its key rather
-            # than refuse valid deliveries because the once-a-minute limit forbids a fetch of their own
+            # than refuse valid deliveries because the limit forbids a fetch of their own
             await asyncio.shield(loading)
-        may_fetch = self.tried_at is None or now - self.tried_at > self.min_refresh_s
+        may_fetch = self.limit.may_fetch(now, self.key is not None)
         stale = self.key is None or (self.max_age_s is not None and now - self.fetched_at > self.max_age_s)
         if stale and may_fetch:
             await self.load(fetch, now)
@@ -124,17 +180,17 @@ class WebhookSecret:
 
     async def load(self, fetch: Callable[[], Awaitable[str | None]], now: float) -> None:
         """`fetch` answers the secret text, or None when the provider did not give one."""
-        self.tried_at = now
+        self.limit.started(now)
 
         async def run() -> None:
             secret = await fetch()
             key = self.key_of(secret) if secret is not None else None
             if key is not None:
                 self.key, self.fetched_at = key, now
+            self.limit.ended(key is not None)
 
         self.loading = asyncio.ensure_future(run())
         await asyncio.shield(self.loading)
-
 
 
 def lost_sync_answer(provider: str, request_id: str) -> Outcome:

@@ -67,18 +67,25 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.to_thread(warm_redis), timeout=WARM_UP_S)
     except Exception:
         log.warning("warm-up failed", exc_info=True)
-    else:
-        for name in providers.names():
-            adapter = providers.protocol_of(name)
-            if receives_webhooks(name):
-                try:  # e.g. fal's JWKS: otherwise the first burst of deliveries all waits for it
-                    await asyncio.wait_for(adapter.prepare_webhooks(client_for(name)), timeout=5)
-                except Exception:
-                    log.warning("webhook keys not prefetched", provider=name, exc_info=True)
+    # Webhook keys (fal's JWKS, the others' secrets) are fetched in the background, all at once: the
+    # receiver listens at once (a restart must not refuse connections while a key endpoint is slow), and a
+    # delivery that arrives while its provider's fetch is in flight waits for that fetch.
+    prefetch = asyncio.ensure_future(_prefetch_keys())
     try:
         yield
     finally:
+        prefetch.cancel()
         await aio.close_http_client()  # no "Unclosed client session" at exit
+
+
+async def _prefetch_keys() -> None:
+    async def one(name: str) -> None:
+        try:
+            await asyncio.wait_for(providers.protocol_of(name).prepare_webhooks(client_for(name)), timeout=10)
+        except Exception:
+            log.warning("webhook keys not prefetched", provider=name, exc_info=True)
+
+    await asyncio.gather(*(one(name) for name in providers.names() if receives_webhooks(name)))
 
 
 def create_app() -> DeliveriesFirst:

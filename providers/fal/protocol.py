@@ -22,7 +22,7 @@ from editq.providers import types as pt
 from editq.providers.fal import FalSettings
 from editq.providers.fal.schema import MAX_NUM_IMAGES, QUALITIES, edit_input, size_problem
 from editq.providers.protocol import ProviderProtocol
-from editq.providers.signatures import webhook_json
+from editq.providers.signatures import KeyFetchLimit, fetch_key, webhook_json
 from editq.providers.spec import ProviderSettings
 from editq.schemas.job import EditJob
 from editq.schemas.params import Background
@@ -211,7 +211,7 @@ class FalProtocol(ProviderProtocol):
         super().__init__(settings)
         self._jwks: list[VerifyKey] = []
         self._jwks_at = 0.0  # when the keys were last fetched
-        self._jwks_tried = 0.0  # when a fetch last started, failed ones included (the once-a-minute limit)
+        self._jwks_limit = KeyFetchLimit(JWKS_MIN_REFRESH_S)  # once a minute; sooner while no key is held
         self._jwks_loading: asyncio.Task[None] | None = None
 
     def validate(self, job: EditJob) -> list[str]:
@@ -269,8 +269,8 @@ class FalProtocol(ProviderProtocol):
         loading = self._jwks_loading
         if loading is not None and not loading.done() and loading.get_loop() is asyncio.get_running_loop():
             await asyncio.shield(loading)  # a fetch is on its way: use its keys rather than refuse the delivery
-        may_fetch = now - self._jwks_tried > JWKS_MIN_REFRESH_S  # failed fetches count: no fetch per forgery
-        if now - self._jwks_at > JWKS_TTL_S and may_fetch:
+        may_fetch = self._jwks_limit.may_fetch(now, bool(self._jwks))  # failed fetches count: no fetch per forgery
+        if (not self._jwks or now - self._jwks_at > JWKS_TTL_S) and may_fetch:
             await self._refresh_jwks(client, now)
             may_fetch = False
         if any_key(self._jwks, message, sig):
@@ -289,13 +289,10 @@ class FalProtocol(ProviderProtocol):
         await task
 
     async def _load_jwks(self, client: ProviderClient, now: float) -> None:
-        self._jwks_tried = now
-        try:
-            answer = await client.send(pt.ProviderRequest("GET", self.settings.jwks_url, auth=False, timeout_s=10,
-                                                       what="jwks"))
-            keys = jwks_keys(answer.json) if answer.ok else None
-        except (ProviderError, ValueError, KeyError):
-            keys = None
+        self._jwks_limit.started(now)
+        keys = await fetch_key(client, pt.ProviderRequest("GET", self.settings.jwks_url, auth=False, timeout_s=10,
+                                                          what="jwks"), lambda a: jwks_keys(a.json) if a.ok else None)
+        self._jwks_limit.ended(bool(keys))
         if keys is None:
             return  # keep the old keys; a failed refresh must not open the door
         self._jwks, self._jwks_at = keys, now

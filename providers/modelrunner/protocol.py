@@ -11,6 +11,7 @@ secret is configured or fetched from `{rest_url}/webhooks/default/secret`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from editq.providers.modelrunner import ModelRunnerSettings
 from editq.providers.protocol import ProviderProtocol
 from editq.providers.signatures import (
     WebhookSecret,
+    fetch_key,
     standard_webhook_key,
     v1_matches,
     v1_signatures,
@@ -316,11 +318,11 @@ class ModelRunnerProtocol(ProviderProtocol):
             raise WebhookRejected("signature does not match")
         return event_of(msg_id, body)
 
+    async def prepare_webhooks(self, client: ProviderClient) -> None:
+        if self.settings.webhook_secret is None and self.settings.api_key is not None and self._secret.key is None:
+            await self._secret.load(lambda: self._fetch_secret(client), time.time())
+
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
         url = self.settings.rest_url.rstrip("/") + "/webhooks/default/secret"
-        try:
-            answer = await client.send(pt.ProviderRequest("GET", url, timeout_s=SECRET_TIMEOUT_S,
-                                                          what="webhook secret"))
-        except ProviderError:
-            return None
-        return secret_of(answer)
+        req = pt.ProviderRequest("GET", url, timeout_s=SECRET_TIMEOUT_S, what="webhook secret")
+        return await fetch_key(client, req, secret_of)

@@ -29,7 +29,14 @@ from urllib.parse import urlsplit
 from editq.providers import types as pt
 from editq.providers.protocol import ProviderProtocol
 from editq.providers.replicate import ReplicateSettings
-from editq.providers.signatures import WebhookSecret, v1_matches, v1_signatures, webhook_headers, webhook_json
+from editq.providers.signatures import (
+    WebhookSecret,
+    fetch_key,
+    v1_matches,
+    v1_signatures,
+    webhook_headers,
+    webhook_json,
+)
 from editq.providers.spec import ProviderSettings
 from editq.schemas.job import EditJob
 from editq.schemas.manifest import Usage
@@ -384,11 +391,8 @@ class ReplicateProtocol(ProviderProtocol):
             await self._secret.load(lambda: self._fetch_secret(client), time.time())
 
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
-        try:
-            answer = await client.send(pt.ProviderRequest("GET", SECRET_PATH, timeout_s=10, what="webhook secret"))
-        except ProviderError:
-            return None
-        return parse_secret(answer)
+        return await fetch_key(client, pt.ProviderRequest("GET", SECRET_PATH, timeout_s=10, what="webhook secret"),
+                               parse_secret)
 
 
 __all__ = ["ReplicateProtocol", "ReplicateSettings"]

@@ -39,12 +39,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from editq.providers import types as pt
 from editq.providers.protocol import ProviderProtocol
-from editq.providers.signatures import WebhookSecret, webhook_headers, webhook_json
+from editq.providers.signatures import WebhookSecret, fetch_key, webhook_headers, webhook_json
 from editq.providers.spec import ProviderSettings
 from editq.providers.wavespeed import WaveSpeedSettings
 from editq.schemas.job import EditJob
@@ -315,10 +316,10 @@ class WaveSpeedProtocol(ProviderProtocol):
             raise WebhookMalformed("body has no id")
         return pt.WebhookEvent(delivery_id=msg_id, request_id=str(rid), payload=payload)
 
+    async def prepare_webhooks(self, client: ProviderClient) -> None:
+        if self.settings.webhook_secret is None and self.settings.api_key is not None and self._secret.key is None:
+            await self._secret.load(lambda: self._fetch_secret(client), time.time())
+
     async def _fetch_secret(self, client: ProviderClient) -> str | None:
-        try:
-            answer = await client.send(pt.ProviderRequest("GET", "/api/v3/webhook/secret", timeout_s=SECRET_TIMEOUT_S,
-                                                       what="webhook secret"))
-        except ProviderError:
-            return None
-        return parse_secret(answer)
+        return await fetch_key(client, pt.ProviderRequest("GET", "/api/v3/webhook/secret", timeout_s=SECRET_TIMEOUT_S,
+                                                          what="webhook secret"), parse_secret)
