@@ -145,3 +145,16 @@ def test_commands_before_a_move_share_its_round_trip_and_survive_lost_scripts(st
     # a second move from the same state is refused, and its `before` commands still ran
     again = store.move(jid, [State.submitting], State.submitted, before=lambda p: p.set(k.request("fal", "r2"), jid))
     assert not again.ok and r.get(k.request("fal", "r2")) == jid
+
+
+def test_a_job_coming_back_to_the_queue_goes_to_its_head(store: JobStore) -> None:
+    """A retried job (or a claim recovered from a lost worker) has waited longest: it is claimed before the
+    backlog, not after it (in a 1,000-job chaos run a job retried early was submitted last and finished a
+    minute after every other job). New jobs keep their order."""
+    ids = _create(store, "b10", 6)
+    first, second = store.claim("fal", 2, 16, 0, 0, 60)
+    assert [first, second] == ids[:2]
+    assert store.move(first, [State.submitting], State.retry_wait, score=time.time()).ok
+    assert store.move(first, [State.retry_wait], State.queued).ok  # its back-off is over
+    assert store.move(second, [State.submitting], State.queued).ok  # recovered from a dead worker, never sent
+    assert store.claim("fal", 64, 16, 0, 0, 60) == [second, first, *ids[2:]]

@@ -48,7 +48,14 @@ local function move(jid, cur, to, now, score, note, ttl, from_provider)
   redis.call('HINCRBY', K.stats_jobs, to .. '|' .. provider .. '|' .. lane_of, 1)
   if to == 'queued' then
     local lane = redis.call('HGET', jk, 'lane')
-    redis.call('RPUSH', K.pending(provider, lane), jid)
+    -- A job coming back (a retry, a claim recovered from a lost worker, a reroute) has waited longest: it goes
+    -- to the head of its queue, not behind the whole backlog (a retried job waited 2 min behind the rest of a
+    -- 1,000-job batch and finished last, a minute after everything else). New jobs and budget waits queue up.
+    if cur == 'retry_wait' or cur == 'submitting' or cur == 'submitted' then
+      redis.call('LPUSH', K.pending(provider, lane), jid)
+    else
+      redis.call('RPUSH', K.pending(provider, lane), jid)
+    end
     redis.call('SADD', K.providers, provider)
   elseif to == 'submitting' or to == 'submitted' then redis.call('ZADD', K.inflight, score, jid)
   elseif to == 'retry_wait' then redis.call('ZADD', K.retry, score, jid)
