@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from editq import providers
 from editq.producer.stack import LocalStack
 from editq.providers.types import Outcome
 from editq.schemas.job import EditJob, InputRecord
@@ -151,6 +152,27 @@ def test_a_poll_answered_with_retry_after_holds_that_providers_polls(pipe: Pipel
     assert pipe.kick.polls == []
     other_score = pipe.store.r.zscore(pipe.k.inflight, other)
     assert other_score is not None and other_score >= time.time() + 38
+
+
+def test_a_poll_the_provider_did_not_answer_is_repeated_within_seconds(pipe: Pipeline) -> None:
+    """A safety-net poll (the webhook was lost) answered 503 learned nothing: the job is polled again after a
+    short back-off, not 1.5x later along the schedule (in a chaos run that cost the last job 49 s)."""
+    jid = _submitted(pipe)
+    view = pipe.store.get(jid)
+    assert view is not None
+    adapter = providers.protocol_of("fal")
+    err = ProviderError(ErrorKind.retryable, "fal status: HTTP 503", status_code=503)
+    aio.run(pipe._after_poll(adapter, view, err, latency_s=16.0))  # schedule: 32 s, then 48 s
+    score = pipe.store.r.zscore(pipe.k.inflight, jid)
+    assert score is not None and score <= time.time() + 2 * 1.2  # 2 s (+-20 % jitter)
+    after = pipe.store.get(jid)
+    assert after is not None and after.state is State.submitted
+    assert (after.fields["polls"], after.fields["poll_errors"]) == ("0", "1")  # not a step along the schedule
+    aio.run(pipe._after_poll(adapter, after, Outcome.running(), latency_s=16.0))  # then answered: still running
+    again = pipe.store.get(jid)
+    assert again is not None and (again.fields["polls"], again.fields["poll_errors"]) == ("1", "0")
+    score = pipe.store.r.zscore(pipe.k.inflight, jid)
+    assert score is not None and score >= time.time() + 47  # the schedule goes on: 1.5 x 32 s
 
 
 def test_outcome_running_keeps_the_job_submitted(pipe: Pipeline) -> None:

@@ -86,6 +86,18 @@ def test_poll_delay(polls: int, webhooks: bool, cap: float | None, retry_after: 
                              retry_after_s=retry_after, latency_s=latency) == expected
 
 
+@pytest.mark.parametrize(("errors", "scheduled", "retry_after", "expected"), [
+    (1, 33.0, None, 2.0),  # a poll answered 503 is repeated after 2 s, not on the schedule's next step
+    (3, 33.0, None, 8.0),  # then 4 s, 8 s ...
+    (6, 33.0, None, 33.0),  # never later than the schedule itself
+    (1, 33.0, 40.0, 40.0),  # never sooner than a Retry-After
+])
+def test_an_unanswered_poll_is_repeated_soon(errors: int, scheduled: float, retry_after: float | None,
+                                             expected: float) -> None:
+    assert policy.poll_error_delay(errors, scheduled_s=scheduled, retry_after_s=retry_after,
+                                   rand=lambda lo, hi: 1.0) == expected
+
+
 def test_backoff_jitters_within_a_fifth_and_caps() -> None:
     assert policy.backoff(1, 2.0, 300.0, rand=lambda lo, hi: lo) == pytest.approx(1.6)
     assert policy.backoff(20, 2.0, 300.0, rand=lambda lo, hi: hi) == pytest.approx(360.0)

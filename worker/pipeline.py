@@ -248,6 +248,7 @@ class Pipeline:
             "handle": json.dumps(sub.handle),
             "submitted_at": repr(_now()),
             "polls": "0",
+            "poll_errors": "0",
             f"req.{view.attempts}": self._req_entry(view, "accepted", request_id=sub.request_id),
         }
         def first(pipe: Any) -> None:  # the same round trip as the move, ahead of it
@@ -404,11 +405,14 @@ class Pipeline:
         handle = view.json_field("handle") or {}
         polls = int(view.fields.get("polls", "0")) + 1
         retry_after = None
+        errors = 0  # polls in a row the provider did not answer
         if isinstance(outcome, ProviderError):
             retry_after = outcome.retry_after_s
             if retry_after:  # the provider asked every poller to wait: the tick holds this provider's polls
                 self.r.set(self.k.backoff_poll(adapter.name), "1",
                            px=int(min(retry_after, self.settings.retry_max_s) * 1000))
+            errors = int(view.fields.get("poll_errors", "0") or 0) + 1
+            polls -= 1  # it learned nothing: not a step along the poll schedule
             outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
             events.provider_done(view, outcome.result is not None, "poll")
@@ -425,7 +429,9 @@ class Pipeline:
         delay = policy.poll_delay(polls, base_s=s.poll_interval_s, max_s=s.poll_max_s,
                                   webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
                                   cap_s=adapter.poll_cap_s(), retry_after_s=retry_after, latency_s=latency_s)
-        self.store.set_fields(view.job_id, polls=str(polls))
+        if errors:
+            delay = policy.poll_error_delay(errors, scheduled_s=delay, retry_after_s=retry_after)
+        self.store.set_fields(view.job_id, polls=str(polls), poll_errors=str(errors))
         self.store.reschedule(self.k.inflight, view.job_id, _now() + delay)
 
     # ================================================================ collect (store outputs + manifest)

@@ -149,3 +149,16 @@ def poll_delay(polls: int, *, base_s: float, max_s: float, webhooks: bool, webho
     if retry_after_s:
         delay = max(delay, retry_after_s)
     return delay
+
+
+POLL_ERROR_BASE_S = 2.0  # an unanswered poll is repeated after 2 s, 4 s, 8 s ... (never later than its schedule)
+
+
+def poll_error_delay(errors: int, *, scheduled_s: float, retry_after_s: float | None = None,
+                     rand: Callable[[float, float], float] = random.uniform) -> float:
+    """When to poll again after a poll the provider did not answer (5xx, 429, a transport error; `errors`: how
+    many in a row). Such a poll learned nothing, so it does not move the job along its poll schedule: it is
+    repeated after a short back-off, never later than the schedule's own next poll (`scheduled_s`) and never
+    sooner than a Retry-After the provider asked for. (Counting it as a poll made the next safety-net poll
+    1.5x later: a 503 on the first poll of a job whose webhook was lost cost a chaos run's last job 49 s.)"""
+    return max(retry_after_s or 0.0, min(scheduled_s, backoff(errors, POLL_ERROR_BASE_S, scheduled_s, rand)))
