@@ -109,6 +109,12 @@ def test_error_classification() -> None:
     fetch = classify_oxen_error(400, {"error": {"type": "invalid_params", "detail": "403 Client Error: Forbidden for "
                                                 "url: https://s3/x"}}, {})
     assert fetch.kind is ErrorKind.unknown
+    # our S3 unreachable (frozen, down): the provider's download timed out or got a 5xx; our outage, retried
+    for reason in ("Failed to download the file: ReadTimeout.", "Failed to download the file: HTTP 503.",
+                   "Failed to download the file: ConnectError."):
+        outage = classify_oxen_error(400, {"error": {"type": "invalid_params", "detail": f"400 Client Error: {reason} "
+                                                     "for url: http://127.0.0.1:5000/editq/inputs/x.png"}}, {})
+        assert outage.kind is ErrorKind.retryable, reason
     assert classify_oxen_error(504, "gateway", {}).maybe_billed
     client_of(adapter(), httpx.AsyncClient())  # the client registers the key with the one redactor
     leaked = classify_oxen_error(401, {"error": {"detail": f"bad key {KEY}"}}, {})

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -182,6 +183,9 @@ def converted_mask(rec: InputRecord, blob: bytes) -> bytes:
     return white_is_edit(blob)
 
 
+_TRANSIENT_FETCH = re.compile(r"timeout|timed out|connect|\b5\d\d\b")
+
+
 def classify_oxen_error(status: int, body: Any, headers: Mapping[str, str], *, request_id: str = "") -> ProviderError:
     """An Oxen error answer -> ProviderError (pure; secrets are redacted by ProviderError itself)."""
     etype: str | None = None
@@ -200,7 +204,11 @@ def classify_oxen_error(status: int, body: Any, headers: Mapping[str, str], *, r
     elif status == 429 or status >= 500:
         kind = ErrorKind.retryable
     elif "client error" in lowered and "for url" in lowered:
-        kind = ErrorKind.unknown  # Oxen could not download an input (an expired presign?): retried once
+        # Oxen could not download an input. Inputs are editq's own presigned URLs, checked at enqueue: a timeout,
+        # a lost connection or a 5xx is our storage being unreachable (a 60 s S3 outage failed 13 jobs of a
+        # chaos run), retried like any outage; a 4xx (an expired presign?) is retried once, freshly presigned
+        transient = _TRANSIENT_FETCH.search(lowered.split(" for url", 1)[0])
+        kind = ErrorKind.retryable if transient else ErrorKind.unknown
     elif status in (400, 401, 403, 404, 405, 413, 415, 422):
         kind = ErrorKind.terminal
     else:
