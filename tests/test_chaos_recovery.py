@@ -113,7 +113,8 @@ def test_a_submit_is_marked_sent_while_its_answer_is_awaited(bare: LocalStack) -
     assert _entry(p.store, job_id)["status"] == "failed"  # the 504 came back: not billed, retried
 
 
-def test_with_webhooks_the_first_poll_comes_after_twice_the_providers_latency(bare: LocalStack) -> None:
+def test_with_webhooks_the_first_poll_comes_after_one_and_a_half_times_the_providers_latency(
+        bare: LocalStack) -> None:
     """Not 60 s after the submit: a late or lost delivery would hold the provider slot that long and keep the
     last jobs of a batch waiting (worker/policy.py poll_delay)."""
     bare.apply_env()
@@ -130,7 +131,7 @@ def test_with_webhooks_the_first_poll_comes_after_twice_the_providers_latency(ba
         view = p.store.get(job_id)
         assert view is not None and view.state is State.submitted
         score = p.r.zscore(p.k.inflight, job_id)
-        assert before + 7 <= score <= time.time() + 8.5
+        assert before + 5 <= score <= time.time() + 6.5  # 1.5 x 4 s
     finally:
         httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 1.0}, timeout=10)
 

@@ -162,7 +162,7 @@ def test_a_poll_the_provider_did_not_answer_is_repeated_within_seconds(pipe: Pip
     assert view is not None
     adapter = providers.protocol_of("fal")
     err = ProviderError(ErrorKind.retryable, "fal status: HTTP 503", status_code=503)
-    aio.run(pipe._after_poll(adapter, view, err, latency_s=16.0))  # schedule: 32 s, then 48 s
+    aio.run(pipe._after_poll(adapter, view, err, latency_s=16.0))  # schedule: 24 s, then 36 s
     score = pipe.store.r.zscore(pipe.k.inflight, jid)
     assert score is not None and score <= time.time() + 2 * 1.2  # 2 s (+-20 % jitter)
     after = pipe.store.get(jid)
@@ -172,7 +172,7 @@ def test_a_poll_the_provider_did_not_answer_is_repeated_within_seconds(pipe: Pip
     again = pipe.store.get(jid)
     assert again is not None and (again.fields["polls"], again.fields["poll_errors"]) == ("1", "0")
     score = pipe.store.r.zscore(pipe.k.inflight, jid)
-    assert score is not None and score >= time.time() + 47  # the schedule goes on: 1.5 x 32 s
+    assert score is not None and score >= time.time() + 35  # the schedule goes on: 1.5 x 24 s
 
 
 def test_outcome_running_keeps_the_job_submitted(pipe: Pipeline) -> None:

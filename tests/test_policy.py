@@ -72,12 +72,12 @@ def test_circuit_counts_every_failure_but_a_refused_request(kind: ErrorKind, cou
     (1, True, None, None, None, 60.0),  # with webhooks the poll is a safety net
     (1, True, 20.0, None, None, 20.0),  # outputs that expire: never later than the provider's cap
     (1, False, None, 45.0, None, 45.0),  # never sooner than the provider's Retry-After
-    # with webhooks, a request unheard of for twice the provider's latency is polled: a late or lost
+    # with webhooks, a request unheard of for 1.5x the provider's median latency is polled: a late or lost
     # delivery does not hold its slot for the whole safety-net period
-    (0, True, None, None, 4.0, 8.0),
-    (1, True, None, None, 4.0, 12.0),  # then 1.5x per poll...
+    (0, True, None, None, 4.0, 6.0),
+    (1, True, None, None, 4.0, 9.0),  # then 1.5x per poll...
     (6, True, None, None, 4.0, 60.0),  # ...up to the safety net
-    (0, True, None, None, 1.0, 5.0),  # never sooner than QUIET_MIN_S
+    (0, True, None, None, 2.0, 5.0),  # never sooner than QUIET_MIN_S
     (0, True, None, None, 45.0, 60.0),
 ])
 def test_poll_delay(polls: int, webhooks: bool, cap: float | None, retry_after: float | None,
