@@ -19,7 +19,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from editq.providers.spec import ProviderSettings
-from editq.providers.types import InputUrls, Outcome, ProviderRequest, Submitted, WebhookEvent, malformed
+from editq.providers.types import (
+    Answer,
+    InputUrls,
+    ListedPage,
+    Outcome,
+    ProviderRequest,
+    Submitted,
+    WebhookEvent,
+    malformed,
+)
 from editq.schemas.job import EditJob
 from editq.worker.errors import ProviderError
 
@@ -65,6 +74,18 @@ class ProviderProtocol(ABC):
     def claim_size(self) -> int | None:
         """Jobs one dispatch claims; None = the engine's `submit_batch` (OpenAI Batch: its settings)."""
         return None
+
+    def history_request(self, start: float, end: float) -> ProviderRequest | None:
+        """The first page of the provider's own list of requests (its request history) covering requests of
+        ours that were sent and finished in [start, end) (Unix seconds): what the sweep reads to find
+        completions whose webhook was lost (worker/sweep.py). None: this provider has no such list, or its
+        sweep is off. Pure."""
+        return None
+
+    def parse_history(self, answer: Answer, request: ProviderRequest) -> ListedPage:
+        """A page of that list (`request` asked for it), with the request for the next page. Raises the
+        provider's error for an answer that is not one. Pure."""
+        raise NotImplementedError(f"{self.name} has no request history")
 
     def output_auth(self, url: str) -> bool:
         """Whether downloading this output needs the provider's credentials (Replicate's CDN does). The

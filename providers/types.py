@@ -9,6 +9,7 @@ from __future__ import annotations
 import json as _json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -154,6 +155,42 @@ class Submitted:
     request_id: str
     handle: dict[str, Any]
     outcome: Outcome | None = None  # synchronous providers answer with the result at once
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One request in a provider's own list of requests (fal's request history, Replicate's list of
+    predictions): its id, whether the provider says it is finished, and the time the list is filtered on
+    (Unix seconds; None when the answer has none)."""
+
+    request_id: str
+    done: bool
+    at: float | None = None
+
+
+@dataclass
+class ListedPage:
+    """A page of such a list, and the request for the next page (None: the last one, or a next page the
+    protocol will not follow)."""
+
+    items: list[Listed]
+    next: ProviderRequest | None = None
+
+
+def iso_utc(ts: float) -> str:
+    """Unix seconds as an ISO 8601 UTC date-time with milliseconds and a `Z`, as list filters take them."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_instant(value: Any) -> float | None:
+    """An ISO 8601 date-time from an answer (`Z` or an offset; naive = UTC) as Unix seconds, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass

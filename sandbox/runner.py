@@ -277,6 +277,12 @@ class Runner:
     def get(self, provider: str, request_id: str) -> Job | None:
         return self._jobs.get((provider, request_id))
 
+    def jobs(self, provider: str) -> list[Job]:
+        """Every request of ``provider`` the sandbox still keeps (one hour after completion), in no order:
+        what the providers' list APIs (fal's request history, Replicate's list of predictions) read."""
+        self._evict_expired()
+        return [job for (name, _), job in self._jobs.items() if name == provider]
+
     def queue_position(self, job: Job) -> int:
         """Number of jobs of the same provider that will start before ``job`` (0 = next)."""
         if job.state is not JobState.IN_QUEUE:

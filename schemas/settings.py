@@ -75,6 +75,23 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(5.0, description="First poll delay (webhooks off); grows to poll_max_s.")
     poll_interval_webhook_s: float = Field(60.0, description="Safety-net poll delay when webhooks are on.")
     poll_max_s: float = 60.0
+    poll_quiet_min_s: float = Field(
+        5.0, description="With webhooks on, the first safety-net poll comes no sooner than this (or twice the "
+        "provider's recent latency)."
+    )
+    sweep_interval_s: float = Field(
+        10.0, description="With webhooks on, each provider that has a request history (fal, Replicate) is swept "
+        "this often while it holds jobs: one list of its recent requests finds completions whose webhook was "
+        "lost, before the safety-net poll (0: off)."
+    )
+    sweep_margin_s: float = Field(
+        60.0, description="A sweep lists from the oldest job the provider holds minus this (clock skew, the list's "
+        "own lag)."
+    )
+    sweep_lookback_s: float = Field(3600.0, description="A sweep never lists further back than this.")
+    sweep_max_pages: int = Field(10, description="Pages one sweep reads at most (the rest waits for the next "
+                                 "sweep or the safety-net poll).")
+    sweep_lease_s: float = Field(60.0, description="A sweep not finished within this frees its provider's lock.")
     collect_lease_s: float = Field(
         120.0, description="A collect that has not finished or failed within this is handed back and counted."
     )

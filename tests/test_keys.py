@@ -66,8 +66,9 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
         "p:circuit:fal:fails", "p:budgetwait:batch:b-1", "p:budget:waiting", "p:tenant:acme:20429",
         "p:budget:tenants", "p:budget:batches", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick",
+        "p:sweep:fal:due", "p:lock:sweep:fal", "p:sweep:fal",
         "p:workers:h.local:4242", "p:alive", "p:stats:jobs", "p:stats:latency", "p:latency:median", "p:stats:cost",
-        "p:repl:mark",
+        "p:stats:found", "p:repl:mark",
         "p:whseen:fal:d-7", "p:oaib:b-1:meta", "p:oaib:b-1:status", "p:oaib:b-1:results", "p:oaib:b-1:lock",
         "p:oaib:b-1:ingested", "p:oaib:b-1:cancelled", "p:oaib:open", "p:naive:ready", "p:naive:done:nb-3", "p:*",
     ]

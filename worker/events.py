@@ -68,7 +68,7 @@ def submit_failed(view: Any, info: ErrorInfo, maybe_billed: bool) -> None:
 
 
 def provider_done(view: Any, ok: bool, how: str) -> None:
-    """The provider finished a job (`how`: webhook or poll); the job moves to ready (or to its retry)."""
+    """The provider finished a job (`how`: webhook, poll or sweep); the job moves to ready (or to its retry)."""
     log.info("provider finished", **ids(view, ok=ok, via=how))
 
 

@@ -61,6 +61,10 @@ LAYOUT: Mapping[str, str] = {
     "kick_dispatch": "{prefix}:kick:dispatch:{provider}",  # flag: a dispatch task is queued or pumping
     "kick_collect": "{prefix}:kick:collect",  # flag: a collect task is queued or pumping
     "tick_lock": "{prefix}:lock:tick",  # lock: the worker that runs this tick
+    # the sweep of a provider's own request history (worker/sweep.py)
+    "sweep_due": "{prefix}:sweep:{provider}:due",  # flag with TTL = the sweep interval: swept (or kicked) lately
+    "sweep_lock": "{prefix}:lock:sweep:{provider}",  # lease (a token, with a TTL): the one sweep running now
+    "sweep_mark": "{prefix}:sweep:{provider}",  # hash: the watermark, the window the last sweep read and what it found
     "worker": "{prefix}:workers:{host}:{pid}",  # string with TTL: a live worker process
     "alive": "{prefix}:alive",  # zset: worker host:pid -> its last tick (`editq status --watch` counts them;
     # the tick recovers at once what a worker whose last tick is too old had claimed)
@@ -69,6 +73,7 @@ LAYOUT: Mapping[str, str] = {
     "stats_latency": "{prefix}:stats:latency",  # hash provider -> moving average of provider latency (s)
     "latency_median": "{prefix}:latency:median",  # hash provider -> running median of provider latency (s)
     "stats_cost": "{prefix}:stats:cost",  # hash provider -> USD of succeeded jobs (a counter)
+    "stats_found": "{prefix}:stats:found",  # hash "provider|via" -> requests finished, by the path that found it
     # replication (worker/redis_client.py replicated): a write WAIT can follow on the same connection
     "repl_mark": "{prefix}:repl:mark",  # counter
     # webhooks
@@ -228,6 +233,16 @@ class Keys:
     def tick_lock(self) -> str:
         return self._fill("tick_lock")
 
+    def sweep_due(self, provider: str) -> str:
+        return self._fill("sweep_due", provider=provider)
+
+    def sweep_lock(self, provider: str) -> str:
+        return self._fill("sweep_lock", provider=provider)
+
+    def sweep_mark(self, provider: str) -> str:
+        """Hash: the last sweep's window (`start`, `end`: its watermark), when it ran, pages read, found."""
+        return self._fill("sweep_mark", provider=provider)
+
     def worker(self, host: str, pid: int | str) -> str:
         return self._fill("worker", host=host, pid=pid)
 
@@ -252,6 +267,12 @@ class Keys:
     @property
     def stats_cost(self) -> str:
         return self._fill("stats_cost")
+
+    @property
+    def stats_found(self) -> str:
+        """Hash `provider|via` -> requests the provider finished, by how editq learned it (webhook, poll,
+        sweep, submit); counted when the finish moved the job."""
+        return self._fill("stats_found")
 
     @property
     def repl_mark(self) -> str:

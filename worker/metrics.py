@@ -49,6 +49,12 @@ REROUTES = Counter("editq_job_reroutes_total", "Jobs sent to the next provider o
                    ["provider", "to_provider", "error_class"])
 SUCCEEDED = Counter("editq_jobs_succeeded_total", "Jobs whose outputs were stored by this process", ["provider"])
 DELIVERIES = Counter("editq_webhook_deliveries_total", "Webhook deliveries by outcome", ["provider", "outcome"])
+SWEEPS = Counter("editq_sweeps_total", "Sweeps of a provider's request history by outcome (swept, idle, busy, held, "
+                 "error)", ["provider", "outcome"])
+SWEEP_CALLS = Counter("editq_sweep_list_calls_total", "List calls (pages) the sweeps made to the provider",
+                      ["provider"])
+SWEEP_FOUND = Counter("editq_sweep_found_total", "Finished requests whose job still waited for its webhook, found "
+                      "by a sweep and handed to the poll path", ["provider"])
 
 ACTIVE_STATES = ("queued", "submitting", "submitted", "retry_wait", "ready", "collecting")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -100,15 +106,16 @@ class RedisCollector(Collector):
         pipe.hgetall(k.stats_jobs)
         pipe.hgetall(k.stats_latency)
         pipe.hgetall(k.stats_cost)
+        pipe.hgetall(k.stats_found)
         for p in names:
             pipe.zcard(k.slots(p))
             for lane in ("interactive", "bulk"):
                 pipe.lindex(k.pending(p, lane), 0)
         res = pipe.execute()
-        counts, latency, cost = res[0], res[1], res[2]
+        counts, latency, cost, found = res[0], res[1], res[2], res[3]
         slots: dict[str, int] = {}
         heads: list[tuple[str, str, str]] = []
-        it = iter(res[3:])
+        it = iter(res[4:])
         for p in names:
             slots[p] = int(next(it) or 0)
             for lane in ("interactive", "bulk"):
@@ -124,11 +131,12 @@ class RedisCollector(Collector):
             for (p, lane, _), at in zip(heads, pipe.execute(), strict=True):
                 ages.append((p, lane, max(0.0, now - float(at)) if at else 0.0))
         budgets = [b for reader in BUDGET_READERS for b in reader(r, k)]
-        yield from self._families(counts, latency, cost, slots, ages, budgets)
+        yield from self._families(counts, latency, cost, slots, ages, budgets, found)
 
     def _families(self, counts: dict[str, str], latency: dict[str, str], cost: dict[str, str],
                   slots: dict[str, int], ages: list[tuple[str, str, float]],
-                  budgets: Iterable[tuple[str, float, float]] = ()) -> Iterator[Metric]:
+                  budgets: Iterable[tuple[str, float, float]] = (), found: dict[str, str] | None = None
+                  ) -> Iterator[Metric]:
         from editq import providers
 
         jobs = GaugeMetricFamily("editq_jobs", "Jobs in each active state, by provider and lane (from Redis)",
@@ -178,7 +186,13 @@ class RedisCollector(Collector):
         for scope, cap_usd, left_usd in budgets:
             budget_cap.add_metric([scope], cap_usd)
             budget_left.add_metric([scope], left_usd)
-        yield from (jobs, finished, inflight, cap, est, backlog, oldest, spent, budget_cap, budget_left)
+        finishes = CounterMetricFamily("editq_provider_finished", "Requests the provider finished, by how editq "
+                                       "learned it: webhook, poll (safety net), sweep (request history), submit "
+                                       "(synchronous) (from Redis)", labels=["provider", "via"])
+        for key, total in (found or {}).items():
+            name, _, via = key.partition("|")
+            finishes.add_metric([name, via], int(total))
+        yield from (jobs, finished, inflight, cap, est, backlog, oldest, spent, budget_cap, budget_left, finishes)
 
 
 _registered = False

@@ -35,6 +35,7 @@ from editq.worker.provider_client import client_for, on_wire
 from editq.worker.redis_client import replicated
 from editq.worker.state import MICRO, JobStore, JobView, State
 from editq.worker.storage import Storage, get_storage
+from editq.worker.sweep import Sweeper, sweeps
 from editq.worker.triggers import COALESCE_MS, Kicker
 from editq.worker.webhook_auth import delivery_url
 
@@ -219,14 +220,20 @@ class Pipeline:
         mask = self.storage.presign(job.mask_input.s3_key) if job.mask_input else None
         return InputUrls(images=[self.storage.presign(i.s3_key) for i in job.inputs], mask=mask)
 
+    def webhooks_on(self, adapter: ProviderProtocol) -> bool:
+        """Whether this provider's jobs are submitted with a webhook URL."""
+        s = self.settings
+        return bool(s.webhooks_enabled and s.webhook_base_url and providers.spec_of(adapter.name).webhooks
+                    and adapter.settings.webhooks and s.webhook_secret is not None
+                    and s.webhook_secret.get_secret_value())
+
     def webhook_url(self, adapter: ProviderProtocol, view: JobView) -> str | None:
         """The job's webhook URL, bound to it by its token (worker/webhook_auth.py); None = poll only. Without
         EDITQ_WEBHOOK_SECRET (the CLI refuses to start a worker so configured) the job is polled."""
-        s = self.settings
-        if not (s.webhooks_enabled and s.webhook_base_url and providers.spec_of(adapter.name).webhooks
-                and adapter.settings.webhooks and s.webhook_secret is not None
-                and s.webhook_secret.get_secret_value()):
+        if not self.webhooks_on(adapter):
             return None
+        s = self.settings
+        assert s.webhook_base_url is not None
         return delivery_url(s.webhook_base_url, adapter.name, view.job_id, s)
 
     def _req_entry(self, view: JobView, status: str, **extra: Any) -> str:
@@ -242,7 +249,8 @@ class Pipeline:
         s = self.settings
         delay = policy.poll_delay(0, base_s=s.poll_interval_s, max_s=s.poll_max_s,
                                   webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
-                                  cap_s=adapter.poll_cap_s(), latency_s=self._latency_median(provider))
+                                  cap_s=adapter.poll_cap_s(), latency_s=self._latency_median(provider),
+                                  quiet_min_s=s.poll_quiet_min_s)
         fields = {
             "request_id": sub.request_id,
             "handle": json.dumps(sub.handle),
@@ -270,14 +278,15 @@ class Pipeline:
         if os.environ.get("EDITQ_FAULT_CRASH_AFTER_SUBMIT") == "1":  # fault injection for crash tests
             os.kill(os.getpid(), signal.SIGKILL)
         if sub.outcome is not None and moved.ok:
-            await self.complete(view.job_id, sub.outcome, frm=(State.submitted,))
+            await self.complete(view.job_id, sub.outcome, frm=(State.submitted,), provider=provider, via="submit")
 
     # ================================================================ completion (webhook or poll)
     async def complete(
         self, job_id: str, outcome: Outcome, *, frm: tuple[State, ...] = (State.submitted,),
-        request_id: str | None = None,
+        request_id: str | None = None, provider: str = "", via: str = "",
     ) -> bool:
-        """Move a job on from what the provider said. Safe to call twice: the second call is a no-op."""
+        """Move a job on from what the provider said. Safe to call twice: the second call is a no-op.
+        `provider` and `via` (webhook, poll, sweep, submit): counted in `Keys.stats_found` when the job moved."""
         if not outcome.done:
             return False
         if outcome.result is not None:
@@ -287,13 +296,25 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
-            return self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
+            moved = self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
+            if moved:
+                self.found(provider, via)
+            return moved
         view = self.store.get(job_id)
         if view is None or view.state not in frm:
             return False
         assert outcome.error is not None
+        self.found(provider, via)
         await self.retry_or_fail(view, outcome.error, view.state, sent=True)
         return True
+
+    def found(self, provider: str, via: str) -> None:
+        """A provider's finish moved a job: count it by the path that found it (shared by every process)."""
+        if provider and via:
+            try:
+                self.r.hincrby(self.k.stats_found, f"{provider}|{via}", 1)
+            except Exception:  # a metric only
+                log.warning("finish not counted", provider=provider, via=via, exc_info=True)
 
     async def retry_or_fail(self, view: JobView, err: ProviderError, frm: State, *, sent: bool) -> None:
         """Apply the policy's decision (worker/policy.py) to a failed attempt."""
@@ -382,7 +403,9 @@ class Pipeline:
         return bool(self.r.exists(self.k.circuit(provider)))
 
     # ================================================================ polling (the safety net)
-    async def poll(self, provider: str, job_ids: list[str]) -> int:
+    async def poll(self, provider: str, job_ids: list[str], via: str = "poll") -> int:
+        """Ask the provider about these jobs' requests. `via`: who handed them over (the tick's safety net,
+        `poll`; the sweep, which saw them finished in the provider's history, `sweep`)."""
         adapter = providers.protocol_of(provider)
         client = client_for(provider)
         views = [v for v in self.store.get_many(job_ids) if v is not None and v.state is State.submitted]
@@ -395,13 +418,13 @@ class Pipeline:
         latency = self.r.hget(self.k.latency_median, provider) if views else None
         for view, outcome in zip(views, outcomes, strict=True):
             try:
-                await self._after_poll(adapter, view, outcome, float(latency) if latency else None)
+                await self._after_poll(adapter, view, outcome, float(latency) if latency else None, via)
             except Exception:  # this job only; its inflight entry (rescheduled by the tick) brings it back
                 log.exception("after poll failed", provider=provider, job_id=view.job_id)
         return len(views)
 
     async def _after_poll(self, adapter: ProviderProtocol, view: JobView, outcome: Outcome | ProviderError,
-                          latency_s: float | None = None) -> None:
+                          latency_s: float | None = None, via: str = "poll") -> None:
         handle = view.json_field("handle") or {}
         polls = int(view.fields.get("polls", "0")) + 1
         retry_after = None
@@ -415,8 +438,8 @@ class Pipeline:
             polls -= 1  # it learned nothing: not a step along the poll schedule
             outcome = Outcome.running(error=outcome.reason)
         if outcome.done:
-            events.provider_done(view, outcome.result is not None, "poll")
-            await self.complete(view.job_id, outcome)
+            events.provider_done(view, outcome.result is not None, via)
+            await self.complete(view.job_id, outcome, provider=adapter.name, via=via)
             return
         submitted_at = float(view.fields.get("submitted_at", "0") or 0)
         limit = adapter.deadline_s() or self.settings.provider_deadline_s
@@ -428,7 +451,8 @@ class Pipeline:
         s = self.settings
         delay = policy.poll_delay(polls, base_s=s.poll_interval_s, max_s=s.poll_max_s,
                                   webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
-                                  cap_s=adapter.poll_cap_s(), retry_after_s=retry_after, latency_s=latency_s)
+                                  cap_s=adapter.poll_cap_s(), retry_after_s=retry_after, latency_s=latency_s,
+                                  quiet_min_s=s.poll_quiet_min_s)
         if errors:
             delay = policy.poll_error_delay(errors, scheduled_s=delay, retry_after_s=retry_after)
         self.store.set_fields(view.job_id, polls=str(polls), poll_errors=str(errors))
@@ -600,6 +624,11 @@ class Pipeline:
             for i in range(0, len(ids), 50):
                 self.kick.poll(provider, ids[i : i + 50])
                 stats["polled"] += len(ids[i : i + 50])
+        sweeper = Sweeper(self)
+        for provider in self.swept_providers():  # lost webhooks, found in the provider's own request history
+            if sweeper.due(provider):
+                self.kick.sweep(provider)
+                stats["sweeps"] = stats.get("sweeps", 0) + 1
         for scope in self.store.budget_scopes():  # money freed or a cap raised: waiting jobs try again
             stats["budget_released"] = stats.get("budget_released", 0) + self.store.release_budget(scope, now=now)
         for jid in self.store.due(self.k.collecting, now, 1000):
@@ -613,6 +642,12 @@ class Pipeline:
             self.kick.collect()
         self.drain_finalize()
         return stats
+
+    def swept_providers(self) -> list[str]:
+        """Providers whose jobs get webhooks and whose request history the sweep reads (worker/sweep.py)."""
+        if self.settings.sweep_interval_s <= 0:
+            return []
+        return [p for p in providers.names() if self.webhooks_on(providers.protocol_of(p)) and sweeps(p)]
 
     def reap_dead_workers(self, now: float) -> int:
         """Workers whose heartbeat is older than `worker_dead_after_s` are dead (SIGKILL, OOM, a lost

@@ -132,18 +132,19 @@ QUIET_FACTOR = 1.5  # ... times the provider's running median latency
 
 
 def poll_delay(polls: int, *, base_s: float, max_s: float, webhooks: bool, webhook_s: float,
-               cap_s: float | None, retry_after_s: float | None = None, latency_s: float | None = None) -> float:
+               cap_s: float | None, retry_after_s: float | None = None, latency_s: float | None = None,
+               quiet_min_s: float = QUIET_MIN_S) -> float:
     """When to poll a request again (`polls`: how many times it was polled). Without webhooks: grows 1.5x
     per poll up to `max_s`. With webhooks the poll is a safety net for a late or lost delivery: first when
     the request has gone unheard for QUIET_FACTOR (1.5) times the provider's recent median latency (`latency_s`,
-    at least QUIET_MIN_S), then 1.5x longer each time, up to `webhook_s` (with no latency known yet: `webhook_s`).
+    at least `quiet_min_s`), then 1.5x longer each time, up to `webhook_s` (with no latency known yet: `webhook_s`).
     A delivery that arrives in time moves the job on and the poll never happens; one that does not would
     otherwise hold the provider slot and keep the batch's last jobs waiting for the full `webhook_s` (a
     40 s late delivery held dispatch for ~35 s). Never later than the provider's cap (outputs that
     expire); never sooner than a Retry-After the provider asked for."""
     delay = min(max_s, base_s * (1.5 ** min(polls, 12)))
     if webhooks:
-        quiet = max(QUIET_MIN_S, QUIET_FACTOR * latency_s) if latency_s else webhook_s
+        quiet = max(quiet_min_s, QUIET_FACTOR * latency_s) if latency_s else webhook_s
         delay = min(webhook_s, quiet * (1.5 ** min(polls, 12)))
     if cap_s:
         delay = min(delay, cap_s)

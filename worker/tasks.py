@@ -18,6 +18,7 @@ from editq.worker import aio, health
 from editq.worker.celery_app import app
 from editq.worker.drain import DRAINING
 from editq.worker.pipeline import Pipeline
+from editq.worker.sweep import Sweeper
 
 log = structlog.get_logger("editq.tasks")
 
@@ -75,8 +76,14 @@ def dispatch(provider: str) -> int:
 
 
 @app.task(name="editq.poll")
-def poll(provider: str, job_ids: list[str]) -> int:
-    return aio.run(pipeline().poll(provider, job_ids))
+def poll(provider: str, job_ids: list[str], via: str = "poll") -> int:
+    return aio.run(pipeline().poll(provider, job_ids, via))
+
+
+@app.task(name="editq.sweep")
+def sweep(provider: str) -> int:
+    """One list of the provider's recent requests (worker/sweep.py); returns the jobs handed to the poll path."""
+    return len(aio.run(Sweeper(pipeline()).sweep(provider)).found)
 
 
 @app.task(name="editq.collect")

@@ -63,8 +63,11 @@ class Kicker:
         if self._coalesced(self.k.kick_collect):
             self.send_collect()
 
-    def poll(self, provider: str, job_ids: list[str]) -> None:
-        self.app.send_task("editq.poll", args=[provider, job_ids], queue=queue_name())
+    def poll(self, provider: str, job_ids: list[str], via: str = "poll") -> None:
+        self.app.send_task("editq.poll", args=[provider, job_ids, via], queue=queue_name())
+
+    def sweep(self, provider: str) -> None:
+        self.app.send_task("editq.sweep", args=[provider], queue=queue_name())
 
     def finalize(self, batch_id: str) -> None:
         self.app.send_task("editq.finalize", args=[batch_id], queue=queue_name())

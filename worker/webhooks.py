@@ -288,7 +288,7 @@ async def _apply(p: Pipeline, provider: str, event: WebhookEvent, job_hint: str,
         # (an id from an earlier attempt would be in that attempt's req.N entry). Without this the
         # delivery was answered 200 and dropped, and the job waited for the safety-net poll (60 s).
         frm = (State.submitting, State.submitted)
-    ok = await p.complete(job_id, outcome, frm=frm, request_id=event.request_id)
+    ok = await p.complete(job_id, outcome, frm=frm, request_id=event.request_id, provider=provider, via="webhook")
     if adopt and not ok:
         p.r.hdel(p.k.job(job_id), field)
     elif adopt and view.request_id and view.request_id != event.request_id and view.state is State.submitted:

@@ -10,6 +10,8 @@ Routes (``{app}`` = ``owner/app``, the endpoint path such as ``/edit`` is droppe
   ``{"detail": "Request is still in progress"}`` (or "in queue") before completion.
 - ``PUT /fal/{app}/requests/{id}/cancel`` -> 202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED / 404 NOT_FOUND.
 - ``GET /fal/.well-known/jwks.json`` -> the webhook-signing public key.
+- ``GET /fal-api/v1/models/requests/by-endpoint`` (stands in for fal's Platform API,
+  ``https://api.fal.ai/v1``): the request history, see "Request history" below.
 - ``POST /fal-rest/storage/auth/token`` and ``POST /fal-rest/storage/upload/initiate`` (stand in for
   ``https://rest.fal.ai``); uploads land in ``/files`` (stands in for the CDN).  For ``fal_client``:
   ``client.QUEUE_URL_FORMAT = f"{base}/fal/"``, ``client.REST_URL = f"{base}/fal-rest"``,
@@ -45,6 +47,18 @@ Fidelity rules for ``openai/gpt-image-2/edit`` (sources: shared/reference/provid
   to ``{base}/fal/``; tests/js/fal_client_run.mjs) submit, poll/stream, fetch results and download the
   outputs over plain http.
 
+Request history (fal's "List requests by endpoint(s)", Platform API v1 [C] for what is listed here):
+``Authorization: Key <key>`` (401 otherwise); ``endpoint_id`` required, comma-separated or repeated, up to
+50 (422 otherwise); ``start``/``end`` ISO 8601 date-times or dates (``end`` exclusive; defaults: the last 24
+hours, widened to 90 days when ``request_id`` is given); ``status`` ``success``/``error``/``user_error``;
+``request_id``; ``limit`` 1-100 (default 50); ``cursor`` = base64 of the page number (``"Mg=="`` is page 2);
+``expand=payloads`` adds ``json_input``/``json_output``. The answer is ``{"items": [...], "next_cursor",
+"has_more"}``; an item has ``request_id``, ``endpoint_id``, ``started_at``, ``sent_at``, ``ended_at``,
+``status_code`` and ``duration`` (seconds). Sandbox choices where the docs are silent: only finished requests
+are listed; ``start``/``end`` select on ``ended_at``; items are newest ``ended_at`` first (fal names end time
+as the default sort, not its direction); ``success`` is a 2xx result, ``user_error`` a 4xx, ``error`` any
+other; ``duration`` is ``ended_at - sent_at``; the history keeps what the sandbox keeps (one hour).
+
 Sandbox choices where fal's docs are silent: a cancelled request ends COMPLETED with
 ``error_type="request_cancelled"`` (result: 400) and gets an ERROR webhook; an injected job failure
 is a 422 ``downstream_service_error``; a start timeout (``X-Fal-Request-Timeout``) is a 504
@@ -58,8 +72,10 @@ import asyncio
 import base64
 import json
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -84,6 +100,7 @@ from editq.sandbox.providers.common import (
     admit,
     authorization_matches,
     fetch_inputs,
+    iso_utc,
     kept_headers,
     look_up,
     queue_priority,
@@ -97,6 +114,9 @@ from editq.sandbox.state import ProviderMount, SandboxState
 NAME = "fal"
 PREFIX = "/fal"
 REST_PREFIX = "/fal-rest"
+API_PREFIX = "/fal-api/v1"  # fal's Platform API (https://api.fal.ai/v1): the request history
+HISTORY_MAX_ENDPOINTS = 50
+HISTORY_STATUSES = ("success", "error", "user_error")
 _BIG_BODY = 1 << 20
 
 _NGINX = "<html>\r\n<head><title>{code} {text}</title></head>\r\n<body>\r\n<center><h1>{code} {text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"  # noqa: E501
@@ -365,7 +385,30 @@ class FalProvider:
         combined = APIRouter()
         combined.include_router(self._storage_router())
         combined.include_router(self._queue_router())
+        combined.include_router(self._history_router())
         return combined
+
+    def _history_router(self) -> APIRouter:
+        """fal's request history (Platform API ``/models/requests/by-endpoint``) over the runner's requests."""
+        router = APIRouter(prefix=API_PREFIX, tags=["fal platform"])
+
+        @router.get("/models/requests/by-endpoint", response_model=None)
+        async def by_endpoint(request: Request) -> JSONResponse:
+            denied = self._unauthorized(request)
+            if denied is not None:
+                return denied
+            query = history_query(request.query_params.multi_items(), time.time())
+            if isinstance(query, list):
+                return _json(422, {"detail": query})
+            jobs = [j for j in self.state.runner.jobs(NAME) if query.selects(j)]
+            jobs.sort(key=lambda j: (j.completed_at or 0.0, j.request_id), reverse=True)
+            first = (query.page - 1) * query.limit
+            page = jobs[first:first + query.limit]
+            more = first + query.limit < len(jobs)
+            return _json(200, {"items": [history_item(j, query.payloads) for j in page],
+                               "next_cursor": page_cursor(query.page + 1) if more else None, "has_more": more})
+
+        return router
 
     def _storage_router(self) -> APIRouter:
         """fal's REST storage endpoints used by ``fal_client.upload`` (stands in for rest.fal.ai)."""
@@ -462,6 +505,118 @@ class FalProvider:
             return await self.submit(request, endpoint)
 
         return router
+
+
+# ---- request history (pure) --------------------------------------------------------------------------------
+def page_cursor(page: int) -> str:
+    """fal's cursor: the page number, base64 (``"Mg=="`` is page 2)."""
+    return base64.b64encode(str(page).encode()).decode()
+
+
+def _page_of(cursor: str) -> int | None:
+    try:
+        page = int(base64.b64decode(cursor.encode(), validate=True).decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return page if page >= 1 else None
+
+
+def _instant(text: str) -> float | None:
+    """An ISO 8601 date-time (``Z`` or an offset; naive = UTC) or a date, as Unix seconds."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _problem(loc: str, msg: str) -> dict[str, Any]:
+    return error_detail(["query", loc], msg, "value_error")
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    endpoints: frozenset[str]
+    start: float
+    end: float
+    status: str | None
+    request_id: str | None
+    limit: int
+    page: int
+    payloads: bool
+
+    def selects(self, job: Job) -> bool:
+        if job.state is not JobState.COMPLETED or job.completed_at is None or job.model not in self.endpoints:
+            return False
+        if not self.start <= job.completed_at < self.end:
+            return False
+        if self.request_id is not None and job.request_id != self.request_id:
+            return False
+        return self.status is None or history_status(job) == self.status
+
+
+def history_status(job: Job) -> str:
+    code = job.outcome.status_code if job.outcome is not None else 500
+    return "success" if 200 <= code < 300 else "user_error" if 400 <= code < 500 else "error"
+
+
+def history_query(params: list[tuple[str, str]], now: float) -> HistoryQuery | list[dict[str, Any]]:
+    """The query parameters of a history request, or the 422 details naming what is wrong."""
+    problems: list[dict[str, Any]] = []
+    values: dict[str, str] = {}
+    endpoints: list[str] = []
+    for name, value in params:
+        if name == "endpoint_id":
+            endpoints += [e.strip() for e in value.split(",") if e.strip()]
+        else:
+            values[name] = value
+    if not endpoints:
+        problems.append(_problem("endpoint_id", "Field required"))
+    elif len(endpoints) > HISTORY_MAX_ENDPOINTS:
+        problems.append(_problem("endpoint_id", f"At most {HISTORY_MAX_ENDPOINTS} endpoint ids"))
+    request_id = values.get("request_id") or None
+    times: dict[str, float] = {}
+    for name in ("start", "end"):
+        if name in values:
+            at = _instant(values[name])
+            if at is None:
+                problems.append(_problem(name, "Input should be an ISO 8601 date or date-time"))
+            else:
+                times[name] = at
+    status = values.get("status") or None
+    if status is not None and status not in HISTORY_STATUSES:
+        problems.append(_problem("status", f"Input should be {', '.join(HISTORY_STATUSES)}"))
+    try:
+        limit = int(values.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        problems.append(_problem("limit", "Input should be an integer from 1 to 100"))
+    page = _page_of(values["cursor"]) if values.get("cursor") else 1
+    if page is None:
+        problems.append(_problem("cursor", "Invalid cursor"))
+    if problems:
+        return problems
+    lookback = 90 * 86400.0 if request_id else 86400.0
+    return HistoryQuery(frozenset(endpoints), times.get("start", now - lookback), times.get("end", now), status,
+                        request_id, limit, page or 1, values.get("expand") == "payloads")
+
+
+def history_item(job: Job, payloads: bool) -> dict[str, Any]:
+    ended = job.completed_at
+    item: dict[str, Any] = {
+        "request_id": job.request_id,
+        "endpoint_id": job.model,
+        "started_at": iso_utc(job.started_at),
+        "sent_at": iso_utc(job.received_at),
+        "ended_at": iso_utc(ended),
+        "status_code": job.outcome.status_code if job.outcome is not None else None,
+        "duration": round(ended - job.received_at, 3) if ended is not None else None,
+    }
+    if payloads:
+        item["json_input"] = job.input_summary
+        item["json_output"] = job.outcome.body if job.outcome is not None else None
+    return item
 
 
 def build(state: SandboxState) -> ProviderMount:

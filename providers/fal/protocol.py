@@ -157,6 +157,37 @@ def webhook_payload_outcome(p: dict[str, Any]) -> pt.Outcome | None:
     return None
 
 
+HISTORY_PATH = "/models/requests/by-endpoint"  # fal's "List requests by endpoint(s)" (Platform API v1)
+HISTORY_LIMIT = 100  # the most a page holds
+
+
+def history_request(history_url: str, endpoints: list[str], start: float, end: float) -> pt.ProviderRequest:
+    """The request history's first page: requests of `endpoints` in [start, end). No `status` filter (failed
+    requests end jobs too), no `expand` (the result is fetched the normal way), the default sort."""
+    params = {"endpoint_id": ",".join(endpoints), "start": pt.iso_utc(start), "end": pt.iso_utc(end),
+              "limit": str(HISTORY_LIMIT)}
+    return pt.ProviderRequest("GET", history_url.rstrip("/") + HISTORY_PATH, params=params, what="history")
+
+
+def parse_history(answer: pt.Answer, request: pt.ProviderRequest) -> pt.ListedPage:
+    """`{items, next_cursor, has_more}`: each item a finished request when it has `ended_at`."""
+    if not answer.ok:
+        raise answer_error(answer, "history")
+    items = answer.obj.get("items")
+    if not isinstance(items, list):
+        raise pt.malformed(NAME, "history", f"no items list in {answer.text[:200]}")
+    listed = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("request_id"), str) and item["request_id"]:
+            ended = pt.parse_instant(item.get("ended_at"))
+            listed.append(pt.Listed(item["request_id"], done=ended is not None, at=ended))
+    cursor = answer.obj.get("next_cursor")
+    more = answer.obj.get("has_more") is True and isinstance(cursor, str) and bool(cursor)
+    nxt = pt.ProviderRequest("GET", request.url, params={**request.params, "cursor": str(cursor)},
+                             what="history") if more else None
+    return pt.ListedPage(listed, nxt)
+
+
 def signed_message(headers: Mapping[str, str], body: bytes, *, now: float, user_id: str | None
                    ) -> tuple[str, str, bytes, bytes]:
     """Headers and body -> (request id, timestamp, the signed message, the signature); raises WebhookRejected."""
@@ -224,6 +255,13 @@ class FalProtocol(ProviderProtocol):
         params = {"fal_webhook": webhook_url} if webhook_url else {}
         return pt.ProviderRequest("POST", "/" + job.model.strip("/"), json=edit_input(job, inputs), params=params,
                                headers=headers, what="submit")
+
+    def history_request(self, start: float, end: float) -> pt.ProviderRequest | None:
+        s = self.settings
+        return history_request(s.history_url, s.history_endpoints, start, end) if s.sweep else None
+
+    def parse_history(self, answer: pt.Answer, request: pt.ProviderRequest) -> pt.ListedPage:
+        return parse_history(answer, request)
 
     async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
         return parse_submit(await client.send(req), self.settings.base_url, job.model)

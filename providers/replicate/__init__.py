@@ -31,6 +31,8 @@ class ReplicateSettings(PerImageTableSettings):
     max_num_images: int = Field(default=1, ge=1, le=10)
     cancel_after: str | None = Field(default=None, description="Cancel-After header, e.g. '45m'; unset = none.")
     poll_safety_net_s: float = Field(default=300.0, gt=0, description="Longest gap between polls of one prediction.")
+    sweep: bool = Field(default=True, description="List predictions (GET /v1/predictions) to find completions "
+                        "whose webhook was lost (worker/sweep.py).")
     auth_hosts: list[str] = Field(
         default_factory=lambda: list(OUTPUT_HOSTS),
         validation_alias=AliasChoices("EDITQ_REPLICATE_AUTH_HOSTS", "EDITQ_REPLICATE_OUTPUT_AUTH_HOSTS", "auth_hosts",

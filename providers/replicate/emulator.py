@@ -13,7 +13,12 @@ or ``Token <token>``):
   documents; the official client then polls). ``Cancel-After: 30s|5m|1h30m|N`` (>= 5 s): past the deadline
   a prediction that has not started ends ``aborted``, a running one ``canceled``; the object has ``deadline``.
 - ``GET /predictions/{id}``, ``POST /predictions/{id}/cancel`` (200, the prediction), ``GET /predictions``
-  (``{next, previous, results}``, newest first, 100 a page, ``?cursor=``).
+  (``{next, previous, results}``: full prediction objects, newest first by ``created_at``, 100 a page;
+  ``created_after`` (inclusive) and ``created_before`` (exclusive) ISO 8601 filters and ``source=web``, as
+  Replicate's OpenAPI document lists them; ``next``/``previous`` are URLs carrying an opaque ``cursor``).
+  Sandbox choices where Replicate is silent: the cursor is a keyset (predictions created while a client pages
+  do not shift the next page); an unreadable cursor or filter is a 400 problem; ``source=web`` lists nothing
+  (every sandbox prediction is an API one).
 - ``GET /webhooks/default/secret`` -> ``{"key": "whsec_..."}``.
 - ``POST /files`` (multipart ``content``, ``type``, ``metadata``) -> 201 file object; ``GET /files``,
   ``GET /files/{id}``, ``DELETE /files/{id}`` (204). A file's ``urls.get`` can be used as a model input.
@@ -47,16 +52,20 @@ hour after completion (``output: null``, ``data_removed: true``), as for API pre
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import math
 import re
 import string
 import time
-from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -362,7 +371,6 @@ class ReplicateProvider:
         self.signer = StandardWebhookSigner(state.current.seed, NAME)
         self.adapter = ReplicateRunnerAdapter(self, self.signer)
         state.runner.register(self.adapter)
-        self.order: deque[str] = deque(maxlen=100_000)  # prediction ids, oldest first (for the list route)
         self.files: dict[str, dict[str, Any]] = {}  # Files API objects by id
 
     # --- shaping ------------------------------------------------------------------------------
@@ -523,7 +531,6 @@ class ReplicateProvider:
             extra={"input": inp, "events": events, "deadline": now + cancel_after if cancel_after else None},
         )
         runner.submit(job)
-        self.order.append(job.request_id)
         if cancel_after is not None:
             asyncio.get_running_loop().call_later(cancel_after, self._deadline, job)
         if wait_s is not None and not await self._wait_done(job, wait_s):
@@ -660,22 +667,19 @@ class ReplicateProvider:
             return JSONResponse(self.prediction(job))
 
         @router.get("/v1/predictions", response_model=None)
-        async def list_predictions(request: Request, cursor: str | None = None) -> JSONResponse:
+        async def list_predictions(request: Request) -> JSONResponse:
             denied = self._unauthorized(request)
             if denied is not None:
                 return denied
-            ids = [i for i in reversed(self.order) if self._find(i) is not None]
-            start = int(cursor) if cursor and cursor.isdigit() else 0
-            page = ids[start:start + PAGE_SIZE]
+            query = list_query(request.query_params)
+            if isinstance(query, JSONResponse):
+                return query
+            jobs = [j for j in self.state.runner.jobs(NAME) if query.selects(j)]
+            page, older, newer = list_page(jobs, query.cursor)
             base = f"{self.state.base_url(request)}{PREFIX}/v1/predictions"
-            nxt = f"{base}?cursor={start + PAGE_SIZE}" if start + PAGE_SIZE < len(ids) else None
-            prev = f"{base}?cursor={max(0, start - PAGE_SIZE)}" if start > 0 else None
-            results = []
-            for pid in page:
-                job = self._find(pid)
-                if job is not None:
-                    results.append(self.prediction(job))
-            return JSONResponse({"next": nxt, "previous": prev, "results": results})
+            link = lambda c: f"{base}?{urlencode({**query.filters, 'cursor': c})}"  # noqa: E731
+            return JSONResponse({"next": link(older) if older else None, "previous": link(newer) if newer else None,
+                                 "results": [self.prediction(j) for j in page]})
 
         @router.get("/v1/webhooks/default/secret", response_model=None)
         async def webhook_secret(request: Request) -> JSONResponse:
@@ -731,6 +735,95 @@ class ReplicateProvider:
             return FileResponse(path, media_type=media)
 
         return router
+
+
+# ---- the list of predictions (pure) -------------------------------------------------------------------------------
+def _instant(text: str) -> float | None:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def encode_cursor(job: Job, direction: str) -> str:
+    """Opaque keyset cursor: the page goes on `direction` ("older"/"newer") from this prediction."""
+    raw = json.dumps([direction, job.received_at, job.request_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[str, float, str] | None:
+    try:
+        direction, at, pid = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if direction not in ("older", "newer") or not isinstance(at, (int, float)) or not isinstance(pid, str):
+        return None
+    return direction, float(at), pid
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    created_after: float | None
+    created_before: float | None
+    web_only: bool
+    cursor: tuple[str, float, str] | None
+    filters: dict[str, str]  # the filters as given, carried into the next/previous links
+
+    def selects(self, job: Job) -> bool:
+        if self.web_only:  # every sandbox prediction is created through the API
+            return False
+        if self.created_after is not None and job.received_at < self.created_after:
+            return False
+        return self.created_before is None or job.received_at < self.created_before
+
+
+def list_query(params: Mapping[str, str]) -> ListQuery | JSONResponse:
+    """The list route's query (created_after inclusive, created_before exclusive, source=web, cursor), or its 400."""
+    times: dict[str, float | None] = {}
+    filters: dict[str, str] = {}
+    for name in ("created_after", "created_before"):
+        text = params.get(name)
+        times[name] = None
+        if text:
+            times[name] = _instant(text)
+            if times[name] is None:
+                return problem(400, "Invalid parameter", f"{name} must be an ISO 8601 date-time")
+            filters[name] = text
+    source = params.get("source")
+    if source:
+        if source != "web":
+            return problem(400, "Invalid parameter", "source must be web")
+        filters["source"] = source
+    cursor = None
+    if params.get("cursor"):
+        cursor = decode_cursor(params["cursor"])
+        if cursor is None:
+            return problem(400, "Invalid cursor", "The cursor is not valid")
+    return ListQuery(times["created_after"], times["created_before"], source == "web", cursor, filters)
+
+
+def list_page(jobs: list[Job], cursor: tuple[str, float, str] | None) -> tuple[list[Job], str | None, str | None]:
+    """One page of `jobs`, newest first (by creation, then id), from `cursor`: the page, and the cursors of
+    the older and the newer pages (None where there are none). Keyset cursors: predictions created while a
+    client pages never shift what the next page holds."""
+    ordered = sorted(jobs, key=lambda j: (j.received_at, j.request_id), reverse=True)
+    keys = [(j.received_at, j.request_id) for j in ordered]
+    if cursor is None:
+        start = 0
+    elif cursor[0] == "older":
+        start = next((i for i, key in enumerate(keys) if key < (cursor[1], cursor[2])), len(keys))
+    else:
+        first_newer_end = next((i for i, key in enumerate(keys) if key <= (cursor[1], cursor[2])), len(keys))
+        start = max(0, first_newer_end - PAGE_SIZE)
+        end = first_newer_end
+        page = ordered[start:end]
+        return page, encode_cursor(page[-1], "older") if page and end < len(ordered) else None, \
+            encode_cursor(page[0], "newer") if page and start > 0 else None
+    page = ordered[start:start + PAGE_SIZE]
+    older = encode_cursor(page[-1], "older") if page and start + PAGE_SIZE < len(ordered) else None
+    newer = encode_cursor(page[0], "newer") if page and start > 0 else None
+    return page, older, newer
 
 
 def build(state: SandboxState) -> ProviderMount:

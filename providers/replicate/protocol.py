@@ -296,6 +296,31 @@ def model_error(message: str, pid: Any) -> ProviderError:
     return ProviderError(kind, f"replicate: prediction {pid} failed: {message}"[:2000], provider_code="failed")
 
 
+LIST_PATH = "/v1/predictions"
+
+
+def list_request(start: float, end: float) -> pt.ProviderRequest:
+    """The list of predictions created in [start, end) (`created_after` inclusive, `created_before` exclusive),
+    newest first, 100 a page."""
+    return pt.ProviderRequest("GET", LIST_PATH, params={"created_after": pt.iso_utc(start),
+                                                        "created_before": pt.iso_utc(end)}, what="list")
+
+
+def parse_list(answer: pt.Answer, base_url: str) -> pt.ListedPage:
+    """`{next, previous, results}`: a prediction is finished in a terminal status; `next` is followed only
+    when it is on the configured API base (the token goes there)."""
+    if answer.status != 200:
+        raise answer_error(answer, "list")
+    results = answer.obj.get("results")
+    if not isinstance(results, list):
+        raise pt.malformed(NAME, "list", f"no results list in {answer.text[:200]}")
+    listed = [pt.Listed(p["id"], done=p.get("status") in TERMINAL, at=pt.parse_instant(p.get("created_at")))
+              for p in results if isinstance(p, dict) and isinstance(p.get("id"), str) and p["id"]]
+    nxt = answer.obj.get("next")
+    on_base = isinstance(nxt, str) and nxt.startswith(base_url.rstrip("/") + LIST_PATH + "?")
+    return pt.ListedPage(listed, pt.ProviderRequest("GET", str(nxt), what="list") if on_base else None)
+
+
 def secret_bytes(secret: str) -> bytes | None:
     """`whsec_<base64>` -> key bytes (the part after the prefix, base64-decoded)."""
     raw = secret.strip()
@@ -352,6 +377,12 @@ class ReplicateProtocol(ProviderProtocol):
 
     def outcome(self, p: Mapping[str, Any]) -> pt.Outcome:
         return outcome(p, self.settings)
+
+    def history_request(self, start: float, end: float) -> pt.ProviderRequest | None:
+        return list_request(start, end) if self.settings.sweep else None
+
+    def parse_history(self, answer: pt.Answer, request: pt.ProviderRequest) -> pt.ListedPage:
+        return parse_list(answer, self.settings.base_url)
 
     # ---- calls ---------------------------------------------------------------------------------
     async def submit(self, client: ProviderClient, job: EditJob, req: pt.ProviderRequest) -> pt.Submitted:
