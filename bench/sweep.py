@@ -10,7 +10,7 @@ its outputs and manifest (the manifest's `written_at`): p50, p99 and max. Also: 
 (`editq_provider_finished_total` by `via`: sweep, poll = the safety net, webhook) and what the sweeps cost
 (list calls per minute, from the worker's `editq_sweep_list_calls_total`).
 
-Default settings are editq's (`EDITQ_SWEEP_INTERVAL_S` 10, the safety-net poll after max(5 s, 2 x the
+Default settings are editq's (`EDITQ_SWEEP_INTERVAL_S` 10, the safety-net poll after max(5 s, 1.5 x the
 provider's latency)); `--sweep-only` moves the safety-net poll out of reach (600 s) so every finish is found by
 the sweep; `--sweep-interval` overrides the interval. Both clocks are the same machine's.
 """
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_s": round(elapsed, 1),
         "sweep_interval_s": s.sweep_interval_s,
         "safety_net": "out of reach (600 s)" if a.sweep_only else
-        f"after max({s.poll_quiet_min_s:g} s, 2 x latency), up to {s.poll_interval_webhook_s:g} s",
+        f"after max({s.poll_quiet_min_s:g} s, 1.5 x latency), up to {s.poll_interval_webhook_s:g} s",
         "latency_s": a.latency,
         "jitter_s": a.jitter,
         "concurrency": a.concurrency,

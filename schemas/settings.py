@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     poll_interval_webhook_s: float = Field(60.0, description="Safety-net poll delay when webhooks are on.")
     poll_max_s: float = 60.0
     poll_quiet_min_s: float = Field(
-        5.0, description="With webhooks on, the first safety-net poll comes no sooner than this (or twice the "
-        "provider's recent latency)."
+        5.0, description="With webhooks on, the first safety-net poll comes no sooner than this (or 1.5 x the "
+        "provider's median latency)."
     )
     sweep_interval_s: float = Field(
         10.0, description="With webhooks on, each provider that has a request history (fal, Replicate) is swept "

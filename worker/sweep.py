@@ -1,7 +1,7 @@
 """The sweep: completions whose webhook was lost, found in the provider's own list of requests.
 
 With webhooks on, a lost delivery used to be found by the job's safety-net poll (one status call per job, first
-after twice the provider's latency, at least `poll_quiet_min_s`). Providers that keep a list of their requests
+after 1.5 x the provider's median latency, at least `poll_quiet_min_s`). Providers that keep a list of their requests
 (fal's request history, Replicate's list of predictions) let one call find them for every job at once: every
 `sweep_interval_s`, while the provider holds jobs of ours, one `editq.sweep(provider)` task
 
