@@ -121,6 +121,8 @@ def verify_batch(batch_id: str, job_ids: list[str], provider: str) -> dict[str, 
     assert sorted(m["job_id"] for m in manifests.values()) == sorted(job_ids)
     for m in manifests.values():
         assert m["state"] == "succeeded" and m["provider"] == provider and m["provider_request_id"]
+        # what it cost, and whether the provider said so or editq's price model did (issue 11: every provider)
+        assert m["cost_usd"] and m["cost_usd"] > 0 and m["cost_source"] in ("provider", "estimate"), m
         assert len(m["outputs"]) == m["job"].get("num_images", 1)
         for out in m["outputs"]:
             body = storage.get_bytes(out["key"])
