@@ -176,6 +176,15 @@ def test_partial_expiry_with_fail_policy_fails_the_unrun_jobs(live: LocalStack, 
         assert "(not billed; failed by unrun_policy=fail)" in m["error"]["reason"]
     [ok] = [m for m in manifests.values() if m["state"] == "succeeded"]
     assert len(ok["outputs"]) == 1 and ok["usage"]["cost_usd"] > 0
+    # their outcome is `expired` (the provider never ran them): `rerun --only expired` runs exactly those again
+    from editq.producer.batches import list_jobs, rerun
+
+    assert sorted(r["custom_id"] for r in list_jobs(report.batch_id, ["expired"])) == sorted(
+        m["custom_id"] for m in failed)
+    again = rerun(report.batch_id, {"expired"})
+    assert again.enqueued == 2 and again.by_outcome == {"expired": 2} and again.batch_id
+    assert wait(again.batch_id, timeout=90)["counts"] == {"succeeded": 2}
+    assert status(report.batch_id)["latest"] == {"succeeded": 3}
 
 
 def test_batches_are_cut_small_and_only_max_open_batches_run_at_once(live: LocalStack, tmp_path: Path) -> None:
