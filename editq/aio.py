@@ -22,6 +22,7 @@ inputs). What can wait long without a thread does so on the loop:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import time
@@ -76,48 +77,58 @@ async def wait(ident: str, *, timeout: float = 600.0, interval: float = 0.5) -> 
     deadline = time.monotonic() + timeout
     first = await asyncio.to_thread(api.status, ident, latest=False)  # which it is (UnknownId if neither)
     if not api.settled(first):
-        poll = _poller(first)
-        while not await poll():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{ident} not finished after {timeout}s")
-            await asyncio.sleep(interval)
+        async with _poller(first) as poll:
+            while not await poll():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{ident} not finished after {timeout}s")
+                await asyncio.sleep(interval)
     return status_result(await asyncio.to_thread(api.status, ident))
 
 
-def _poller(st: dict[str, Any]) -> Callable[[], Coroutine[Any, Any, bool]]:
+Poll = Callable[[], Coroutine[Any, Any, bool]]
+
+
+@contextlib.asynccontextmanager
+async def _poller(st: dict[str, Any]) -> AsyncIterator[Poll]:
     """One cheap read that says whether the batch or job of status `st` is settled."""
     settings = get_settings()
-    k = keys()
     if settings.redis_sentinels:
         ident = st["batch_id"] if st["kind"] == "batch" else st["job_id"]
 
         async def in_a_thread() -> bool:
             return api.settled(await asyncio.to_thread(api.status, ident, latest=False))
 
-        return in_a_thread
-    r = _loop_redis(settings.redis_url)
-    if st["kind"] == "batch":
-        key = k.batch(st["batch_id"])
+        yield in_a_thread
+        return
+    k = keys()
+    async with _loop_redis(settings.redis_url) as r:
+        if st["kind"] == "batch":
+            key = k.batch(st["batch_id"])
 
-        async def batch() -> bool:
-            values = await r.hmget(key, api.SETTLED_FIELDS)
-            return api.batch_settled(dict(zip(api.SETTLED_FIELDS, values, strict=True)))
+            async def batch() -> bool:
+                values = await r.hmget(key, api.SETTLED_FIELDS)
+                return api.batch_settled(dict(zip(api.SETTLED_FIELDS, values, strict=True)))
 
-        return batch
-    job_key = k.job(st["job_id"])
+            yield batch
+        else:
+            job_key = k.job(st["job_id"])
 
-    async def job() -> bool:
-        return api.job_settled(await r.hget(job_key, "state"))
+            async def job() -> bool:
+                return api.job_settled(await r.hget(job_key, "state"))
 
-    return job
+            yield job
 
 
-_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
 POLL_CONNECTIONS = 8  # per event loop: a poll holds a connection for one command
+# per event loop and Redis URL: the shared client and how many waits use it (closed when the last one ends)
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
-def _loop_redis(url: str) -> Any:
-    """The running loop's redis.asyncio client for `url` (a client belongs to the loop it was made on)."""
+@contextlib.asynccontextmanager
+async def _loop_redis(url: str) -> AsyncIterator[Any]:
+    """The running loop's redis.asyncio client for `url`, shared by the waits running on it (a client belongs
+    to the loop it was made on); its connections are closed when the last of them ends."""
     import redis.asyncio
     from redis.asyncio.retry import Retry
     from redis.exceptions import ConnectionError, TimeoutError
@@ -129,8 +140,16 @@ def _loop_redis(url: str) -> Any:
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=POLL_CONNECTIONS, timeout=None,
             retry=retry_policy(get_settings(), Retry), retry_on_error=[ConnectionError, TimeoutError])
-        clients[url] = redis.asyncio.Redis(connection_pool=pool)
-    return clients[url]
+        clients[url] = [redis.asyncio.Redis(connection_pool=pool), 0]
+    entry = clients[url]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del clients[url]
+            await entry[0].connection_pool.disconnect()
 
 
 async def wait_batch(batch_id: str, *, timeout: float = 600.0, interval: float = 0.5) -> BatchStatus:
