@@ -141,3 +141,16 @@ def test_usage_cost() -> None:
     half = usage_and_cost({"input_tokens": 100, "output_tokens": 1000}, TokenPrices(multiplier=0.5))
     assert half is not None and half.cost_usd == pytest.approx((100 * 8 + 1000 * 30) / 2e6)
     assert usage_and_cost(None, TokenPrices()) is None
+
+
+@pytest.mark.parametrize("stage", ["input", "output"])
+def test_a_moderation_block_records_the_stage_the_provider_names(stage: str) -> None:
+    """Issue 11: a moderation block is recorded with the stage where the provider says it happened (OpenAI's
+    `moderation_details.moderation_stage`), `output` as well as `input`; `unknown` when the provider does not say."""
+    body = {"error": {"message": "Your request was rejected by the safety system.",
+                      "type": "image_generation_user_error", "param": None, "code": "moderation_blocked",
+                      "moderation_details": {"moderation_stage": stage, "categories": ["other"]}}}
+    e = classify_error(400, body, {})
+    assert e.kind is ErrorKind.terminal and e.info(1).moderation_stage == stage
+    del body["error"]["moderation_details"]
+    assert classify_error(400, body, {}).info(1).moderation_stage == "unknown"
