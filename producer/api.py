@@ -538,8 +538,7 @@ def tenant_money(tenant: str, store: JobStore | None = None, now: float | None =
 
 def _kick_waiting(store: JobStore) -> None:
     """Jobs sent back to the queue wait for the tick's dispatch; wake their providers now."""
-    _kick({p for p in store.r.smembers(store.k.providers) if p in registry.names()
-           and any(store.r.llen(store.k.pending(p, lane)) for lane in ("interactive", "bulk"))})
+    _kick({p for p in store.r.smembers(store.k.providers) if p in registry.names() and store.has_queued(p)})
 
 
 def batch_finished(raw: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property, lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, PositiveFloat, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     tenant_budget_default: float | None = Field(
         None, description="USD per UTC day for a tenant not in tenant_budgets; unset = no cap for them."
     )
+    tenant_weights: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Share of each provider's claims per tenant while several have jobs queued, "
+        "e.g. EDITQ_TENANT_WEIGHTS='{\"acme\": 3, \"globex\": 1}' (acme gets 3 claims for globex's 1); the key \"\" "
+        "is the jobs without a tenant.",
+    )
+    tenant_weight_default: float = Field(1.0, gt=0, description="Weight of a tenant not in tenant_weights.")
     max_input_bytes: int = 50 * 1024 * 1024
     max_input_pixels: int = Field(
         36_000_000, description="Inputs are decoded in full at enqueue; more pixels than this are refused "

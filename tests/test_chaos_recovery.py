@@ -121,7 +121,8 @@ def test_with_webhooks_the_first_poll_comes_after_one_and_a_half_times_the_provi
     p = Pipeline()
     assert p.settings.webhook_base_url and p.settings.poll_interval_webhook_s == 60
     p.r.hset(p.k.latency_median, "fal", "4.0")  # its recent median latency (worker/events.py keeps it)
-    p.r.delete(p.k.pending("fal", "bulk"), p.k.pending("fal", "interactive"))  # what earlier tests left queued
+    p.r.delete(*(key for lane in ("bulk", "interactive")  # what earlier tests left queued
+                 for key in (p.k.pending("fal", lane), p.k.fair("fal", lane))))
     job_id = submit({"prompt": unique("quiet"), "images": [str(EXAMPLES / "mug.png")]})
     sandbox = bare.env["EDITQ_SANDBOX_URL"]
     httpx.patch(f"{sandbox}/_sandbox/config", json={"latency_s": 10.0}, timeout=10)  # still running when we look

@@ -62,7 +62,8 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
     assert [_python(k, n) for n in LAYOUT] == [
         "p:job:j-1", "p:batch:b-1", "p:batch:b-1:jobs", "p:batch:b-1:errors", "p:batch:b-1:cids",
         "p:batch:b-1:reruns", "p:batch:b-1:failures", "p:idem:ab12", "p:req:fal:req:9",
-        "p:pending:fal:bulk", "p:providers", "p:inflight", "p:retry", "p:ready", "p:collecting", "p:finalize:due",
+        "p:pending:fal:bulk", "p:pending:fal:bulk:t:acme", "p:fair:fal:bulk", "p:providers", "p:inflight", "p:retry",
+        "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",
         "p:circuit:fal:fails", "p:budgetwait:batch:b-1", "p:budget:waiting", "p:tenant:acme:20429",
         "p:budget:tenants", "p:budget:batches", "p:kick:dispatch:fal", "p:kick:collect", "p:lock:tick",
@@ -106,8 +107,8 @@ def test_the_scripts_write_exactly_the_keys_python_names(r: redis.Redis, k: Keys
     assert store.move(bulk.job_id, [State.queued], State.cancelled).batch_finished
     assert sorted(k.scan(r)) == sorted([
         k.job(bulk.job_id), k.job(urgent.job_id), k.idem(bulk.idempotency_key), k.idem(urgent.idempotency_key),
-        k.batch(bid), k.batch_jobs(bid), k.pending("fal", "bulk"), k.providers, k.ready, k.finalize, k.rpm("fal"),
-        k.interactive_mark("fal"), k.kick_dispatch("fal"), k.kick_collect, k.stats_jobs,
+        k.batch(bid), k.batch_jobs(bid), k.pending("fal", "bulk"), k.fair("fal", "bulk"), k.providers, k.ready,
+        k.finalize, k.rpm("fal"), k.interactive_mark("fal"), k.kick_dispatch("fal"), k.kick_collect, k.stats_jobs,
     ])  # no slots zset: the job that held a slot gave it back, and Redis drops an empty zset
     assert r.lrange(k.batch_jobs(bid), 0, -1) == [bulk.job_id, urgent.job_id]
     assert r.zrange(k.finalize, 0, -1) == [bid] and r.lrange(k.ready, 0, -1) == [urgent.job_id]  # collect pops it
@@ -254,7 +255,7 @@ def test_no_key_string_is_built_outside_worker_keys() -> None:
 def test_the_lua_scripts_take_every_key_from_the_preamble() -> None:
     lua = sorted((ROOT / "worker" / "lua").glob("*.lua"))
     assert {p.name for p in lua} == {"move.lua", "transition.lua", "claim.lua", "create.lua", "close.lua",
-                                     "budget.lua", "release.lua", "claim_ready.lua"}
+                                     "budget.lua", "release.lua", "claim_ready.lua", "fair.lua"}
     for path in lua:
         text = path.read_text(encoding="utf-8")
         code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())  # comments may name keys

@@ -36,7 +36,9 @@ LAYOUT: Mapping[str, str] = {
     "idem": "{prefix}:idem:{key}",  # string: idempotency key -> job id
     "request": "{prefix}:req:{provider}:{request_id}",  # string: provider request id -> job id
     # the state machine's indexes (worker/state.py)
-    "pending": "{prefix}:pending:{provider}:{lane}",  # list: queued jobs of one provider and lane
+    "pending": "{prefix}:pending:{provider}:{lane}",  # list: queued jobs of one provider and lane without a tenant
+    "pending_tenant": "{prefix}:pending:{provider}:{lane}:t:{tenant}",  # list: the same, of one tenant
+    "fair": "{prefix}:fair:{provider}:{lane}",  # zset: tenants with queued jobs ('' = none), score = virtual time
     "providers": "{prefix}:providers",  # set: providers that ever had pending work
     "inflight": "{prefix}:inflight",  # zset: submitting/submitted jobs, score = lease or next poll
     "retry": "{prefix}:retry",  # zset: retry_wait jobs, score = due time
@@ -154,6 +156,15 @@ class Keys:
     # indexes
     def pending(self, provider: str, lane: str) -> str:
         return self._fill("pending", provider=provider, lane=lane)
+
+    def pending_tenant(self, provider: str, lane: str, tenant: str) -> str:
+        """The queued jobs of one tenant on one provider and lane (jobs without a tenant: `pending`)."""
+        return self._fill("pending_tenant", provider=provider, lane=lane, tenant=tenant)
+
+    def fair(self, provider: str, lane: str) -> str:
+        """Zset of the tenants with queued jobs on one provider and lane ('' = the jobs without a tenant),
+        score = the virtual time of each one's next claim (worker/lua/fair.lua: the lowest goes next)."""
+        return self._fill("fair", provider=provider, lane=lane)
 
     @property
     def providers(self) -> str:

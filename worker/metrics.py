@@ -99,6 +99,7 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         from editq import providers
+        from editq.worker.state import queued_heads
 
         r, k = self._r_k()
         names = sorted(set(providers.names()) | set(r.smembers(k.providers)))
@@ -109,27 +110,21 @@ class RedisCollector(Collector):
         pipe.hgetall(k.stats_found)
         for p in names:
             pipe.zcard(k.slots(p))
-            for lane in ("interactive", "bulk"):
-                pipe.lindex(k.pending(p, lane), 0)
         res = pipe.execute()
         counts, latency, cost, found = res[0], res[1], res[2], res[3]
-        slots: dict[str, int] = {}
-        heads: list[tuple[str, str, str]] = []
-        it = iter(res[4:])
-        for p in names:
-            slots[p] = int(next(it) or 0)
-            for lane in ("interactive", "bulk"):
-                head = next(it)
-                if head:
-                    heads.append((p, lane, head))
-        ages: list[tuple[str, str, float]] = []
+        slots = {p: int(n or 0) for p, n in zip(names, res[4:], strict=True)}
+        # the oldest queued job of a lane is at the head of one of its tenants' queues
+        heads = [(p, lane, jid) for (p, lane), jids in queued_heads(r, k, names).items() for jid in jids]
+        oldest: dict[tuple[str, str], float] = {}
         if heads:
             pipe = r.pipeline(transaction=False)
             for _, _, jid in heads:
                 pipe.hget(k.job(jid), "updated_at")
             now = time.time()
             for (p, lane, _), at in zip(heads, pipe.execute(), strict=True):
-                ages.append((p, lane, max(0.0, now - float(at)) if at else 0.0))
+                age = max(0.0, now - float(at)) if at else 0.0
+                oldest[(p, lane)] = max(age, oldest.get((p, lane), 0.0))
+        ages = [(p, lane, age) for (p, lane), age in oldest.items()]
         budgets = [b for reader in BUDGET_READERS for b in reader(r, k)]
         yield from self._families(counts, latency, cost, slots, ages, budgets, found)
 

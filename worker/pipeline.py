@@ -635,8 +635,7 @@ class Pipeline:
             if self.store.move(jid, [State.collecting], State.ready, note="collect retry").ok:
                 stats["recollect"] += 1
         for provider in self.r.smembers(self.k.providers):
-            waiting = any(self.r.llen(self.k.pending(provider, lane)) for lane in ("interactive", "bulk"))
-            if waiting and provider in providers.names():
+            if provider in providers.names() and self.store.has_queued(provider):
                 self.kick.dispatch(provider, providers.spec_of(provider).synchronous)
         if self.r.llen(self.k.ready):
             self.kick.collect()

@@ -86,11 +86,24 @@ def _lua_source(name: str) -> str:
     return (resources.files("editq.worker") / LUA_DIR / name).read_text(encoding="utf-8")
 
 
+def _expand(name: str, seen: set[str]) -> str:
+    """`name` with each `--@include <file>` line replaced by that file, itself expanded; a file already
+    included (directly or by another include) is left out, so libraries may include what they use."""
+
+    def include(m: re.Match[str]) -> str:
+        lib = m.group(1)
+        if lib in seen:
+            return f"-- ({lib}: included above)"
+        seen.add(lib)
+        return _expand(lib, seen).rstrip("\n")
+
+    return _INCLUDE.sub(include, _lua_source(name))
+
+
 def lua_script(name: str) -> str:
     """The full text of the script `worker/lua/<name>` as sent to Redis: the key layout's preamble
     (worker/keys.py), then the file with each `--@include <file>` line replaced by that file."""
-    body = _INCLUDE.sub(lambda m: _lua_source(m.group(1)).rstrip("\n"), _lua_source(name))
-    return lua_preamble() + body
+    return lua_preamble() + _expand(name, {name})
 
 
 # Every move, claim and creation is one of these (ARGV, returns: see the head of each file).
@@ -100,6 +113,7 @@ _LUA_CREATE = lua_script("create.lua")
 _LUA_CLOSE = lua_script("close.lua")
 _LUA_RELEASE = lua_script("release.lua")
 _LUA_CLAIM_READY = lua_script("claim_ready.lua")
+LANES = ("interactive", "bulk")  # the claim's order: every interactive job of any tenant before bulk
 MICRO = 1_000_000  # budgets and reservations are integer micro-USD
 
 
@@ -259,9 +273,11 @@ class JobStore:
         `--on-budget fail` (they are `budget_wait` now; the caller fails them with `budget_exceeded`)."""
         hold_ms = -1 if reserve_hold_s is None or reserve_hold_s == float("inf") else int(reserve_hold_s * 1000)
         caps, default = tenant_caps()
+        weights, default_weight = tenant_weights()
         res = self._claim(
             keys=[], args=[self.k.prefix, provider, repr(now if now is not None else time.time()), want, cap,
-                           reserve, rpm, lease_s, hold_ms, caps, default, max(1000, want * 16)]
+                           reserve, rpm, lease_s, hold_ms, caps, default, max(1000, want * 16), weights,
+                           repr(default_weight)]
         )
         return list(res[0]), list(res[1])
 
@@ -271,6 +287,9 @@ class JobStore:
         caps, default = tenant_caps()
         return int(self._release(keys=[], args=[self.k.prefix, scope, repr(now if now is not None else time.time()),
                                                caps, default, limit]))
+
+    def has_queued(self, provider: str) -> bool:
+        return has_queued(self.r, self.k, provider)
 
     def budget_scopes(self) -> list[str]:
         return list(self.r.smembers(self.k.budget_scopes))
@@ -352,6 +371,36 @@ def tenant_caps() -> tuple[str, int]:
     caps = {t: round(usd * MICRO) for t, usd in s.tenant_budgets.items()}
     default = -1 if s.tenant_budget_default is None else round(s.tenant_budget_default * MICRO)
     return (json.dumps(caps) if caps else ""), default
+
+
+def has_queued(r: Any, k: Keys, provider: str) -> bool:
+    """Jobs of any tenant, in either lane, are queued for `provider` (one round trip)."""
+    return bool(r.exists(*(key for lane in LANES for key in (k.fair(provider, lane), k.pending(provider, lane)))))
+
+
+def queued_heads(r: Any, k: Keys, providers: Iterable[str]) -> dict[tuple[str, str], list[str]]:
+    """(provider, lane) -> the job at the head of each tenant's queue there (the oldest queued job of the
+    lane is one of them). Two round trips whatever the number of providers and tenants."""
+    pairs = [(p, lane) for p in providers for lane in LANES]
+    pipe = r.pipeline(transaction=False)
+    for p, lane in pairs:
+        pipe.zrange(k.fair(p, lane), 0, -1)
+    lists = [(p, lane, k.pending_tenant(p, lane, t) if t else k.pending(p, lane))
+             for (p, lane), tenants in zip(pairs, pipe.execute(), strict=True) for t in sorted({"", *tenants})]
+    pipe = r.pipeline(transaction=False)
+    for _, _, key in lists:
+        pipe.lindex(key, 0)
+    heads: dict[tuple[str, str], list[str]] = {}
+    for (p, lane, _), head in zip(lists, pipe.execute(), strict=True):
+        if head:
+            heads.setdefault((p, lane), []).append(head)
+    return heads
+
+
+def tenant_weights() -> tuple[str, float]:
+    """The settings' tenant weights for the claim script: (JSON tenant -> weight, the default weight)."""
+    s = get_settings()
+    return (json.dumps(s.tenant_weights) if s.tenant_weights else ""), s.tenant_weight_default
 
 
 def job_view(job_id: str, fields: dict[str, str] | None) -> JobView | None:

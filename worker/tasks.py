@@ -68,8 +68,7 @@ def dispatch(provider: str) -> int:
 
     def more() -> bool:
         cap = max(1, settings.concurrency)
-        pending = p.r.llen(p.k.pending(provider, "interactive")) + p.r.llen(p.k.pending(provider, "bulk"))
-        return bool(pending) and p.r.zcard(p.k.slots(provider)) < cap
+        return p.store.has_queued(provider) and p.r.zcard(p.k.slots(provider)) < cap
 
     return _pump(p.k.kick_dispatch(provider), lambda: aio.run(p.dispatch(provider)), more,
                  lambda: p.kick.dispatch(provider, synchronous))

@@ -7,9 +7,12 @@
 -- take the last dollar. A job that does not fit leaves the queue for `budget_wait` (its scope's wait list,
 -- released by release.lua when money frees up or a cap is raised), or, if its batch chose
 -- --on-budget fail, is returned to the caller to be failed with `budget_exceeded`.
+-- Tenants share each lane by weight (worker/lua/fair.lua): each job is taken from the tenant lowest in the
+-- lane's ring, and a job claimed moves its tenant 1/weight on; lanes keep their order (interactive first).
 -- ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms, tenant_caps_json, default_tenant_cap,
---       max_scan
+--       max_scan, tenant_weights_json, default_tenant_weight
 -- Returns {claimed job ids (now `submitting`, each holding a slot and its reservation), ids to fail}.
+--@include fair.lua
 --@include move.lua
 --@include budget.lua
 local provider = ARGV[2]
@@ -20,6 +23,14 @@ local caps = {}
 if ARGV[10] and ARGV[10] ~= '' then caps = cjson.decode(ARGV[10]) end
 local default_cap = tonumber(ARGV[11] or '-1') or -1
 local max_scan = tonumber(ARGV[12] or '0') or 0
+local weights = {}
+if ARGV[13] and ARGV[13] ~= '' then weights = cjson.decode(ARGV[13]) end
+local default_weight = tonumber(ARGV[14] or '1') or 1
+local function weight_of(tenant)
+  local w = tonumber(weights[tenant] or default_weight)
+  if not w or w <= 0 then w = 1 end
+  return w
+end
 if redis.call('EXISTS', K.backoff(provider)) == 1 then return {{}, {}} end
 local slots = K.slots(provider)
 local free = cap - redis.call('ZCARD', slots)
@@ -55,7 +66,7 @@ local fails = {}
 local scanned = 0
 local mark = K.interactive_mark(provider)
 if reserve > 0 and hold_ms >= 0 and redis.call('EXISTS', mark) == 0
-   and redis.call('LLEN', K.pending(provider, 'interactive')) == 0 then
+   and not fair_waiting(provider, 'interactive') then
   reserve = 0
 end
 local budget = want
@@ -69,11 +80,12 @@ local out = {}
 for _, lane in ipairs({'interactive', 'bulk'}) do
   local lane_free = free
   if lane == 'bulk' then lane_free = free - reserve end
-  local pk = K.pending(provider, lane)
+  fair_adopt(provider, lane)
   while #out < budget and #out < lane_free and (max_scan <= 0 or scanned < max_scan) do
-    local jid = redis.call('LPOP', pk)
+    local jid, tenant, vt = fair_pop(provider, lane)
     if not jid then break end
     scanned = scanned + 1
+    local claimed = false
     local jk = K.job(jid)
     local blocked = nil
     if redis.call('HGET', jk, 'state') == 'queued' and redis.call('HGET', jk, 'provider') == provider then
@@ -94,8 +106,10 @@ for _, lane in ipairs({'interactive', 'bulk'}) do
       if rpm > 0 then redis.call('ZADD', rk, now, jid .. ':' .. now) end
       move(jid, 'queued', 'submitting', ARGV[3], now + lease, '', 0)
       table.insert(out, jid)
+      claimed = true
       if lane == 'interactive' and hold_ms > 0 then redis.call('SET', mark, '1', 'PX', hold_ms) end
     end
+    fair_charge(provider, lane, tenant, vt, claimed and 1 / weight_of(tenant) or 0)
   end
 end
 return {out, fails}

@@ -4,6 +4,7 @@
 -- ARGV: prefix, job_id, batch_id, idem_key, idem_ttl, provider, lane, nfields, f1, v1, ...,
 --       replaceable (csv of states), custom_id ('' for none)
 -- Returns {1, job_id} or {0, existing job id}.
+--@include fair.lua
 local jid, bid, idem = ARGV[2], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[8])
 local replaceable = ARGV[9 + 2 * n] or 'failed,cancelled'
@@ -24,7 +25,7 @@ for i = 0, n - 1 do redis.call('HSET', jk, ARGV[9 + 2 * i], ARGV[10 + 2 * i]) en
 local now = redis.call('HGET', jk, 'created_at')
 redis.call('HSET', jk, 'state', 'queued', 'provider', ARGV[6], 'lane', ARGV[7], 'batch_id', bid,
            'attempts', 0, 'h', 'queued\t' .. now .. '\n', 'updated_at', now)
-redis.call('RPUSH', K.pending(ARGV[6], ARGV[7]), jid)
+fair_push(ARGV[6], ARGV[7], redis.call('HGET', jk, 'tenant'), jid)
 redis.call('SADD', K.providers, ARGV[6])
 redis.call('HINCRBY', K.stats_jobs, 'queued|' .. ARGV[6] .. '|' .. ARGV[7], 1)
 local bk = K.batch(bid)

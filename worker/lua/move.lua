@@ -9,6 +9,8 @@
 -- the job hash's `settle` field (set by the caller in the same script) is the amount to keep as spent,
 -- `all` or absent = keep the whole reservation (an attempt that may have been billed keeps its money); the
 -- rest is released. So no path out of the provider's hands can leak or forget a reservation.
+-- A job back to `queued` joins its tenant's queue (fair.lua).
+--@include fair.lua
 local HOLDING = {submitting = true, submitted = true, ready = true, collecting = true}
 
 local function settle(jk, bid)
@@ -47,15 +49,12 @@ local function move(jid, cur, to, now, score, note, ttl, from_provider)
   redis.call('HINCRBY', K.stats_jobs, cur .. '|' .. (from_provider or provider) .. '|' .. lane_of, -1)
   redis.call('HINCRBY', K.stats_jobs, to .. '|' .. provider .. '|' .. lane_of, 1)
   if to == 'queued' then
-    local lane = redis.call('HGET', jk, 'lane')
     -- A job coming back (a retry, a claim recovered from a lost worker, a reroute) has waited longest: it goes
-    -- to the head of its queue, not behind the whole backlog (a retried job waited 2 min behind the rest of a
-    -- 1,000-job batch and finished last, a minute after everything else). New jobs and budget waits queue up.
-    if cur == 'retry_wait' or cur == 'submitting' or cur == 'submitted' then
-      redis.call('LPUSH', K.pending(provider, lane), jid)
-    else
-      redis.call('RPUSH', K.pending(provider, lane), jid)
-    end
+    -- to the head of its tenant's queue, not behind the whole backlog (a retried job waited 2 min behind the
+    -- rest of a 1,000-job batch and finished last, a minute after everything else). New jobs and budget waits
+    -- queue up.
+    local back = cur == 'retry_wait' or cur == 'submitting' or cur == 'submitted'
+    fair_push(provider, redis.call('HGET', jk, 'lane'), redis.call('HGET', jk, 'tenant'), jid, back)
     redis.call('SADD', K.providers, provider)
   elseif to == 'submitting' or to == 'submitted' then redis.call('ZADD', K.inflight, score, jid)
   elseif to == 'retry_wait' then redis.call('ZADD', K.retry, score, jid)

@@ -16,8 +16,7 @@ for i = 0, n - 1 do redis.call('HSET', jk, ARGV[10 + 2 * i], ARGV[11 + 2 * i]) e
 local freed = ''
 if to ~= 'submitting' and to ~= 'submitted' and old_provider then
   if redis.call('ZREM', K.slots(old_provider), jid) == 1
-     and (redis.call('LLEN', K.pending(old_provider, 'interactive')) > 0
-          or redis.call('LLEN', K.pending(old_provider, 'bulk')) > 0) then
+     and (fair_waiting(old_provider, 'interactive') or fair_waiting(old_provider, 'bulk')) then
     freed = old_provider
   end
 end
