@@ -81,8 +81,9 @@ for _, lane in ipairs({'interactive', 'bulk'}) do
   local lane_free = free
   if lane == 'bulk' then lane_free = free - reserve end
   fair_adopt(provider, lane)
+  local cursor = fair_cursor(provider, lane)
   while #out < budget and #out < lane_free and (max_scan <= 0 or scanned < max_scan) do
-    local jid, tenant, vt = fair_pop(provider, lane)
+    local jid, tenant = fair_next(cursor)
     if not jid then break end
     scanned = scanned + 1
     local claimed = false
@@ -109,7 +110,8 @@ for _, lane in ipairs({'interactive', 'bulk'}) do
       claimed = true
       if lane == 'interactive' and hold_ms > 0 then redis.call('SET', mark, '1', 'PX', hold_ms) end
     end
-    fair_charge(provider, lane, tenant, vt, claimed and 1 / weight_of(tenant) or 0)
+    if claimed then fair_charge(cursor, 1 / weight_of(tenant)) end
   end
+  fair_flush(cursor)
 end
 return {out, fails}

@@ -48,24 +48,43 @@ local function fair_adopt(provider, lane)
   if redis.call('LLEN', K.pending(provider, lane)) > 0 then fair_join(K.fair(provider, lane), '') end
 end
 
--- the next job of the lane: {job id, its tenant, the tenant's virtual time}, or nil when nothing is queued
-local function fair_pop(provider, lane)
-  local ring = K.fair(provider, lane)
+-- A claim walks a lane with a cursor: the lowest tenant is read once for a run of its jobs (it stays lowest
+-- until its virtual time reaches the next tenant's), and its time is written back once at the end of the run.
+-- So one tenant alone costs one LPOP per job; tenants that alternate cost a ZRANGE and a ZADD per run.
+local function fair_cursor(provider, lane)
+  return {provider = provider, lane = lane, ring = K.fair(provider, lane)}
+end
+
+-- end the cursor's run: its tenant leaves the ring with its last job, else takes its new virtual time
+local function fair_flush(c)
+  if c.tenant == nil then return end
+  if redis.call('LLEN', c.list) == 0 then redis.call('ZREM', c.ring, c.tenant)
+  elseif c.vt ~= c.start then redis.call('ZADD', c.ring, fair_score(c.vt), c.tenant) end
+  c.tenant = nil
+end
+
+-- the next job of the lane and its tenant, or nil when nothing is queued
+local function fair_next(c)
   while true do
-    local tenant, vt = fair_head(ring)
-    if not tenant then return nil end
-    local jid = redis.call('LPOP', fair_list(provider, lane, tenant))
-    if jid then return jid, tenant, vt end
-    redis.call('ZREM', ring, tenant)  -- (not reached while the invariant holds)
+    if c.tenant == nil then
+      local top = redis.call('ZRANGE', c.ring, 0, 1, 'WITHSCORES')
+      if #top == 0 then return nil end
+      c.tenant, c.vt = top[1], tonumber(top[2])
+      c.start, c.limit = c.vt, math.huge
+      if top[4] then c.limit = tonumber(top[4]) end
+      c.list = fair_list(c.provider, c.lane, c.tenant)
+    end
+    local jid = redis.call('LPOP', c.list)
+    if jid then return jid, c.tenant end
+    fair_flush(c)  -- (its queue ran out: it leaves the ring)
   end
 end
 
--- after fair_pop: the tenant leaves the ring with its last job, else moves `cost` on (1/weight for a job
--- claimed, 0 for one dropped or sent to wait for money)
-local function fair_charge(provider, lane, tenant, vt, cost)
-  local ring = K.fair(provider, lane)
-  if redis.call('LLEN', fair_list(provider, lane, tenant)) == 0 then redis.call('ZREM', ring, tenant)
-  elseif cost > 0 then redis.call('ZADD', ring, fair_score(vt + cost), tenant) end
+-- the job fair_next gave was claimed: its tenant moves `cost` (1/weight) on; a job dropped or sent to wait
+-- for money costs nothing
+local function fair_charge(c, cost)
+  c.vt = c.vt + cost
+  if c.vt >= c.limit then fair_flush(c) end
 end
 
 -- are jobs of any tenant queued on this provider and lane?
