@@ -88,8 +88,9 @@ def enqueue(store: JobStore, tenant: str, n: int, batches: int, tag: str) -> lis
         count = per if b < batches - 1 else n - per * (batches - 1)
         pipe = store.r.pipeline(transaction=False)
         for i in range(count):
-            job = EditJob(job_id=f"{tag}-{b}-{i}", batch_id=f"{tag}-batch-{b}", prompt="p", images=["a.png"],
-                          inputs=[RECORD], idempotency_key=f"{tag}-{b}-{i}", tenant=tenant)
+            job = EditJob.model_validate({"job_id": f"{tag}-{b}-{i}", "batch_id": f"{tag}-batch-{b}", "prompt": "p",
+                                          "images": ["a.png"], "inputs": [RECORD], "idempotency_key": f"{tag}-{b}-{i}",
+                                          "tenant": tenant})
             store.create(job, pipe=pipe)
             ids.append(job.job_id)
             if len(pipe) >= 1000:
