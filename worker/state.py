@@ -4,7 +4,8 @@ A job lives in exactly one index that matches its state, and every move between 
 Lua script, so a crash can never leave a job half-moved, and two workers racing on the same job
 (a webhook and the poller, a redelivered task and the original) cannot both win:
 
-    queued      -> pending list  {p}:pending:{provider}:{lane}
+    queued      -> its tenant's pending list {p}:pending:{provider}:{lane}[:t:{tenant}], the tenant in the
+                   lane's ring {p}:fair:{provider}:{lane} (worker/lua/fair.lua: fair sharing by weight)
     budget_wait -> {p}:budgetwait:{scope} list (the budget it waits for); no slot, no reservation
     submitting  -> {p}:inflight  zset, score = claim lease deadline; holds a provider slot
     submitted   -> {p}:inflight  zset, score = next poll time;       holds a provider slot
