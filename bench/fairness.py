@@ -14,8 +14,10 @@ rounds as a dispatch task does: each round is one claim (worker/lua/claim.lua) o
 3. B queues `--jobs-b` more: `--rounds` rounds with A and B backlogged; the A:B split and the cost.
 4. `--tenants` more tenants queue 100 jobs each: `--rounds` rounds; the cost with that many in the ring.
 
-Redis time = the EVALSHA time Redis itself reports (INFO commandstats), divided by the jobs claimed;
-commands = the calls the scripts made (every command counted in commandstats but EVALSHA and INFO).
+Per claimed job: Redis time = the EVALSHA time Redis itself reports (INFO commandstats, wall clock inside
+Redis: it grows when other processes hold the cores); Redis CPU = the server's user + system CPU time
+(INFO cpu) over the span; commands = the calls the scripts made (every command in commandstats but
+EVALSHA and INFO); wall = the client's time in the claim call.
 Nothing here uses an API newer than the claim itself, so the same file runs on the code before fair
 sharing for the A/B in docs/benchmarks.md (copy it into a checkout of that commit and run it from there).
 """
@@ -107,12 +109,20 @@ def commandstats(r: redis.Redis) -> dict[str, tuple[int, int]]:
     return out
 
 
+def redis_cpu_s(r: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system): unlike the times in commandstats, not
+    inflated while other processes hold the cores."""
+    cpu = r.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 class Meter:
     """Redis time and script commands over a span of claims."""
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self.start = commandstats(r)
+        self.cpu = redis_cpu_s(r)
         self.wall = 0.0
         self.claimed = 0
         self.rounds = 0
@@ -127,13 +137,15 @@ class Meter:
 
     def result(self) -> dict[str, Any]:
         end = commandstats(self.r)
+        cpu = redis_cpu_s(self.r) - self.cpu
         delta = {c: (end[c][0] - self.start.get(c, (0, 0))[0], end[c][1] - self.start.get(c, (0, 0))[1]) for c in end}
         evals = delta.get("evalsha", (0, 0))
         inner = sum(calls for c, (calls, _) in delta.items() if c not in ("evalsha", "eval", "info", "script|load"))
         n = max(1, self.claimed)
         return {"rounds": self.rounds, "claimed": self.claimed,
                 "redis_us_per_job": round(evals[1] / n, 2), "redis_us_per_round": round(evals[1] / max(1, evals[0]), 1),
-                "commands_per_job": round(inner / n, 2), "wall_us_per_job": round(self.wall * 1e6 / n, 2)}
+                "redis_cpu_us_per_job": round(cpu * 1e6 / n, 2), "commands_per_job": round(inner / n, 2),
+                "wall_us_per_job": round(self.wall * 1e6 / n, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
