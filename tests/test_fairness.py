@@ -5,6 +5,8 @@ backlogged tenants are served in proportion to their weights (EDITQ_TENANT_WEIGH
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from editq.schemas.settings import get_settings
 from editq.worker.keys import Keys
 from editq.worker.metrics import RedisCollector
 from editq.worker.state import JobStore, State
-from tests.conftest import unique
+from tests.conftest import ROOT, unique
 
 ROUND = 64  # one dispatch round claims up to submit_batch jobs (64 by default)
 
@@ -169,3 +171,16 @@ def test_the_oldest_queued_age_looks_at_every_tenants_queue(store: JobStore) -> 
     families = {m.name: m for m in RedisCollector(store.r, store.k).collect()}
     ages = {tuple(s.labels.values()): s.value for s in families["editq_oldest_queued_job_age_seconds"].samples}
     assert ages[("fal", "bulk")] > 1_000_000  # acme's job, though globex's and the untenanted are newer
+
+
+def test_the_benchmark_runs_and_reports_the_new_tenant_first() -> None:
+    """A tiny run of `python -m editq.bench.fairness` (its own Redis): says nothing about speed."""
+    proc = subprocess.run([sys.executable, "-m", "editq.bench.fairness", "--jobs", "600", "--batches", "6",
+                           "--rounds", "3", "--jobs-b", "200", "--tenants", "3", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["b_first"]["found"] and out["b_first"]["claims_before_it"] == 0
+    assert out["b_first"]["rounds_until_claimed"] == 1
+    assert out["a_and_b"]["split"] == {"A": 96, "B": 96} and out["a_alone"]["claimed"] == 192
+    assert out["5_tenants"]["claimed"] == 192 and out["5_tenants"]["commands_per_job"] > 0
