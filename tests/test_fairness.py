@@ -122,8 +122,8 @@ def test_a_job_back_in_the_queue_rejoins_its_tenant_and_stale_ids_cost_nothing(s
     b = _enqueue(store, "globex", 6)
     (first,) = _round(store, 1)
     assert store.move(first, [State.submitting], State.retry_wait, score=1.0).ok
-    assert store.move(first, [State.retry_wait], State.queued).ok  # a retry: back at the end of its tenant's queue
-    assert store.r.lrange(store.k.pending_tenant("fal", "bulk", "acme" if first in a else "globex"), -1, -1) == [first]
+    assert store.move(first, [State.retry_wait], State.queued).ok  # a retry: back at the head of its tenant's queue
+    assert store.r.lrange(store.k.pending_tenant("fal", "bulk", "acme" if first in a else "globex"), 0, 0) == [first]
     for jid in b[1:]:  # globex cancels all but one (their ids stay in its queue until a claim pops them)
         assert store.move(jid, [State.queued], State.cancelled).ok
     taken = _round(store, 100)
