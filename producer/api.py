@@ -429,12 +429,22 @@ def status(ident: str, store: JobStore | None = None, *, groups: bool = False, b
     if view is None:
         raise UnknownId(f"no batch or job with id {ident!r}")
     ident = view.job_id
+    history = [h.model_dump() for h in view.history]
+    outputs = view.outputs()
+    if view.compact:  # a finished job keeps a compact record: its history and outputs are in its manifest
+        from editq.worker.manifest import job_manifests
+
+        manifest = job_manifests(store, get_storage(), [view])[0] or {}
+        history = manifest.get("history") or [
+            {"state": "queued", "at": float(view.fields.get("created_at") or 0), "note": None},
+            {"state": view.state.value, "at": float(view.fields.get("updated_at") or 0), "note": None}]
+        outputs = manifest.get("outputs") or outputs
     return {
-        "kind": "job", "job_id": ident, "batch_id": view.job.batch_id, "custom_id": view.job.custom_id,
-        "group": view.job.group, "variant": view.job.variant, "parent_job_id": view.job.parent_job_id,
+        "kind": "job", "job_id": ident, "batch_id": view.batch_id, "custom_id": view.custom_id,
+        "group": view.group, "variant": view.variant, "parent_job_id": view.parent_job_id,
         "state": view.state.value, "provider": view.provider, "request_id": view.request_id,
-        "attempts": view.attempts, "history": [h.model_dump() for h in view.history],
-        "outputs": view.json_field("outputs") or [], "error": view.json_field("error"),
+        "attempts": view.attempts, "history": history,
+        "outputs": outputs, "error": view.json_field("error"),
         "finished": view.state in TERMINAL, "rerun_of": view.fields.get("rerun_of") or None,
         "superseded_by": view.fields.get("superseded_by") or None,
         "cost_usd": _job_cost(view.fields), "budget_reason": view.fields.get("budget_reason") or None,
@@ -449,6 +459,8 @@ def _job_cost(fields: dict[str, str]) -> float | None:
     manifest = fields.get("manifest")
     if manifest:
         return json.loads(manifest).get("cost_usd")  # type: ignore[no-any-return,unused-ignore]
+    if fields.get("cost_usd"):  # a compacted job: its manifest's figure
+        return float(fields["cost_usd"])
     return _usd(fields.get("spent")) if fields.get("spent") else None
 
 

@@ -25,7 +25,7 @@ from editq import providers as registry
 from editq.producer.api import checked_request
 from editq.schemas.job import EditJob, JobRequest, content_key
 from editq.schemas.settings import get_settings
-from editq.worker.manifest import build, reservation, spent_cost
+from editq.worker.manifest import build, job_from_manifest, job_manifests, reservation, spent_cost
 from editq.worker.outcomes import RERUNNABLE, outcome
 from editq.worker.state import MICRO, REPLACEABLE, TRANSITIONS, JobStore, JobView, State
 from editq.worker.storage import Storage, get_storage
@@ -103,7 +103,7 @@ def job_cost(view: JobView) -> float | None:
 
 def missing_outputs(view: JobView, storage: Storage) -> list[str]:
     """The output keys a succeeded job recorded that S3 does not have (all of them if it recorded none)."""
-    outputs = view.json_field("outputs") or []
+    outputs = view.outputs()
     if not outputs:
         return ["(no output recorded)"]
     return [o["key"] for o in outputs if not storage.exists(o["key"])]
@@ -131,7 +131,7 @@ def outcomes_of(views: list[JobView], storage: Storage | None, check_s3: bool) -
 def row(view: JobView, out: str) -> dict[str, Any]:
     err = view.json_field("error") if view.state in (State.failed, State.retry_wait) else None
     return {
-        "job_id": view.job_id, "custom_id": view.job.custom_id, "provider": view.provider, "state": out,
+        "job_id": view.job_id, "custom_id": view.custom_id, "provider": view.provider, "state": out,
         "error": (err or {}).get("reason"), "moderation_stage": (err or {}).get("moderation_stage"),
         "cost_usd": job_cost(view), "attempts": view.attempts,
         "rerun_of": view.fields.get("rerun_of") or None, "superseded_by": view.fields.get("superseded_by") or None,
@@ -188,10 +188,10 @@ def parse_only(text: str | None) -> frozenset[str]:
     return wanted
 
 
-def _rerun_job(view: JobView, new_batch: str, overrides: dict[str, Any], out: str) -> EditJob:
-    """The job that re-runs `view`: same inputs (stored content-addressed), new ids; with `overrides`, the
-    changed parameters and a new idempotency key (a changed parameter makes a new job). Raises ValueError."""
-    old = view.job
+def _rerun_job(view: JobView, old: EditJob, new_batch: str, overrides: dict[str, Any], out: str) -> EditJob:
+    """The job that re-runs `view` (whose job as enqueued is `old`): same inputs (stored content-addressed), new
+    ids; with `overrides`, the changed parameters and a new idempotency key (a changed parameter makes a new job).
+    Raises ValueError."""
     fields = set(JobRequest.model_fields) - {"idempotency_key"}
     data = {**old.model_dump(include=fields), **overrides}
     req = checked_request(data)
@@ -242,16 +242,28 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         todo: list[tuple[JobView, EditJob, str]] = []
         # a job expired from Redis (older than EDITQ_JOB_TTL_S) is left out: its line can be submitted again
         views = [v for v in store.get_many(_latest(store, ids)) if v is not None]
+        chosen: list[tuple[JobView, str]] = []
         for view, out in zip(views, outcomes_of(views, storage, "missing" in only), strict=True):
             if view.state not in (State.succeeded, State.failed, State.cancelled):
                 report.still_running += 1
                 continue
-            if out not in only:
-                continue
+            if out in only:
+                chosen.append((view, out))
+        # a finished job is compacted in Redis: its job as enqueued comes back from its manifest
+        compacted = [v for v, _ in chosen if v.compact]
+        manifests = dict(zip((v.job_id for v in compacted), job_manifests(store, storage, compacted), strict=True))
+        for view, out in chosen:
             try:
-                todo.append((view, _rerun_job(view, new_batch, overrides, out), out))
+                if view.compact:
+                    m = manifests.get(view.job_id)
+                    if not m or "job" not in m:
+                        raise ValueError("its manifest is neither in Redis nor in S3")
+                    old = job_from_manifest(view, m)
+                else:
+                    old = view.job
+                todo.append((view, _rerun_job(view, old, new_batch, overrides, out), out))
             except ValueError as exc:
-                report.skipped.append((view.job_id, view.job.custom_id, str(exc)))
+                report.skipped.append((view.job_id, view.custom_id, str(exc)))
         if not todo:
             continue
         if report.batch_id is None:  # the batch exists only once it has something to run
@@ -268,7 +280,7 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         for view, job, out in todo:
             replaceable = (*REPLACEABLE, State.succeeded) if out == "missing" else REPLACEABLE
             store.create(job, pipe=pipe, replaceable=replaceable, worst_case=worst_case_micro(job),
-                         extra={"rerun_of": view.job_id, "rerun_of_batch": view.job.batch_id})
+                         extra={"rerun_of": view.job_id, "rerun_of_batch": view.batch_id})
         links = store.r.pipeline(transaction=False)
         for (view, job, out), res in zip(todo, pipe.execute(), strict=True):
             if int(res[0]):

@@ -37,9 +37,9 @@ def batch_group_rows(batch_id: str, store: JobStore) -> Iterable[tuple[str | Non
         ids = r.lrange(k.batch_jobs(batch_id), start, start + CHUNK - 1)
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hmget(k.job(jid), "state", "spec")
-        for state, spec in pipe.execute():
-            yield _group_of(spec), state or "expired"
+            pipe.hmget(k.job(jid), "state", "spec", "grp")  # grp: a finished job's compact record
+        for state, spec, grp in pipe.execute():
+            yield (grp if grp else _group_of(spec)), state or "expired"
 
 
 def group_counts(batch_id: str, store: JobStore) -> dict[str, dict[str, int]]:

@@ -22,6 +22,7 @@ from PIL import Image
 from editq.producer.report_model import Report, Thumb, build
 from editq.producer.report_render import contact_sheets, render_html
 from editq.producer.review_log import ReviewLog
+from editq.worker.manifest import job_manifests
 from editq.worker.state import JobStore
 from editq.worker.storage import Storage, get_storage
 
@@ -57,11 +58,18 @@ def load_entries(batch_id: str, storage: Storage | None = None, store: JobStore 
     total = r.llen(k.batch_jobs(batch_id))
     for start in range(0, total, 1000):
         ids = r.lrange(k.batch_jobs(batch_id), start, start + 999)
-        for view in store.get_many(ids):
-            if view is None:
+        views = [v for v in store.get_many(ids) if v is not None]
+        finished = [v for v in views if v.compact or v.fields.get("manifest")]
+        manifests = dict(zip((v.job_id for v in finished), job_manifests(store, storage, finished), strict=True))
+        for view in views:
+            if manifests.get(view.job_id):
+                out.append(manifests[view.job_id])  # type: ignore[arg-type]
                 continue
-            if view.fields.get("manifest"):
-                out.append(json.loads(view.fields["manifest"]))
+            if view.compact:  # finished, its manifest not found: what the compact record says
+                out.append({"job_id": view.job_id, "batch_id": batch_id, "custom_id": view.custom_id,
+                            "group": view.group, "variant": view.variant, "state": view.state.value,
+                            "provider": view.provider, "job": {}, "inputs": [], "mask": None, "history": [],
+                            "outputs": view.outputs()})
                 continue
             job = view.job
             out.append({"job_id": job.job_id, "batch_id": batch_id, "custom_id": job.custom_id, "group": job.group,

@@ -21,8 +21,12 @@ def ids(view: Any, **extra: Any) -> dict[str, Any]:
     """The identifiers every lifecycle line carries (a JobView; its spec is parsed only for custom_id)."""
     fields = view.fields
     try:  # the parsed job when the caller has it; else only this field of the spec (the receiver never parses it)
-        custom_id = view.__dict__["job"].custom_id if "job" in view.__dict__ else json.loads(fields["spec"]).get(
-            "custom_id")
+        if "job" in view.__dict__:
+            custom_id = view.__dict__["job"].custom_id
+        elif "spec" in fields:
+            custom_id = json.loads(fields["spec"]).get("custom_id")
+        else:  # a finished job's compact record (worker/lua/move.lua)
+            custom_id = fields.get("cid")
     except Exception:  # a job without a readable spec still gets its line
         custom_id = None
     out = {"batch_id": fields.get("batch_id"), "job_id": view.job_id, "custom_id": custom_id,

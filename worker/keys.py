@@ -26,13 +26,15 @@ from editq.schemas.settings import get_settings
 # name -> template. `{prefix}` is the key prefix (EDITQ_KEY_PREFIX); every other field is a parameter.
 LAYOUT: Mapping[str, str] = {
     # jobs and batches
-    "job": "{prefix}:job:{job_id}",  # hash: the job (spec, state, history `h`, fields)
+    "job": "{prefix}:job:{job_id}",  # hash: the job (spec, state, history `h`, fields); compact once finished
     "batch": "{prefix}:batch:{batch_id}",  # hash: per-batch counters (total, done, n_<state>, closed, ...)
     "batch_jobs": "{prefix}:batch:{batch_id}:jobs",  # list: the batch's job ids, in enqueue order
     "batch_errors": "{prefix}:batch:{batch_id}:errors",  # list: lines rejected at enqueue
     "batch_cids": "{prefix}:batch:{batch_id}:cids",  # hash: custom_id -> job id (the first job with it)
     "batch_reruns": "{prefix}:batch:{batch_id}:reruns",  # list: the batches that re-ran items of this one
     "batch_failures": "{prefix}:batch:{batch_id}:failures",  # hash: failure reason (shortened) -> job count
+    # hash: job id -> its manifest JSON, from its terminal move until the batch manifest is written (then deleted)
+    "batch_manifests": "{prefix}:batch:{batch_id}:manifests",
     "idem": "{prefix}:idem:{key}",  # string: idempotency key -> job id
     "request": "{prefix}:req:{provider}:{request_id}",  # string: provider request id -> job id
     # the state machine's indexes (worker/state.py)
@@ -146,6 +148,10 @@ class Keys:
 
     def batch_failures(self, batch_id: str) -> str:
         return self._fill("batch_failures", batch_id=batch_id)
+
+    def batch_manifests(self, batch_id: str) -> str:
+        """The manifests of a batch's finished jobs, staged for its batch manifest (the jobs keep a compact record)."""
+        return self._fill("batch_manifests", batch_id=batch_id)
 
     def idem(self, key: str) -> str:
         return self._fill("idem", key=key)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
+from editq.schemas.job import EditJob
 from editq.schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
 from editq.worker.state import MICRO, JobStore, JobView
 from editq.worker.storage import Storage
@@ -117,18 +119,73 @@ async def write_job_manifest_async(storage: Storage, http: httpx.AsyncClient, ma
     return key
 
 
+S3_READS = 16  # manifests read back from S3 in parallel (one chunk of jobs at a time)
+
+
+def job_manifests(store: JobStore, storage: Storage, views: list[JobView]) -> list[dict[str, Any] | None]:
+    """The manifest of each finished job: the job hash's own (not yet compacted), else the one staged for its
+    batch manifest (worker/lua/move.lua), else its copy in S3 (read in parallel); None where there is none."""
+    out: list[dict[str, Any] | None] = [None] * len(views)
+    staged: list[int] = []
+    pipe = store.r.pipeline(transaction=False)
+    for i, view in enumerate(views):
+        if view.fields.get("manifest"):
+            out[i] = json.loads(view.fields["manifest"])
+        elif view.batch_id:
+            pipe.hget(store.k.batch_manifests(view.batch_id), view.job_id)
+            staged.append(i)
+    for i, raw in zip(staged, pipe.execute() if staged else [], strict=True):
+        if raw:
+            out[i] = json.loads(raw)
+    missing = [i for i, m in enumerate(out) if m is None and views[i].batch_id]
+
+    def read(i: int) -> dict[str, Any] | None:
+        try:
+            return json.loads(storage.get_bytes(storage.manifest_key(views[i].batch_id, views[i].job_id)))
+        except Exception:
+            return None
+
+    if missing:
+        with ThreadPoolExecutor(max_workers=min(S3_READS, len(missing))) as pool:
+            for i, m in zip(missing, pool.map(read, missing), strict=True):
+                out[i] = m
+    return out
+
+
+def job_from_manifest(view: JobView, manifest: dict[str, Any]) -> EditJob:
+    """The job as enqueued, from its manifest (a compacted job keeps no spec in Redis)."""
+    return EditJob.model_validate({
+        **manifest["job"], "job_id": view.job_id, "batch_id": manifest.get("batch_id") or view.batch_id,
+        "inputs": manifest.get("inputs") or [], "mask_input": manifest.get("mask"),
+        "created_at": float(view.fields.get("created_at") or time.time()),
+    })
+
+
+def full_job(store: JobStore, storage: Storage, view: JobView) -> EditJob:
+    """`view.job`, or for a compacted job the job rebuilt from its manifest. Raises LookupError."""
+    if not view.compact:
+        return view.job
+    manifest = job_manifests(store, storage, [view])[0]
+    if manifest is None or "job" not in manifest:
+        raise LookupError(f"job {view.job_id}: no manifest in Redis or S3")
+    return job_from_manifest(view, manifest)
+
+
 def write_batch_manifest(store: JobStore, storage: Storage, batch_id: str, chunk: int = 500) -> tuple[str, int]:
-    """Stream one JSON line per job (in enqueue order) through a spool file into S3."""
+    """Stream one JSON line per job (in enqueue order) through a spool file into S3: each from the manifests
+    staged by the jobs' terminal moves (deleted once the batch manifest is written), else from S3."""
     r, k = store.r, store.k
     total = r.llen(k.batch_jobs(batch_id))
     lines = 0
     with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
         for start in range(0, total, chunk):
             ids = r.lrange(k.batch_jobs(batch_id), start, start + chunk - 1)
+            staged = r.hmget(k.batch_manifests(batch_id), ids) if ids else []
             pipe = r.pipeline(transaction=False)
             for jid in ids:
                 pipe.hget(k.job(jid), "manifest")
-            for jid, raw in zip(ids, pipe.execute(), strict=True):
+            for jid, own, raw in zip(ids, pipe.execute(), staged, strict=True):
+                raw = own or raw
                 if raw is None:  # expired from Redis: read the job's manifest back from S3
                     try:
                         raw = json.dumps(json.loads(storage.get_bytes(storage.manifest_key(batch_id, jid))))
@@ -156,5 +213,6 @@ def write_batch_manifest(store: JobStore, storage: Storage, batch_id: str, chunk
     }
     storage.put_json(storage.batch_summary_key(batch_id), summary)
     r.hset(k.batch(batch_id), mapping={"finalized": repr(time.time()), "manifest_key": key})
+    r.delete(k.batch_manifests(batch_id))  # the batch manifest holds them now (and each job's copy is in S3)
     r.srem(k.budget_batches, batch_id)  # finished: its budget is no longer one in force (worker/budgets.py)
     return key, lines

@@ -712,7 +712,8 @@ class Pipeline:
                     n += 1
                 except Exception:  # best effort: the job is cancelled here whatever the provider says
                     log.warning("provider cancel failed", job_id=view.job_id, provider=view.provider, exc_info=True)
-            manifest = view.fields.get("manifest")
+                self.r.hdel(self.k.job(view.job_id), "handle")  # kept by the compact record for this call only
+            manifest = view.fields.get("manifest") or self.r.hget(self.k.batch_manifests(view.batch_id), view.job_id)
             if manifest:
                 await write_job_manifest_async(self.storage, aio.http_client(),
                                                JobManifest.model_validate_json(manifest))
@@ -727,15 +728,17 @@ class Pipeline:
                   if s is view.state]
         if not active:
             return False
-        moved = self.store.move(job_id, active, State.cancelled, note="cancelled by user")
+        # a reservation in flight stays committed: the provider may have run it. The manifest goes with the move
+        # (the terminal move compacts the job and stages its manifest: worker/lua/move.lua)
+        manifest = build(view, State.cancelled.value, [], None, None, cost=spent_cost(view, reservation(view)))
+        moved = self.store.move(job_id, active, State.cancelled, note="cancelled by user",
+                                fields={"manifest": manifest.model_dump_json()})
         if moved.ok and view.request_id:
             await providers.protocol_of(view.provider).cancel(client_for(view.provider), view.request_id,
                                                            view.json_field("handle") or {})
-        if moved.ok:  # a reservation in flight stays committed: the provider may have run it
+        if moved.ok:
             events.cancelled(view)
-            manifest = build(view, State.cancelled.value, [], None, None, cost=spent_cost(view, reservation(view)))
             await write_job_manifest_async(self.storage, aio.http_client(), manifest)
-            self.store.set_fields(job_id, manifest=manifest.model_dump_json())
             if moved.batch_finished:
                 self.drain_finalize()
         return moved.ok

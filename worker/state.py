@@ -12,7 +12,8 @@ Lua script, so a crash can never leave a job half-moved, and two workers racing 
     retry_wait  -> {p}:retry     zset, score = due time
     ready       -> {p}:ready     list (collect drains it)
     collecting  -> {p}:collecting zset, score = lease deadline
-    succeeded | failed | cancelled: terminal, no index; the job hash expires after job_ttl_s.
+    succeeded | failed | cancelled: terminal, no index; the move rewrites the job hash to a compact record
+                (~0.4 KB, `JobView.compact`) and stages its manifest for the batch manifest; expires after job_ttl_s.
 
 Per-batch counters (`n_<state>`, `done`) move in the same script, so `editq status` is O(1).
 
@@ -141,8 +142,60 @@ class JobView:
 
     @cached_property
     def job(self) -> EditJob:
-        """The job as enqueued, parsed on first use (the receiver's path never needs it)."""
+        """The job as enqueued, parsed on first use (the receiver's path never needs it). A finished job keeps
+        only its compact record (`compact`): its full job is in its manifest (worker/manifest.py `full_job`)."""
+        if self.compact:
+            raise LookupError(f"job {self.job_id} is finished and compacted: its spec is in its manifest")
         return EditJob.model_validate_json(self.fields["spec"])
+
+    @property
+    def compact(self) -> bool:
+        """A finished job's compact record (worker/lua/move.lua `compact`): no spec, history or manifest."""
+        return "spec" not in self.fields
+
+    def _spec_field(self, name: str, short: str) -> str | None:
+        if self.compact:
+            return self.fields.get(short) or None
+        value = getattr(self.job, name)
+        return str(value) if value is not None else None
+
+    @property
+    def batch_id(self) -> str:
+        return self.fields.get("batch_id", "")
+
+    @property
+    def custom_id(self) -> str | None:
+        return self._spec_field("custom_id", "cid")
+
+    @property
+    def group(self) -> str | None:
+        return self._spec_field("group", "grp")
+
+    @property
+    def variant(self) -> str | None:
+        return self._spec_field("variant", "var")
+
+    @property
+    def parent_job_id(self) -> str | None:
+        return self._spec_field("parent_job_id", "par")
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The output records (schemas/manifest.py OutputRecord, without source_url once compacted)."""
+        if "outputs" in self.fields or not self.compact:
+            return self.json_field("outputs") or []
+        out = []
+        for name, meta in self.fields.items():
+            if not name.startswith("o."):
+                continue
+            idx = name[2:]
+            ext, size, dims, ctype = [*meta.split("|", 3), "", "", ""][:4]
+            width, _, height = dims.partition("x")
+            prefix = self.fields.get(f"kp.{idx}", "")
+            key = self.fields.get(f"k.{idx}") or f"{prefix}/{self.batch_id}/{self.job_id}/{idx}.{ext}"
+            out.append({"index": int(idx), "key": key, "sha256": self.fields.get(f"s.{idx}", ""),
+                        "bytes": int(size or 0), "content_type": ctype, "width": int(width or 0),
+                        "height": int(height or 0)})
+        return sorted(out, key=lambda o: o["index"])
 
     @property
     def history(self) -> list[StateChange]:
@@ -406,7 +459,7 @@ def tenant_weights() -> tuple[str, float]:
 
 def job_view(job_id: str, fields: dict[str, str] | None) -> JobView | None:
     """A job from its Redis hash (as read by HGETALL); None when there is no such job."""
-    if not fields or "spec" not in fields:
+    if not fields or "state" not in fields:  # (a stray field set on an expired job is no job)
         return None
     return JobView(
         job_id=job_id,

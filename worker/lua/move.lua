@@ -36,6 +36,73 @@ local function settle(jk, bid)
   end
 end
 
+-- Retention (docs/operations.md): the move that makes a job terminal rewrites its hash to the compact record
+-- that later commands read (worker/state.py JobView), and stages its manifest (whose copy lives in S3) in its
+-- batch's `batch_manifests` hash until the batch manifest is written. Every value of the record is short
+-- (<= 64 bytes in the common case), so Redis keeps the hash as a listpack: ~0.4 KB instead of ~5.7 KB.
+-- Kept as they are: these fields. Derived: cid/grp/var/par (custom_id, group, variant, parent_job_id of
+-- the spec), cost_usd (of the manifest), per output i: o.i = ext|bytes|WxH|content_type, s.i = sha256, and
+-- kp.i = the key's prefix when the key is <kp>/<batch>/<job>/<i>.<ext> (else k.i = the whole key).
+local COMPACT_KEEP = {'state', 'provider', 'lane', 'batch_id', 'attempts', 'created_at', 'updated_at',
+                      'request_id', 'tenant', 'superseded_by', 'rerun_of', 'rerun_of_batch', 'error', 'spent',
+                      'budget_reason'}
+local SPEC_SHORT = {custom_id = 'cid', group = 'grp', variant = 'var', parent_job_id = 'par'}
+
+local function decoded(raw)
+  if not raw or raw == '' then return nil end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return nil
+end
+
+local function compact(jk, jid, bid, ttl, to)
+  local all = redis.call('HGETALL', jk)
+  local f = {}
+  for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
+  local out = {}
+  local function put(name, value) out[#out + 1] = name; out[#out + 1] = value end
+  for _, name in ipairs(COMPACT_KEEP) do
+    if f[name] and f[name] ~= '' then put(name, f[name]) end
+  end
+  -- a job cancelled while the provider holds its request: `editq.cancel_remote` cancels it there (then drops it)
+  if to == 'cancelled' and f.request_id and f.request_id ~= '' and f.handle then put('handle', f.handle) end
+  local spec = decoded(f.spec)
+  if spec then
+    for name, short in pairs(SPEC_SHORT) do
+      if type(spec[name]) == 'string' and spec[name] ~= '' then put(short, spec[name]) end
+    end
+  end
+  if f.manifest and f.manifest ~= '' then
+    if bid then
+      local mk = K.batch_manifests(bid)
+      redis.call('HSET', mk, jid, f.manifest)
+      if ttl > 0 then redis.call('EXPIRE', mk, ttl) end
+    end
+    local m = decoded(f.manifest)
+    if m and type(m.cost_usd) == 'number' then put('cost_usd', tostring(m.cost_usd)) end
+  end
+  local outs = decoded(f.outputs)
+  if outs then
+    for i, o in ipairs(outs) do
+      local idx = string.format('%d', tonumber(o.index) or (i - 1))
+      local key = type(o.key) == 'string' and o.key or ''
+      local ext = string.match(key, '%.(%w+)$') or ''
+      put('o.' .. idx, ext .. '|' .. string.format('%d', tonumber(o.bytes) or 0) .. '|'
+          .. string.format('%d', tonumber(o.width) or 0) .. 'x' .. string.format('%d', tonumber(o.height) or 0)
+          .. '|' .. (type(o.content_type) == 'string' and o.content_type or ''))
+      put('s.' .. idx, type(o.sha256) == 'string' and o.sha256 or '')
+      local tail = '/' .. (bid or '') .. '/' .. jid .. '/' .. idx .. '.' .. ext
+      if bid and ext ~= '' and #key > #tail and string.sub(key, -#tail) == tail then
+        put('kp.' .. idx, string.sub(key, 1, #key - #tail))
+      else
+        put('k.' .. idx, key)
+      end
+    end
+  end
+  redis.call('DEL', jk)
+  redis.call('HSET', jk, unpack(out))
+end
+
 -- from_provider: the provider the job had before this move (a reroute changes it first); nil = unchanged.
 local function move(jid, cur, to, now, score, note, ttl, from_provider)
   local jk = K.job(jid)
@@ -85,6 +152,7 @@ local function move(jid, cur, to, now, score, note, ttl, from_provider)
       end
     end
   end
+  if terminal then compact(jk, jid, bid, ttl, to) end
   if terminal and ttl > 0 then redis.call('EXPIRE', jk, ttl) end
   return finished
 end
