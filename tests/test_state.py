@@ -87,14 +87,16 @@ def test_moves_are_guarded_and_counted(store: JobStore) -> None:
     assert not again.ok and again.previous == "ready"
     assert store.move(jid, [State.ready], State.collecting, score=time.time()).ok
     assert store.close_batch("b4") is False
+    before = store.get(jid)
+    assert before is not None and [h.state for h in before.history] == [
+        "queued", "submitting", "submitted", "ready", "collecting"]
     done = store.move(jid, [State.collecting], State.succeeded)
     assert done.ok and done.batch_finished  # last job of a closed batch queues the batch manifest
     assert store.r.zrange(store.k.finalize, 0, -1) == ["b4"]
     assert store.batch_counts("b4") == {"total": 1, "done": 1, "n_queued": 0, "n_submitting": 0, "n_submitted": 0,
                                         "n_ready": 0, "n_collecting": 0, "n_succeeded": 1}
-    view = store.get(jid)
-    assert view is not None and [h.state for h in view.history] == [
-        "queued", "submitting", "submitted", "ready", "collecting", "succeeded"]
+    view = store.get(jid)  # finished: the compact record (its history is in its manifest, in S3)
+    assert view is not None and view.compact and view.state is State.succeeded and view.request_id == "r1"
     assert store.r.ttl(store.k.job(jid)) > 0  # finished jobs expire from Redis (S3 keeps the manifest)
     assert store.r.zcard(store.k.inflight) == 0 and store.r.zcard(store.k.slots("fal")) == 0
 
