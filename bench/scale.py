@@ -33,6 +33,7 @@ import psutil
 import redis
 
 from editq.bench.harness import MB, job_line, log, machine_state, make_inputs, redis_bytes, write_jsonl
+from editq.worker.keys import Keys
 
 
 class PrivateRedis:
@@ -65,8 +66,6 @@ class PrivateRedis:
 
 def by_kind(r: Any, prefix: str) -> dict[str, dict[str, int]]:
     """MEMORY USAGE summed per key kind (`job`, `idem`, `req`, `batch`, ...) under `prefix`."""
-    from editq.worker.keys import Keys
-
     out: dict[str, dict[str, int]] = {}
     keys: list[str] = []
 
@@ -94,8 +93,6 @@ def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, pr
            until_done: bool = False, probe: Any = None) -> tuple[float, list[dict[str, Any]]]:
     """Run `editq submit`; sample (elapsed, producer RSS, jobs in Redis, jobs finished) every `interval` s.
     `probe(done)`: called at each sample until it returns something, which the sample keeps."""
-    from editq.worker.keys import Keys
-
     bk = Keys(prefix).batch(batch_id)
     t0 = time.time()
     proc = subprocess.Popen([str(exe), "submit", str(path), "--batch-id", batch_id], env=env,
@@ -143,7 +140,7 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
         log(f"scale: editq submit of {a.lines} lines")
         wall, samples = submit(Path(sys.executable).parent / "editq", path, batch_id, {**os.environ, **stack.env},
                                pr.r, prefix, a.interval)
-        total = int(pr.r.hget(f"{prefix}:batch:{batch_id}", "total") or 0)
+        total = int(pr.r.hget(Keys(prefix).batch(batch_id), "total") or 0)
         used = pr.used() - before
         log("scale: measuring MEMORY USAGE of every key")
         from editq.worker.keys import namespace_patterns
@@ -179,8 +176,6 @@ def finish_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[st
         before = pr.used()
         batch_id = f"batch_finish{tag}"
         log(f"scale: {a.finish} jobs through the stack (sandbox latency 0)")
-        from editq.worker.keys import Keys
-
         staged_key = Keys(prefix).batch_manifests(batch_id)
 
         def probe(done: int) -> dict[str, Any] | None:
@@ -199,7 +194,7 @@ def finish_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[st
         # settle: webhook dedupe keys (3 h TTL) are transient; the rest is what a finished job keeps
         used = pr.used() - before
         kinds = by_kind(pr.r, prefix)
-        done = int(pr.r.hget(f"{prefix}:batch:{batch_id}", "done") or 0)
+        done = int(pr.r.hget(Keys(prefix).batch(batch_id), "done") or 0)
     per = {k: round(v["bytes"] / max(done, 1)) for k, v in kinds.items()}
     transient = per.get("whseen", 0)
     return {

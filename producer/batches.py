@@ -24,8 +24,9 @@ from typing import Any
 from editq import providers as registry
 from editq.producer.api import checked_request
 from editq.schemas.job import EditJob, JobRequest, content_key
+from editq.schemas.manifest import JobManifest
 from editq.schemas.settings import get_settings
-from editq.worker.manifest import build, job_from_manifest, job_manifests, reservation, spent_cost
+from editq.worker.manifest import build, job_from_manifest, job_manifests, reservation, spent_cost, write_job_manifest
 from editq.worker.outcomes import RERUNNABLE, outcome
 from editq.worker.state import MICRO, REPLACEABLE, TRANSITIONS, JobStore, JobView, State
 from editq.worker.storage import Storage, get_storage
@@ -332,7 +333,9 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
     report = CancelReport(batch_id=batch_id)
     remote: list[str] = []
     batch_finished = False
+    storage = get_storage()
     for ids in batch_job_ids(store, batch_id):
+        written: list[JobManifest] = []
         for view in store.get_many(ids):
             for _ in range(5):  # a job may move between the read and the move: read it again
                 if view is None:
@@ -349,11 +352,17 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
                                    fields={"manifest": manifest.model_dump_json()})
                 if moved.ok:
                     report.cancelled += 1
-                    remote.append(view.job_id)
+                    written.append(manifest)
+                    if view.request_id:
+                        remote.append(view.job_id)
                     report.at_provider += 1 if view.request_id else 0
                     batch_finished = batch_finished or moved.batch_finished
                     break
                 view = store.get(view.job_id)
+        # each job's manifest to S3 here (the job is compacted by its move; the batch manifest may be written
+        # before a task could read the staged one back)
+        with ThreadPoolExecutor(max_workers=S3_CHECKS) as pool:
+            list(pool.map(lambda m: write_job_manifest(storage, m), written))
     if remote:
         kicker = Kicker()
         for i in range(0, len(remote), CANCEL_TASK_CHUNK):

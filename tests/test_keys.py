@@ -61,7 +61,7 @@ def test_the_layout_is_the_one_editq_always_had() -> None:
     k = Keys("p")
     assert [_python(k, n) for n in LAYOUT] == [
         "p:job:j-1", "p:batch:b-1", "p:batch:b-1:jobs", "p:batch:b-1:errors", "p:batch:b-1:cids",
-        "p:batch:b-1:reruns", "p:batch:b-1:failures", "p:idem:ab12", "p:req:fal:req:9",
+        "p:batch:b-1:reruns", "p:batch:b-1:failures", "p:batch:b-1:manifests", "p:idem:ab12", "p:req:fal:req:9",
         "p:pending:fal:bulk", "p:pending:fal:bulk:t:acme", "p:fair:fal:bulk", "p:providers", "p:inflight", "p:retry",
         "p:ready", "p:collecting", "p:finalize:due",
         "p:slots:fal", "p:rpm:fal", "p:backoff:fal", "p:backoff:fal:poll", "p:interactive:fal", "p:circuit:fal",

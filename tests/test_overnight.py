@@ -16,6 +16,7 @@ import pytest
 from editq.producer.api import status, submit_batch, wait
 from editq.producer.batches import cancel_batch, list_jobs, rerun
 from editq.producer.stack import LocalStack
+from editq.worker.manifest import full_job
 from editq.worker.state import JobStore
 from editq.worker.storage import get_storage
 from tests.conftest import EXAMPLES, wait_for
@@ -142,10 +143,11 @@ def test_rerun_with_a_changed_parameter_makes_a_new_job(stack: LocalStack) -> No
     # a re-run of a capped batch is capped at what is left of the original's budget, with its choice
     spent = status(orig.batch_id)["cost_usd"] or 0.0
     assert done["max_cost_usd"] == pytest.approx(5.0 - spent) and done["on_budget"] == "fail"
-    store = JobStore()
+    store, storage = JobStore(), get_storage()
     old, new = store.get(orig.job_ids[0]), store.get(next(iter(list_jobs(rep.batch_id)))["job_id"])
-    assert old and new and new.job.quality.value == "medium" and new.provider == "replicate"
-    assert new.job.idempotency_key != old.job.idempotency_key
+    assert old and new and new.provider == "replicate"
+    old_job, new_job = full_job(store, storage, old), full_job(store, storage, new)  # finished: from the manifests
+    assert new_job.quality.value == "medium" and new_job.idempotency_key != old_job.idempotency_key
 
 
 def test_moderation_is_terminal_recorded_with_its_stage_and_listed(stack: LocalStack) -> None:

@@ -26,7 +26,8 @@ def test_a_finished_job_keeps_a_compact_record_that_status_jobs_and_rerun_read(l
     wait(report.batch_id, timeout=90, interval=0.1)
     store, storage = JobStore(), get_storage()
     r, k = store.r, store.k
-    batch_manifest = [json.loads(x) for x in storage.get_bytes(storage.batch_manifest_key(report.batch_id)).splitlines()]
+    raw = storage.get_bytes(storage.batch_manifest_key(report.batch_id))
+    batch_manifest = [json.loads(x) for x in raw.splitlines()]
     by_job = {m["job_id"]: m for m in batch_manifest}
     assert sorted(by_job) == sorted(report.job_ids) and {m["state"] for m in batch_manifest} == {"succeeded"}
     assert not r.exists(k.batch_manifests(report.batch_id))  # staged manifests are gone once the batch's is written

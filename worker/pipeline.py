@@ -24,7 +24,7 @@ from editq import providers
 from editq.providers.pricing import to_micro
 from editq.providers.protocol import ProviderProtocol
 from editq.providers.types import InputUrls, Outcome, ProviderRequest, Result, Submitted
-from editq.schemas.manifest import ErrorInfo, JobManifest, OutputRecord, Usage
+from editq.schemas.manifest import ErrorInfo, OutputRecord, Usage
 from editq.schemas.settings import Settings, get_settings
 from editq.worker import aio, events, policy, startup
 from editq.worker.errors import ErrorKind, ProviderError
@@ -698,9 +698,8 @@ class Pipeline:
 
     # ================================================================ cancel
     async def cancel_remote(self, job_ids: list[str]) -> int:
-        """After `editq cancel BATCH` moved these jobs to `cancelled`: cancel each request the provider holds
-        and write each job's manifest (the batch manifest already has it from Redis). Returns how many
-        provider requests were cancelled."""
+        """After `editq cancel BATCH` moved these jobs to `cancelled` (and wrote their manifests): cancel each
+        request the provider holds. Returns how many provider requests were cancelled."""
         n = 0
         for view in self.store.get_many(job_ids):
             if view is None or view.state is not State.cancelled:
@@ -713,10 +712,6 @@ class Pipeline:
                 except Exception:  # best effort: the job is cancelled here whatever the provider says
                     log.warning("provider cancel failed", job_id=view.job_id, provider=view.provider, exc_info=True)
                 self.r.hdel(self.k.job(view.job_id), "handle")  # kept by the compact record for this call only
-            manifest = view.fields.get("manifest") or self.r.hget(self.k.batch_manifests(view.batch_id), view.job_id)
-            if manifest:
-                await write_job_manifest_async(self.storage, aio.http_client(),
-                                               JobManifest.model_validate_json(manifest))
         return n
 
     async def cancel(self, job_id: str) -> bool:

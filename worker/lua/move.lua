@@ -45,7 +45,7 @@ end
 -- kp.i = the key's prefix when the key is <kp>/<batch>/<job>/<i>.<ext> (else k.i = the whole key).
 local COMPACT_KEEP = {'state', 'provider', 'lane', 'batch_id', 'attempts', 'created_at', 'updated_at',
                       'request_id', 'tenant', 'superseded_by', 'rerun_of', 'rerun_of_batch', 'error', 'spent',
-                      'budget_reason'}
+                      'budget_reason', 'free_attempts'}
 local SPEC_SHORT = {custom_id = 'cid', group = 'grp', variant = 'var', parent_job_id = 'par'}
 
 local function decoded(raw)
