@@ -59,6 +59,10 @@ class PrivateRedis:
     def used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
 
+    def cpu(self) -> float:
+        info = self.r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -99,17 +103,20 @@ def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, pr
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ps = psutil.Process(proc.pid)
     samples: list[dict[str, Any]] = []
-    last_t, last_n = 0.0, 0
+    last_t, last_n, cpu = 0.0, 0, 0.0
     while True:
         time.sleep(interval)
         running = proc.poll() is None
         try:
             rss = ps.memory_info().rss if running else 0
+            if running:
+                times = ps.cpu_times()
+                cpu = times.user + times.system
         except psutil.Error:
             rss = 0
         total, done, manifest = r.hmget(bk, "total", "done", "manifest_key")
         t, n = time.time() - t0, int(total or 0)
-        samples.append({"t_s": round(t, 1), "enqueued": n, "done": int(done or 0),
+        samples.append({"t_s": round(t, 1), "enqueued": n, "done": int(done or 0), "producer_cpu_s": round(cpu, 1),
                         "rate_jobs_per_s": round((n - last_n) / (t - last_t)) if t > last_t else 0,
                         "producer_rss_mb": round(rss / MB, 1) if rss else None})
         if probe is not None and not any("probe" in x for x in samples[:-1]):
@@ -136,12 +143,15 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
     with LocalStack(workers=0, webhooks=False, log_dir=work, redis_url=pr.url) as stack:
         prefix = stack.env["EDITQ_KEY_PREFIX"]
         before = pr.used()
+        redis_cpu0 = pr.cpu()
+        load0 = os.getloadavg()[0]
         batch_id = f"batch_scale{tag}"
         log(f"scale: editq submit of {a.lines} lines")
         wall, samples = submit(Path(sys.executable).parent / "editq", path, batch_id, {**os.environ, **stack.env},
                                pr.r, prefix, a.interval)
         total = int(pr.r.hget(Keys(prefix).batch(batch_id), "total") or 0)
         used = pr.used() - before
+        redis_cpu = pr.cpu() - redis_cpu0
         log("scale: measuring MEMORY USAGE of every key")
         from editq.worker.keys import namespace_patterns
 
@@ -154,6 +164,10 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
         "lines": a.lines, "enqueued": total, "wall_s": round(wall, 1),
         "enqueue_jobs_per_s": round(total / wall), "file_mb": round(path.stat().st_size / MB, 1),
         "rate_min_max_per_interval": [min(rates), max(rates)] if rates else None,
+        "producer_cpu_s": max(s["producer_cpu_s"] for s in samples), "redis_cpu_s": round(redis_cpu, 1),
+        "producer_cpu_us_per_line": round(max(s["producer_cpu_s"] for s in samples) / max(total, 1) * 1e6),
+        "redis_cpu_us_per_line": round(redis_cpu / max(total, 1) * 1e6),
+        "load_average_at_start": round(load0, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
         "producer_rss_mb_first_last_max": [rss[0], rss[-1], max(rss)] if rss else None,
         "redis_used_memory_per_queued_job": round(used / max(total, 1)),
         "redis_memory_usage_per_queued_job": round(mem / max(total, 1)),

@@ -42,6 +42,7 @@ class InputPreparer:
         self.tls = tls  # the trust store for https inputs; None: httpx's default (certifi)
         self._cache: OrderedDict[tuple[str, ...], tuple[InputRecord, str | None]] = OrderedDict()
         self._stored: set[str] = set()
+        self._paths: dict[str, str] = {}  # ref -> its path (the hot path stats it per line, never resolves it twice)
 
     def prepare(self, ref: str, field: str, *, mask: bool = False) -> InputRecord:
         """The stored input for `ref`; raises InputError naming `field`. A mask must have an alpha channel."""
@@ -85,12 +86,16 @@ class InputPreparer:
             return ("data", hashlib.sha256(ref.encode()).hexdigest())
         if "://" in ref:
             return ("url", ref)
-        path = self._path(ref)
-        try:
-            st = path.stat()
+        path = self._paths.get(ref)
+        if path is None:
+            path = str(self._path(ref))
+            if len(self._paths) < CACHE_SIZE:
+                self._paths[ref] = path
+        try:  # stat on every line: a file changed under a running batch is read again
+            st = os.stat(path)
         except (OSError, ValueError):
-            return ("path", str(path))
-        return ("path", str(path), str(st.st_mtime_ns), str(st.st_size))
+            return ("path", path)
+        return ("path", path, str(st.st_mtime_ns), str(st.st_size))
 
     def _path(self, ref: str) -> Path:
         p = Path(os.path.expanduser(ref))
