@@ -119,6 +119,7 @@ def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, pr
         samples.append({"t_s": round(t, 1), "enqueued": n, "done": int(done or 0), "producer_cpu_s": round(cpu, 1),
                         "rate_jobs_per_s": round((n - last_n) / (t - last_t)) if t > last_t else 0,
                         "producer_rss_mb": round(rss / MB, 1) if rss else None})
+        log(f"scale: {json.dumps(samples[-1])}")  # progress (a run cut short still shows its figures)
         if probe is not None and not any("probe" in x for x in samples[:-1]):
             found = probe(int(done or 0))
             if found:

@@ -84,7 +84,7 @@ def test_success_settles_at_the_cost_of_what_was_produced(pipe: Pipeline) -> Non
     assert (m_est["state"], m_est["cost_usd"], m_est["cost_source"]) == ("succeeded", want / MICRO, "estimate")
     assert (m_rep["cost_usd"], m_rep["cost_source"]) == (0.123, "provider")
     assert _money(pipe, b) == (want + 123_000, want + 123_000)
-    assert _view(pipe, est).fields["resv"] == "0"
+    assert _view(pipe, est).fields.get("resv", "0") == "0"
 
 
 def test_failures_retries_fallbacks_and_lost_workers_never_leak(pipe: Pipeline) -> None:  # noqa: F811
@@ -124,7 +124,7 @@ def test_failures_retries_fallbacks_and_lost_workers_never_leak(pipe: Pipeline) 
     assert (_manifest(b, terminal)["cost_usd"], _manifest(b, terminal)["cost_source"]) == (0.0, "estimate")
     assert _manifest(b, fallback)["cost_usd"] == WORST / MICRO
     for jid in states:
-        assert _view(pipe, jid).fields["resv"] == "0"
+        assert _view(pipe, jid).fields.get("resv", "0") == "0"
     # the retried, rerouted and recovered jobs reserve again on their next claim (replicate for the rerouted)
     for jid in (not_billed, uncertain):
         assert pipe.store.move(jid, [State.retry_wait], State.queued).ok

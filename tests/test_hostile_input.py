@@ -193,7 +193,7 @@ def test_a_data_uri_is_stored_once_and_referenced(live: LocalStack, big_data_uri
 
     final = wait_for(lambda: (v := store.get(job_id)) is not None and v.state.value == "succeeded" and v,
                      timeout=120, what="the data-URI job to succeed")
-    manifest = get_storage().get_bytes(get_storage().manifest_key(final.job.batch_id, job_id))
+    manifest = get_storage().get_bytes(get_storage().manifest_key(final.batch_id, job_id))
     assert len(manifest) < 20_000 and b"base64," + big_data_uri[22:60].encode() not in manifest
     assert json.loads(manifest)["job"]["images"] == view.job.images
 

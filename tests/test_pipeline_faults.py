@@ -107,7 +107,7 @@ def test_a_collect_that_raises_anything_is_counted_and_fails_with_its_reason(pip
     assert view is not None and view.state is State.failed
     error = json.loads(view.fields["error"])
     assert error["kind"] == "retryable" and "collect" in error["reason"]
-    manifest = json.loads(get_storage().get_bytes(get_storage().manifest_key(view.job.batch_id, jid)))
+    manifest = json.loads(get_storage().get_bytes(get_storage().manifest_key(view.batch_id, jid)))
     assert manifest["state"] == "failed"
 
 
