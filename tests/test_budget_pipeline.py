@@ -73,12 +73,13 @@ def test_success_settles_at_the_cost_of_what_was_produced(pipe: Pipeline) -> Non
     b = unique("batch")
     est, rep = _claimed(pipe, b), _claimed(pipe, b)
     assert _money(pipe, b) == (2 * WORST, 0)
+    job = _view(pipe, est).job  # (once finished, the job keeps a compact record without its spec)
     _to_ready(pipe, est, {"outputs": [{"b64": _png(64, 64)}]})  # fal reports no cost: estimated from the output
     _to_ready(pipe, rep, {"outputs": [{"b64": _png(64, 64)}], "usage": {"cost_usd": 0.123, "cost_source": "provider"}})
     assert aio.run(pipe.collect()) == 2
     model = providers.price_model_of("fal")
     assert model is not None
-    want = to_micro(model.actual(_view(pipe, est).job, [(64, 64)]))
+    want = to_micro(model.actual(job, [(64, 64)]))
     assert 0 < want < WORST
     m_est, m_rep = _manifest(b, est), _manifest(b, rep)
     assert (m_est["state"], m_est["cost_usd"], m_est["cost_source"]) == ("succeeded", want / MICRO, "estimate")

@@ -96,8 +96,8 @@ def test_a_collect_that_raises_anything_is_counted_and_fails_with_its_reason(pip
         assert aio.run(pipe.collect()) == 1
         view = pipe.store.get(jid)
         assert view is not None
-        assert view.fields["collect_attempts"] == str(attempt)
-        if attempt < limit:
+        if attempt < limit:  # (the last one fails the job: its compact record keeps no collect bookkeeping)
+            assert view.fields["collect_attempts"] == str(attempt)
             assert view.state is State.collecting
             assert view.fields["collect_failures"] == str(attempt)
             assert "Error" in view.fields["collect_error"]
