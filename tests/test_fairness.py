@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from editq.schemas.job import EditJob, InputRecord
 from editq.schemas.settings import get_settings
@@ -184,3 +185,21 @@ def test_the_benchmark_runs_and_reports_the_new_tenant_first() -> None:
     assert out["b_first"]["rounds_until_claimed"] == 1
     assert out["a_and_b"]["split"] == {"A": 96, "B": 96} and out["a_alone"]["claimed"] == 192
     assert out["5_tenants"]["claimed"] == 192 and out["5_tenants"]["commands_per_job"] > 0
+
+
+def test_weights_are_positive_and_the_empty_name_weighs_the_jobs_without_a_tenant(
+        store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITQ_TENANT_WEIGHTS", json.dumps({"acme": 0}))
+    get_settings.cache_clear()
+    with pytest.raises(ValidationError):
+        get_settings()
+    monkeypatch.setenv("EDITQ_TENANT_WEIGHTS", json.dumps({"": 3}))
+    monkeypatch.setenv("EDITQ_TENANT_WEIGHT_DEFAULT", "1")
+    get_settings.cache_clear()
+    try:
+        anon = set(_enqueue(store, None, 40))
+        _enqueue(store, "acme", 40)
+        taken = _round(store, 20)
+        assert abs(sum(j in anon for j in taken) - 15) <= 1  # 3 : 1
+    finally:
+        get_settings.cache_clear()
