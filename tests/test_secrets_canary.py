@@ -10,16 +10,19 @@ The paths issue 10 saw leak a key are provoked on purpose, and the test checks t
   first upload of every output, so each job's collect fails once with the output download's headers
   (`Authorization: Bearer <replicate key>`) in a frame's locals, and is logged with its traceback;
 * a key with a trailing newline (and one with `\r\n`) in a worker started as plain Celery, without the
-  start-up check that refuses it: its fal and Replicate jobs must fail, saying why, without the key.
+  start-up check that refuses it: its fal and Replicate jobs must fail, saying why, without the key;
+* a provider API that quotes the key in its refusal (`401 Incorrect API key provided: Bearer <key>`, KeyEcho,
+  standing in for Oxen's API): the recorded reason must show `***` instead.
 
 How it fails when the protection is removed (checked by hand, 2026-12-07, `pytest tests/test_secrets_canary.py`):
-put worker/logging.py's renderer back as it was before the logging rework (drop
-`structlog.processors.format_exc_info` and the ConsoleRenderer's `exception_formatter=structlog.dev.plain_traceback`,
-so that structlog's default rich traceback prints every frame's locals) and the test fails with
-`EDITQ_REPLICATE_API_TOKEN in log worker1.log` (the `headers` local of `Storage.store_output` in the S3 403's
-traceback); the redactor does not save it, as it only sees the event's strings, not the exception the renderer
-formats afterwards. The redactor itself (worker/redact.py) is a second line here: with it switched off the
-test still passes, as no path of this run puts a key into a string in the first place.
+* put worker/logging.py's renderer back as it was before the logging rework (drop
+  `structlog.processors.format_exc_info` and the ConsoleRenderer's `exception_formatter=structlog.dev.plain_traceback`,
+  so that structlog's default rich traceback prints every frame's locals): the test fails with
+  `EDITQ_REPLICATE_API_TOKEN in log worker1.log` (the `headers` local of `Storage.store_output` in the S3 403's
+  traceback); the redactor does not save it, as it only sees the event's strings, not the exception the renderer
+  formats afterwards;
+* switch the redactor off (`worker/redact.py`: `redact` returns its text unchanged): the test fails with the
+  Oxen job's reason, as read from Redis: `oxen edit: HTTP 401: Incorrect API key provided: Bearer canary-oxen-key-...`.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +148,39 @@ def canary_stack() -> Iterator[tuple[CanaryStack, dict[str, str]]]:
         yield stack, env
 
 
+class KeyEcho:
+    """A provider API that answers every request `401 {"error": "Incorrect API key provided: <Authorization>"}`,
+    as some APIs quote the key they refuse: the reason editq records quotes the provider's answer."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"error": f"Incorrect API key provided: {self.headers.get('Authorization')}"})
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def bad_key_batch(stack: CanaryStack, env: dict[str, str], tmp_path: Path) -> tuple[str, list[str]]:
     """The regular workers stopped, a worker started as plain Celery (no start-up check) whose fal key ends in a
-    newline and whose Replicate key ends in CR LF runs a fal and a Replicate job: (the CLI's output, job ids)."""
+    newline and whose Replicate key ends in CR LF runs a fal and a Replicate job, and an Oxen job against an API
+    that quotes the key in its refusal (KeyEcho): (the CLI's output, job ids)."""
     from editq.worker.triggers import queue_name
 
     for name in [n for n in stack.procs if n.startswith("worker")]:
@@ -154,18 +189,24 @@ def bad_key_batch(stack: CanaryStack, env: dict[str, str], tmp_path: Path) -> tu
     queues = f"{queue_name()},{queue_name('sync')}"
     boot = ("from editq.worker.celery_app import app; app.worker_main(['worker', '--pool=threads', '--concurrency=4', "
             f"'-Q', '{queues}', '-n', 'badkey@%h', '--without-gossip', '--without-mingle'])")
-    stack.spawn("worker-badkey", [sys.executable, "-c", boot],
-                {**stack.worker_env(), fal_key: env[fal_key] + "\n", rep_key: env[rep_key] + "\r\n"})
-    stack.wait_workers(1)
-    rows = [{"custom_id": f"badkey-{p}", "prompt": f"Bad key {p} {secrets.token_hex(3)}", "images": ["mug.png"],
-             "provider": p, "quality": "low"} for p in ("fal", "replicate")]
-    batch_id = submit_batch(rows, base_dir=tmp_path).batch_id
-    final = wait_for(lambda: (st := status(batch_id))["finished"] and st, 120, "the bad-key batch to finish")
-    assert final["counts"] == {"failed": 2}, final
+    echo = KeyEcho()
+    try:
+        stack.spawn("worker-badkey", [sys.executable, "-c", boot],
+                    {**stack.worker_env(), fal_key: env[fal_key] + "\n", rep_key: env[rep_key] + "\r\n",
+                     "EDITQ_OXEN_BASE_URL": echo.url})
+        stack.wait_workers(1)
+        rows = [{"custom_id": f"badkey-{p}", "prompt": f"Bad key {p} {secrets.token_hex(3)}", "images": ["mug.png"],
+                 "provider": p, "quality": "low"} for p in ("fal", "replicate", "oxen")]
+        batch_id = submit_batch(rows, base_dir=tmp_path).batch_id
+        final = wait_for(lambda: (st := status(batch_id))["finished"] and st, 120, "the bad-key batch to finish")
+    finally:
+        echo.close()
+    assert final["counts"] == {"failed": 3}, final
     job_ids = []
-    for p in ("fal", "replicate"):
+    for p in ("fal", "replicate", "oxen"):
         job = status(f"badkey-{p}", batch_id=batch_id)
-        assert "contains a control character" in job["error"]["reason"], job["error"]
+        said = "HTTP 401: Incorrect API key provided: Bearer ***" if p == "oxen" else "contains a control character"
+        assert said in job["error"]["reason"], job["error"]
         job_ids.append(job["job_id"])
     return editq("jobs", batch_id), job_ids
 
