@@ -26,6 +26,9 @@ def test_a_drained_worker_takes_nothing_more_and_the_batch_loses_nothing() -> No
             report = submit_batch(lines, base_dir=EXAMPLES)
             bid = report.batch_id
             wait_for(lambda b=bid: status(b)["counts"].get("succeeded", 0) >= 4, 60, "a few jobs done")
+            # From here a job takes 20 s at the provider, so the 36 or fewer left need at least 9 rounds of 4:
+            # the batch is still running when the drain returns however slowly this machine runs the drain.
+            e2e.configure_sandbox(stack, {"latency_s": 20.0})
             node = f"worker0@{socket.gethostname()}"
             env = {**os.environ, **stack.env}
             out = subprocess.run([sys.executable, "-m", "editq", "drain", "--node", node, "--timeout", "30"],
@@ -34,6 +37,7 @@ def test_a_drained_worker_takes_nothing_more_and_the_batch_loses_nothing() -> No
             assert f"{node}: drained" in out.stderr
             mark = len(stack.log("worker0"))
             assert status(report.batch_id)["counts"].get("succeeded", 0) < N  # drained mid-batch
+            e2e.configure_sandbox(stack, {"latency_s": 0.3})
             assert wait(report.batch_id, timeout=120)["counts"] == {"succeeded": N}
             after = stack.log("worker0")[mark:]
             assert "received" not in after  # no task taken after the drain: worker1 did the rest
