@@ -158,7 +158,8 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
 
         mem, nkeys = redis_bytes(pr.r, namespace_patterns(prefix, stack.env["EDITQ_QUEUE_PREFIX"]))
         kinds = by_kind(pr.r, prefix)
-        pr.r.flushall()
+        log(f"scale: enqueue memory: used_memory +{used}, MEMORY USAGE {mem} over {nkeys} keys, {json.dumps(kinds)}")
+        pr.r.flushall(asynchronous=True)  # (a synchronous FLUSHALL of 2 M keys outlasts the client's timeout)
     rss = [s["producer_rss_mb"] for s in samples if s["producer_rss_mb"]]
     rates = [s["rate_jobs_per_s"] for s in samples if s["enqueued"] < total][1:]  # the first interval has start-up
     return {
