@@ -95,3 +95,28 @@ def test_plain_readable_lines_by_default() -> None:
             continue
         raise AssertionError(f"a JSON line by default: {line}")
     assert any("Task editq.dispatch" in ln and "received" in ln for ln in worker.splitlines())
+
+
+def test_the_plain_renderer_writes_what_structlogs_console_renderer_writes() -> None:
+    """worker/logging.py PlainRenderer builds the usual line itself (speed); every line must be ConsoleRenderer's."""
+    import structlog
+
+    from editq.worker.logging import PlainRenderer
+
+    events: list[dict[str, object]] = [
+        {"timestamp": "2026-12-07T12:00:00Z", "level": "info", "event": "job submitted", "logger": "editq.jobs",
+         "job_id": "j1", "batch_id": "b1", "custom_id": None, "attempt": 1, "ok": True, "x": 1.5},
+        {"level": "warning", "event": "webhook refused", "reason": "bad sig", "q": 'a"b', "eq": "a=b", "t": "a\tb"},
+        {"timestamp": "t", "level": "exception", "event": "x" * 40, "logger": "l", "nested": {"a": [1, "b c"]}},
+        {"event": "", "level": "info"},
+        {"event": "only"},
+        {"level": "debug", "event": "trailing", "z": "", "a": "é ☕"},
+        {"timestamp": "", "level": "info", "event": "m", "logger": ""},
+        {"level": "info", "event": "with a logger name", "logger_name": "other"},
+        {"level": "error", "event": "failed", "exception": "Traceback (most recent call last):\n  boom"},
+        {"level": "info", "event": "stack", "stack": "Stack (most recent call last):\n  here"},
+    ]
+    ours, theirs = PlainRenderer(), structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback)
+    for event in events:
+        assert ours(None, "info", dict(event)) == theirs(None, "info", dict(event)), event
