@@ -296,7 +296,9 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
-            moved = self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
+            # the move kicks collect; on a thread, so the loop (the receiver's: hundreds of deliveries at once)
+            # serves other work while the round trip waits
+            moved = (await asyncio.to_thread(self.store.move, job_id, frm, State.ready, fields=fields)).ok
             if moved:
                 self.found(provider, via)
             return moved
