@@ -296,12 +296,15 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
-            # the move kicks collect; on a thread, so the loop (the receiver's: hundreds of deliveries at once)
-            # serves other work while the round trip waits
-            moved = (await asyncio.to_thread(self.store.move, job_id, frm, State.ready, fields=fields)).ok
-            if moved:
-                self.found(provider, via)
-            return moved
+            def to_ready() -> bool:
+                moved = self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
+                if moved:
+                    self.found(provider, via)
+                return moved
+
+            # on a thread, so the loop (the receiver's: hundreds of deliveries at once) serves other work
+            # while the round trips wait
+            return await asyncio.to_thread(to_ready)
         view = self.store.get(job_id)
         if view is None or view.state not in frm:
             return False
