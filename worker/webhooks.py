@@ -161,7 +161,7 @@ async def handle_delivery(provider: str, request: Request) -> JSONResponse:
     p = _pipeline()
     seen = p.k.webhook_seen(provider, event.delivery_id)
     # off the event loop: a round trip to a busy Redis took 1-3 ms, and a burst of deliveries (a wave of
-    # jobs finishing together) queued behind each one's waits (docs/benchmarks.md, section 11)
+    # jobs finishing together) queued behind each one's waits (docs/benchmarks.md, section 12)
     first, recorded, hinted = await asyncio.to_thread(_lookup, p, provider, event, seen, job_hint)
     if not first:
         events.webhook(provider, "duplicate", hinted, event.request_id)
