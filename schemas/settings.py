@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(14 * 86400, description="Redis keeps finished jobs this long (S3 keeps them forever).")
 
     submit_batch: int = Field(64, description="Jobs one dispatch task submits concurrently.")
+    storage_outage_give_up_s: float = Field(
+        3000.0, description="A collect that fails because our own S3 is unreachable (connection refused or "
+        "reset, timeout, 5xx) does not use up the job's collect attempts while the provider's output is younger "
+        "than this (50 min: fal and Replicate drop outputs about an hour after completion); after it, such "
+        "failures count again and the job fails once its attempts are used up.",
+    )
+    storage_retry_max_s: float = Field(
+        30.0, description="Longest wait between two collects of a job while our S3 is unreachable."
+    )
     collect_batch: int = Field(32, description="Jobs one collect task stores concurrently.")
     collect_batch_dispatching: int = Field(
         4, description="The same while a dispatch pump is refilling provider slots (submits go first)."

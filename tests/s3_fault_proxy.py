@@ -1,6 +1,8 @@
 """An HTTP proxy in front of the local S3 server that answers `403 AccessDenied` to the first PUT of each job
 output (`.../{job_id}/{index}.{ext}`) and passes everything else through: what a worker sees when S3 refuses
-its credentials or its bucket policy in the middle of a collect. Loopback only, threads, for tests."""
+its credentials or its bucket policy in the middle of a collect. `mode` changes that, at any time: "deny_always"
+answers 403 to every output PUT; "unavailable" answers 503 SlowDown to every PUT (S3 itself in trouble: our
+outage), "outputs_unavailable" to every output PUT; "pass" passes everything. Loopback only, threads, for tests."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from urllib.parse import urlsplit
 OUTPUT = re.compile(r"/\d+\.(png|jpeg|jpg|webp)$")
 DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
           b"<Message>Access Denied</Message></Error>")
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Reduce your request rate</Message></Error>")
 HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "upgrade", "te", "trailer"}
 
 
@@ -22,6 +26,8 @@ class S3FaultProxy:
         up = urlsplit(upstream)
         self.upstream = (up.hostname or "127.0.0.1", up.port or 80)
         self.denied: list[str] = []  # paths answered 403, in order
+        self.mode = "deny_first"  # or "deny_always", "unavailable", "outputs_unavailable", "pass"
+        self.unavailable = 0  # PUTs answered 503
         self._lock = threading.Lock()
         proxy = self
 
@@ -35,9 +41,19 @@ class S3FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
-                if self.command == "PUT" and OUTPUT.search(path):
+                if self.command == "PUT" and (proxy.mode == "unavailable" or
+                                              (proxy.mode == "outputs_unavailable" and OUTPUT.search(path))):
                     with proxy._lock:
-                        first = path not in proxy.denied
+                        proxy.unavailable += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(SLOW_DOWN)
+                    return
+                if self.command == "PUT" and OUTPUT.search(path) and proxy.mode in ("deny_first", "deny_always"):
+                    with proxy._lock:
+                        first = path not in proxy.denied or proxy.mode == "deny_always"
                         if first:
                             proxy.denied.append(path)
                     if first:

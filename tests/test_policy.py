@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from editq.worker import policy
-from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.errors import ErrorKind, ProviderError, StorageUnavailable
+from editq.worker.storage import StorageError
 
 
 def fixed(lo: float, hi: float) -> float:
@@ -215,3 +216,35 @@ def test_the_running_median_ignores_a_few_late_results() -> None:
     for _ in range(100):  # and it follows a provider that really got slower
         m = running_median(m, 30.0)
     assert 25.0 < m < 35.0
+
+
+# ---- collect: our S3 down is our outage ---------------------------------------------------------------------
+
+GIVE_UP = 3000.0
+
+
+@pytest.mark.parametrize(("err", "age_s", "counts"), [
+    (StorageUnavailable("S3 PUT: ConnectError"), 10.0, False),  # refused / reset / timeout: ours
+    (StorageUnavailable("S3 PUT: HTTP 503", status_code=503), 10.0, False),  # S3's 5xx: ours
+    (StorageUnavailable("S3 PUT: HTTP 500", status_code=500), GIVE_UP - 1, False),
+    (StorageUnavailable("S3 PUT: ConnectError"), GIVE_UP, True),  # the provider has dropped the output by now
+    (StorageError("S3 PUT k: HTTP 403 AccessDenied"), 10.0, True),  # credentials / policy: the job's attempts
+    (ProviderError(ErrorKind.retryable, "output download: HTTP 502", status_code=502), 10.0, True),  # provider
+    (ProviderError(ErrorKind.retryable, "output download: ReadTimeout"), 10.0, True),
+    (ValueError("bad base64"), 10.0, True),
+])
+def test_which_collect_failures_use_up_an_attempt(err: BaseException, age_s: float, counts: bool) -> None:
+    assert policy.collect_try_counts(err, output_age_s=age_s, outage_give_up_s=GIVE_UP) is counts
+
+
+@pytest.mark.parametrize(("tries", "outage", "delay"), [
+    (1, False, 2.0), (4, False, 16.0), (8, False, 120.0),  # the collect lease caps it
+    (1, True, 2.0), (4, True, 16.0), (5, True, 30.0), (40, True, 30.0),  # our S3 down: every 30 s at most
+])
+def test_collect_delay(tries: int, outage: bool, delay: float) -> None:
+    assert policy.collect_delay(tries, outage=outage, lease_s=120.0, outage_max_s=30.0, rand=fixed) == delay
+
+
+def test_a_storage_outage_is_a_retryable_provider_error() -> None:
+    err = StorageUnavailable("S3 PUT: HTTP 503", status_code=503)
+    assert err.kind is ErrorKind.retryable and err.status_code == 503 and isinstance(err, ProviderError)

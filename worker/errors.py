@@ -56,6 +56,16 @@ class ProviderError(Exception):
         return f"ProviderError({self.kind}, {self.reason!r}, status={self.status_code})"
 
 
+class StorageUnavailable(ProviderError):
+    """Our own S3 did not answer (connection refused or reset, a timeout, a 5xx): our outage, not the job's.
+    Retryable; while the provider still keeps the output it does not use up the job's collect attempts
+    (worker/policy.py `collect_try_counts`). A 4xx from S3 (credentials, bucket policy) is not this: it is a
+    `StorageError` and fails the job once its attempts are used up."""
+
+    def __init__(self, reason: str, *, status_code: int | None = None) -> None:
+        super().__init__(ErrorKind.retryable, reason, status_code=status_code)
+
+
 class WebhookRejected(Exception):
     """A delivery that failed verification (answered 401). It changes no state."""
 

@@ -506,8 +506,11 @@ class Pipeline:
     async def _collect_one(self, view: JobView) -> None:
         """Store a ready job's outputs and manifest. Any failure of any step is recorded on the job and
         counted; the job is collected again after a back-off, and fails with that reason once its
-        collect attempts (max_attempts + 2) are used up."""
-        tries = int(view.fields.get("collect_attempts", "1") or 1)
+        collect attempts (max_attempts + 2) are used up. A failure because our own S3 is unreachable does
+        not use one up while the provider keeps the output (worker/policy.py `collect_try_counts`)."""
+        claims = int(view.fields.get("collect_attempts", "1") or 1)
+        free = int(view.fields.get("collect_free", "0") or 0)  # failed while our S3 was down: not the job's
+        tries = claims - free
         limit = self.settings.max_attempts + 2
         if tries > limit:  # earlier attempts died without a word (the worker was lost)
             last = view.fields.get("collect_error") or "the collecting worker was lost"
@@ -529,11 +532,20 @@ class Pipeline:
                 # traceback, is printed without local variables (here: the output download's auth headers)
                 log.warning("collect failed", job_id=view.job_id, provider=view.provider, error=err.reason,
                             exc_info=not isinstance(exc, UnsafeURL))
-            self.store.set_fields(view.job_id, collect_failures=str(tries), collect_error=err.reason[:300])
-            if err.kind is ErrorKind.retryable and tries < limit:
+            s = self.settings
+            # the output's age: since the provider finished (or, not recorded, since the first outage)
+            since = float(view.fields.get("provider_done_at") or view.fields.get("collect_outage_since") or 0)
+            counts = policy.collect_try_counts(err, output_age_s=_now() - (since or _now()),
+                                               outage_give_up_s=s.storage_outage_give_up_s)
+            extra = {} if counts or since else {"collect_outage_since": repr(_now())}
+            free += 0 if counts else 1
+            self.store.set_fields(view.job_id, collect_failures=str(claims), collect_error=err.reason[:300],
+                                  collect_free=str(free), **extra)
+            if err.kind is ErrorKind.retryable and (not counts or tries < limit):
                 # stays `collecting`; the tick hands it back to `ready` when this back-off runs out
-                self.store.reschedule(self.k.collecting, view.job_id,
-                                      _now() + policy.backoff(tries, 2.0, self.settings.collect_lease_s))
+                delay = policy.collect_delay(claims, outage=not counts, lease_s=s.collect_lease_s,
+                                             outage_max_s=s.storage_retry_max_s)
+                self.store.reschedule(self.k.collecting, view.job_id, _now() + delay)
                 return
             await self.finish_failed(view, State.collecting, err.info(view.attempts))
 

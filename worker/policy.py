@@ -6,7 +6,9 @@ Pure functions, table-tested (tests/test_policy.py):
 * `decide`: retry (after how long), reroute to the next provider of the route, or fail, from the error,
   the attempt count and the route;
 * `backoff`: exponential with jitter, capped;
-* the circuit breaker's rule (`counts_for_circuit`, `CIRCUIT_FAILURES`, `CIRCUIT_OPEN_S`).
+* the circuit breaker's rule (`counts_for_circuit`, `CIRCUIT_FAILURES`, `CIRCUIT_OPEN_S`);
+* collect retries: whether a failed collect uses up one of the job's collect attempts (`collect_try_counts`: not
+  when our own S3 was down and the provider still keeps the output) and when it is tried again (`collect_delay`).
 The pipeline applies the decisions; nothing else decides them.
 """
 
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.errors import ErrorKind, ProviderError, StorageUnavailable
 
 CIRCUIT_FAILURES = 5  # consecutive non-terminal failures of one provider open its circuit...
 CIRCUIT_OPEN_S = 60  # ...for this long; routed jobs skip to their next provider meanwhile
@@ -164,3 +166,24 @@ def poll_error_delay(errors: int, *, scheduled_s: float, retry_after_s: float | 
     sooner than a Retry-After the provider asked for. (Counting it as a poll made the next safety-net poll
     1.5x later: a 503 on the first poll of a job whose webhook was lost cost a chaos run's last job 49 s.)"""
     return max(retry_after_s or 0.0, min(scheduled_s, backoff(errors, POLL_ERROR_BASE_S, scheduled_s, rand)))
+
+
+# ---- collect (provider output -> our S3) ----------------------------------------------------------------------
+COLLECT_BASE_S = 2.0  # a failed collect is tried again after 2 s, 4 s, 8 s ...
+
+
+def collect_try_counts(err: BaseException, *, output_age_s: float, outage_give_up_s: float) -> bool:
+    """Whether a failed collect uses up one of the job's collect attempts. An outage of our own S3
+    (`StorageUnavailable`: connection refused or reset, a timeout, a 5xx) is ours, not the job's: it does not,
+    as long as the provider still keeps the output (`output_age_s`, since the provider finished, below
+    `outage_give_up_s`; fal and Replicate drop outputs about an hour after completion). Everything else does:
+    a 4xx from S3 (credentials, bucket policy), a failed download from the provider, a bad output."""
+    return not (isinstance(err, StorageUnavailable) and output_age_s < outage_give_up_s)
+
+
+def collect_delay(tries: int, *, outage: bool, lease_s: float, outage_max_s: float,
+                  rand: Callable[[float, float], float] = random.uniform) -> float:
+    """When a failed collect is tried again (`tries`: its collect claims so far): back-off doubling from
+    COLLECT_BASE_S, capped at the collect lease, or at `outage_max_s` while our S3 is down (so the job is
+    stored within that long of S3 coming back)."""
+    return backoff(tries, COLLECT_BASE_S, outage_max_s if outage else lease_s, rand)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from editq.schemas.manifest import OutputRecord
 from editq.schemas.settings import Settings, get_settings
-from editq.worker.errors import ErrorKind, ProviderError
+from editq.worker.errors import ErrorKind, ProviderError, StorageUnavailable
 from editq.worker.netguard import Target, check_url_async
 from editq.worker.policy import kind_for_status
 from editq.worker.presign import QuerySigner
@@ -182,7 +182,8 @@ class Storage:
         """One PUT of `body` (bytes, or a seekable file streamed in CHUNK blocks) to `key`.
 
         5xx answers and connection errors are retried (PUT_ATTEMPTS in all, short backoff) and then
-        raised as a retryable ProviderError; other refusals raise StorageError."""
+        raised as StorageUnavailable (our outage: worker/policy.py `collect_try_counts`); other refusals
+        raise StorageError."""
         url = self.presign_put(key, content_type, metadata)
         headers = {"Content-Type": content_type}
         for name, value in (metadata or {}).items():
@@ -190,7 +191,7 @@ class Storage:
         if not isinstance(body, bytes):
             body.seek(0, io.SEEK_END)
             headers["Content-Length"] = str(body.tell())
-        err: ProviderError | None = None
+        err: StorageUnavailable | None = None
         for attempt in range(PUT_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
@@ -207,12 +208,12 @@ class Storage:
                     resp = await http.put(url, content=content, headers=headers, timeout=60)
                     status, text = resp.status_code, resp.text
             except httpx.TransportError as exc:
-                err = ProviderError(ErrorKind.retryable, f"S3 PUT: {type(exc).__name__}")
+                err = StorageUnavailable(f"S3 PUT: {type(exc).__name__}")
                 continue
             if status < 300:
                 return
             if status >= 500:
-                err = ProviderError(ErrorKind.retryable, f"S3 PUT: HTTP {status}", status_code=status)
+                err = StorageUnavailable(f"S3 PUT: HTTP {status}", status_code=status)
                 continue
             raise StorageError(f"S3 PUT {key}: HTTP {status} {text[:300]}")
         assert err is not None
