@@ -197,6 +197,9 @@ def percentile(values: list[float], q: float) -> float:
     return s[idx]
 
 
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
 def terminal_time(history: str) -> float | None:
     lines = [ln.split("\t") for ln in history.splitlines() if ln]
     for parts in reversed(lines):
@@ -205,20 +208,39 @@ def terminal_time(history: str) -> float | None:
     return None
 
 
-def job_rows(r: Any, k: Keys, job_ids: list[str]) -> list[dict[str, Any]]:
+def job_rows(r: Any, k: Keys, job_ids: list[str], manifests: dict[str, dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+    """Per job: state, enqueue and terminal times, request id, outputs. A finished job's Redis record is compact
+    (worker/lua/move.lua: no history, no outputs list), so its terminal time is its last move (`updated_at`)
+    and its outputs come from its manifest (`manifests`: the batch manifest's lines by job id, when given)."""
     rows = []
     for start in range(0, len(job_ids), 1000):
         ids = job_ids[start : start + 1000]
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hmget(k.job(jid), "state", "created_at", "h", "request_id", "outputs", "lane")
-        for jid, (state, created, hist, rid, outputs, lane) in zip(ids, pipe.execute(), strict=True):
+            pipe.hmget(k.job(jid), "state", "created_at", "updated_at", "h", "request_id", "outputs", "lane")
+        for jid, (state, created, updated, hist, rid, outputs, lane) in zip(ids, pipe.execute(), strict=True):
+            done_at = terminal_time(hist or "")
+            if done_at is None and state in TERMINAL and updated:
+                done_at = float(updated)
+            manifest = (manifests or {}).get(jid) or {}
             rows.append({
                 "job_id": jid, "state": state, "created_at": float(created or 0), "lane": lane,
-                "done_at": terminal_time(hist or ""), "request_id": rid,
-                "outputs": json.loads(outputs) if outputs else [],
+                "done_at": done_at, "request_id": rid or manifest.get("provider_request_id"),
+                "outputs": json.loads(outputs) if outputs else list(manifest.get("outputs") or []),
             })
     return rows
+
+
+def batch_manifests(batch: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The finished batch's manifest.jsonl from S3, by job id (`batch`: the batch hash from `wait_batch`)."""
+    from editq.worker.storage import get_storage
+
+    key = batch.get("manifest_key")
+    if not key:
+        return {}
+    lines = get_storage().get_bytes(key).decode("utf-8").splitlines()
+    return {m["job_id"]: m for m in (json.loads(line) for line in lines if line.strip())}
 
 
 def overheads_ms(rows: list[dict[str, Any]], sandbox: dict[str, dict[str, Any]]) -> list[float]:

@@ -34,6 +34,7 @@ import psutil
 from editq.bench.harness import (
     MB,
     RssSampler,
+    batch_manifests,
     cpu_seconds,
     job_line,
     job_rows,
@@ -174,7 +175,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         cpu["redis_server (shared)"] = round(sum(float(redis1[k]) - float(redis0[k])
                                                  for k in ("used_cpu_sys", "used_cpu_user")), 1)
 
-        rows = job_rows(r, k, report.job_ids)
+        rows = job_rows(r, k, report.job_ids, batch_manifests(batch))
         sreq = sandbox_requests(sandbox)
         over = overheads_ms(rows, sreq)
         infl = max_inflight(sandbox)
