@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -62,7 +63,10 @@ def test_fal_history_page_and_its_cursor() -> None:
         fal.parse_history(_answer(200, {"nope": 1}), req)
 
 
-def test_fal_sends_its_key_to_the_history_host_and_the_sweep_can_be_turned_off() -> None:
+def test_fal_sends_its_key_to_the_history_host_and_the_sweep_can_be_turned_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("EDITQ_FAL_")]:  # a session stack points them at the sandbox
+        monkeypatch.delenv(name)
     settings = FalSettings(api_key="k")
     assert "api.fal.ai" in credential_hosts(settings)
     assert fal.FalProtocol(settings).history_request(T0, T0 + 1) is not None
