@@ -308,6 +308,7 @@ def test_receiver_keeps_idle_connections_75_s(monkeypatch: pytest.MonkeyPatch) -
 
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append({"target": target, **kw}))
+    monkeypatch.setenv("EDITQ_WEBHOOK_SECRET", "0" * 64)  # the receiver refuses to start without one
     assert CliRunner().invoke(app, ["webhooks", "--port", "9"]).exit_code == 0
     assert CliRunner().invoke(app, ["webhooks", "--keep-alive", "120"]).exit_code == 0
     assert [(c["target"], c["port"], c["timeout_keep_alive"]) for c in calls] == [
