@@ -8,9 +8,7 @@ A bad line is reported with its number and reason; the rest of the batch goes on
 from __future__ import annotations
 
 import json
-import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -173,14 +171,8 @@ class Enqueuer:
         return f"s3://{self.storage.bucket}/{rec.s3_key}" if ref.startswith("data:") else ref
 
     def write(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> None:
-        """Store a chunk of jobs, then kick their providers' dispatch."""
-        _kick(self.store_chunk(jobs, report))
-
-    def store_chunk(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> set[str]:
-        """Store a chunk of jobs (one pipeline round trip) and count them in `report`. Returns the providers
-        that got a new job. Safe to run in a writer thread: it touches only Redis and `report`."""
         if not jobs:
-            return set()
+            return
         pipe = self.store.r.pipeline(transaction=False)
         from editq.producer.estimate import worst_case_micro
 
@@ -197,7 +189,7 @@ class Enqueuer:
             else:
                 report.duplicates.append((lineno, jid))
         replicated(self.store.r, self.store.k, "enqueue")  # with replicas: the chunk survives a failover
-        return providers
+        _kick(providers)
 
     def close(self) -> None:
         close_batch(self.store, self.batch_id)
@@ -355,22 +347,19 @@ def submit_batch(
         enq.store.r.sadd(enq.store.k.budget_batches, batch_id)
     enq.store.r.hset(enq.store.k.batch(batch_id), mapping=head)
     chunk: list[tuple[int, EditJob]] = []
-    writer = ChunkWriter(enq, report)
     try:
         for n, raw in _numbered(source_fn()):
             try:
                 chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
             except ValueError as exc:
                 enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
-            if len(chunk) >= (CHUNK if writer.started else FIRST_CHUNK):
-                writer.put(chunk)
+            if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
+                enq.write(chunk, report)
                 chunk = []
                 if on_progress:
                     on_progress(report)
-        writer.put(chunk)
-        writer.finish()
+        enq.write(chunk, report)
     except Exception:
-        writer.abandon()
         # S3 or Redis failed under us: a batch that holds no job is removed, not left empty behind;
         # one that does is closed, so what was enqueued runs and gets its manifest
         if not existed and not enq.store.r.llen(enq.store.k.batch_jobs(batch_id)):
@@ -382,75 +371,6 @@ def submit_batch(
     if on_progress:
         on_progress(report)
     return report
-
-
-class ChunkWriter:
-    """Writes chunks of prepared jobs to Redis in a thread of its own, so the next chunk's lines are parsed and
-    validated while Redis runs this one's `create.lua` calls (redis-py releases the GIL while it waits on the
-    socket). The first chunk is written at once, in the caller's thread. At most one chunk waits behind the one
-    being written: memory stays flat. Chunks are written in order; a failure in the writer (Redis down) is
-    raised in the caller at its next `put` or `finish`, and the kicks of the providers that got jobs are sent
-    from the caller's thread."""
-
-    def __init__(self, enq: Enqueuer, report: BatchReport) -> None:
-        self.enq, self.report = enq, report
-        self.started = False
-        self._queue: queue.Queue[list[tuple[int, EditJob]] | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._kicks: set[str] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self._error is not None:
-                continue  # a chunk after a failure is dropped: the caller raises that failure
-            try:
-                providers = self.enq.store_chunk(chunk, self.report)
-            except BaseException as exc:  # handed to the caller's thread, which raises it
-                self._error = exc
-                continue
-            with self._lock:
-                self._kicks |= providers
-
-    def _check(self) -> None:
-        with self._lock:
-            kicks, self._kicks = self._kicks, set()
-        _kick(kicks)
-        if self._error is not None:
-            raise self._error
-
-    def put(self, chunk: list[tuple[int, EditJob]]) -> None:
-        self._check()
-        if not chunk:
-            return
-        if not self.started:  # the first (short) chunk is written before the next line is read: dispatch starts
-            self.started = True  # while the rest of a big file is still being read
-            self.enq.write(chunk, self.report)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="editq-enqueue-writer", daemon=True)
-            self._thread.start()
-        self._queue.put(chunk)
-
-    def _join(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def finish(self) -> None:
-        """Every chunk written (or the writer's failure raised)."""
-        self._join()
-        self._check()
-
-    def abandon(self) -> None:
-        """The caller failed: wait for the chunk in hand to land (so the batch's cleanup sees it), send nothing
-        more."""
-        self._join()
 
 
 def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:
