@@ -103,6 +103,7 @@ from editq.sandbox.providers.common import (
     iso_utc,
     kept_headers,
     look_up,
+    parse_instant,
     queue_priority,
     queue_urls,
     retry_after,
@@ -521,13 +522,6 @@ def _page_of(cursor: str) -> int | None:
     return page if page >= 1 else None
 
 
-def _instant(text: str) -> float | None:
-    """An ISO 8601 date-time (``Z`` or an offset; naive = UTC) or a date, as Unix seconds."""
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _problem(loc: str, msg: str) -> dict[str, Any]:
@@ -578,7 +572,7 @@ def history_query(params: list[tuple[str, str]], now: float) -> HistoryQuery | l
     times: dict[str, float] = {}
     for name in ("start", "end"):
         if name in values:
-            at = _instant(values[name])
+            at = parse_instant(values[name])
             if at is None:
                 problems.append(_problem(name, "Input should be an ISO 8601 date or date-time"))
             else:

@@ -61,7 +61,6 @@ import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from typing import Any, Literal
@@ -81,6 +80,7 @@ from editq.sandbox.providers.common import (
     iso_utc,
     kept_headers,
     look_up,
+    parse_instant,
     random_id,
     submit_fault,
 )
@@ -738,12 +738,6 @@ class ReplicateProvider:
 
 
 # ---- the list of predictions (pure) -------------------------------------------------------------------------------
-def _instant(text: str) -> float | None:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def encode_cursor(job: Job, direction: str) -> str:
@@ -786,7 +780,7 @@ def list_query(params: Mapping[str, str]) -> ListQuery | JSONResponse:
         text = params.get(name)
         times[name] = None
         if text:
-            times[name] = _instant(text)
+            times[name] = parse_instant(text)
             if times[name] is None:
                 return problem(400, "Invalid parameter", f"{name} must be an ISO 8601 date-time")
             filters[name] = text

@@ -151,6 +151,15 @@ def iso_utc(ts: float | None, timespec: str = "milliseconds") -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
+def parse_instant(text: str) -> float | None:
+    """An ISO 8601 date-time (``Z`` or an offset; naive = UTC) or a date, as Unix seconds; None if it is not."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def queue_urls(base: str) -> dict[str, str]:
     """The fal-style queue links of a request whose result lives at ``base``."""
     return {"response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
