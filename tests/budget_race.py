@@ -1,5 +1,6 @@
 """A worker process for the budget race (tests/test_budget.py): THREADS claimers on one Redis, each claiming
-jobs through the real claim script as fast as it can. Of what it claims it lets about a third fail at once
+jobs through the real claim script as fast as it can (after a first job each, held until every claimer of
+both processes holds one). Of what it claims it lets about a third fail at once
 (the move script releases their reservation) and holds the rest (they stay `submitted`, money committed);
 one thread sends waiting jobs back to the queue as money frees. Prints `ready`, starts on `go` (stdin), then
 prints one JSON line: its claims and failures.
@@ -13,6 +14,7 @@ import json
 import random
 import sys
 import threading
+import time
 
 import redis
 
@@ -23,15 +25,32 @@ from editq.worker.state import JobStore, State
 def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float) -> None:
     r = redis.Redis.from_url(url, decode_responses=True, max_connections=threads + 4)
     store = JobStore(r, Keys(prefix))
+    rendezvous = f"{prefix}:test:budget-race-first-claims"
     lock = threading.Lock()
     claimed: list[str] = []
     released: list[str] = []
     start = threading.Barrier(threads + 2)  # the claimers, the releaser, and this thread
     stop = threading.Event()
 
+    def first_claim() -> None:
+        """One job each, then wait for every claimer of both processes to hold one: both processes are in
+        the race whatever the scheduler does (64 first jobs of at most $0.41 fit every cap)."""
+        ids, _ = store.claim_budgeted(provider, 1, 100_000, 0, 0, 600, now=now)
+        assert len(ids) == 1, "a first claim found no job"
+        assert store.move(ids[0], [State.submitting], State.submitted, score=now + 600).ok
+        with lock:
+            claimed.extend(ids)
+        arrived = r.incr(rendezvous)
+        r.expire(rendezvous, 600)
+        deadline = time.monotonic() + 120
+        while arrived < 2 * threads:
+            assert time.monotonic() < deadline, "the other process never claimed"
+            arrived = int(r.get(rendezvous) or 0)
+
     def claimer(n: int) -> None:
         rnd = random.Random(seed * 1000 + n)
         start.wait()
+        first_claim()
         idle = 0
         while idle < 50:  # the queue stayed empty for 50 tries in a row: the other claimers are done too
             ids, _ = store.claim_budgeted(provider, rnd.randint(1, 3), 100_000, 0, 0, 600, now=now)
