@@ -18,6 +18,9 @@ import pytest
 
 from editq.producer.api import BatchReport, status, submit_file, wait
 from editq.producer.stack import LocalStack
+from editq.schemas.settings import get_settings
+from editq.worker.keys import Keys
+from editq.worker.redis_client import get_redis
 from editq.worker.storage import get_storage
 from editq.worker.webhook_auth import delivery_url
 from tests.e2e import EXAMPLES, configure_sandbox, read_manifests, start, using
@@ -57,6 +60,10 @@ def _sign(secret: str, body: bytes, msg_id: str, ts: int) -> dict[str, str]:
 def test_receiver_refuses_forged_deliveries_and_accepts_one_valid_once(live: LocalStack, tmp_path: Path) -> None:
     api = live.env["EDITQ_REPLICATE_BASE_URL"]
     configure_sandbox(live, {"webhook_lost_rate": 1.0})
+    # the sweep of Replicate's list of predictions (worker/sweep.py) must not collect the job before the forged
+    # deliveries are tried: its "swept lately" flag is held for the test (the safety-net poll waits >= 5 s)
+    r, sweep_due = get_redis(), Keys(get_settings().key_prefix).sweep_due("replicate")
+    r.set(sweep_due, "1", px=120_000)
     tag = f"rforge{int(time.time() * 1000) % 100000}"
     report = submit_rows(tmp_path, [{"custom_id": tag, "prompt": tag, "images": [str(EXAMPLES / "mug.png")],
                                      "provider": "replicate", "quality": "low"}])
@@ -105,6 +112,7 @@ def test_receiver_refuses_forged_deliveries_and_accepts_one_valid_once(live: Loc
     assert replay.status_code == 401
     after = status(job_id)
     assert after["state"] == "succeeded" and [h["state"] for h in after["history"]] == history
+    r.delete(sweep_due)
     assert history == ["queued", "submitting", "submitted", "ready", "collecting", "succeeded"]
 
 
