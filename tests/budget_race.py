@@ -5,7 +5,7 @@ both processes holds one). Of what it claims it lets about a third fail at once
 one thread sends waiting jobs back to the queue as money frees. Prints `ready`, starts on `go` (stdin), then
 prints one JSON line: its claims and failures.
 
-    python -m tests.budget_race REDIS_URL KEY_PREFIX PROVIDER THREADS SEED NOW
+    python -m tests.budget_race REDIS_URL KEY_PREFIX PROVIDER THREADS SEED NOW RENDEZVOUS_KEY
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from editq.worker.keys import Keys
 from editq.worker.state import JobStore, State
 
 
-def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float) -> None:
+def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float, rendezvous: str) -> None:
     r = redis.Redis.from_url(url, decode_responses=True, max_connections=threads + 4)
     store = JobStore(r, Keys(prefix))
-    rendezvous = f"{prefix}:test:budget-race-first-claims"
     lock = threading.Lock()
     claimed: list[str] = []
     released: list[str] = []
@@ -89,4 +88,5 @@ def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: flo
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]),
+         sys.argv[7])

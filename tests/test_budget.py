@@ -191,8 +191,9 @@ def test_64_concurrent_claimers_in_two_processes_never_commit_over_the_caps(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
+    rendezvous = unique("budget-race-rendezvous")  # the two processes' count of first claims (a test key)
     procs = [subprocess.Popen([sys.executable, "-m", "tests.budget_race", stack_redis_url, store.k.prefix, "fal",
-                               "32", str(seed), repr(NOW)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               "32", str(seed), repr(NOW), rendezvous], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stdin=subprocess.PIPE, text=True)
              for seed in (1, 2)]
     for p in procs:  # both processes are up, their 64 claimers parked on a barrier
