@@ -74,9 +74,12 @@ def prom(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         def all_up() -> bool:
             try:
-                res = httpx.get(base + "/api/v1/query", params={"query": "sum(up)"}, timeout=5).json()
+                resp = httpx.get(base + "/api/v1/query", params={"query": "sum(up)"}, timeout=5)
             except httpx.TransportError:
                 return False
+            if resp.status_code != 200:  # starting: Prometheus answers 503 "Service Unavailable" (not JSON)
+                return False
+            res = resp.json()
             return bool(res["data"]["result"]) and float(res["data"]["result"][0]["value"][1]) == len(targets)
         wait_for(all_up, 60, "prometheus scraping every editq process")
         yield base
