@@ -72,6 +72,29 @@ def test_a_dead_workers_claims_are_recovered_at_once(bare: LocalStack) -> None:
     assert p.r.zrange(p.k.alive, 0, -1) == ["live-host:2"]
 
 
+def test_a_worker_lost_right_after_its_claim_still_owns_it_and_is_recovered_at_once(bare: LocalStack) -> None:
+    """The owner is written by the claim script itself: a worker killed between the claim and its next write
+    (seen in CI: two Oxen jobs `submitting` with no owner and no attempt record, left to the synchronous
+    provider's 360 s lease) is reaped like any other, and its attempt is `not_sent` (no request was built)."""
+    bare.apply_env()
+    p = Pipeline()
+    store = p.store
+    now = time.time()
+    job_id = submit({"prompt": unique("claim-only"), "images": [str(EXAMPLES / "mug.png")], "provider": "oxen"})
+    assert store.claim("oxen", 100, 100, 0, 0, 3600, owner="gone-host:7:a1b2c3") == [job_id]
+    assert p.r.hget(p.k.job(job_id), "owner") == "gone-host:7:a1b2c3"
+    assert _entry(store, job_id) == {}  # lost before the `sending` record
+    p.r.delete(p.k.alive)  # this module's stack runs no worker: only the two lives below are listed
+    p.r.zadd(p.k.alive, {"gone-host:7:a1b2c3": now - 60, "gone-host:7:d4e5f6": now})  # same pid, a new life
+
+    stats = _tick(p, reap=True)
+    assert stats["reaped"] == 1 and stats["recovered"] == 1
+    view = store.get(job_id)
+    assert view is not None and view.state is State.queued
+    assert _entry(store, job_id)["status"] == "not_sent"
+    assert p.r.zrange(p.k.alive, 0, -1) == ["gone-host:7:d4e5f6"]
+
+
 def test_the_wire_mark_fires_once_a_connection_to_the_provider_is_open(bare: LocalStack) -> None:
     bare.apply_env()
     sandbox = bare.env["EDITQ_SANDBOX_URL"]

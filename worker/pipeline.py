@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import time
@@ -50,9 +51,18 @@ def _now() -> float:
     return time.time()
 
 
+_WORKER_IDS: dict[int, str] = {}
+
+
 def worker_id() -> str:
-    """This process, as its heartbeat names it (`host:pid`); recorded on every job it claims."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, as its heartbeat names it (`host:pid:nonce`); recorded on every job it claims. The nonce
+    tells apart two lives of one pid (a container restarted in the same pod keeps its hostname and often
+    its pid): the new life's heartbeat must not keep the dead one's claims from being recovered."""
+    pid = os.getpid()
+    wid = _WORKER_IDS.get(pid)
+    if wid is None:
+        wid = _WORKER_IDS[pid] = f"{socket.gethostname()}:{pid}:{secrets.token_hex(3)}"
+    return wid
 
 
 async def _windowed(
@@ -158,7 +168,7 @@ class Pipeline:
         provider = adapter.name
         cap, reserve, rpm, lease = self.limits(adapter)
         ids, over_budget = self.store.claim_budgeted(provider, want, cap, reserve, rpm, lease,
-                                                     self.settings.interactive_reserve_hold_s)
+                                                     self.settings.interactive_reserve_hold_s, owner=worker_id())
         failing = [self._fail_over_budget(over_budget)] if over_budget else []
         if not ids:
             return 0, [], failing
@@ -170,8 +180,7 @@ class Pipeline:
             if circuit_open and self._reroute(view, State.submitting, "circuit open", keep=False):
                 continue
             req = adapter.build_request(view.job, self.input_urls(view), self.webhook_url(adapter, view))
-            sending.hset(self.k.job(view.job_id), mapping={f"req.{view.attempts}": self._req_entry(view, "sending"),
-                                                           "owner": worker_id()})
+            sending.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sending"))
             items.append((view, req))
         if items:
             sending.execute()
@@ -699,7 +708,9 @@ class Pipeline:
             return int(self.store.move(view.job_id, [State.submitting], State.submitted, score=_now(),
                                        note="re-attached after lost worker").ok)
         entry = view.json_field(f"req.{view.attempts}") or {}
-        if entry.get("status") == "sending":  # no connection to the provider was ever open for it
+        # No entry: the worker was lost between the claim and writing `sending` (before any request was
+        # built); `sending`: no connection to the provider was ever open for it. Neither can have been billed.
+        if entry.get("status", "sending") == "sending":
             status, why = "not_sent", "worker lost before the request was sent"
         else:  # We cannot know whether the provider received it. Record that, then try again.
             status, why = "uncertain", "worker lost while submitting; may have been billed"

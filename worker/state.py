@@ -307,12 +307,12 @@ class JobStore:
 
     def claim(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
-        reserve_hold_s: float | None = None,
+        reserve_hold_s: float | None = None, owner: str = "",
     ) -> list[str]:
         """`reserve_hold_s` None: the interactive reserve is always held; else only while interactive
         jobs are queued or one was claimed in the last `reserve_hold_s` seconds. Jobs over budget go to
         `budget_wait` (see `claim_budgeted` for the ones their batch wants failed)."""
-        return self.claim_budgeted(provider, want, cap, reserve, rpm, lease_s, reserve_hold_s)[0]
+        return self.claim_budgeted(provider, want, cap, reserve, rpm, lease_s, reserve_hold_s, owner=owner)[0]
 
     def claim_ready(self, want: int, lease_until: float, owner: str) -> list[str]:
         """Up to `want` ready jobs, popped and moved to `collecting` in one script (worker/lua/claim_ready.lua):
@@ -321,17 +321,18 @@ class JobStore:
 
     def claim_budgeted(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
-        reserve_hold_s: float | None = None, now: float | None = None,
+        reserve_hold_s: float | None = None, now: float | None = None, owner: str = "",
     ) -> tuple[list[str], list[str]]:
         """`claim`, also returning the jobs that did not fit their budget and whose batch chose
-        `--on-budget fail` (they are `budget_wait` now; the caller fails them with `budget_exceeded`)."""
+        `--on-budget fail` (they are `budget_wait` now; the caller fails them with `budget_exceeded`).
+        `owner`: the claiming worker (`worker_id()`), recorded on each job inside the claim."""
         hold_ms = -1 if reserve_hold_s is None or reserve_hold_s == float("inf") else int(reserve_hold_s * 1000)
         caps, default = tenant_caps()
         weights, default_weight = tenant_weights()
         res = self._claim(
             keys=[], args=[self.k.prefix, provider, repr(now if now is not None else time.time()), want, cap,
                            reserve, rpm, lease_s, hold_ms, caps, default, max(1000, want * 16), weights,
-                           repr(default_weight)]
+                           repr(default_weight), owner]
         )
         return list(res[0]), list(res[1])
 

@@ -17,7 +17,7 @@ from editq.schemas.settings import get_settings
 from editq.worker import aio, health
 from editq.worker.celery_app import app
 from editq.worker.drain import DRAINING
-from editq.worker.pipeline import Pipeline
+from editq.worker.pipeline import Pipeline, worker_id
 from editq.worker.sweep import Sweeper
 
 log = structlog.get_logger("editq.tasks")
@@ -110,22 +110,27 @@ def cancel_remote(job_ids: list[str]) -> int:
 _stop = threading.Event()
 
 
-def _heartbeat_loop() -> None:
-    """This worker is alive: its key and its entry in `Keys.alive`, every tick interval, on a thread of its
-    own. A tick can block for long (a manifest write while S3 is frozen); a heartbeat written by the tick
-    stopped with it, other workers judged this one dead and recovered the submits it still had in hand."""
-    interval = get_settings().tick_interval_s
+def _beat() -> None:
+    """This worker is alive: its key and its entry in `Keys.alive` (named `worker_id()`, as on every job it
+    claims)."""
     p = pipeline()
-    host_pid = f"{socket.gethostname()}:{os.getpid()}"
-    me = p.k.worker(socket.gethostname(), os.getpid())
+    now = time.time()
+    beat = p.r.pipeline(transaction=False)
+    ttl = max(5, int(get_settings().tick_interval_s * 10))
+    beat.set(p.k.worker(socket.gethostname(), os.getpid()), repr(now), ex=ttl)
+    beat.zadd(p.k.alive, {worker_id(): now})  # what `editq status --watch` counts; dead ones are reaped
+    beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
+    beat.execute()
+
+
+def _heartbeat_loop() -> None:
+    """`_beat` every tick interval, on a thread of its own. A tick can block for long (a manifest write while
+    S3 is frozen); a heartbeat written by the tick stopped with it, other workers judged this one dead and
+    recovered the submits it still had in hand."""
+    interval = get_settings().tick_interval_s
     while not _stop.wait(interval):
         try:
-            now = time.time()
-            beat = p.r.pipeline(transaction=False)
-            beat.set(me, repr(now), ex=max(5, int(interval * 10)))
-            beat.zadd(p.k.alive, {host_pid: now})  # what `editq status --watch` counts; dead ones are reaped
-            beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
-            beat.execute()
+            _beat()
         except Exception:  # Redis away: the next beat retries
             log.warning("heartbeat failed", exc_info=True)
 
@@ -157,6 +162,10 @@ def _serve_health(**_: object) -> None:
 @worker_ready.connect
 def _start_tick(**_: object) -> None:
     _warm_up()
+    try:  # listed as alive before its first claim: a worker lost within its first interval is reaped too
+        _beat()
+    except Exception:
+        log.warning("heartbeat failed", exc_info=True)
     threading.Thread(target=_heartbeat_loop, name="editq-heartbeat", daemon=True).start()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
 
@@ -188,7 +197,7 @@ def _stop_tick(**_: object) -> None:
     _stop.set()
     try:  # a worker that stops is not counted as alive for the next minute
         p = pipeline()
-        p.r.zrem(p.k.alive, f"{socket.gethostname()}:{os.getpid()}")
+        p.r.zrem(p.k.alive, worker_id())
     except Exception:
         log.warning("could not deregister the worker", exc_info=True)
     aio.shutdown()  # close the pooled HTTP client (no "Unclosed client session" at exit)

@@ -10,7 +10,10 @@
 -- Tenants share each lane by weight (worker/lua/fair.lua): each job is taken from the tenant lowest in the
 -- lane's ring, and a job claimed moves its tenant 1/weight on; lanes keep their order (interactive first).
 -- ARGV: prefix, provider, now, want, cap, reserve, rpm, lease_s, hold_ms, tenant_caps_json, default_tenant_cap,
---       max_scan, tenant_weights_json, default_tenant_weight
+--       max_scan, tenant_weights_json, default_tenant_weight, owner
+-- `owner` (the claiming worker, as its heartbeat names it) is written with the claim itself: a worker lost
+-- between this script and its next write still owns its claims, so the tick's reaper recovers them at once
+-- instead of after the lease (a synchronous provider's lease is its timeout + 60 s).
 -- Returns {claimed job ids (now `submitting`, each holding a slot and its reservation), ids to fail}.
 --@include fair.lua
 --@include move.lua
@@ -26,6 +29,7 @@ local max_scan = tonumber(ARGV[12] or '0') or 0
 local weights = {}
 if ARGV[13] and ARGV[13] ~= '' then weights = cjson.decode(ARGV[13]) end
 local default_weight = tonumber(ARGV[14] or '1') or 1
+local owner = ARGV[15] or ''
 local function weight_of(tenant)
   local w = tonumber(weights[tenant] or default_weight)
   if not w or w <= 0 then w = 1 end
@@ -104,6 +108,7 @@ for _, lane in ipairs({'interactive', 'bulk'}) do
     if blocked == nil and redis.call('HGET', jk, 'state') == 'queued' and redis.call('HGET', jk, 'provider') == provider then
       redis.call('ZADD', slots, now, jid)
       redis.call('HINCRBY', jk, 'attempts', 1)
+      if owner ~= '' then redis.call('HSET', jk, 'owner', owner) end
       if rpm > 0 then redis.call('ZADD', rk, now, jid .. ':' .. now) end
       move(jid, 'queued', 'submitting', ARGV[3], now + lease, '', 0)
       table.insert(out, jid)
