@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +14,8 @@ import pytest
 import redis
 
 from editq.producer.stack import LocalStack, scoped_env
+from editq.worker.keys import Keys
+from editq.worker.state import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -60,6 +62,23 @@ def stack_redis_url() -> Iterator[str]:
 
 def unique(tag: str = "t") -> str:
     return f"{tag}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def prefixed_store(stack_redis_url: str) -> Iterator[Callable[[str], JobStore]]:
+    """A factory: `prefixed_store(tag)` is a JobStore on the shared Redis under a key prefix of its own
+    (`tag` plus a random suffix); every key under each prefix made is deleted after the test."""
+    r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
+    made: list[Keys] = []
+
+    def make(tag: str) -> JobStore:
+        made.append(Keys(unique(tag)))
+        return JobStore(r, made[-1])
+
+    yield make
+    for k in made:
+        for key in k.scan(r):
+            r.delete(key)
 
 
 def wait_for(check, timeout: float = 90.0, what: str = "condition", interval: float = 0.1):  # type: ignore[no-untyped-def]

@@ -10,14 +10,13 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
 from editq.schemas.job import EditJob, InputRecord
 from editq.schemas.settings import get_settings
-from editq.worker.keys import Keys
 from editq.worker.state import MICRO, JobStore, State, batch_scope, tenant_scope
 from tests.conftest import ROOT, unique
 
@@ -26,12 +25,8 @@ DAY = int(NOW // 86400)
 
 
 @pytest.fixture
-def store(stack_redis_url: str) -> Iterator[JobStore]:
-    r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
-    prefix = unique("editq-budget")
-    yield JobStore(r, Keys(prefix))
-    for key in Keys(prefix).scan(r):
-        r.delete(key)
+def store(prefixed_store: Callable[[str], JobStore]) -> JobStore:
+    return prefixed_store("editq-budget")
 
 
 @pytest.fixture

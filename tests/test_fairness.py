@@ -9,15 +9,13 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 from pydantic import ValidationError
 
 from editq.schemas.job import EditJob, InputRecord
 from editq.schemas.settings import get_settings
-from editq.worker.keys import Keys
 from editq.worker.metrics import RedisCollector
 from editq.worker.state import JobStore, State
 from tests.conftest import ROOT, unique
@@ -26,12 +24,8 @@ ROUND = 64  # one dispatch round claims up to submit_batch jobs (64 by default)
 
 
 @pytest.fixture
-def store(stack_redis_url: str) -> Iterator[JobStore]:
-    r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
-    prefix = unique("editq-fair")
-    yield JobStore(r, Keys(prefix))
-    for key in Keys(prefix).scan(r):
-        r.delete(key)
+def store(prefixed_store: Callable[[str], JobStore]) -> JobStore:
+    return prefixed_store("editq-fair")
 
 
 @pytest.fixture

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
-import redis
 
 from editq.schemas.job import EditJob, InputRecord
-from editq.worker.keys import Keys
 from editq.worker.state import TRANSITIONS, JobStore, State
 from tests.conftest import unique
 
 
 @pytest.fixture
-def store(stack_redis_url: str) -> Iterator[JobStore]:
-    r = redis.Redis.from_url(stack_redis_url, decode_responses=True)
-    prefix = unique("editq-state")
-    yield JobStore(r, Keys(prefix))
-    for key in Keys(prefix).scan(r):
-        r.delete(key)
+def store(prefixed_store: Callable[[str], JobStore]) -> JobStore:
+    return prefixed_store("editq-state")
 
 
 def _job(batch: str, lane: str = "bulk", idem: str | None = None) -> EditJob:
