@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from editq import providers
 from editq.producer.api import submit
 from editq.producer.stack import LocalStack, free_port
 from editq.providers.types import ProviderRequest
@@ -93,6 +94,35 @@ def test_a_worker_lost_right_after_its_claim_still_owns_it_and_is_recovered_at_o
     assert view is not None and view.state is State.queued
     assert _entry(store, job_id)["status"] == "not_sent"
     assert p.r.zrange(p.k.alive, 0, -1) == ["gone-host:7:d4e5f6"]
+
+
+def test_a_submit_step_that_raises_hands_its_job_to_the_next_tick_not_to_its_lease(
+        bare: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error outside the provider error boundary (a defect, Redis gone for longer than its retries) must not
+    leave the job `submitting` for its whole lease: it is due at once and the tick requeues it."""
+    bare.apply_env()
+    p = Pipeline()
+    job_id = submit({"prompt": unique("raises"), "images": [str(EXAMPLES / "mug.png")], "provider": "oxen"})
+    adapter = providers.protocol_of("oxen")
+
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a defect in the adapter")
+
+    monkeypatch.setattr(adapter, "submit", broken)
+    before = time.time()
+    assert aio.run(p.dispatch("oxen")) >= 1  # with any Oxen job an earlier test left queued
+    view = p.store.get(job_id)
+    assert view is not None and view.state is State.submitting
+    lease_end = p.r.zscore(p.k.inflight, job_id)
+    assert lease_end is not None and lease_end <= time.time()  # due now, not timeout + 60 s ahead
+    assert lease_end >= before
+    monkeypatch.undo()
+
+    stats = _tick(p, reap=False)
+    assert stats["recovered"] >= 1
+    view = p.store.get(job_id)
+    assert view is not None and view.state is State.queued
+    assert _entry(p.store, job_id)["status"] == "not_sent"  # the broken submit never opened a connection
 
 
 def test_the_wire_mark_fires_once_a_connection_to_the_provider_is_open(bare: LocalStack) -> None:

@@ -8,6 +8,7 @@ moves them along, so nothing depends on Celery countdowns or a task staying aliv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -199,10 +200,20 @@ class Pipeline:
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
         on_wire.set(lambda: self._mark_sent([view]))  # this task's own context: one job's submit
         try:
-            res: Submitted | ProviderError = await adapter.submit(client_for(adapter.name), view.job, req)
-        except ProviderError as exc:
-            res = exc
-        await self._record_submit(adapter, view, res)
+            try:
+                res: Submitted | ProviderError = await adapter.submit(client_for(adapter.name), view.job, req)
+            except ProviderError as exc:
+                res = exc
+            await self._record_submit(adapter, view, res)
+        except Exception:
+            # Anything else (a defect, Redis gone for longer than its retries): the job would sit `submitting`
+            # for its whole lease (a synchronous provider's: timeout + 60 s). Make it due now instead: the
+            # tick recovers it as for a lost worker (re-attach if its request id is recorded, else
+            # `uncertain` or `not_sent` from its attempt record, never a hidden second charge).
+            log.exception("submit step failed; its job is recovered by the next tick", job_id=view.job_id,
+                          provider=adapter.name)
+            with contextlib.suppress(Exception):
+                self.store.reschedule(self.k.inflight, view.job_id, _now())
 
     async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError,
                              confirm: bool = True) -> None:
