@@ -1,11 +1,12 @@
 """A worker process for the budget race (tests/test_budget.py): THREADS claimers on one Redis, each claiming
 jobs through the real claim script as fast as it can (after a first job each, held until every claimer of
-both processes holds one). Of what it claims it lets about a third fail at once
-(the move script releases their reservation) and holds the rest (they stay `submitted`, money committed);
-one thread sends waiting jobs back to the queue as money frees. Prints `ready`, starts on `go` (stdin), then
-prints one JSON line: its claims and failures.
+both processes holds one: a barrier in Redis on two test keys, a count and a gate list). Of what it claims
+it lets about a third fail at once (the move script releases their reservation) and holds the rest (they
+stay `submitted`, money committed); one thread sends waiting jobs back to the queue as money frees. Prints
+`ready`, starts on `go` (stdin), then prints one JSON line: its claims and failures (exits non-zero, with no
+JSON, if any claimer failed).
 
-    python -m tests.budget_race REDIS_URL KEY_PREFIX PROVIDER THREADS SEED NOW RENDEZVOUS_KEY
+    python -m tests.budget_race REDIS_URL KEY_PREFIX PROVIDER THREADS SEED NOW COUNT_KEY GATE_KEY
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import random
 import sys
 import threading
-import time
 
 import redis
 
@@ -22,7 +22,8 @@ from editq.worker.keys import Keys
 from editq.worker.state import JobStore, State
 
 
-def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float, rendezvous: str) -> None:
+def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: float, count_key: str,
+         gate_key: str) -> None:
     r = redis.Redis.from_url(url, decode_responses=True, max_connections=threads + 4)
     store = JobStore(r, Keys(prefix))
     lock = threading.Lock()
@@ -30,6 +31,15 @@ def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: flo
     released: list[str] = []
     start = threading.Barrier(threads + 2)  # the claimers, the releaser, and this thread
     stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def rendezvous(parties: int) -> None:
+        """A barrier across processes: each party counts itself in; the last one in pushes a token for every
+        other party onto the gate list, where each of them blocks (BLPOP) for one, bounded by a deadline."""
+        if r.incr(count_key) == parties:
+            r.rpush(gate_key, *["go"] * (parties - 1))
+        else:
+            assert r.blpop([gate_key], timeout=120) is not None, "not every claimer of both processes arrived"
 
     def first_claim() -> None:
         """One job each, then wait for every claimer of both processes to hold one: both processes are in
@@ -39,14 +49,16 @@ def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: flo
         assert store.move(ids[0], [State.submitting], State.submitted, score=now + 600).ok
         with lock:
             claimed.extend(ids)
-        arrived = r.incr(rendezvous)
-        r.expire(rendezvous, 600)
-        deadline = time.monotonic() + 120
-        while arrived < 2 * threads:
-            assert time.monotonic() < deadline, "the other process never claimed"
-            arrived = int(r.get(rendezvous) or 0)
+        rendezvous(2 * threads)
 
     def claimer(n: int) -> None:
+        try:
+            claim_all(n)
+        except BaseException as exc:  # the process must fail, not print a partial result
+            errors.append(exc)
+            raise
+
+    def claim_all(n: int) -> None:
         rnd = random.Random(seed * 1000 + n)
         start.wait()
         first_claim()
@@ -84,9 +96,11 @@ def main(url: str, prefix: str, provider: str, threads: int, seed: int, now: flo
         t.join()
     stop.set()
     rel.join()
+    if errors:
+        sys.exit(f"{len(errors)} claimer(s) failed: {errors[0]!r}")
     print(json.dumps({"claimed": claimed, "released": released}))
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]),
-         sys.argv[7])
+         sys.argv[7], sys.argv[8])
