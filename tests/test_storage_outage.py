@@ -151,3 +151,23 @@ def test_an_outage_past_the_providers_retention_counts_again(pipe: Pipeline) -> 
     view = pipe.store.get(jid)
     assert view is not None and view.state is State.failed
     assert "S3 PUT: HTTP 503" in json.loads(view.fields["error"])["reason"]
+
+
+def test_after_an_outage_the_next_failure_backs_off_from_the_start(pipe: Pipeline) -> None:
+    """The collect back-off grows with the failures that counted, not with every claim: eight collects lost to
+    an outage of our S3 and then one failure of the job's own (a 403) wait ~2 s, not the 120 s cap (a CI chaos run
+    had two jobs `collecting` for ~110 s after a 5 s S3 freeze; a back-off grown by the outage's claims is one
+    way to get there)."""
+    jid = _ready(pipe, _png())
+    real = pipe.storage
+    with S3FaultProxy(real.settings.s3_endpoint or "") as proxy:
+        proxy.mode = "unavailable"
+        pipe.storage = _storage_at(proxy.url)
+        for _ in range(8):
+            _collect_failed(pipe, jid)
+        proxy.mode = "deny_always"
+        wait = _collect_failed(pipe, jid)
+    view = pipe.store.get(jid)
+    assert view is not None and view.fields["collect_attempts"] == "9" and view.fields["collect_free"] == "8"
+    assert "HTTP 403" in view.fields["collect_error"]
+    assert wait <= 2.0 * 1.2 + 1  # the first back-off step (2 s +-20 %), not 2 s x 2^8 capped at the lease

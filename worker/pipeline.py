@@ -563,7 +563,9 @@ class Pipeline:
                                   collect_free=str(free), **extra)
             if err.kind is ErrorKind.retryable and (not counts or tries < limit):
                 # stays `collecting`; the tick hands it back to `ready` when this back-off runs out
-                delay = policy.collect_delay(claims, outage=not counts, lease_s=s.collect_lease_s,
+                # the back-off grows with the collects that counted (`tries`), not with every claim: the ones
+                # lost to our own S3 being down must not leave the job waiting minutes once it is back
+                delay = policy.collect_delay(max(1, tries), outage=not counts, lease_s=s.collect_lease_s,
                                              outage_max_s=s.storage_retry_max_s)
                 self.store.reschedule(self.k.collecting, view.job_id, _now() + delay)
                 return
