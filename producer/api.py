@@ -7,6 +7,7 @@ A bad line is reported with its number and reason; the rest of the batch goes on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -20,11 +21,29 @@ from pydantic import ValidationError
 
 from editq import providers as registry
 from editq.producer.inputs import InputError, InputPreparer
-from editq.schemas.job import MAX_DEPTH, EditJob, InputRecord, JobRequest, content_key, describe_errors, nesting_problem
+from editq.schemas.job import (
+    MAX_DEPTH,
+    EditJob,
+    InputRecord,
+    JobRequest,
+    content_key,
+    describe_errors,
+    nesting_problem,
+    request_from_json,
+)
 from editq.schemas.settings import get_settings
 from editq.schemas.variants import label_error, parse_line
 from editq.worker.redis_client import replicated
-from editq.worker.state import MICRO, TERMINAL, JobStore, State, batch_scope, tenant_scope
+from editq.worker.state import (
+    MICRO,
+    TERMINAL,
+    JobStore,
+    SentCreate,
+    State,
+    batch_scope,
+    create_entry,
+    tenant_scope,
+)
 from editq.worker.storage import get_storage
 
 log = structlog.get_logger("editq.producer")
@@ -66,6 +85,10 @@ def checked_request(data: dict[str, Any]) -> JobRequest:
         req = JobRequest.model_validate(data)
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
+    return checked_route(req)
+
+
+def checked_route(req: JobRequest) -> JobRequest:
     for name in req.route:
         try:
             registry.spec_of(name)
@@ -88,6 +111,8 @@ class Enqueuer:
         self.storage = get_storage()
         self.inputs = InputPreparer(self.storage, base_dir, store=not dry)
         self.budgeted = budgeted
+        self._inflight: tuple[list[tuple[int, EditJob]], SentCreate] | None = None
+        self.chunks = 0  # chunks sent to Redis
 
     @property
     def store(self) -> JobStore:
@@ -119,6 +144,12 @@ class Enqueuer:
             raise ValueError(f"could not be read ({type(exc).__name__})") from None
 
     def _prepare_line(self, raw: Line, defaults: dict[str, Any] | None, seeds: int | None) -> list[EditJob]:
+        if not defaults and not seeds and not isinstance(raw, dict):
+            # the usual line (one job, no defaults to merge): parsed and validated in one step from its bytes;
+            # a line this refuses takes the ordinary path below, which says exactly what is wrong with it
+            req = request_from_json(raw)
+            if req is not None:
+                return [self.prepared(checked_route(req))]
         requests = parse_line(read_line(raw), defaults, seeds)
         jobs = []
         for data in requests:
@@ -130,7 +161,10 @@ class Enqueuer:
 
     def prepare_request(self, data: dict[str, Any]) -> EditJob:
         """Validate one job request (canonical rules, inputs fetched and stored, each provider's rules)."""
-        req = checked_request(data)
+        return self.prepared(checked_request(data))
+
+    def prepared(self, req: JobRequest) -> EditJob:
+        """The job of a valid request: inputs fetched and stored, ids assigned, each provider's rules checked."""
         try:
             inputs = [self.inputs.prepare(ref, f"images[{i}]") for i, ref in enumerate(req.images)]
             mask = self.inputs.prepare(req.mask, "mask", mask=True) if req.mask else None
@@ -171,16 +205,27 @@ class Enqueuer:
         return f"s3://{self.storage.bucket}/{rec.s3_key}" if ref.startswith("data:") else ref
 
     def write(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> None:
+        """Send the chunk's jobs to Redis in one script call (create.lua takes the whole chunk) and return while
+        Redis runs it: its reply is read, and `report` updated, by the next `write` or by `flush`, so the next
+        chunk is prepared meanwhile. One chunk in flight at most: it ends before the next is sent (the next may
+        hold the same idempotency keys)."""
+        self.flush(report)
         if not jobs:
             return
-        pipe = self.store.r.pipeline(transaction=False)
         from editq.producer.estimate import worst_case_micro
 
-        for _, job in jobs:
-            self.store.create(job, pipe=pipe, worst_case=worst_case_micro(job))
+        entries = [create_entry(job, worst_case=worst_case_micro(job)) for _, job in jobs]
+        self._inflight = (jobs, self.store.send_create_many(entries))
+        self.chunks += 1
+
+    def flush(self, report: BatchReport) -> None:
+        """Read the reply of the chunk in flight, if any, into `report`."""
+        if self._inflight is None:
+            return
+        jobs, sent = self._inflight
+        self._inflight = None
         providers: set[str] = set()
-        for (lineno, job), res in zip(jobs, pipe.execute(), strict=True):
-            created, jid = int(res[0]), res[1]
+        for (lineno, job), (created, jid) in zip(jobs, sent.result(), strict=True):
             if created:
                 report.enqueued += 1
                 if report.keep_ids:
@@ -190,6 +235,14 @@ class Enqueuer:
                 report.duplicates.append((lineno, jid))
         replicated(self.store.r, self.store.k, "enqueue")  # with replicas: the chunk survives a failover
         _kick(providers)
+
+    def abandon(self) -> None:
+        """After a failure: wait for the chunk in flight (Redis may be running it) without reading it into a
+        report, so what the batch holds is settled before anyone looks."""
+        if self._inflight is not None:
+            sent, self._inflight = self._inflight[1], None
+            with contextlib.suppress(Exception):
+                sent.result()
 
     def close(self) -> None:
         close_batch(self.store, self.batch_id)
@@ -353,15 +406,17 @@ def submit_batch(
                 chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
             except ValueError as exc:
                 enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
-            if len(chunk) >= (CHUNK if report.enqueued or report.duplicates else FIRST_CHUNK):
+            if len(chunk) >= (CHUNK if enq.chunks else FIRST_CHUNK):
                 enq.write(chunk, report)
                 chunk = []
                 if on_progress:
                     on_progress(report)
         enq.write(chunk, report)
+        enq.flush(report)
     except Exception:
         # S3 or Redis failed under us: a batch that holds no job is removed, not left empty behind;
         # one that does is closed, so what was enqueued runs and gets its manifest
+        enq.abandon()
         if not existed and not enq.store.r.llen(enq.store.k.batch_jobs(batch_id)):
             enq.store.r.delete(enq.store.k.batch(batch_id), enq.store.k.batch_errors(batch_id))
         else:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -211,6 +211,61 @@ class JobView:
         return json.loads(raw) if raw else None
 
 
+def create_entry(job: EditJob, extra: Mapping[str, str] | None = None,
+                 worst_case: Mapping[str, int] | None = None, spec: str | None = None) -> list[Any]:
+    """One job as create.lua takes it: [job_id, batch_id, idempotency key, provider, lane, custom_id, tenant,
+    created_at, [field, value, ...]] (the job hash's own fields: `spec`, `created_at`, `tenant`, `wc.<provider>`,
+    `extra`). `spec`: the job's JSON when the caller has it already (`job.model_dump_json(exclude_none=True)`)."""
+    fields = {"spec": spec if spec is not None else job.model_dump_json(exclude_none=True),
+              "created_at": repr(job.created_at), **(extra or {})}
+    if job.tenant:
+        fields["tenant"] = job.tenant
+    for provider, micro in (worst_case or {}).items():
+        fields[f"wc.{provider}"] = str(int(micro))
+    flat: list[str] = []
+    for f, v in fields.items():
+        flat += [f, str(v)]
+    return [job.job_id, job.batch_id, job.idempotency_key, job.route[0], job.priority.value, job.custom_id or "",
+            fields.get("tenant") or "", fields["created_at"], flat]
+
+
+class SentCreate:
+    """A create.lua call sent on a connection of its own, its reply not read yet (JobStore.send_create_many)."""
+
+    def __init__(self, store: JobStore, args: list[Any]) -> None:
+        self.store, self.args = store, args
+        self.pool = store.r.connection_pool
+        self.conn: Any = self.pool.get_connection()
+        try:
+            self.conn.send_command("EVALSHA", store._create.sha, 0, *args)
+        except BaseException:
+            self._release(broken=True)
+            raise
+
+    def _release(self, broken: bool = False) -> None:
+        if self.conn is None:
+            return
+        if broken:
+            self.conn.disconnect()  # a reply may still be on its way: this connection is not reused
+        self.pool.release(self.conn)
+        self.conn = None
+
+    def result(self) -> list[tuple[bool, str]]:
+        """(created, job id or the existing job's id) per entry, in order."""
+        if self.conn is None:
+            raise RuntimeError("the reply was read already")
+        try:
+            res = self.conn.read_response()
+        except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): nothing ran; load and run
+            self._release()
+            res = self.store._create(keys=[], args=self.args)
+        except BaseException:
+            self._release(broken=True)
+            raise
+        self._release()
+        return [(bool(int(res[i])), res[i + 1]) for i in range(0, len(res), 2)]
+
+
 class JobStore:
     """Atomic job state in Redis. Every method is safe to call twice."""
 
@@ -242,20 +297,29 @@ class JobStore:
         """Create a queued job unless its idempotency key is held by a job in a state other than
         `replaceable` (default: failed, cancelled). Returns [1, id] or [0, existing id]. A job that
         replaces another is recorded on it (`superseded_by`). `extra`: more fields of the job hash.
-        `worst_case`: provider -> the job's worst-case cost there (micro-USD), what a claim reserves."""
-        fields = {"spec": job.model_dump_json(exclude_none=True), "created_at": repr(job.created_at), **(extra or {})}
-        if job.tenant:
-            fields["tenant"] = job.tenant
-        for provider, micro in (worst_case or {}).items():
-            fields[f"wc.{provider}"] = str(int(micro))
-        argv: list[Any] = [
-            self.k.prefix, job.job_id, job.batch_id, job.idempotency_key, get_settings().job_ttl_s,
-            job.route[0], job.priority.value, len(fields),
-        ]
-        for f, v in fields.items():
-            argv += [f, v]
-        argv += [",".join(s.value for s in replaceable), job.custom_id or ""]
-        return self._create(keys=[], args=argv, client=pipe or self.r)
+        `worst_case`: provider -> the job's worst-case cost there (micro-USD), what a claim reserves.
+        (A chunk of one for `create_many`: with `pipe`, the reply [1, id] / [0, id] comes from the pipeline.)"""
+        return self._create(keys=[], args=self._create_args([create_entry(job, extra, worst_case)], replaceable),
+                            client=pipe or self.r)
+
+    def create_many(self, entries: Sequence[list[Any]], *, replaceable: Iterable[State] = REPLACEABLE
+                    ) -> list[tuple[bool, str]]:
+        """`create` for a chunk of jobs in one script call (one round trip, one EVALSHA): `entries` from
+        `create_entry`, created in order; (created, job id or the existing job's id) per entry."""
+        if not entries:
+            return []
+        return self.send_create_many(entries, replaceable=replaceable).result()
+
+    def send_create_many(self, entries: Sequence[list[Any]], *, replaceable: Iterable[State] = REPLACEABLE
+                         ) -> SentCreate:
+        """`create_many` in two halves: the script call is sent now and `.result()` reads its reply, so the
+        caller prepares its next chunk while Redis runs this one. Read it (always: that returns the connection)
+        before sending a chunk that could hold the same idempotency keys."""
+        return SentCreate(self, self._create_args(entries, replaceable))
+
+    def _create_args(self, entries: Sequence[list[Any]], replaceable: Iterable[State]) -> list[Any]:
+        return [self.k.prefix, get_settings().job_ttl_s, ",".join(s.value for s in replaceable),
+                json.dumps(entries, ensure_ascii=False, separators=(",", ":"))]
 
     def close_batch(self, batch_id: str) -> bool:
         return bool(self._close(keys=[], args=[self.k.prefix, batch_id, repr(time.time())]))
