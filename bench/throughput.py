@@ -119,7 +119,7 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
     log(f"editq: starting the stack ({a.workers} worker(s) x {a.worker_concurrency} threads, cap {cap})")
     with LocalStack(sandbox_opts=sandbox_opts(a, files_dir), workers=a.workers,
                     worker_concurrency=a.worker_concurrency, webhooks=a.webhooks, log_dir=work) as stack:
-        from editq.producer.api import BatchReport, Enqueuer, new_id, submit_batch
+        from editq.producer.api import Enqueuer, Tally, new_id, submit_batch
         from editq.worker.keys import Keys, namespace_patterns
         from editq.worker.redis_client import get_redis
 
@@ -146,14 +146,16 @@ def run_editq(a: argparse.Namespace) -> dict[str, Any]:
         if a.rate > 0:
             batch_id = new_id("batch")
             enq = Enqueuer(batch_id, work)
-            report = BatchReport(batch_id=batch_id)
+            tally = Tally(batch_id=batch_id)
             r.hset(enq.store.k.batch(batch_id), mapping={"created_at": repr(t0), "source": "bench"})
             for i, line in enumerate(lines):
                 delay = t0 + i / a.rate - time.time()
                 if delay > 0:
                     time.sleep(delay)
-                enq.write([(i + 1, enq.prepare(line, None))], report)
+                enq.write([(i + 1, enq.prepare(line, None))], tally)
+            enq.flush(tally)  # the last job's reply, read
             enq.close()
+            report = tally.report()
         else:
             report = submit_batch(lines, base_dir=work)
             batch_id = report.batch_id

@@ -56,15 +56,17 @@ def new_id(kind: str) -> str:
     return f"{kind}_{time.time_ns() // 1_000_000:x}{secrets.token_hex(5)}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LineError:
     line: int
     error: str
     custom_id: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchReport:
+    """What `submit_batch` did (frozen: a result, like producer/results.py's; `Tally` is what counts it)."""
+
     batch_id: str
     enqueued: int = 0
     job_ids: list[str] = field(default_factory=list)
@@ -76,6 +78,24 @@ class BatchReport:
     @property
     def ok(self) -> bool:
         return not self.invalid and not self.refused
+
+
+@dataclass
+class Tally:
+    """A batch's enqueue as it goes (`Enqueuer.write` / `reject` count into it); `report()` is its result."""
+
+    batch_id: str
+    keep_ids: bool = True
+    enqueued: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    duplicates: list[tuple[int, str]] = field(default_factory=list)
+    invalid: list[LineError] = field(default_factory=list)
+
+    def report(self, *, refused: bool = False) -> BatchReport:
+        """The report as of now; its lists are copies, so it does not change as the tally goes on."""
+        return BatchReport(batch_id=self.batch_id, enqueued=self.enqueued, job_ids=list(self.job_ids),
+                           duplicates=list(self.duplicates), invalid=list(self.invalid), refused=refused,
+                           keep_ids=self.keep_ids)
 
 
 def checked_request(data: dict[str, Any]) -> JobRequest:
@@ -204,7 +224,7 @@ class Enqueuer:
     def _stored_ref(self, ref: str, rec: InputRecord) -> str:
         return f"s3://{self.storage.bucket}/{rec.s3_key}" if ref.startswith("data:") else ref
 
-    def write(self, jobs: list[tuple[int, EditJob]], report: BatchReport) -> None:
+    def write(self, jobs: list[tuple[int, EditJob]], report: Tally) -> None:
         """Send the chunk's jobs to Redis in one script call (create.lua takes the whole chunk) and return while
         Redis runs it: its reply is read, and `report` updated, by the next `write` or by `flush`, so the next
         chunk is prepared meanwhile. One chunk in flight at most: it ends before the next is sent (the next may
@@ -218,7 +238,7 @@ class Enqueuer:
         self._inflight = (jobs, self.store.send_create_many(entries))
         self.chunks += 1
 
-    def flush(self, report: BatchReport) -> None:
+    def flush(self, report: Tally) -> None:
         """Read the reply of the chunk in flight, if any, into `report`."""
         if self._inflight is None:
             return
@@ -247,7 +267,7 @@ class Enqueuer:
     def close(self) -> None:
         close_batch(self.store, self.batch_id)
 
-    def reject(self, err: LineError, report: BatchReport) -> None:
+    def reject(self, err: LineError, report: Tally) -> None:
         report.invalid.append(err)
         self.store.r.rpush(
             self.store.k.batch_errors(self.batch_id),
@@ -382,17 +402,16 @@ def submit_batch(
     check_defaults(defaults)
     batch_id = batch_id or new_id("batch")
     enq = Enqueuer(batch_id, Path(base_dir), budgeted=max_cost is not None)
-    report = BatchReport(batch_id=batch_id, keep_ids=keep_ids)
+    tally = Tally(batch_id=batch_id, keep_ids=keep_ids)
     source_fn = lines if callable(lines) else (lambda: lines)
     if strict:
         for n, raw in _numbered(source_fn()):
             try:
                 enq.prepare_line(raw, defaults, seeds)
             except ValueError as exc:
-                report.invalid.append(LineError(n, str(exc), _custom_id(raw)))
-        if report.invalid:
-            report.refused = True
-            return report
+                tally.invalid.append(LineError(n, str(exc), _custom_id(raw)))
+        if tally.invalid:
+            return tally.report(refused=True)
     existed = bool(enq.store.r.exists(enq.store.k.batch(batch_id)))
     head: dict[str, Any] = {"created_at": repr(time.time()), "source": source or "", "on_budget": on_budget}
     if max_cost is not None:
@@ -405,14 +424,14 @@ def submit_batch(
             try:
                 chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
             except ValueError as exc:
-                enq.reject(LineError(n, str(exc), _custom_id(raw)), report)
+                enq.reject(LineError(n, str(exc), _custom_id(raw)), tally)
             if len(chunk) >= (CHUNK if enq.chunks else FIRST_CHUNK):
-                enq.write(chunk, report)
+                enq.write(chunk, tally)
                 chunk = []
                 if on_progress:
-                    on_progress(report)
-        enq.write(chunk, report)
-        enq.flush(report)
+                    on_progress(tally.report())
+        enq.write(chunk, tally)
+        enq.flush(tally)
     except Exception:
         # S3 or Redis failed under us: a batch that holds no job is removed, not left empty behind;
         # one that does is closed, so what was enqueued runs and gets its manifest
@@ -423,9 +442,10 @@ def submit_batch(
             enq.close()
         raise
     enq.close()
+    final = tally.report()
     if on_progress:
-        on_progress(report)
-    return report
+        on_progress(final)
+    return final
 
 
 def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:

@@ -168,7 +168,7 @@ def latest_outcomes(batch_id: str, store: JobStore | None = None) -> dict[str, i
 
 
 # ---------------------------------------------------------------------------------------------- rerun
-@dataclass
+@dataclass(frozen=True)
 class RerunReport:
     rerun_of: str
     batch_id: str | None = None  # None: nothing to re-run, no batch made
@@ -236,7 +236,11 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         raise ValueError("max_cost must be at least 0")
     only = frozenset(only)
     overrides = dict(overrides or {})
-    report = RerunReport(rerun_of=batch_id)
+    made: str | None = None  # the new batch, once it has something to run
+    enqueued = still_running = 0
+    by_outcome: dict[str, int] = {}
+    duplicates: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str | None, str]] = []
     new_batch = new_batch_id or new_id("batch")
     kicked: set[str] = set()
     for ids in batch_job_ids(store, batch_id):
@@ -246,7 +250,7 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         chosen: list[tuple[JobView, str]] = []
         for view, out in zip(views, outcomes_of(views, storage, "missing" in only), strict=True):
             if view.state not in (State.succeeded, State.failed, State.cancelled):
-                report.still_running += 1
+                still_running += 1
                 continue
             if out in only:
                 chosen.append((view, out))
@@ -264,11 +268,11 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
                     old = view.job
                 todo.append((view, _rerun_job(view, old, new_batch, overrides, out), out))
             except ValueError as exc:
-                report.skipped.append((view.job_id, view.custom_id, str(exc)))
+                skipped.append((view.job_id, view.custom_id, str(exc)))
         if not todo:
             continue
-        if report.batch_id is None:  # the batch exists only once it has something to run
-            report.batch_id = new_batch
+        if made is None:  # the batch exists only once it has something to run
+            made = new_batch
             head: dict[str, Any] = {
                 "created_at": repr(time.time()), "source": f"rerun of {batch_id}", "rerun_of": batch_id,
                 "rerun_only": ",".join(sorted(only)), "on_budget": on_budget,
@@ -285,14 +289,16 @@ def rerun(batch_id: str, only: Iterable[str] = RERUNNABLE, overrides: dict[str, 
         links = store.r.pipeline(transaction=False)
         for (view, job, out), res in zip(todo, pipe.execute(), strict=True):
             if int(res[0]):
-                report.enqueued += 1
-                report.by_outcome[out] = report.by_outcome.get(out, 0) + 1
+                enqueued += 1
+                by_outcome[out] = by_outcome.get(out, 0) + 1
                 links.hset(store.k.job(view.job_id), "superseded_by", job.job_id)
                 kicked.add(job.route[0])
             else:
-                report.duplicates.append((view.job_id, res[1]))
+                duplicates.append((view.job_id, res[1]))
         links.execute()
-    if report.batch_id is None:
+    report = RerunReport(rerun_of=batch_id, batch_id=made, enqueued=enqueued, by_outcome=by_outcome,
+                         duplicates=duplicates, skipped=skipped, still_running=still_running)
+    if made is None:
         return report
     store.r.rpush(store.k.batch_reruns(batch_id), new_batch)
     _write_rerun_links(store, storage, batch_id)
@@ -314,7 +320,7 @@ def _write_rerun_links(store: JobStore, storage: Storage, batch_id: str) -> None
 
 
 # ---------------------------------------------------------------------------------------------- cancel
-@dataclass
+@dataclass(frozen=True)
 class CancelReport:
     batch_id: str
     cancelled: int = 0
@@ -330,7 +336,7 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
 
     store = store or JobStore()
     require_batch(store, batch_id)
-    report = CancelReport(batch_id=batch_id)
+    counts = dict.fromkeys(("cancelled", "at_provider", "left_finishing", "finished"), 0)
     remote: list[str] = []
     batch_finished = False
     storage = get_storage()
@@ -342,20 +348,20 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
                     break
                 if view.state not in CANCELLABLE:
                     if view.state in (State.ready, State.collecting):
-                        report.left_finishing += 1
+                        counts["left_finishing"] += 1
                     else:
-                        report.finished += 1
+                        counts["finished"] += 1
                     break
                 # a reservation in flight stays committed (the provider may have run it): the manifest says so
                 manifest = build(view, State.cancelled.value, [], None, None, cost=spent_cost(view, reservation(view)))
                 moved = store.move(view.job_id, [view.state], State.cancelled, note="batch cancelled by user",
                                    fields={"manifest": manifest.model_dump_json()})
                 if moved.ok:
-                    report.cancelled += 1
+                    counts["cancelled"] += 1
                     written.append(manifest)
                     if view.request_id:
                         remote.append(view.job_id)
-                    report.at_provider += 1 if view.request_id else 0
+                    counts["at_provider"] += 1 if view.request_id else 0
                     batch_finished = batch_finished or moved.batch_finished
                     break
                 view = store.get(view.job_id)
@@ -370,7 +376,7 @@ def cancel_batch(batch_id: str, store: JobStore | None = None) -> CancelReport:
     if batch_finished:
         store.lease_finalizing(batch_id, time.time() + get_settings().finalize_lease_s)
         Kicker().finalize(batch_id)
-    return report
+    return CancelReport(batch_id=batch_id, **counts)
 
 
 def dumps_row(r: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ Naming = Literal["job", "custom_id"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DownloadReport:
     written: int = 0  # files written (each output verified against its manifest's sha256)
     skipped: int = 0  # already present with the same sha256
@@ -121,20 +121,21 @@ def download_batch(batch_id: str, dest: Path, *, name: Naming = "job", workers: 
     manifest_keys = [k for k in keys if k.endswith("/manifest.json") and k.count("/") == prefix.count("/") + 1]
     others = [k for k in keys if k.count("/") == prefix.count("/")]  # batch-level files
     folder = dest / batch_id
-    report = DownloadReport()
+    written = skipped = 0
+    failed: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         manifests = []
         for key, raw in zip(manifest_keys, pool.map(storage.get_bytes, manifest_keys), strict=True):
             try:
                 manifests.append(json.loads(raw))
             except ValueError:
-                report.failed.append((key, "not valid JSON"))
+                failed.append((key, "not valid JSON"))
         items = _plan(batch_id, manifests, others, folder, prefix, name)
         for item, (result, why) in zip(items, pool.map(lambda it: _fetch(storage, it), items), strict=True):
             if result == "written":
-                report.written += 1
+                written += 1
             elif result == "skipped":
-                report.skipped += 1
+                skipped += 1
             else:
-                report.failed.append((item.key, why or "failed"))
-    return report
+                failed.append((item.key, why or "failed"))
+    return DownloadReport(written=written, skipped=skipped, failed=failed)

@@ -13,7 +13,7 @@ from editq.producer.review_log import ReviewLog
 from editq.worker.storage import get_storage
 
 
-@dataclass
+@dataclass(frozen=True)
 class Continued:
     lines: list[dict[str, Any]]
     skipped: list[str] = field(default_factory=list)
@@ -34,9 +34,7 @@ def continue_batch(batch_id: str, *, which: str = "picked", sets: list[str] | No
                                      overrides=overrides)
     if not lines:
         raise ValueError(f"no {which} variant that succeeded in batch {batch_id} (review it first: editq review)")
-    result = Continued(lines=lines, skipped=skipped)
-    result.estimate = estimate_batch(lines)  # what `editq estimate` would say of these lines
-    if not dry_run:
-        result.report = submit_batch(lines, batch_id=batch_id_out, source=f"continue:{batch_id}:{which}",
-                                     **submit_opts)
-    return result
+    estimate = estimate_batch(lines)  # what `editq estimate` would say of these lines
+    report = None if dry_run else submit_batch(lines, batch_id=batch_id_out, source=f"continue:{batch_id}:{which}",
+                                               **submit_opts)
+    return Continued(lines=lines, skipped=skipped, report=report, estimate=estimate)

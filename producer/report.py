@@ -31,7 +31,7 @@ MASK_TINT = (230, 0, 160)
 THUMB_WORKERS = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportFiles:
     index: Path
     sheets: list[Path]

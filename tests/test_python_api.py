@@ -4,15 +4,19 @@ sandbox over HTTP (the session stack). The README's "Python API" snippets run to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 import editq
+from editq.producer import client
 from editq.producer.stack import LocalStack
 from editq.worker.state import JobStore
 from editq.worker.storage import get_storage
@@ -105,6 +109,44 @@ def test_submit_wait_status_jobs_rerun_with_typed_results(live: LocalStack, tmp_
         editq.job_status(report.batch_id)  # a batch id is not a job
     with pytest.raises(editq.UnknownId):
         editq.batch_status(rows[0].job_id)  # nor a job id a batch
+
+
+def _result_classes(hint: object) -> set[type]:
+    """The classes a return annotation names (through unions, Iterator[...]), builtins left out."""
+    if isinstance(hint, type):
+        return set() if hint.__module__ == "builtins" else {hint}
+    return {c for arg in typing.get_args(hint) for c in _result_classes(arg)}
+
+
+def test_every_result_the_api_returns_is_frozen() -> None:
+    """Each function of `import editq` returns a frozen dataclass or a frozen pydantic model (or a builtin)."""
+    classes = set().union(*(_result_classes(typing.get_type_hints(getattr(client, name))["return"])
+                            for name in client.__all__))
+    assert {editq.BatchReport, editq.RerunReport, editq.CancelReport, editq.DownloadReport, editq.Continued,
+            editq.ReportFiles, editq.BatchStatus, editq.Estimate} <= classes
+    for cls in classes:
+        if issubclass(cls, BaseModel):
+            assert cls.model_config.get("frozen"), cls
+        else:
+            assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls  # type: ignore[attr-defined]
+    assert editq.LineError.__dataclass_params__.frozen  # type: ignore[attr-defined]  # in BatchReport.invalid
+
+
+def test_a_frozen_report_refuses_a_change_and_progress_reports_do_not_move(live: LocalStack) -> None:
+    """`on_progress` gets a report as of each chunk sent (the first after 50 lines; what Redis has answered
+    by then): a later chunk does not change one already handed out; the last is the report returned."""
+    tag = unique("frozen")
+    seen: list[editq.BatchReport] = []
+    report = editq.submit_batch([line(f"{tag}-{i}") for i in range(60)], on_progress=seen.append)
+    assert len(seen) == 2 and seen[-1] == report and (report.enqueued, len(report.job_ids)) == (60, 60)
+    first = seen[0]
+    assert first.enqueued < 60 and first.job_ids == report.job_ids[:first.enqueued]  # as it was then
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.enqueued = 0  # type: ignore[misc]
+    final = editq.wait_batch(report.batch_id, timeout=90, interval=0.1)
+    with pytest.raises(ValidationError):
+        final.total = 0  # type: ignore[misc]
+    assert final.counts == {"succeeded": 60}
 
 
 def test_invalid_lines_and_estimates_are_typed(live: LocalStack) -> None:
