@@ -18,8 +18,10 @@ Runs against a private `redis-server` (no persistence, its own port), so `used_m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import subprocess
@@ -94,10 +96,14 @@ def by_kind(r: Any, prefix: str) -> dict[str, dict[str, int]]:
 
 
 def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, prefix: str, interval: float,
-           until_done: bool = False, probe: Any = None) -> tuple[float, list[dict[str, Any]]]:
-    """Run `editq submit`; sample (elapsed, producer RSS, jobs in Redis, jobs finished) every `interval` s.
+           until_done: bool = False, probe: Any = None) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+    """Run `editq submit`; sample (elapsed, producer RSS, jobs in Redis, jobs finished) every `interval` s; also
+    the producer's CPU seconds in all (its own processes included) and the largest peak RSS of any of them.
+    RSS and CPU in the samples are the producer's whole process tree (producer/split.py runs several).
     `probe(done)`: called at each sample until it returns something, which the sample keeps."""
     bk = Keys(prefix).batch(batch_id)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = before.ru_utime + before.ru_stime
     t0 = time.time()
     proc = subprocess.Popen([str(exe), "submit", str(path), "--batch-id", batch_id], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -105,20 +111,32 @@ def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, pr
     samples: list[dict[str, Any]] = []
     last_t, last_n, cpu = 0.0, 0, 0.0
     while True:
-        time.sleep(interval)
+        if proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(interval)  # (returns when the producer exits: the last interval and the wall time are exact)
+        else:
+            time.sleep(interval)  # (the finish phase waits on for the batch)
         running = proc.poll() is None
-        try:
-            rss = ps.memory_info().rss if running else 0
-            if running:
+        rss, procs = 0, 0
+        if running:  # the producer and its own processes (producer/split.py), live ones and ended ones
+            try:
                 times = ps.cpu_times()
-                cpu = times.user + times.system
-        except psutil.Error:
-            rss = 0
+                cpu_now = times.user + times.system + times.children_user + times.children_system
+                rss, procs = ps.memory_info().rss, 1
+                for child in ps.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        ct = child.cpu_times()
+                        cpu_now += ct.user + ct.system
+                        rss += child.memory_info().rss
+                        procs += 1
+                cpu = max(cpu, cpu_now)
+            except psutil.Error:
+                rss = 0
         total, done, manifest = r.hmget(bk, "total", "done", "manifest_key")
         t, n = time.time() - t0, int(total or 0)
         samples.append({"t_s": round(t, 1), "enqueued": n, "done": int(done or 0), "producer_cpu_s": round(cpu, 1),
                         "rate_jobs_per_s": round((n - last_n) / (t - last_t)) if t > last_t else 0,
-                        "producer_rss_mb": round(rss / MB, 1) if rss else None})
+                        "producer_rss_mb": round(rss / MB, 1) if rss else None, "producer_processes": procs})
         log(f"scale: {json.dumps(samples[-1])}")  # progress (a run cut short still shows its figures)
         if probe is not None and not any("probe" in x for x in samples[:-1]):
             found = probe(int(done or 0))
@@ -130,7 +148,11 @@ def submit(exe: Path, path: Path, batch_id: str, env: dict[str, str], r: Any, pr
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"editq submit failed: {err.decode()[-2000:]}")
-    return time.time() - t0, samples
+    wall = time.time() - t0
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the producer and every process it waited for
+    final = {"producer_cpu_s": round(used.ru_utime + used.ru_stime - cpu0, 2),
+             "largest_producer_process_peak_rss_mb": round(used.ru_maxrss / 1024, 1)}
+    return wall, samples, final
 
 
 def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[str, Any]:
@@ -148,8 +170,8 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
         load0 = os.getloadavg()[0]
         batch_id = f"batch_scale{tag}"
         log(f"scale: editq submit of {a.lines} lines")
-        wall, samples = submit(Path(sys.executable).parent / "editq", path, batch_id, {**os.environ, **stack.env},
-                               pr.r, prefix, a.interval)
+        wall, samples, final = submit(Path(sys.executable).parent / "editq", path, batch_id,
+                                      {**os.environ, **stack.env}, pr.r, prefix, a.interval)
         total = int(pr.r.hget(Keys(prefix).batch(batch_id), "total") or 0)
         used = pr.used() - before
         redis_cpu = pr.cpu() - redis_cpu0
@@ -166,8 +188,10 @@ def enqueue_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[s
         "lines": a.lines, "enqueued": total, "wall_s": round(wall, 1),
         "enqueue_jobs_per_s": round(total / wall), "file_mb": round(path.stat().st_size / MB, 1),
         "rate_min_max_per_interval": [min(rates), max(rates)] if rates else None,
-        "producer_cpu_s": max(s["producer_cpu_s"] for s in samples), "redis_cpu_s": round(redis_cpu, 1),
-        "producer_cpu_us_per_line": round(max(s["producer_cpu_s"] for s in samples) / max(total, 1) * 1e6),
+        "producer_cpu_s": final["producer_cpu_s"], "redis_cpu_s": round(redis_cpu, 1),
+        "producer_cpu_us_per_line": round(final["producer_cpu_s"] / max(total, 1) * 1e6),
+        "producer_processes_max": max((s["producer_processes"] for s in samples), default=0),
+        "largest_producer_process_peak_rss_mb": final["largest_producer_process_peak_rss_mb"],
         "redis_cpu_us_per_line": round(redis_cpu / max(total, 1) * 1e6),
         "load_average_at_start": round(load0, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
         "producer_rss_mb_first_last_max": [rss[0], rss[-1], max(rss)] if rss else None,
@@ -203,7 +227,7 @@ def finish_phase(a: argparse.Namespace, work: Path, pr: PrivateRedis) -> dict[st
             return {"staged_manifests": n, "staged_bytes_per_finished_job": round(size / max(n, 1))}
 
         t0 = time.time()
-        _, samples = submit(Path(sys.executable).parent / "editq", path, batch_id, {**os.environ, **stack.env},
+        _, samples, _ = submit(Path(sys.executable).parent / "editq", path, batch_id, {**os.environ, **stack.env},
                             pr.r, prefix, a.interval, until_done=True, probe=probe)
         mid = next((s["probe"] for s in samples if "probe" in s), None)
         t_end = time.time()

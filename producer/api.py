@@ -372,6 +372,26 @@ def check_defaults(defaults: dict[str, Any] | None) -> None:
 
 
 
+def enqueue_lines(enq: Enqueuer, numbered: Iterable[tuple[int, Line]], tally: Tally, *,
+                  defaults: dict[str, Any] | None = None, seeds: int | None = None,
+                  on_progress: Callable[[BatchReport], None] | None = None) -> None:
+    """Prepare and write numbered lines into the enqueuer's batch, a chunk at a time; a bad line is rejected
+    with its number. On an exception the chunk in flight is left to `enq.abandon()`."""
+    chunk: list[tuple[int, EditJob]] = []
+    for n, raw in numbered:
+        try:
+            chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
+        except ValueError as exc:
+            enq.reject(LineError(n, str(exc), _custom_id(raw)), tally)
+        if len(chunk) >= (CHUNK if enq.chunks else FIRST_CHUNK):
+            enq.write(chunk, tally)
+            chunk = []
+            if on_progress:
+                on_progress(tally.report())
+    enq.write(chunk, tally)
+    enq.flush(tally)
+
+
 def submit_batch(
     lines: Iterable[Line] | Callable[[], Iterable[Line]],
     *,
@@ -385,6 +405,7 @@ def submit_batch(
     seeds: int | None = None,
     max_cost: float | None = None,
     on_budget: str = "wait",
+    fill: Callable[[Enqueuer, Tally], None] | None = None,
 ) -> BatchReport:
     """Enqueue a batch. With `strict`, every line is checked first and any bad line refuses the whole batch
     (pass a callable returning a fresh iterator so the lines can be read twice without holding them).
@@ -394,7 +415,10 @@ def submit_batch(
 
     `max_cost` (USD): the batch's budget; each job reserves its worst case when it is claimed, and a job that
     does not fit waits in `budget_wait` (`on_budget="wait"`, until `set_batch_budget` raises it or money frees
-    up) or fails with `budget_exceeded` (`on_budget="fail"`)."""
+    up) or fails with `budget_exceeded` (`on_budget="fail"`).
+
+    `fill(enq, tally)`: writes the jobs instead of the loop over `lines` (`lines` is then read only by the
+    `strict` check): producer/split.py, several processes on one file."""
     if on_budget not in ("wait", "fail"):
         raise ValueError("on_budget must be 'wait' or 'fail'")
     if max_cost is not None and max_cost < 0:
@@ -418,20 +442,12 @@ def submit_batch(
         head["max_cost"] = round(max_cost * MICRO)
         enq.store.r.sadd(enq.store.k.budget_batches, batch_id)
     enq.store.r.hset(enq.store.k.batch(batch_id), mapping=head)
-    chunk: list[tuple[int, EditJob]] = []
     try:
-        for n, raw in _numbered(source_fn()):
-            try:
-                chunk.extend((n, job) for job in enq.prepare_line(raw, defaults, seeds))
-            except ValueError as exc:
-                enq.reject(LineError(n, str(exc), _custom_id(raw)), tally)
-            if len(chunk) >= (CHUNK if enq.chunks else FIRST_CHUNK):
-                enq.write(chunk, tally)
-                chunk = []
-                if on_progress:
-                    on_progress(tally.report())
-        enq.write(chunk, tally)
-        enq.flush(tally)
+        if fill is not None:
+            fill(enq, tally)
+        else:
+            enqueue_lines(enq, _numbered(source_fn()), tally, defaults=defaults, seeds=seeds,
+                          on_progress=on_progress)
     except Exception:
         # S3 or Redis failed under us: a batch that holds no job is removed, not left empty behind;
         # one that does is closed, so what was enqueued runs and gets its manifest
@@ -448,8 +464,10 @@ def submit_batch(
     return final
 
 
-def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:
-    """Stream a JSONL file (one job per line, never the whole file in memory)."""
+def submit_file(path: Path | str, *, procs: int | None = None, **kwargs: Any) -> BatchReport:
+    """Stream a JSONL file (one job per line, never the whole file in memory). `procs`: producer processes
+    reading it, each a byte range of it (producer/split.py); None: `EDITQ_SUBMIT_PROCS` (0: one per CPU for
+    a large file)."""
     path = Path(path)
 
     def lines() -> Iterator[bytes]:
@@ -458,7 +476,10 @@ def submit_file(path: Path | str, **kwargs: Any) -> BatchReport:
 
     kwargs.setdefault("base_dir", path.parent)
     kwargs.setdefault("source", str(path))
-    return submit_batch(lines, **kwargs)
+    from editq.producer.split import split_fill
+
+    fill = split_fill(path, procs, kwargs)
+    return submit_batch(lines, fill=fill, **kwargs)
 
 
 def submit(job: JobRequest | dict[str, Any], *, base_dir: Path | str = ".", batch_id: str | None = None) -> str:

@@ -94,6 +94,9 @@ def submit(
     variants: Annotated[int | None, typer.Option(
         min=1, max=64, help="Run each line without `variants` N times as one A/B group (labels s1..sN).")] = None,
     create_bucket: Annotated[bool, typer.Option(help="Create the S3 bucket if it does not exist.")] = False,
+    procs: Annotated[int | None, typer.Option(
+        min=0, help="Producer processes, each on a byte range of the file (default EDITQ_SUBMIT_PROCS; 0: one per "
+        "CPU for a large file).")] = None,
 ) -> None:
     """Enqueue a batch. Invalid lines are reported with their number; the rest are enqueued."""
     from editq.producer.api import UnknownProvider, submit_file
@@ -109,7 +112,7 @@ def submit(
     check_all(create_bucket)
     try:
         report = submit_file(file, strict=strict, batch_id=batch_id, defaults=defaults, keep_ids=False,
-                             max_cost=max_cost, on_budget=on_budget, seeds=variants)
+                             max_cost=max_cost, on_budget=on_budget, seeds=variants, procs=procs)
     except UnknownProvider as exc:
         console.print(f"[red]--provider[/red]: {escape(str(exc))}; nothing enqueued")
         raise typer.Exit(2) from None

@@ -76,11 +76,13 @@ def submit_file(
     seeds: int | None = None,
     max_cost: float | None = None,
     on_budget: OnBudget = "wait",
+    procs: int | None = None,
 ) -> BatchReport:
     """Enqueue a JSONL file, streamed (never the whole file in memory); relative image paths are read from
-    the file's folder."""
+    the file's folder. `procs`: producer processes, each on a byte range of the file (default
+    `EDITQ_SUBMIT_PROCS`; 0: one per CPU for a large file)."""
     return api.submit_file(path, batch_id=batch_id, strict=strict, defaults=defaults, keep_ids=keep_ids,
-                           seeds=seeds, max_cost=max_cost, on_budget=on_budget)
+                           seeds=seeds, max_cost=max_cost, on_budget=on_budget, procs=procs)
 
 
 def estimate_file(path: Path | str, *, defaults: dict[str, Any] | None = None, seeds: int | None = None) -> Estimate:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long a command keeps retrying while Redis restarts or (with Sentinel) the "
         "primary fails over."
     )
+    submit_procs: int = Field(
+        0, ge=0, description="Producer processes `editq submit` runs on one file, each a byte range of it "
+        "(producer/split.py); 0: one per CPU for a file of at least 8 MB per process, else one."
+    )
     key_prefix: str = Field("editq", description="Namespace of every Redis key editq writes.")
     queue_prefix: str = Field("editq", description="Namespace of the Celery queues.")
 
