@@ -10,14 +10,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from editq.producer.api import submit
 from editq.producer.stack import LocalStack
 from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner
 from editq.worker.state import JobStore, State
 from editq.worker.webhook_auth import delivery_url
-from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
-
-USER = "sandbox-user"
+from tests import deliveries
+from tests.conftest import SANDBOX_SEED, unique
+from tests.deliveries import FAL, USER, claimed_job, fal_result
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +29,7 @@ def receiver_stack() -> Iterator[LocalStack]:
 @pytest.fixture
 def submitted_job(receiver_stack: LocalStack) -> tuple[str, str]:
     receiver_stack.apply_env()
-    store = JobStore()
-    job_id = submit({"prompt": unique("wh"), "images": [str(EXAMPLES / "mug.png")]})
-    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)  # (plus any job an earlier failed test left queued)
-    request_id = unique("req")
-    store.r.set(store.k.request("fal", request_id), job_id)
-    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
-                      fields={"request_id": request_id, "handle": "{}"}).ok
-    return job_id, request_id
-
-
-def _payload(request_id: str) -> bytes:
-    return json.dumps({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
-                       "payload": {"images": [{"url": "http://127.0.0.1:1/x.png", "content_type": "image/png"}]},
-                       "error": None}).encode()
+    return deliveries.submitted_job("wh")
 
 
 def _post(stack: LocalStack, job_id: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -59,17 +45,16 @@ def _state(job_id: str) -> tuple[str, str]:
 
 def test_refused_deliveries_change_nothing(receiver_stack: LocalStack, submitted_job: tuple[str, str]) -> None:
     job_id, rid = submitted_job
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    body = _payload(rid)
+    body = fal_result(rid)
     before = _state(job_id)
     now = int(time.time())
 
     tampered = _post(receiver_stack, job_id, body.replace(b"x.png", b"y.png"),
-                     signer.sign(body, request_id=rid, timestamp=now))
-    unknown_key = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now, valid=False))
-    stale = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now - 3600))
-    future = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=now + 3600))
-    headers = signer.sign(body, request_id=rid, timestamp=now)
+                     FAL.sign(body, request_id=rid, timestamp=now))
+    unknown_key = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=now, valid=False))
+    stale = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=now - 3600))
+    future = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=now + 3600))
+    headers = FAL.sign(body, request_id=rid, timestamp=now)
     headers.pop("X-Fal-Webhook-Signature")
     missing = _post(receiver_stack, job_id, body, headers)
     other_user = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), "someone-else")
@@ -87,9 +72,8 @@ def test_refused_deliveries_change_nothing(receiver_stack: LocalStack, submitted
 
 def test_valid_delivery_applies_once(receiver_stack: LocalStack, submitted_job: tuple[str, str]) -> None:
     job_id, rid = submitted_job
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    body = _payload(rid)
-    headers = signer.sign(body, request_id=rid, timestamp=int(time.time()))
+    body = fal_result(rid)
+    headers = FAL.sign(body, request_id=rid, timestamp=int(time.time()))
 
     first = _post(receiver_stack, job_id, body, headers)
     assert first.status_code == 200 and first.json() == {"status": "accepted"}
@@ -101,7 +85,7 @@ def test_valid_delivery_applies_once(receiver_stack: LocalStack, submitted_job: 
     replay = _post(receiver_stack, job_id, body, headers)
     assert replay.status_code == 200 and replay.json() == {"status": "duplicate"}
     # the provider's own retry (new timestamp, new signature) is a no-op too
-    retry = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time()) + 1))
+    retry = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=int(time.time()) + 1))
     assert retry.status_code == 200 and retry.json() == {"status": "already-done"}
     assert _state(job_id) == (state, history)
     assert history.count("ready\t") == 1
@@ -109,10 +93,9 @@ def test_valid_delivery_applies_once(receiver_stack: LocalStack, submitted_job: 
 
 def test_delivery_for_unknown_request_is_acknowledged_and_ignored(receiver_stack: LocalStack) -> None:
     receiver_stack.apply_env()
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
     rid = unique("nobody")
-    body = _payload(rid)
-    headers = signer.sign(body, request_id=rid, timestamp=int(time.time()))
+    body = fal_result(rid)
+    headers = FAL.sign(body, request_id=rid, timestamp=int(time.time()))
     resp = _post(receiver_stack, "job_does_not_exist", body, headers)
     assert resp.status_code == 200 and resp.json() == {"status": "unknown-request"}
 
@@ -122,16 +105,10 @@ def test_delivery_racing_the_workers_record_is_applied(receiver_stack: LocalStac
     worker recorded it (`submitted`, with this request id): the delivery must complete the job, not be
     acknowledged as an unknown request and left to the 60 s safety-net poll."""
     receiver_stack.apply_env()
-    store = JobStore()
-    job_id = submit({"prompt": unique("race"), "images": [str(EXAMPLES / "mug.png")]})
-    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)
-    rid = unique("req")
     # recorded on the job, but the request-id index is not there yet for the receiver's first lookup
-    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
-                      fields={"request_id": rid, "handle": "{}"}).ok
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    body = _payload(rid)
-    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    job_id, rid = deliveries.submitted_job("race", indexed=False)
+    body = fal_result(rid)
+    resp = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=int(time.time())))
     assert resp.status_code == 200 and resp.json() == {"status": "accepted"}
     assert _state(job_id)[0] == State.ready
 
@@ -153,9 +130,7 @@ def test_routes_around_the_delivery_fast_path(receiver_stack: LocalStack) -> Non
 def _claimed(prefix: str, entry: str = "sending") -> tuple[JobStore, str]:
     """A job claimed for its first attempt, as a worker that died mid-submit leaves it: `submitting`, no
     request id, its attempt recorded `sending` (or `sent`), the lease far away."""
-    store = JobStore()
-    job_id = submit({"prompt": unique(prefix), "images": [str(EXAMPLES / "mug.png")]})
-    assert job_id in store.claim("fal", 100, 100, 0, 0, 3600)
+    store, job_id = claimed_job(prefix, lease_s=3600)
     store.set_fields(job_id, **{"req.1": json.dumps({"attempt": 1, "provider": "fal", "status": entry, "at": 1.0})})
     return store, job_id
 
@@ -182,8 +157,7 @@ def test_a_late_failure_for_the_current_attempt_is_applied_not_dropped(receiver_
     store, job_id = _claimed("late-fail", "sent")
     rid = unique("req")
     body = _error_payload(rid, "file_download_error")
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    resp = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=int(time.time())))
     assert resp.status_code == 200 and resp.json() == {"status": "accepted"}
     view = store.get(job_id)
     assert view is not None and view.state is State.retry_wait  # retryable, taken from the delivery's detail
@@ -201,8 +175,7 @@ def test_a_late_failure_for_an_attempt_given_up_changes_nothing(receiver_stack: 
     store.set_fields(job_id, **{"req.0": json.dumps({"attempt": 0, "provider": "fal", "status": "uncertain"})})
     rid = unique("req")
     body = _error_payload(rid, "file_download_error")
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    resp = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=int(time.time())))
     assert resp.json() == {"status": "stale-request"}
     assert _state(job_id)[0] == State.submitting
 
@@ -215,9 +188,8 @@ def test_an_adopted_answer_records_its_attempt_accepted(receiver_stack: LocalSta
     receiver_stack.apply_env()
     store, job_id = _claimed("adopt")
     rid = unique("req")
-    body = _payload(rid)
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    resp = _post(receiver_stack, job_id, body, signer.sign(body, request_id=rid, timestamp=int(time.time())))
+    body = fal_result(rid)
+    resp = _post(receiver_stack, job_id, body, FAL.sign(body, request_id=rid, timestamp=int(time.time())))
     assert resp.json() == {"status": "accepted"}
     assert _state(job_id)[0] == State.ready
     reqs = _requests(store, job_id)

@@ -17,15 +17,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from editq.producer.api import submit
 from editq.producer.stack import LocalStack, scoped_env, wait_until
-from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner
 from editq.worker.state import JobStore, State
 from editq.worker.webhook_auth import delivery_url
-from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
+from tests.conftest import SANDBOX_SEED
+from tests.deliveries import FAL, fal_result, submitted_job
 from tests.e2e import configure_sandbox
 
-USER = "sandbox-user"
 RETRY_EVERY_S = 0.5
 GIVE_UP_S = 20.0  # the limit while no key is held is 1 s (then 2, 4, ...); the old rule refused for 60 s
 
@@ -44,33 +42,19 @@ def _fal_503s(stack: LocalStack) -> int:
     return int(stats["providers"]["fal"]["rejected"].get("poll_5xx", 0))
 
 
-def _submitted_job() -> tuple[str, str]:
-    store = JobStore()
-    job_id = submit({"prompt": unique("keyretry"), "images": [str(EXAMPLES / "mug.png")]})
-    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)
-    request_id = unique("req")
-    store.r.set(store.k.request("fal", request_id), job_id)
-    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
-                      fields={"request_id": request_id, "handle": "{}"}).ok
-    return job_id, request_id
-
-
 def test_a_receiver_whose_key_fetch_failed_accepts_deliveries_again_within_seconds(deaf_start: LocalStack) -> None:
     stack = deaf_start
     # the receiver's start-up fetch of the JWKS has been answered 503 (and nothing else asked fal for anything)
     wait_until(lambda: _fal_503s(stack) >= 1, 30, "the receiver's JWKS fetch")
     configure_sandbox(stack, {"provider_faults": {}})  # fal's key endpoint answers again
-    job_id, rid = _submitted_job()
-    signer = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
-    body = json.dumps({"request_id": rid, "gateway_request_id": rid, "status": "OK", "error": None,
-                       "payload": {"images": [{"url": "http://127.0.0.1:1/x.png", "content_type": "image/png"}]}
-                       }).encode()
+    job_id, rid = submitted_job("keyretry")
+    body = fal_result(rid)
     url = delivery_url(stack.env["EDITQ_WEBHOOK_BASE_URL"], "fal", job_id)
 
     answers: list[int] = []
     started = time.monotonic()
     while time.monotonic() - started < GIVE_UP_S:  # the provider's retries: each one signed afresh
-        headers = {**signer.sign(body, request_id=rid, timestamp=int(time.time())), "content-type": "application/json"}
+        headers = {**FAL.sign(body, request_id=rid, timestamp=int(time.time())), "content-type": "application/json"}
         answers.append(httpx.post(url, content=body, headers=headers, timeout=10).status_code)
         if answers[-1] == 200:
             break

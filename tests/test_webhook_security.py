@@ -15,15 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from editq.producer.api import submit
 from editq.producer.stack import LocalStack
 from editq.sandbox.signing import Ed25519KeyRing, FalWebhookSigner, StandardWebhookSigner
 from editq.worker.state import JobStore, JobView, State
 from editq.worker.webhook_auth import delivery_url, job_token
-from tests.conftest import EXAMPLES, SANDBOX_SEED, unique
+from tests.conftest import SANDBOX_SEED, unique
+from tests.deliveries import FAL, claimed_job, fal_result, queued_job, submitted_job
 
-USER = "sandbox-user"
-FAL = FalWebhookSigner(Ed25519KeyRing(SANDBOX_SEED), USER)
 REPLICATE = StandardWebhookSigner(SANDBOX_SEED, "replicate")
 
 
@@ -40,23 +38,15 @@ def base(hooks: LocalStack) -> str:
 
 
 def _job(provider: str = "fal") -> str:
-    return submit({"prompt": unique("sec"), "images": [str(EXAMPLES / "mug.png")], "provider": provider})
+    return queued_job("sec", provider)
 
 
 def _submitted(provider: str = "fal") -> tuple[str, str]:
-    store = JobStore()
-    job_id = _job(provider)
-    assert job_id in store.claim(provider, 100, 100, 0, 0, 60)
-    rid = unique("req")
-    store.r.set(store.k.request(provider, rid), job_id)
-    assert store.move(job_id, [State.submitting], State.submitted, score=time.time() + 3600,
-                      fields={"request_id": rid, "handle": "{}"}).ok
-    return job_id, rid
+    return submitted_job("sec", provider)
 
 
-def _fal_body(rid: str, url: str = "http://127.0.0.1:1/chosen-by-sender.png") -> bytes:
-    return json.dumps({"request_id": rid, "gateway_request_id": rid, "status": "OK",
-                       "payload": {"images": [{"url": url, "content_type": "image/png"}]}, "error": None}).encode()
+def _fal_body(rid: str) -> bytes:
+    return fal_result(rid, url="http://127.0.0.1:1/chosen-by-sender.png")
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], **kw: Any) -> httpx.Response:
@@ -99,9 +89,7 @@ def test_signed_delivery_for_another_request_leaves_a_submitted_job_alone(base: 
 
 def test_a_job_being_submitted_adopts_its_early_completion(base: str) -> None:
     """The provider answered the webhook before our submit call returned: still adopted."""
-    store = JobStore()
-    job_id = _job()
-    assert job_id in store.claim("fal", 100, 100, 0, 0, 60)
+    _, job_id = claimed_job("sec")
     rid = unique("early")
     resp = _fal(base, job_id, rid)
     assert resp.json() == {"status": "accepted"}
