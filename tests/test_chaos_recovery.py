@@ -76,7 +76,8 @@ def test_a_dead_workers_claims_are_recovered_at_once(bare: LocalStack) -> None:
 def test_a_worker_lost_right_after_its_claim_still_owns_it_and_is_recovered_at_once(bare: LocalStack) -> None:
     """The owner is written by the claim script itself: a worker killed between the claim and its next write
     (seen in CI: two Oxen jobs `submitting` with no owner and no attempt record, left to the synchronous
-    provider's 360 s lease) is reaped like any other, and its attempt is `not_sent` (no request was built)."""
+    provider's 360 s lease) is reaped like any other. With no attempt record its attempt is `uncertain`: Redis
+    losing its last writes could have dropped a `sent` record, and a second charge is never hidden."""
     bare.apply_env()
     p = Pipeline()
     store = p.store
@@ -84,7 +85,7 @@ def test_a_worker_lost_right_after_its_claim_still_owns_it_and_is_recovered_at_o
     job_id = submit({"prompt": unique("claim-only"), "images": [str(EXAMPLES / "mug.png")], "provider": "oxen"})
     assert store.claim("oxen", 100, 100, 0, 0, 3600, owner="gone-host:7:a1b2c3") == [job_id]
     assert p.r.hget(p.k.job(job_id), "owner") == "gone-host:7:a1b2c3"
-    assert _entry(store, job_id) == {}  # lost before the `sending` record
+    assert _entry(store, job_id) == {}  # lost before its attempt record
     p.r.delete(p.k.alive)  # this module's stack runs no worker: only the two lives below are listed
     p.r.zadd(p.k.alive, {"gone-host:7:a1b2c3": now - 60, "gone-host:7:d4e5f6": now})  # same pid, a new life
 
@@ -92,7 +93,7 @@ def test_a_worker_lost_right_after_its_claim_still_owns_it_and_is_recovered_at_o
     assert stats["reaped"] == 1 and stats["recovered"] == 1
     view = store.get(job_id)
     assert view is not None and view.state is State.queued
-    assert _entry(store, job_id)["status"] == "not_sent"
+    assert _entry(store, job_id)["status"] == "uncertain"
     assert p.r.zrange(p.k.alive, 0, -1) == ["gone-host:7:d4e5f6"]
 
 
@@ -123,6 +124,32 @@ def test_a_submit_step_that_raises_hands_its_job_to_the_next_tick_not_to_its_lea
     view = p.store.get(job_id)
     assert view is not None and view.state is State.queued
     assert _entry(p.store, job_id)["status"] == "not_sent"  # the broken submit never opened a connection
+
+
+def test_a_queue_providers_submit_that_raises_after_it_went_on_the_wire_keeps_its_lease(
+        bare: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider may have accepted it: its webhook or the sweep can still re-attach the job, so it is not
+    made due (which would record it `uncertain` and send it again at once); its lease recovers it otherwise."""
+    bare.apply_env()
+    p = Pipeline()
+    job_id = submit({"prompt": unique("raises-sent"), "images": [str(EXAMPLES / "mug.png")], "provider": "fal"})
+    adapter = providers.protocol_of("fal")
+
+    async def sent_then_broken(*_: object, **__: object) -> None:
+        mark = on_wire.get()
+        assert mark is not None
+        mark()  # a connection to the provider was open for it
+        raise RuntimeError("a defect after the request left")
+
+    monkeypatch.setattr(adapter, "submit", sent_then_broken)
+    before = time.time()
+    assert aio.run(p.dispatch("fal")) >= 1
+    monkeypatch.undo()
+    view = p.store.get(job_id)
+    assert view is not None and view.state is State.submitting
+    assert _entry(p.store, job_id)["status"] == "sent"
+    lease_end = p.r.zscore(p.k.inflight, job_id)
+    assert lease_end is not None and lease_end >= before + p.settings.submit_lease_s - 1
 
 
 def test_the_wire_mark_fires_once_a_connection_to_the_provider_is_open(bare: LocalStack) -> None:

@@ -198,7 +198,13 @@ class Pipeline:
         pipe.execute()
 
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
-        on_wire.set(lambda: self._mark_sent([view]))  # this task's own context: one job's submit
+        wire: list[bool] = []
+
+        def mark() -> None:
+            wire.append(True)
+            self._mark_sent([view])
+
+        on_wire.set(mark)  # this task's own context: one job's submit
         try:
             try:
                 res: Submitted | ProviderError = await adapter.submit(client_for(adapter.name), view.job, req)
@@ -206,14 +212,18 @@ class Pipeline:
                 res = exc
             await self._record_submit(adapter, view, res)
         except Exception:
-            # Anything else (a defect, Redis gone for longer than its retries): the job would sit `submitting`
-            # for its whole lease (a synchronous provider's: timeout + 60 s). Make it due now instead: the
-            # tick recovers it as for a lost worker (re-attach if its request id is recorded, else
-            # `uncertain` or `not_sent` from its attempt record, never a hidden second charge).
-            log.exception("submit step failed; its job is recovered by the next tick", job_id=view.job_id,
-                          provider=adapter.name)
-            with contextlib.suppress(Exception):
-                self.store.reschedule(self.k.inflight, view.job_id, _now())
+            # Anything else (a defect, Redis gone for longer than its retries). A request that never went on
+            # the wire, or a synchronous provider's (its answer came on this connection and is gone): the job
+            # is made due now and the tick recovers it as for a lost worker, instead of after its lease (a
+            # synchronous provider's: timeout + 60 s). A queue provider's request that may have been accepted
+            # keeps its lease: its webhook (or the sweep) can still re-attach it before the lease runs out and
+            # the attempt is recorded `uncertain` and sent again.
+            due_now = not wire or providers.spec_of(adapter.name).synchronous
+            log.exception("submit step failed", job_id=view.job_id, provider=adapter.name,
+                          recovered="by the next tick" if due_now else "when its lease runs out")
+            if due_now:
+                with contextlib.suppress(Exception):
+                    self.store.reschedule(self.k.inflight, view.job_id, _now())
 
     async def _record_submit(self, adapter: ProviderProtocol, view: JobView, res: Submitted | ProviderError,
                              confirm: bool = True) -> None:
@@ -721,9 +731,11 @@ class Pipeline:
             return int(self.store.move(view.job_id, [State.submitting], State.submitted, score=_now(),
                                        note="re-attached after lost worker").ok)
         entry = view.json_field(f"req.{view.attempts}") or {}
-        # No entry: the worker was lost between the claim and writing `sending` (before any request was
-        # built); `sending`: no connection to the provider was ever open for it. Neither can have been billed.
-        if entry.get("status", "sending") == "sending":
+        # `sending`: no connection to the provider was ever open for it, it cannot have been billed. No record
+        # at all is most often a worker lost between its claim and that record, but Redis losing its last
+        # writes (a hard crash under `appendfsync everysec`, a failover whose WAIT timed out) can drop a
+        # `sent` record too: that one stays `uncertain`, never a hidden second charge.
+        if entry.get("status") == "sending":
             status, why = "not_sent", "worker lost before the request was sent"
         else:  # We cannot know whether the provider received it. Record that, then try again.
             status, why = "uncertain", "worker lost while submitting; may have been billed"
