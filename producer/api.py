@@ -464,10 +464,11 @@ def submit_batch(
     return final
 
 
-def submit_file(path: Path | str, *, procs: int | None = None, **kwargs: Any) -> BatchReport:
+def submit_file(path: Path | str, *, procs: int | None = 1, **kwargs: Any) -> BatchReport:
     """Stream a JSONL file (one job per line, never the whole file in memory). `procs`: producer processes
-    reading it, each a byte range of it (producer/split.py); None: `EDITQ_SUBMIT_PROCS` (0: one per CPU for
-    a large file)."""
+    reading it, each a byte range of it (producer/split.py; 0: one per CPU for a large file; None:
+    `EDITQ_SUBMIT_PROCS`, what `editq submit` uses). More than one are started with multiprocessing's spawn:
+    a script must then call this under `if __name__ == "__main__":`."""
     path = Path(path)
 
     def lines() -> Iterator[bytes]:

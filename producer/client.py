@@ -76,11 +76,12 @@ def submit_file(
     seeds: int | None = None,
     max_cost: float | None = None,
     on_budget: OnBudget = "wait",
-    procs: int | None = None,
+    procs: int = 1,
 ) -> BatchReport:
     """Enqueue a JSONL file, streamed (never the whole file in memory); relative image paths are read from
-    the file's folder. `procs`: producer processes, each on a byte range of the file (default
-    `EDITQ_SUBMIT_PROCS`; 0: one per CPU for a large file)."""
+    the file's folder. `procs`: producer processes, each on a byte range of the file (0: one per CPU for a
+    large file; `editq submit` uses `EDITQ_SUBMIT_PROCS`). They are started with multiprocessing's spawn, so a
+    script asking for more than one must call this under `if __name__ == "__main__":`."""
     return api.submit_file(path, batch_id=batch_id, strict=strict, defaults=defaults, keep_ids=keep_ids,
                            seeds=seeds, max_cost=max_cost, on_budget=on_budget, procs=procs)
 
