@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -46,6 +47,11 @@ log = structlog.get_logger("editq.pipeline")
 POLL_TASK_LEASE_S = 10.0  # a job handed to a poll task is due again this long after, should the task be lost
 LATENCY_READ_S = 1.0  # a provider's shared latency median is read again after this long (see _latency_median)
 STREAM_S = 2.0  # one dispatch or collect call keeps taking work this long, then returns to its pump
+# A dispatch call that refilled slots and then found none free keeps looking this long (every LINGER_POLL_S)
+# before it returns: at a wave boundary slots free every few ms, and a pump that ended there was started
+# again by the next freed slot's kick through the broker (50-350 ms, each time) while freed slots waited.
+LINGER_S = 0.3
+LINGER_POLL_S = 0.02
 
 
 def _now() -> float:
@@ -67,24 +73,35 @@ def worker_id() -> str:
 
 
 async def _windowed(
-    size: Callable[[], int], fill: Callable[[int], tuple[int, list[Coroutine[Any, Any, None]]]], what: str
+    size: Callable[[], int], fill: Callable[[int], tuple[int, list[Coroutine[Any, Any, None]]]], what: str,
+    linger_s: float = 0.0,
 ) -> int:
     """Keep up to size() steps in flight for up to STREAM_S: whenever an eighth of the window is free,
     fill(room) claims up to `room` jobs and returns (how many it claimed, their steps). Returns the
-    number claimed once nothing is left running. A step that raises leaves its job in its state; the
-    job's lease hands it back."""
+    number claimed once nothing is left running and nothing was claimed for `linger_s` (checked every
+    LINGER_POLL_S; it lingers only after a claim of its own). A step that raises leaves its job in its
+    state; the job's lease hands it back."""
     total = 0
     running = aio.Window()
     deadline = time.monotonic() + STREAM_S
+    last_claim = -math.inf
     while True:
         window = size()
         room = window - running.running
         if room >= max(1, window // 8) and time.monotonic() < deadline:
-            claimed, steps = fill(room)
+            # on a thread: the claim's round trips (a script, the jobs, their records) took 5-50 ms on a
+            # loaded Redis, and the answers of the requests in flight waited behind them
+            claimed, steps = await asyncio.to_thread(fill, room)
             total += claimed
+            if claimed:
+                last_claim = time.monotonic()
             for step in steps:
                 running.start(step)
         if not running.running:
+            now = time.monotonic()
+            if now - last_claim < linger_s and now < deadline:
+                await asyncio.sleep(LINGER_POLL_S)
+                continue
             return total
         for fut in await running.finished():
             if fut.exception() is not None:
@@ -159,7 +176,13 @@ class Pipeline:
             # one request per job: each answer is recorded the moment it arrives (shortest crash window)
             return claimed, [self._submit_one(adapter, v, r) for v, r in items] + failing
 
-        return await _windowed(lambda: want, fill, f"submit to {provider}")
+        return await _windowed(lambda: want, fill, f"submit to {provider}", linger_s=LINGER_S)
+
+    def dispatchable(self, provider: str) -> bool:
+        """Jobs are queued for this provider and one of its slots is free: a dispatch could claim now
+        (unless a backoff, the rpm, the interactive reserve or a budget holds them; the tick retries those)."""
+        cap = max(1, providers.settings_of(provider).concurrency)
+        return self.store.has_queued(provider) and self.r.zcard(self.k.slots(provider)) < cap
 
     def _claim(
         self, adapter: ProviderProtocol, want: int,
@@ -684,7 +707,8 @@ class Pipeline:
             if self.store.move(jid, [State.collecting], State.ready, note="collect retry").ok:
                 stats["recollect"] += 1
         for provider in self.r.smembers(self.k.providers):
-            if provider in providers.names() and self.store.has_queued(provider):
+            # not while every slot is taken (a task twice a second that claims nothing); a freed slot kicks
+            if provider in providers.names() and self.dispatchable(provider):
                 self.kick.dispatch(provider, providers.spec_of(provider).synchronous)
         if self.r.llen(self.k.ready):
             self.kick.collect()

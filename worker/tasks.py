@@ -63,14 +63,8 @@ def _pump(flag: str, step: Callable[[], int], more: Callable[[], bool], again: C
 @app.task(name="editq.dispatch")
 def dispatch(provider: str) -> int:
     p = pipeline()
-    settings = providers.settings_of(provider)
     synchronous = providers.spec_of(provider).synchronous
-
-    def more() -> bool:
-        cap = max(1, settings.concurrency)
-        return p.store.has_queued(provider) and p.r.zcard(p.k.slots(provider)) < cap
-
-    return _pump(p.k.kick_dispatch(provider), lambda: aio.run(p.dispatch(provider)), more,
+    return _pump(p.k.kick_dispatch(provider), lambda: aio.run(p.dispatch(provider)), lambda: p.dispatchable(provider),
                  lambda: p.kick.dispatch(provider, synchronous))
 
 
