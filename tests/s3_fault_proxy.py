@@ -37,6 +37,13 @@ class S3FaultProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def _answer_xml(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -45,11 +52,7 @@ class S3FaultProxy:
                                               (proxy.mode == "outputs_unavailable" and OUTPUT.search(path))):
                     with proxy._lock:
                         proxy.unavailable += 1
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    self._answer_xml(503, SLOW_DOWN)
                     return
                 if self.command == "PUT" and OUTPUT.search(path) and proxy.mode in ("deny_first", "deny_always"):
                     with proxy._lock:
@@ -57,11 +60,7 @@ class S3FaultProxy:
                         if first:
                             proxy.denied.append(path)
                     if first:
-                        self.send_response(403)
-                        self.send_header("Content-Type", "application/xml")
-                        self.send_header("Content-Length", str(len(DENIED)))
-                        self.end_headers()
-                        self.wfile.write(DENIED)
+                        self._answer_xml(403, DENIED)
                         return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:

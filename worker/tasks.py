@@ -106,15 +106,18 @@ _stop = threading.Event()
 
 def _beat() -> None:
     """This worker is alive: its key and its entry in `Keys.alive` (named `worker_id()`, as on every job it
-    claims)."""
-    p = pipeline()
-    now = time.time()
-    beat = p.r.pipeline(transaction=False)
-    ttl = max(5, int(get_settings().tick_interval_s * 10))
-    beat.set(p.k.worker(socket.gethostname(), os.getpid()), repr(now), ex=ttl)
-    beat.zadd(p.k.alive, {worker_id(): now})  # what `editq status --watch` counts; dead ones are reaped
-    beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
-    beat.execute()
+    claims). Redis away: logged, and the next beat retries."""
+    try:
+        p = pipeline()
+        now = time.time()
+        beat = p.r.pipeline(transaction=False)
+        ttl = max(5, int(get_settings().tick_interval_s * 10))
+        beat.set(p.k.worker(socket.gethostname(), os.getpid()), repr(now), ex=ttl)
+        beat.zadd(p.k.alive, {worker_id(): now})  # what `editq status --watch` counts; dead ones are reaped
+        beat.zremrangebyscore(p.k.alive, "-inf", now - 3600)
+        beat.execute()
+    except Exception:
+        log.warning("heartbeat failed", exc_info=True)
 
 
 def _heartbeat_loop() -> None:
@@ -123,10 +126,7 @@ def _heartbeat_loop() -> None:
     recovered the submits it still had in hand."""
     interval = get_settings().tick_interval_s
     while not _stop.wait(interval):
-        try:
-            _beat()
-        except Exception:  # Redis away: the next beat retries
-            log.warning("heartbeat failed", exc_info=True)
+        _beat()
 
 
 def _tick_loop() -> None:
@@ -156,10 +156,7 @@ def _serve_health(**_: object) -> None:
 @worker_ready.connect
 def _start_tick(**_: object) -> None:
     _warm_up()
-    try:  # listed as alive before its first claim: a worker lost within its first interval is reaped too
-        _beat()
-    except Exception:
-        log.warning("heartbeat failed", exc_info=True)
+    _beat()  # listed as alive before its first claim: a worker lost within its first interval is reaped too
     threading.Thread(target=_heartbeat_loop, name="editq-heartbeat", daemon=True).start()
     threading.Thread(target=_tick_loop, name="editq-tick", daemon=True).start()
 
