@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import Field, field_validator
@@ -125,24 +125,36 @@ class TablePrices:
     input_image_tokens: int = DEFAULT_INPUT_IMAGE_TOKENS
     multiplier: float = 1.0
     source: str = TABLE_SOURCE
+    # estimates by what they read of the job (a batch has a few distinct ones: enqueue prices every line)
+    _memo: dict[tuple[str, str, int, int, int], Estimate] = field(default_factory=dict, compare=False, repr=False)
 
     def _inputs(self, job: EditJob, chars_per_token: float) -> float:
-        images = len(job.inputs) or len(job.images)
-        tokens_text = math.ceil(len(job.prompt) / chars_per_token)
+        return self._inputs_of(len(job.inputs) or len(job.images), len(job.prompt), chars_per_token)
+
+    def _inputs_of(self, images: int, prompt_chars: int, chars_per_token: float) -> float:
+        tokens_text = math.ceil(prompt_chars / chars_per_token)
         return (images * self.input_image_tokens * self.image_in_per_m + tokens_text * self.text_in_per_m) / 1e6
 
     def estimate(self, job: EditJob) -> Estimate:
-        dims = parse_size(job.size)
-        q = job.quality.value
+        what = (job.size, job.quality.value, job.num_images, len(job.inputs) or len(job.images), len(job.prompt))
+        got = self._memo.get(what)
+        if got is None:
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            got = self._memo[what] = self._estimate(*what)
+        return got
+
+    def _estimate(self, size: str, q: str, n: int, images: int, prompt_chars: int) -> Estimate:
+        """The estimate from exactly what it depends on (`estimate` keys its memo by these)."""
+        dims = parse_size(size)
         if dims is None:
             w, h = parse_size(AUTO_EXPECTED_SIZE) or (1024, 1024)
             exp_img, worst_img = per_image(self.table, w, h, q), dearest(self.table, q)
         else:
             exp_img = worst_img = per_image(self.table, dims[0], dims[1], q)
-        n = job.num_images
         m = self.multiplier
-        return Estimate(expected=m * (n * exp_img + self._inputs(job, 4.0)),
-                        worst=m * (n * worst_img + self._inputs(job, 1.0)), images=n)
+        return Estimate(expected=m * (n * exp_img + self._inputs_of(images, prompt_chars, 4.0)),
+                        worst=m * (n * worst_img + self._inputs_of(images, prompt_chars, 1.0)), images=n)
 
     def actual(self, job: EditJob, outputs: list[tuple[int, int]]) -> float:
         out = sum(per_image(self.table, w, h, job.quality.value) for w, h in outputs)

@@ -173,19 +173,38 @@ def request_from_json(raw: str | bytes) -> JobRequest | None:
         return None
 
 
+# the request's fields in its default idempotency key (`content_key`), in sorted order; every other field of
+# JobRequest is left out on purpose (tests/test_schemas.py holds the split, so a new field needs a decision)
+KEY_PARAMS = ("background", "group", "model", "num_images", "output_format", "parent_job_id", "prompt", "provider",
+              "quality", "size", "tenant", "variant")
+NOT_IN_KEY = frozenset({"custom_id", "images", "mask", "metadata", "idempotency_key", "priority"})
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii, in C)
+
+
 def content_key(req: JobRequest, input_digests: list[str], mask_digest: str | None) -> str:
-    """The default idempotency key: same provider, model, prompt, params and input bytes -> same key."""
-    params = req.model_dump(
-        mode="json", exclude={"custom_id", "images", "mask", "metadata", "idempotency_key", "priority"}
-    )
-    for name in OPTIONAL_KEY_FIELDS:  # unset: the key is what it was before these fields existed
-        if params.get(name) is None:
-            params.pop(name, None)
-    blob = json.dumps(
-        {"params": params, "inputs": input_digests, "mask": mask_digest, "custom_id": req.custom_id},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    """The default idempotency key: same provider, model, prompt, params and input bytes -> same key.
+
+    The SHA-256 of `json.dumps({"params": <KEY_PARAMS, those unset (None) among OPTIONAL_KEY_FIELDS left out>,
+    "inputs": input_digests, "mask": mask_digest, "custom_id": req.custom_id}, sort_keys=True,
+    separators=(",", ":"))`, written out directly (the same bytes: tests/test_schemas.py compares them with that
+    dump), so keys stay what they were for jobs already enqueued."""
+    params = []
+    for name in KEY_PARAMS:
+        value = getattr(req, name)
+        if value is None:
+            if name in OPTIONAL_KEY_FIELDS:  # unset: the key is what it was before these fields existed
+                continue
+            params.append(f'"{name}":null')
+        elif type(value) is int:
+            params.append(f'"{name}":{value!r}')
+        else:
+            params.append(f'"{name}":{_json_str(str(value))}')
+    blob = "".join((
+        '{"custom_id":', "null" if req.custom_id is None else _json_str(req.custom_id),
+        ',"inputs":[', ",".join(_json_str(d) for d in input_digests),
+        '],"mask":', "null" if mask_digest is None else _json_str(mask_digest),
+        ',"params":{', ",".join(params), "}}",
+    ))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -52,6 +53,7 @@ MAX_EDGE = 3840
 MAX_ASPECT = 3.0
 
 
+@lru_cache(maxsize=1024)  # (a batch has a few sizes; each line's is parsed by the request, its rules and its price)
 def parse_size(value: str) -> tuple[int, int] | None:
     """Return (width, height) for a `WxH` size, None for `auto`; raise ValueError otherwise."""
     if value == "auto":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
-from editq.schemas.job import JobRequest, content_key, describe_errors
+from editq.schemas.job import KEY_PARAMS, NOT_IN_KEY, OPTIONAL_KEY_FIELDS, JobRequest, content_key, describe_errors
 from editq.schemas.params import parse_size, size_problems
 
 
@@ -66,3 +70,40 @@ def test_idempotency_key_is_content_derived() -> None:
     assert content_key(a, ["h1"], None) != content_key(c, ["h1"], None)
     d = JobRequest(prompt="p", images=["a.png"], quality="high")
     assert content_key(a, ["h1"], None) != content_key(d, ["h1"], None)
+
+
+def _dumped_key(req: JobRequest, inputs: list[str], mask: str | None) -> str:
+    """The default key as it was computed up to session 12 (model_dump + json.dumps): `content_key` writes the
+    same bytes directly, and must go on giving the same key (jobs already in Redis hold it)."""
+    params = req.model_dump(mode="json", exclude=set(NOT_IN_KEY))
+    for name in OPTIONAL_KEY_FIELDS:
+        if params.get(name) is None:
+            params.pop(name, None)
+    blob = json.dumps({"params": params, "inputs": inputs, "mask": mask, "custom_id": req.custom_id},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+KEY_CASES: list[dict[str, Any]] = [
+    {"prompt": "p", "images": ["a.png"]},
+    {"prompt": "  spaced \t", "images": ["a.png"], "custom_id": "sku-1", "size": "1024x1536", "quality": "high",
+     "num_images": 10, "output_format": "webp", "background": "opaque", "priority": "interactive"},
+    {"prompt": "naïve café \u2603 \U0001F600 \"quoted\" back\\slash \n\r\t\x00\x1f\x7f \u2028",
+     "images": ["a.png", "b.png"], "custom_id": "\u00e9\u0000\"", "provider": "fal, replicate", "model": "m/\u00fc"},
+    {"prompt": "p", "images": ["a.png"], "group": "g-1", "variant": "v\u00e9", "parent_job_id": "job_1",
+     "tenant": "acme.co@x", "metadata": {"k": [1, 2]}, "idempotency_key": None},
+    {"prompt": "p", "images": ["a.png"], "group": "", "variant": "", "custom_id": ""},
+]
+
+
+@pytest.mark.parametrize("data", KEY_CASES)
+@pytest.mark.parametrize(("inputs", "mask"), [(["h1"], None), (["h1", "h\u00e92"], "m"), ([], "")])
+def test_content_key_is_the_dumped_key(data: dict[str, Any], inputs: list[str], mask: str | None) -> None:
+    req = JobRequest.model_validate(data)
+    assert content_key(req, inputs, mask) == _dumped_key(req, inputs, mask)
+
+
+def test_every_request_field_is_in_the_key_or_left_out_on_purpose() -> None:
+    assert list(KEY_PARAMS) == sorted(KEY_PARAMS)
+    assert set(KEY_PARAMS) | NOT_IN_KEY == set(JobRequest.model_fields)
+    assert not set(KEY_PARAMS) & NOT_IN_KEY

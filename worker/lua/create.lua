@@ -51,10 +51,15 @@ for _, j in ipairs(jobs) do
     out[#out + 1] = existing
   else
     redis.call('SET', ik, jid, 'EX', ttl)
-    local jk = K.job(jid)
-    redis.call('HSET', jk, unpack(fields))
-    redis.call('HSET', jk, 'state', 'queued', 'provider', provider, 'lane', lane, 'batch_id', bid,
-               'attempts', 0, 'h', 'queued\t' .. now .. '\n', 'updated_at', now)
+    local n = #fields  -- the job's own fields, then its state: one HSET
+    fields[n + 1], fields[n + 2] = 'state', 'queued'
+    fields[n + 3], fields[n + 4] = 'provider', provider
+    fields[n + 5], fields[n + 6] = 'lane', lane
+    fields[n + 7], fields[n + 8] = 'batch_id', bid
+    fields[n + 9], fields[n + 10] = 'attempts', 0
+    fields[n + 11], fields[n + 12] = 'h', 'queued\t' .. now .. '\n'
+    fields[n + 13], fields[n + 14] = 'updated_at', now
+    redis.call('HSET', K.job(jid), unpack(fields))
     local q = group(queues, queue_order, provider .. '\n' .. lane .. '\n' .. tenant,
                     function() return {provider = provider, lane = lane, tenant = tenant, ids = {}} end)
     q.ids[#q.ids + 1] = jid
