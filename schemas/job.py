@@ -173,8 +173,9 @@ def request_from_json(raw: str | bytes) -> JobRequest | None:
         return None
 
 
-# the request's fields in its default idempotency key (`content_key`), in sorted order; every other field of
-# JobRequest is left out on purpose (tests/test_schemas.py holds the split, so a new field needs a decision)
+# the request's fields in its default idempotency key (`content_key` writes them in this order: sorted), those
+# of OPTIONAL_KEY_FIELDS only when set; every other field of JobRequest is left out on purpose
+# (tests/test_schemas.py holds the split, so a new field needs a decision)
 KEY_PARAMS = ("background", "group", "model", "num_images", "output_format", "parent_job_id", "prompt", "provider",
               "quality", "size", "tenant", "variant")
 NOT_IN_KEY = frozenset({"custom_id", "images", "mask", "metadata", "idempotency_key", "priority"})
@@ -186,26 +187,26 @@ def content_key(req: JobRequest, input_digests: list[str], mask_digest: str | No
 
     The SHA-256 of `json.dumps({"params": <KEY_PARAMS, those unset (None) among OPTIONAL_KEY_FIELDS left out>,
     "inputs": input_digests, "mask": mask_digest, "custom_id": req.custom_id}, sort_keys=True,
-    separators=(",", ":"))`, written out directly (the same bytes: tests/test_schemas.py compares them with that
-    dump), so keys stay what they were for jobs already enqueued."""
-    params = []
-    for name in KEY_PARAMS:
-        value = getattr(req, name)
-        if value is None:
-            if name in OPTIONAL_KEY_FIELDS:  # unset: the key is what it was before these fields existed
-                continue
-            params.append(f'"{name}":null')
-        elif type(value) is int:
-            params.append(f'"{name}":{value!r}')
-        else:
-            params.append(f'"{name}":{_json_str(str(value))}')
+    separators=(",", ":"))`, written out directly in that order (the same bytes: tests/test_schemas.py compares
+    them with that dump), so keys stay what they were for jobs already enqueued."""
+    d = req.__dict__
     blob = "".join((
-        '{"custom_id":', "null" if req.custom_id is None else _json_str(req.custom_id),
-        ',"inputs":[', ",".join(_json_str(d) for d in input_digests),
+        '{"custom_id":', "null" if d["custom_id"] is None else _json_str(d["custom_id"]),
+        ',"inputs":[', ",".join(map(_json_str, input_digests)),
         '],"mask":', "null" if mask_digest is None else _json_str(mask_digest),
-        ',"params":{', ",".join(params), "}}",
+        ',"params":{"background":', _json_str(d["background"]), _optional(d, "group"),
+        ',"model":', _json_str(d["model"]), ',"num_images":', repr(int(d["num_images"])),
+        ',"output_format":', _json_str(d["output_format"]), _optional(d, "parent_job_id"),
+        ',"prompt":', _json_str(d["prompt"]), ',"provider":', _json_str(d["provider"]),
+        ',"quality":', _json_str(d["quality"]), ',"size":', _json_str(d["size"]),
+        _optional(d, "tenant"), _optional(d, "variant"), "}}",
     ))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _optional(d: dict[str, Any], name: str) -> str:
+    value = d[name]
+    return "" if value is None else f',"{name}":{_json_str(value)}'
 
 
 def describe_errors(exc: ValidationError) -> str:

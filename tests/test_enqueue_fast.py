@@ -47,13 +47,24 @@ def test_job_of_is_the_validated_job(data: dict[str, Any]) -> None:
     if req.mask and mask is not None:
         fields["mask"] = _stored(req.mask, mask)
     slow = EditJob(**fields, job_id=job.job_id, batch_id="batch_1", inputs=inputs, mask_input=mask,
-                   idempotency_key="key", created_at=job.created_at)
+                   idempotency_key="key")
+    assert job.model_fields_set == slow.model_fields_set
+    assert abs(job.created_at - slow.created_at) < 5
+    slow.__dict__["created_at"] = job.created_at
     assert job == slow
+    assert list(job.__dict__) == list(slow.__dict__)
     assert job.model_dump() == slow.model_dump()
     assert job.model_dump_json(exclude_none=True) == slow.model_dump_json(exclude_none=True)  # the stored spec
     assert EditJob.model_validate_json(job.model_dump_json()) == job  # and it reads back as the worker reads it
     assert job.job_id.startswith("job_") and len(job.job_id) > 14
     assert job.metadata == req.metadata and job.metadata is not req.metadata
+
+
+def test_job_has_nothing_job_of_would_skip() -> None:
+    assert EditJob.__pydantic_post_init__ is None
+    assert not EditJob.__private_attributes__
+    assert EditJob.model_config.get("extra") == "forbid"
+    assert all(f.alias is None and f.validation_alias is None for f in EditJob.model_fields.values())
 
 
 def test_ids_differ() -> None:

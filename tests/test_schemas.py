@@ -93,6 +93,8 @@ KEY_CASES: list[dict[str, Any]] = [
     {"prompt": "p", "images": ["a.png"], "group": "g-1", "variant": "v\u00e9", "parent_job_id": "job_1",
      "tenant": "acme.co@x", "metadata": {"k": [1, 2]}, "idempotency_key": None},
     {"prompt": "p", "images": ["a.png"], "group": "", "variant": "", "custom_id": ""},
+    {"prompt": "p", "images": ["a.png"], "num_images": True, "size": "auto", "quality": "auto", "tenant": "t"},
+    {"prompt": "p", "images": ["a.png"], "num_images": "3", "output_format": "jpeg", "background": "transparent"},
 ]
 
 
