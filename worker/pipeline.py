@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -36,6 +36,7 @@ from editq.worker.netguard import UnsafeURL
 from editq.worker.outcomes import failure_label
 from editq.worker.provider_client import client_for, on_wire
 from editq.worker.redis_client import replicated
+from editq.worker.roundtrips import RoundTrips
 from editq.worker.state import MICRO, JobStore, JobView, State
 from editq.worker.storage import Storage, get_storage
 from editq.worker.sweep import Sweeper, sweeps
@@ -123,6 +124,7 @@ class Pipeline:
         self.kick = kick or Kicker()
         self.r = self.store.r
         self.k = self.store.k
+        self.trips = RoundTrips(self.r)  # per-job writes of the loop's tasks, one round trip per iteration
         # a released slot with work waiting starts the next submit now, not at the next tick
         # (the move script sets the coalescing flag itself, so a burst of moves sends one task)
         self.store.kick_ms = COALESCE_MS
@@ -220,12 +222,20 @@ class Pipeline:
             pipe.hset(self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sent"))
         pipe.execute()
 
+    async def _mark_sent_shared(self, view: JobView) -> None:
+        """`_mark_sent` for one job's submit, in the round trip it shares with the loop's other tasks
+        (worker/roundtrips.py); the request waits for it before it writes a byte."""
+        key, field, entry = self.k.job(view.job_id), f"req.{view.attempts}", self._req_entry(view, "sent")
+        (res,) = await self.trips.send(lambda pipe: pipe.hset(key, field, entry))
+        if isinstance(res, Exception):
+            raise res
+
     async def _submit_one(self, adapter: ProviderProtocol, view: JobView, req: ProviderRequest) -> None:
         wire: list[bool] = []
 
-        def mark() -> None:
+        def mark() -> Awaitable[None]:
             wire.append(True)
-            self._mark_sent([view])
+            return self._mark_sent_shared(view)
 
         on_wire.set(mark)  # this task's own context: one job's submit
         try:
@@ -301,7 +311,7 @@ class Pipeline:
         provider = adapter.name
         s = self.settings
         delay = policy.poll_delay(0, base_s=s.poll_interval_s, max_s=s.poll_max_s,
-                                  webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
+                                  webhooks=self.webhooks_on(adapter), webhook_s=s.poll_interval_webhook_s,
                                   cap_s=adapter.poll_cap_s(), latency_s=self._latency_median(provider),
                                   quiet_min_s=s.poll_quiet_min_s)
         fields = {
@@ -316,8 +326,8 @@ class Pipeline:
             pipe.set(self.k.request(provider, sub.request_id), view.job_id, ex=s.job_ttl_s)  # the id, found by
             pipe.delete(self.k.circuit_fails(provider))  # webhooks; the success resets the circuit breaker
 
-        moved = self.store.move(view.job_id, [State.submitting], State.submitted, score=_now() + delay, fields=fields,
-                                before=first)
+        moved = await self.store.move_shared(self.trips, view.job_id, [State.submitting], State.submitted,
+                                             score=_now() + delay, fields=fields, before=first)
         if confirm:
             replicated(self.r, self.k, "request id")
         events.submitted(view, sub.request_id)
@@ -508,7 +518,7 @@ class Pipeline:
             return
         s = self.settings
         delay = policy.poll_delay(polls, base_s=s.poll_interval_s, max_s=s.poll_max_s,
-                                  webhooks=bool(self.webhook_url(adapter, view)), webhook_s=s.poll_interval_webhook_s,
+                                  webhooks=self.webhooks_on(adapter), webhook_s=s.poll_interval_webhook_s,
                                   cap_s=adapter.poll_cap_s(), retry_after_s=retry_after, latency_s=latency_s,
                                   quiet_min_s=s.poll_quiet_min_s)
         if errors:
@@ -627,8 +637,8 @@ class Pipeline:
         micro, source = run_cost(view, outputs, usage)
         manifest = build(view, State.succeeded.value, outputs, usage, None, cost=spent_cost(view, micro, source))
         await write_job_manifest_async(self.storage, aio.http_client(), manifest)
-        moved = self.store.move(
-            view.job_id, [State.collecting], State.succeeded,
+        moved = await self.store.move_shared(
+            self.trips, view.job_id, [State.collecting], State.succeeded,
             fields={
                 "outputs": json.dumps([o.model_dump(mode="json") for o in outputs]),
                 "manifest": manifest.model_dump_json(),

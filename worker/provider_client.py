@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -39,7 +39,9 @@ NOT_SENT: tuple[type[Exception], ...] = (
 # Set by the pipeline around one job's submit: called once, when the first provider request of that
 # submit has a connection open (worker/transport.py `on_connected`), before any byte of it is written.
 # Until then the request cannot have reached the provider: a worker lost earlier did not send it.
-on_wire: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("editq_on_wire", default=None)
+# It may return an awaitable (the mark's round trip, shared with other submits): the request waits for it.
+on_wire: contextvars.ContextVar[Callable[[], Awaitable[None] | None] | None] = contextvars.ContextVar(
+    "editq_on_wire", default=None)
 
 
 @contextlib.contextmanager
@@ -50,9 +52,9 @@ def _armed() -> Iterator[None]:
         yield
         return
 
-    def fire() -> None:
+    def fire() -> Awaitable[None] | None:
         on_wire.set(None)
-        mark()
+        return mark()
 
     token = transport.on_connected.set(fire)
     try:

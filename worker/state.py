@@ -42,6 +42,7 @@ from editq.schemas.manifest import StateChange
 from editq.schemas.settings import get_settings
 from editq.worker.keys import Keys, keys, lua_preamble
 from editq.worker.redis_client import get_redis
+from editq.worker.roundtrips import RoundTrips
 
 
 class State(StrEnum):
@@ -338,17 +339,7 @@ class JobStore:
     ) -> Moved:
         """`before(pipe)`: commands to run ahead of the move in the same round trip (a non-transactional
         pipeline: they run whatever the move decides, so they must be safe to apply twice)."""
-        frm = list(frm)
-        for f in frm:
-            if to not in TRANSITIONS[f]:
-                raise ValueError(f"illegal transition {f} -> {to}")
-        flat: list[Any] = []
-        for name, value in (fields or {}).items():
-            flat += [name, value if isinstance(value, str) else json.dumps(value)]
-        args = [
-            self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
-            note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
-        ]
+        args = self._move_args(job_id, frm, to, score, note, fields)
         res = None
         if before is not None:
             pipe = self.r.pipeline(transaction=False)
@@ -361,6 +352,55 @@ class JobStore:
                 res = None  # Script object below loads it and moves
         if res is None:
             res = self._transition(keys=[], args=args)
+        return self._moved(res)
+
+    async def move_shared(
+        self,
+        trips: RoundTrips,
+        job_id: str,
+        frm: Iterable[State],
+        to: State,
+        *,
+        score: float = 0.0,
+        note: str = "",
+        fields: Mapping[str, Any] | None = None,
+        before: Callable[[Any], None] | None = None,
+    ) -> Moved:
+        """`move` from a task on an event loop, in the round trip it shares with the loop's other tasks that
+        move (or write) in the same iteration (worker/roundtrips.py). The same script, arguments and result."""
+        args = self._move_args(job_id, frm, to, score, note, fields)
+
+        def queue(pipe: Any) -> None:
+            if before is not None:
+                before(pipe)
+            pipe.evalsha(self._transition.sha, 0, *args)
+
+        results = await trips.send(queue)
+        for res in results[:-1]:
+            if isinstance(res, Exception):
+                raise res
+        res = results[-1]
+        if isinstance(res, redis.exceptions.NoScriptError):  # Redis lost its scripts: load it and move
+            res = self._transition(keys=[], args=args)
+        elif isinstance(res, Exception):
+            raise res
+        return self._moved(res)
+
+    def _move_args(self, job_id: str, frm: Iterable[State], to: State, score: float, note: str,
+                   fields: Mapping[str, Any] | None) -> list[Any]:
+        frm = list(frm)
+        for f in frm:
+            if to not in TRANSITIONS[f]:
+                raise ValueError(f"illegal transition {f} -> {to}")
+        flat: list[Any] = []
+        for name, value in (fields or {}).items():
+            flat += [name, value if isinstance(value, str) else json.dumps(value)]
+        return [
+            self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
+            note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
+        ]
+
+    def _moved(self, res: Any) -> Moved:
         moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
                       int(res[4]) if len(res) > 4 else 0)
         if moved.kicks & 1 and self.on_slot_freed is not None:

@@ -24,7 +24,7 @@ import contextlib
 import contextvars
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -41,7 +41,8 @@ _PLAIN_URL = re.compile(rf"https?://[a-z0-9\-]+(?:\.[a-z0-9\-]+)*(?::[0-9]+)?(?:
 # Called once, in the task that sends, the moment a connection for its next request is open (a new
 # one connected, or a pooled one taken): nothing can reach the server before this. Armed by
 # worker/provider_client.py for provider requests only; the call disarms it.
-on_connected: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+# It may return an awaitable: the request waits for it before it writes a byte.
+on_connected: contextvars.ContextVar[Callable[[], Awaitable[None] | None] | None] = contextvars.ContextVar(
     "editq_on_connected", default=None)
 
 
@@ -57,7 +58,9 @@ class _Connector(aiohttp.TCPConnector):
         if callback is not None:
             on_connected.set(None)
             try:
-                callback()
+                pending = callback()
+                if pending is not None:  # the mark is written in a round trip shared with other tasks
+                    await pending
             except BaseException:
                 conn.release()  # nothing was written on it: back to the pool
                 raise
