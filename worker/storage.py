@@ -188,9 +188,9 @@ class Storage:
         headers = {"Content-Type": content_type}
         for name, value in (metadata or {}).items():
             headers[f"x-amz-meta-{name}"] = value
+        size = len(body) if isinstance(body, bytes) else body.seek(0, io.SEEK_END)
         if not isinstance(body, bytes):
-            body.seek(0, io.SEEK_END)
-            headers["Content-Length"] = str(body.tell())
+            headers["Content-Length"] = str(size)
         err: StorageUnavailable | None = None
         for attempt in range(PUT_ATTEMPTS):
             if attempt:
@@ -198,9 +198,9 @@ class Storage:
             content: bytes | AsyncIterator[bytes]
             if isinstance(body, bytes):
                 content = body
-            else:
+            else:  # up to one block is sent as bytes (aiohttp writes them at once; a stream costs per chunk)
                 body.seek(0)
-                content = _read_blocks(body)
+                content = body.read() if size <= CHUNK else _read_blocks(body)
             try:
                 if _direct(http):  # editq's own client: straight to its aiohttp session
                     status, text = await http.put_direct(url, content=content, headers=headers, timeout=60)  # type: ignore[attr-defined]
