@@ -197,3 +197,32 @@ def test_a_request_waits_for_its_awaitable_connection_hook_before_its_first_byte
     asyncio.run(run())
     # the failed hook's request never reached the server, and the pool of one connection still served the next
     assert seen == ["sent", "sent"]
+
+
+def test_a_shared_ready_claim_is_claim_ready_and_get_many(store: JobStore) -> None:
+    ids = _create(store, 5)
+    assert sorted(store.claim("fal", 5, 10, 0, 0, 60)) == sorted(ids)
+    for jid in ids:
+        assert store.move(jid, [State.submitting], State.ready).ok
+    counting = Counting(store.r)
+    trips = RoundTrips(counting)
+    lease = time.time() + 60
+
+    async def claim(n: int) -> list[Any]:
+        return await store.claim_ready_shared(trips, n, lease, "me")
+
+    async def run() -> list[list[Any]]:
+        return await asyncio.gather(claim(2), claim(1))
+
+    first, second = asyncio.run(run())
+    assert counting.executed == [2, 3]  # the two claims in one round trip, then their three records in one
+    got = [v.job_id for v in first + second]
+    assert len(set(got)) == 3 and set(got) <= set(ids)
+    for view in first + second:
+        assert view.state is State.collecting and view.fields["owner"] == "me"
+        assert view.fields["collect_attempts"] == "1"
+        assert store.r.zscore(store.k.collecting, view.job_id) == pytest.approx(lease, abs=0.01)
+    store._claim_ready.sha = "0" * 40  # as after SCRIPT FLUSH
+    rest = asyncio.run(claim(10))
+    assert sorted(v.job_id for v in rest) == sorted(set(ids) - set(got))
+    assert asyncio.run(claim(10)) == []

@@ -73,15 +73,18 @@ def worker_id() -> str:
     return wid
 
 
+Steps = tuple[int, list[Coroutine[Any, Any, None]]]
+
+
 async def _windowed(
-    size: Callable[[], int], fill: Callable[[int], tuple[int, list[Coroutine[Any, Any, None]]]], what: str,
-    linger_s: float = 0.0,
+    size: Callable[[], int], fill: Callable[[int], Steps] | None, what: str,
+    linger_s: float = 0.0, afill: Callable[[int], Awaitable[Steps]] | None = None,
 ) -> int:
     """Keep up to size() steps in flight for up to STREAM_S: whenever an eighth of the window is free,
-    fill(room) claims up to `room` jobs and returns (how many it claimed, their steps). Returns the
-    number claimed once nothing is left running and nothing was claimed for `linger_s` (checked every
-    LINGER_POLL_S; it lingers only after a claim of its own). A step that raises leaves its job in its
-    state; the job's lease hands it back."""
+    fill(room) claims up to `room` jobs and returns (how many it claimed, their steps); `fill` runs on a
+    thread, `afill` (instead) on the loop. Returns the number claimed once nothing is left running and
+    nothing was claimed for `linger_s` (checked every LINGER_POLL_S; it lingers only after a claim of its
+    own). A step that raises leaves its job in its state; the job's lease hands it back."""
     total = 0
     running = aio.Window()
     deadline = time.monotonic() + STREAM_S
@@ -90,9 +93,13 @@ async def _windowed(
         window = size()
         room = window - running.running
         if room >= max(1, window // 8) and time.monotonic() < deadline:
-            # on a thread: the claim's round trips (a script, the jobs, their records) took 5-50 ms on a
-            # loaded Redis, and the answers of the requests in flight waited behind them
-            claimed, steps = await asyncio.to_thread(fill, room)
+            if afill is not None:
+                claimed, steps = await afill(room)
+            else:
+                # on a thread: the claim's round trips (a script, the jobs, their records) took 5-50 ms on a
+                # loaded Redis, and the answers of the requests in flight waited behind them
+                assert fill is not None
+                claimed, steps = await asyncio.to_thread(fill, room)
             total += claimed
             if claimed:
                 last_claim = time.monotonic()
@@ -549,12 +556,16 @@ class Pipeline:
                 decided_at = time.monotonic()
             return window
 
-        def fill(room: int) -> tuple[int, list[Coroutine[Any, Any, None]]]:
-            views = self._claim_ready(room)
+        async def afill(room: int) -> Steps:
+            # on the loop, in the round trips its collects' moves share (worker/roundtrips.py): while a dispatch
+            # pump works the window is 4, so this claims one job at a time, and a thread hop per claim cost more
+            # than the claim
+            views = await self.store.claim_ready_shared(self.trips, room, _now() + self.settings.collect_lease_s,
+                                                        worker_id())
             return len(views), [self._collect_one(v) for v in views]
 
         try:
-            total = await _windowed(size, fill, "collect")
+            total = await _windowed(size, None, "collect", afill=afill)
         finally:
             events.flush_shared(self.r, self.k)  # the round's cost and latency figures, one round trip
         if self.r.llen(self.k.ready):

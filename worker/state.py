@@ -423,6 +423,34 @@ class JobStore:
         leased until `lease_until`, owned by `owner`, their `collect_attempts` counted."""
         return list(self._claim_ready(keys=[], args=[self.k.prefix, repr(time.time()), want, repr(lease_until), owner]))
 
+    async def claim_ready_shared(self, trips: RoundTrips, want: int, lease_until: float, owner: str
+                                 ) -> list[JobView]:
+        """`claim_ready`, then the claimed jobs as `get_many` reads them, from a task on an event loop: each in
+        the round trip it shares with the loop's other tasks (worker/roundtrips.py)."""
+        args = [self.k.prefix, repr(time.time()), want, repr(lease_until), owner]
+        (res,) = await trips.send(lambda pipe: pipe.evalsha(self._claim_ready.sha, 0, *args))
+        if isinstance(res, redis.exceptions.NoScriptError):  # Redis lost its scripts: load it and claim
+            res = self._claim_ready(keys=[], args=args)
+        elif isinstance(res, Exception):
+            raise res
+        ids = list(res)
+        if not ids:
+            return []
+
+        def read(pipe: Any) -> None:
+            for jid in ids:
+                pipe.hgetall(self.k.job(jid))
+
+        records = await trips.send(read)
+        views = []
+        for jid, fields in zip(ids, records, strict=True):
+            if isinstance(fields, Exception):
+                raise fields
+            view = job_view(jid, fields)
+            if view is not None:
+                views.append(view)
+        return views
+
     def claim_budgeted(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
         reserve_hold_s: float | None = None, now: float | None = None, owner: str = "",
