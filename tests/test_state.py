@@ -154,3 +154,75 @@ def test_a_job_coming_back_to_the_queue_goes_to_its_head(store: JobStore) -> Non
     assert store.move(first, [State.retry_wait], State.queued).ok  # its back-off is over
     assert store.move(second, [State.submitting], State.queued).ok  # recovered from a dead worker, never sent
     assert store.claim("fal", 64, 16, 0, 0, 60) == [second, first, *ids[2:]]
+
+
+def test_async_moves_race_apply_once_wake_up_and_survive_lost_scripts(store: JobStore, stack_redis_url: str) -> None:
+    """`amove` (the receiver's move on its loop's redis.asyncio client): the same script, reply and wake-ups as
+    `move`; the second of two racing moves is refused; a lost script (a Redis restart) is loaded again."""
+    import asyncio
+
+    import redis.asyncio
+
+    ids = _create(store, "b10", 3)
+    claimed = store.claim("fal", 2, 10, 0, 0, 60)
+    assert len(claimed) == 2  # one stays queued: a freed slot has work waiting
+    sent: list[str] = []
+    store.kick_ms = 5000
+    store.on_ready = lambda: sent.append("collect")
+    store.on_slot_freed = lambda provider: sent.append(f"dispatch:{provider}")
+
+    async def run() -> None:
+        ar = redis.asyncio.Redis.from_url(stack_redis_url, decode_responses=True)
+        try:
+            jid = claimed[0]
+            with pytest.raises(ValueError, match="illegal transition"):
+                await store.amove(ar, jid, [State.queued], State.succeeded)
+            store._transition.sha = "0" * 40  # as after SCRIPT FLUSH: EVALSHA answers NOSCRIPT
+            first, second = await asyncio.gather(
+                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r1", "n": 1}),
+                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r2"}))
+            assert sorted([first.ok, second.ok]) == [False, True]
+            assert sorted(sent) == ["collect", "dispatch:fal"]  # once, by the move that won
+        finally:
+            await ar.aclose()
+
+    asyncio.run(run())
+    view = store.get(claimed[0])
+    assert view is not None and view.state is State.ready and view.request_id in ("r1", "r2")
+    assert view.fields.get("n") in (None, "1")
+    assert ids[2] not in claimed
+
+
+def test_the_receivers_loop_client_is_one_per_loop_and_none_with_sentinel(monkeypatch: pytest.MonkeyPatch,
+                                                                          stack_redis_url: str) -> None:
+    """`loop_redis`: one redis.asyncio client per event loop (a client belongs to its loop); with Sentinel none,
+    and the receiver makes its round trips on threads with the client that follows a failover."""
+    import asyncio
+
+    from editq.schemas.settings import get_settings
+    from editq.worker.redis_client import loop_redis
+
+    async def twice() -> tuple[object, object, object]:
+        a, b = loop_redis(), loop_redis()
+        pong = await a.ping()
+        await a.connection_pool.disconnect()
+        return a, b, pong
+
+    monkeypatch.setenv("EDITQ_REDIS_URL", stack_redis_url)
+    monkeypatch.delenv("EDITQ_REDIS_SENTINELS", raising=False)
+    get_settings.cache_clear()
+    try:
+        a, b, pong = asyncio.run(twice())
+        c, _, _ = asyncio.run(twice())
+        assert a is b and pong is True and c is not a
+        monkeypatch.setenv("EDITQ_REDIS_SENTINELS", "127.0.0.1:1")
+        get_settings.cache_clear()
+        assert asyncio.run(_none()) is None
+    finally:
+        get_settings.cache_clear()
+
+
+async def _none() -> object:
+    from editq.worker.redis_client import loop_redis
+
+    return loop_redis()

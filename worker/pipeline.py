@@ -139,6 +139,9 @@ class Pipeline:
             provider, providers.spec_of(provider).synchronous)
         self.store.on_ready = self.kick.send_collect
         self._latency: dict[str, tuple[float, float | None]] = {}  # provider -> (read at, median latency s)
+        # a redis.asyncio client on the caller's loop (worker/redis_client.py `loop_redis`), set by the receiver:
+        # `complete` moves a job over it instead of on a thread
+        self.aredis: Any = None
 
     # ================================================================ dispatch (submit)
     def limits(self, adapter: ProviderProtocol) -> tuple[int, int, int, float]:
@@ -366,6 +369,12 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
+            if self.aredis is not None:  # the receiver: its loop waits on Redis, no thread hop per move
+                moved = (await self.store.amove(self.aredis, job_id, frm, State.ready, fields=fields)).ok
+                if moved:
+                    await self.afound(provider, via)
+                return moved
+
             def to_ready() -> bool:
                 moved = self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
                 if moved:
@@ -388,6 +397,14 @@ class Pipeline:
         if provider and via:
             try:
                 self.r.hincrby(self.k.stats_found, f"{provider}|{via}", 1)
+            except Exception:  # a metric only
+                log.warning("finish not counted", provider=provider, via=via, exc_info=True)
+
+    async def afound(self, provider: str, via: str) -> None:
+        """`found` over the receiver's loop client."""
+        if provider and via:
+            try:
+                await self.aredis.hincrby(self.k.stats_found, f"{provider}|{via}", 1)
             except Exception:  # a metric only
                 log.warning("finish not counted", provider=provider, via=via, exc_info=True)
 

@@ -25,6 +25,7 @@ or adjusted to the real cost (`settle` field). Amounts are integer micro-USD.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -127,6 +128,12 @@ class Moved:
     batch_finished: bool = False
     freed: str = ""  # provider whose slot this move released while it has queued jobs
     kicks: int = 0  # wake-ups this move claimed (bit 1: dispatch of `freed`, bit 2: collect)
+
+
+def _reply(res: Any) -> Moved:
+    """The transition script's reply."""
+    return Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
+                 int(res[4]) if len(res) > 4 else 0)
 
 
 @dataclass
@@ -400,9 +407,27 @@ class JobStore:
             note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
         ]
 
+    async def amove(self, ar: Any, job_id: str, frm: Iterable[State], to: State, *,
+                    fields: Mapping[str, Any] | None = None) -> Moved:
+        """`move` over `ar`, a redis.asyncio client on the running loop (the receiver's): its event loop serves
+        other deliveries while Redis answers, without a thread hop per move. The same script, arguments and
+        result; the wake-up callbacks (a Celery send, about once a second at most: the flags coalesce them) run
+        on a thread."""
+        args = self._move_args(job_id, frm, to, 0.0, "", fields)
+        try:
+            res = await ar.evalsha(self._transition.sha, 0, *args)
+        except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): load it again
+            self._transition.sha = await ar.script_load(self._transition.script)
+            res = await ar.evalsha(self._transition.sha, 0, *args)
+        moved = _reply(res)
+        if moved.kicks & 1 and self.on_slot_freed is not None:
+            await asyncio.to_thread(self.on_slot_freed, moved.freed)
+        if moved.kicks & 2 and self.on_ready is not None:
+            await asyncio.to_thread(self.on_ready)
+        return moved
+
     def _moved(self, res: Any) -> Moved:
-        moved = Moved(bool(res[0]), res[1] or "", bool(res[2]), res[3] if len(res) > 3 else "",
-                      int(res[4]) if len(res) > 4 else 0)
+        moved = _reply(res)
         if moved.kicks & 1 and self.on_slot_freed is not None:
             self.on_slot_freed(moved.freed)
         if moved.kicks & 2 and self.on_ready is not None:

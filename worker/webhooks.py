@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
@@ -36,6 +37,7 @@ from editq.worker.errors import ProviderError, WebhookMalformed, WebhookRejected
 from editq.worker.logging import configure_logging
 from editq.worker.pipeline import Pipeline
 from editq.worker.provider_client import client_for
+from editq.worker.redis_client import loop_redis
 from editq.worker.state import JobView, State, job_view
 from editq.worker.webhook_auth import JOB_PARAM, TOKEN_PARAM, receives_webhooks, token_ok
 
@@ -63,6 +65,7 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
 
     try:
         aio.http_client()
+        _pipeline().aredis = loop_redis()  # None with Sentinel: then the round trips run on threads
         # bounded: with Redis down the receiver still starts and its probes say so (the client retries)
         await asyncio.wait_for(asyncio.to_thread(warm_redis), timeout=WARM_UP_S)
     except Exception:
@@ -116,56 +119,85 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (BodyTooLarge) by its Content-Length before a byte is read, or as soon as more than
-    `limit` bytes arrived (a chunked body has no length to check first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+class Delivery:
+    """What a delivery handler reads of an ASGI request, taken straight from the scope: the query parameters
+    and the headers as plain dicts (names lower-case, as ASGI gives them; a repeated one: its last value), and
+    the body read from `receive`. Starlette's Request, QueryParams and Headers built and decoded these anew for
+    every lookup, a tenth of the receiver's CPU per delivery (cProfile)."""
+
+    __slots__ = ("headers", "query", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        raw = scope.get("query_string", b"")
+        self.query = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        self.receive = receive
+
+    async def body(self, limit: int) -> bytes:
+        """The body, refused (BodyTooLarge) by its Content-Length before a byte is read, or as soon as more
+        than `limit` bytes arrived (a chunked body has no length to check first)."""
+        declared = self.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
-def _refuse(provider: str, outcome: str, status_code: int, error: str) -> JSONResponse:
+class ClientGone(Exception):
+    """The sender closed the connection before its body arrived: nothing to answer."""
+
+
+def _json(status_code: int, content: dict[str, str]) -> tuple[int, bytes]:
+    return status_code, json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _refuse(provider: str, outcome: str, status_code: int, error: str) -> tuple[int, bytes]:
     events.webhook(provider, outcome)
     log.warning("webhook refused", provider=provider, outcome=outcome, reason=error)
-    return JSONResponse({"error": error}, status_code=status_code)
+    return _json(status_code, {"error": error})
 
 
-async def handle_delivery(provider: str, request: Request) -> JSONResponse:
-    """One delivery: bound to its job, verified, deduplicated, applied (see the module docstring)."""
+async def handle_delivery(provider: str, request: Delivery) -> tuple[int, bytes]:
+    """One delivery: bound to its job, verified, deduplicated, applied (see the module docstring).
+    Returns the status code and the JSON body of the answer."""
     if not receives_webhooks(provider):
         # unknown, without webhooks, or not configured here: nothing to deliver to (no metrics label for it:
         # the provider name is the caller's text)
-        return JSONResponse({"error": "no webhooks for this provider"}, status_code=404)
+        return _json(404, {"error": "no webhooks for this provider"})
     adapter = providers.protocol_of(provider)
-    job_hint = request.query_params.get(JOB_PARAM) or ""
-    token = request.query_params.get(TOKEN_PARAM) or ""
+    job_hint = request.query.get(JOB_PARAM) or ""
+    token = request.query.get(TOKEN_PARAM) or ""
     if not job_hint or not token or not token_ok(job_hint, token):
         return _refuse(provider, "unbound", 401, "rejected: missing or wrong job token")
     try:
-        body = await _read_body(request, _pipeline().settings.webhook_max_body_bytes)
+        body = await request.body(_pipeline().settings.webhook_max_body_bytes)
     except BodyTooLarge:
         return _refuse(provider, "too-large", 413, "body too large")
+    client = client_for(provider)
     try:
-        event = await adapter.verify_webhook(client_for(provider), request.headers, body, now=time.time())
+        event = await adapter.verify_webhook(client, request.headers, body, now=time.time())
     except WebhookRejected as exc:
         outcome = "malformed" if isinstance(exc, WebhookMalformed) else "rejected"
         return _refuse(provider, outcome, exc.status_code, f"rejected: {exc}")
 
     p = _pipeline()
     seen = p.k.webhook_seen(provider, event.delivery_id)
-    # off the event loop: a round trip to a busy Redis took 1-3 ms, and a burst of deliveries (a wave of
-    # jobs finishing together) queued behind each one's waits (docs/benchmarks.md, section 12)
-    first, recorded, hinted = await asyncio.to_thread(_lookup, p, provider, event, seen, job_hint)
+    # not blocking the event loop: a round trip to a busy Redis took 1-3 ms, and a burst of deliveries (a wave
+    # of jobs finishing together) queued behind each one's waits (docs/benchmarks.md, section 12)
+    first, recorded, hinted = await _lookup(p, provider, event, seen, job_hint)
     if not first:
         events.webhook(provider, "duplicate", hinted, event.request_id)
-        return JSONResponse({"status": "duplicate"})
+        return DUPLICATE
     try:
         status = await _apply(p, provider, event, job_hint, recorded, hinted)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -176,10 +208,14 @@ async def handle_delivery(provider: str, request: Request) -> JSONResponse:
         p.r.delete(seen)  # let the provider's retry (or the poller) try again
         raise
     events.webhook(provider, status, hinted, event.request_id, sent_at(request.headers))
-    return JSONResponse({"status": status})
+    return _json(200, {"status": status})
 
 
-def sent_at(headers: Any) -> float | None:
+DUPLICATE = _json(200, {"status": "duplicate"})
+INTERNAL_ERROR = _json(500, {"error": "internal error"})
+
+
+def sent_at(headers: Mapping[str, str]) -> float | None:
     """When the provider sent the delivery, from the signed timestamp header the protocols verify
     (Standard Webhooks' `webhook-timestamp`, fal's `x-fal-webhook-timestamp`, ...): unix seconds."""
     for name, value in headers.items():
@@ -191,11 +227,18 @@ def sent_at(headers: Any) -> float | None:
     return None
 
 
+async def _answer(send: Send, status_code: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status_code, "headers": [
+        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class DeliveriesFirst:
     """ASGI wrapper: `POST /webhooks/{provider}` goes straight to `handle_delivery`, everything else
     to the FastAPI app. A wave of jobs finishing together is hundreds of deliveries a second, and
     FastAPI's routing, dependency solving and middleware were a fifth of the receiver's CPU per
-    delivery (py-spy) for a route that needs none of them."""
+    delivery (py-spy) for a route that needs none of them; Starlette's request and response objects
+    another tenth (cProfile): the delivery reads the scope and sends its answer itself."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
@@ -204,26 +247,33 @@ class DeliveriesFirst:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         provider = path[len("/webhooks/"):] if path.startswith("/webhooks/") else ""
         if scope.get("method") == "POST" and provider and "/" not in provider:
-            request = Request(scope, receive)
             try:
-                response = await handle_delivery(provider, request)
+                status_code, body = await handle_delivery(provider, Delivery(scope, receive))
+            except ClientGone:
+                return
             except Exception:
                 log.exception("webhook delivery failed", provider=provider)
-                response = JSONResponse({"error": "internal error"}, status_code=500)
-            await response(scope, receive, send)
+                status_code, body = INTERNAL_ERROR
+            await _answer(send, status_code, body)
             return
         await self.app(scope, receive, send)
 
 
-def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint: str
-            ) -> tuple[bool, str | None, JobView | None]:
+async def _lookup(p: Pipeline, provider: str, event: WebhookEvent, seen: str, job_hint: str
+                  ) -> tuple[bool, str | None, JobView | None]:
     """One Redis round trip: mark the delivery seen (False if it was already), find the job that
-    recorded this request id, and read the job the delivery URL names (usually the same one)."""
-    pipe = p.r.pipeline(transaction=False)
-    pipe.set(seen, "1", nx=True, ex=SEEN_TTL_S)
-    pipe.get(p.k.request(provider, event.request_id))
-    pipe.hgetall(p.k.job(job_hint))
-    first, recorded, raw = pipe.execute()
+    recorded this request id, and read the job the delivery URL names (usually the same one).
+    On the loop's redis.asyncio client; with Sentinel, the process's client on a thread."""
+    def commands(pipe: Any) -> Any:
+        pipe.set(seen, "1", nx=True, ex=SEEN_TTL_S)
+        pipe.get(p.k.request(provider, event.request_id))
+        pipe.hgetall(p.k.job(job_hint))
+        return pipe
+
+    if p.aredis is not None:
+        first, recorded, raw = await commands(p.aredis.pipeline(transaction=False)).execute()
+    else:
+        first, recorded, raw = await asyncio.to_thread(lambda: commands(p.r.pipeline(transaction=False)).execute())
     return bool(first), recorded, job_view(job_hint, raw)
 
 
