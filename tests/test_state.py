@@ -156,7 +156,8 @@ def test_a_job_coming_back_to_the_queue_goes_to_its_head(store: JobStore) -> Non
     assert store.claim("fal", 64, 16, 0, 0, 60) == [second, first, *ids[2:]]
 
 
-def test_async_moves_race_apply_once_wake_up_and_survive_lost_scripts(store: JobStore, stack_redis_url: str) -> None:
+def test_async_moves_race_apply_once_wake_up_count_and_survive_lost_scripts(store: JobStore,
+                                                                             stack_redis_url: str) -> None:
     """`amove` (the receiver's move on its loop's redis.asyncio client): the same script, reply and wake-ups as
     `move`; the second of two racing moves is refused; a lost script (a Redis restart) is loaded again."""
     import asyncio
@@ -179,8 +180,10 @@ def test_async_moves_race_apply_once_wake_up_and_survive_lost_scripts(store: Job
                 await store.amove(ar, jid, [State.queued], State.succeeded)
             store._transition.sha = "0" * 40  # as after SCRIPT FLUSH: EVALSHA answers NOSCRIPT
             first, second = await asyncio.gather(
-                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r1", "n": 1}),
-                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r2"}))
+                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r1", "n": 1},
+                            found="fal|webhook"),
+                store.amove(ar, jid, [State.submitting], State.ready, fields={"request_id": "r2"},
+                            found="fal|webhook"))
             assert sorted([first.ok, second.ok]) == [False, True]
             assert sorted(sent) == ["collect", "dispatch:fal"]  # once, by the move that won
         finally:
@@ -191,6 +194,11 @@ def test_async_moves_race_apply_once_wake_up_and_survive_lost_scripts(store: Job
     assert view is not None and view.state is State.ready and view.request_id in ("r1", "r2")
     assert view.fields.get("n") in (None, "1")
     assert ids[2] not in claimed
+    assert store.r.hgetall(store.k.stats_found) == {"fal|webhook": "1"}  # counted by the move that won, once
+    # the sync move counts the same way; a refused one counts nothing
+    assert store.move(claimed[1], [State.submitting], State.ready, found="fal|poll").ok
+    assert not store.move(claimed[1], [State.submitting], State.ready, found="fal|poll").ok
+    assert store.r.hgetall(store.k.stats_found) == {"fal|webhook": "1", "fal|poll": "1"}
 
 
 def test_the_receivers_loop_client_is_one_per_loop_and_none_with_sentinel(monkeypatch: pytest.MonkeyPatch,

@@ -369,17 +369,14 @@ class Pipeline:
             }
             if request_id:
                 fields["request_id"] = request_id
+            found = f"{provider}|{via}" if provider and via else ""  # counted by the move when it moves
             if self.aredis is not None:  # the receiver: its loop waits on Redis, no thread hop per move
-                moved = (await self.store.amove(self.aredis, job_id, frm, State.ready, fields=fields)).ok
-                if moved:
-                    await self.afound(provider, via)
-                return moved
+                return (await self.store.amove(self.aredis, job_id, frm, State.ready, fields=fields,
+                                               found=found)).ok
 
             def to_ready() -> bool:
-                moved = self.store.move(job_id, frm, State.ready, fields=fields).ok  # the move kicks collect
-                if moved:
-                    self.found(provider, via)
-                return moved
+                # the move kicks collect
+                return self.store.move(job_id, frm, State.ready, fields=fields, found=found).ok
 
             # on a thread, so the loop (the receiver's: hundreds of deliveries at once) serves other work
             # while the round trips wait
@@ -397,14 +394,6 @@ class Pipeline:
         if provider and via:
             try:
                 self.r.hincrby(self.k.stats_found, f"{provider}|{via}", 1)
-            except Exception:  # a metric only
-                log.warning("finish not counted", provider=provider, via=via, exc_info=True)
-
-    async def afound(self, provider: str, via: str) -> None:
-        """`found` over the receiver's loop client."""
-        if provider and via:
-            try:
-                await self.aredis.hincrby(self.k.stats_found, f"{provider}|{via}", 1)
             except Exception:  # a metric only
                 log.warning("finish not counted", provider=provider, via=via, exc_info=True)
 

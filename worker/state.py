@@ -343,10 +343,12 @@ class JobStore:
         note: str = "",
         fields: Mapping[str, Any] | None = None,
         before: Callable[[Any], None] | None = None,
+        found: str = "",
     ) -> Moved:
         """`before(pipe)`: commands to run ahead of the move in the same round trip (a non-transactional
-        pipeline: they run whatever the move decides, so they must be safe to apply twice)."""
-        args = self._move_args(job_id, frm, to, score, note, fields)
+        pipeline: they run whatever the move decides, so they must be safe to apply twice).
+        `found`: "provider|via", counted in `Keys.stats_found` by the move's script when the job moves."""
+        args = self._move_args(job_id, frm, to, score, note, fields, found)
         res = None
         if before is not None:
             pipe = self.r.pipeline(transaction=False)
@@ -394,7 +396,8 @@ class JobStore:
         return self._moved(res)
 
     def _move_args(self, job_id: str, frm: Iterable[State], to: State, score: float, note: str,
-                   fields: Mapping[str, Any] | None) -> list[Any]:
+                   fields: Mapping[str, Any] | None, found: str = "") -> list[Any]:
+        """`found`: "provider|via", counted in `Keys.stats_found` by the script when the job moves."""
         frm = list(frm)
         for f in frm:
             if to not in TRANSITIONS[f]:
@@ -405,15 +408,16 @@ class JobStore:
         return [
             self.k.prefix, job_id, ",".join(frm), to.value, repr(time.time()), repr(score),
             note.replace("\n", " ")[:500], get_settings().job_ttl_s, len(flat) // 2, *flat, self.kick_ms,
+            *([found] if found else []),
         ]
 
     async def amove(self, ar: Any, job_id: str, frm: Iterable[State], to: State, *,
-                    fields: Mapping[str, Any] | None = None) -> Moved:
+                    fields: Mapping[str, Any] | None = None, found: str = "") -> Moved:
         """`move` over `ar`, a redis.asyncio client on the running loop (the receiver's): its event loop serves
         other deliveries while Redis answers, without a thread hop per move. The same script, arguments and
         result; the wake-up callbacks (a Celery send, about once a second at most: the flags coalesce them) run
         on a thread."""
-        args = self._move_args(job_id, frm, to, 0.0, "", fields)
+        args = self._move_args(job_id, frm, to, 0.0, "", fields, found)
         try:
             res = await ar.evalsha(self._transition.sha, 0, *args)
         except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): load it again

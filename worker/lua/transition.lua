@@ -1,5 +1,6 @@
 -- Moves one job if it is in one of the expected states (JobStore.move).
--- ARGV: prefix, job_id, from_csv, to, now, score, note, ttl, nfields, f1, v1, ..., kick_ms
+-- ARGV: prefix, job_id, from_csv, to, now, score, note, ttl, nfields, f1, v1, ..., kick_ms[, found]
+-- `found` ("provider|via", optional): counted in K.stats_found when the job moves (Pipeline.complete).
 -- Returns {0, '', 0} (no such job), {0, current, 0} (not in an expected state) or
 -- {1, previous, batch_finished, freed_provider, kicks}.
 --@include move.lua
@@ -33,4 +34,6 @@ if kick_ms > 0 then
     kicks = kicks + 2
   end
 end
+local found = ARGV[11 + 2 * n]
+if found and found ~= '' then redis.call('HINCRBY', K.stats_found, found, 1) end
 return {1, cur, finished, freed, kicks}
