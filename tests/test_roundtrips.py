@@ -56,7 +56,7 @@ def _create(store: JobStore, n: int) -> list[str]:
 def test_tasks_of_one_iteration_share_one_round_trip_and_get_their_own_results(store: JobStore) -> None:
     counting = Counting(store.r)
     trips = RoundTrips(counting)
-    key = store.k.prefix + ":trips-test"
+    key = store.k.job(unique("trips"))  # a key under the test's prefix
 
     async def one(i: int) -> list[Any]:
         def queue(pipe: Any) -> None:
@@ -78,7 +78,7 @@ def test_tasks_of_one_iteration_share_one_round_trip_and_get_their_own_results(s
 
 def test_an_error_is_its_own_tasks_and_a_lost_round_trip_fails_every_task(store: JobStore) -> None:
     trips = RoundTrips(store.r)
-    key = store.k.prefix + ":trips-err"
+    key = store.k.job(unique("trips-err"))
     store.r.set(key, "a string")
 
     def unsendable(pipe: Any) -> None:
@@ -156,7 +156,7 @@ def test_a_request_waits_for_its_awaitable_connection_hook_before_its_first_byte
 
     from editq.worker import transport
 
-    key = store.k.prefix + ":wire-mark"
+    key = store.k.job(unique("wire-mark"))
     seen: list[str | None] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
