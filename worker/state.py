@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, partial
 from importlib import resources
 from typing import Any
 
@@ -424,19 +424,25 @@ class JobStore:
             self._transition.sha = await ar.script_load(self._transition.script)
             res = await ar.evalsha(self._transition.sha, 0, *args)
         moved = _reply(res)
-        if moved.kicks & 1 and self.on_slot_freed is not None:
-            await asyncio.to_thread(self.on_slot_freed, moved.freed)
-        if moved.kicks & 2 and self.on_ready is not None:
-            await asyncio.to_thread(self.on_ready)
+        for wake in self._wake_ups(moved):
+            await asyncio.to_thread(wake)
         return moved
 
     def _moved(self, res: Any) -> Moved:
         moved = _reply(res)
-        if moved.kicks & 1 and self.on_slot_freed is not None:
-            self.on_slot_freed(moved.freed)
-        if moved.kicks & 2 and self.on_ready is not None:
-            self.on_ready()
+        for wake in self._wake_ups(moved):
+            wake()
         return moved
+
+    def _wake_ups(self, moved: Moved) -> list[Callable[[], None]]:
+        """What a move asks to be woken (its script's `kicks`): dispatch for the provider whose slot it freed,
+        collect for a job it made ready."""
+        wakes: list[Callable[[], None]] = []
+        if moved.kicks & 1 and self.on_slot_freed is not None:
+            wakes.append(partial(self.on_slot_freed, moved.freed))
+        if moved.kicks & 2 and self.on_ready is not None:
+            wakes.append(self.on_ready)
+        return wakes
 
     def claim(
         self, provider: str, want: int, cap: int, reserve: int, rpm: int, lease_s: float,
