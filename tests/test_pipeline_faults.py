@@ -116,7 +116,7 @@ def test_a_collect_lost_with_its_worker_is_counted_too(pipe: Pipeline) -> None:
     jid = _ready(pipe, {"outputs": [{"b64": "aGVsbG8="}]})
     limit = pipe.settings.max_attempts + 2
     for _ in range(limit):
-        (claimed,) = pipe._claim_ready(1)  # claimed, then the worker dies: no result, no failure written
+        (claimed,) = aio.run(pipe._claim_ready(1))  # claimed, then the worker dies: no result, no failure written
         assert claimed.job_id == jid
         assert pipe.store.move(jid, [State.collecting], State.ready, note="collect retry").ok
     aio.run(pipe.collect())
@@ -129,7 +129,7 @@ def test_the_collect_lease_is_a_setting(pipe: Pipeline) -> None:
     pipe.settings = pipe.settings.model_copy(update={"collect_lease_s": 7.0})
     jid = _ready(pipe, {"outputs": []})
     before = time.time()
-    pipe._claim_ready(1)
+    aio.run(pipe._claim_ready(1))
     score = pipe.store.r.zscore(pipe.k.collecting, jid)
     assert score is not None and before + 7.0 <= score <= time.time() + 7.0
 

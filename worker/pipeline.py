@@ -563,11 +563,7 @@ class Pipeline:
             return window
 
         async def afill(room: int) -> Steps:
-            # on the loop, in the round trips its collects' moves share (worker/roundtrips.py): while a dispatch
-            # pump works the window is 4, so this claims one job at a time, and a thread hop per claim cost more
-            # than the claim
-            views = await self.store.claim_ready_shared(self.trips, room, _now() + self.settings.collect_lease_s,
-                                                        worker_id())
+            views = await self._claim_ready(room)
             return len(views), [self._collect_one(v) for v in views]
 
         try:
@@ -578,10 +574,12 @@ class Pipeline:
             self.kick.collect()
         return total
 
-    def _claim_ready(self, n: int) -> list[JobView]:
-        # every claim counts (the script adds it), so a collect that dies with its worker is counted too
-        claimed = self.store.claim_ready(n, _now() + self.settings.collect_lease_s, worker_id())
-        return [v for v in self.store.get_many(claimed) if v is not None]
+    async def _claim_ready(self, n: int) -> list[JobView]:
+        # every claim counts (the script adds it), so a collect that dies with its worker is counted too.
+        # On the loop, in the round trips its collects' moves share (worker/roundtrips.py): while a dispatch
+        # pump works the window is 4, so this claims one job at a time, and a thread hop per claim cost more
+        # than the claim
+        return await self.store.claim_ready_shared(self.trips, n, _now() + self.settings.collect_lease_s, worker_id())
 
     async def _collect_one(self, view: JobView) -> None:
         """Store a ready job's outputs and manifest. Any failure of any step is recorded on the job and
