@@ -378,22 +378,28 @@ class JobStore:
         """`move` from a task on an event loop, in the round trip it shares with the loop's other tasks that
         move (or write) in the same iteration (worker/roundtrips.py). The same script, arguments and result."""
         args = self._move_args(job_id, frm, to, score, note, fields)
+        return self._moved(await self._script_shared(trips, self._transition, args, before))
 
+    async def _script_shared(self, trips: RoundTrips, script: Any, args: list[Any],
+                             before: Callable[[Any], None] | None = None) -> Any:
+        """`script`'s reply to `args`, called (after `before(pipe)`'s commands) in the round trip shared with the
+        loop's other tasks (worker/roundtrips.py); a command's error is raised. Redis without the script (it
+        lost its scripts in a restart): loaded and called on its own."""
         def queue(pipe: Any) -> None:
             if before is not None:
                 before(pipe)
-            pipe.evalsha(self._transition.sha, 0, *args)
+            pipe.evalsha(script.sha, 0, *args)
 
         results = await trips.send(queue)
         for res in results[:-1]:
             if isinstance(res, Exception):
                 raise res
         res = results[-1]
-        if isinstance(res, redis.exceptions.NoScriptError):  # Redis lost its scripts: load it and move
-            res = self._transition(keys=[], args=args)
-        elif isinstance(res, Exception):
+        if isinstance(res, redis.exceptions.NoScriptError):
+            return script(keys=[], args=args)
+        if isinstance(res, Exception):
             raise res
-        return self._moved(res)
+        return res
 
     def _move_args(self, job_id: str, frm: Iterable[State], to: State, score: float, note: str,
                    fields: Mapping[str, Any] | None, found: str = "") -> list[Any]:
@@ -456,19 +462,17 @@ class JobStore:
     def claim_ready(self, want: int, lease_until: float, owner: str) -> list[str]:
         """Up to `want` ready jobs, popped and moved to `collecting` in one script (worker/lua/claim_ready.lua):
         leased until `lease_until`, owned by `owner`, their `collect_attempts` counted."""
-        return list(self._claim_ready(keys=[], args=[self.k.prefix, repr(time.time()), want, repr(lease_until), owner]))
+        return list(self._claim_ready(keys=[], args=self._claim_ready_args(want, lease_until, owner)))
+
+    def _claim_ready_args(self, want: int, lease_until: float, owner: str) -> list[Any]:
+        return [self.k.prefix, repr(time.time()), want, repr(lease_until), owner]
 
     async def claim_ready_shared(self, trips: RoundTrips, want: int, lease_until: float, owner: str
                                  ) -> list[JobView]:
         """`claim_ready`, then the claimed jobs as `get_many` reads them, from a task on an event loop: each in
         the round trip it shares with the loop's other tasks (worker/roundtrips.py)."""
-        args = [self.k.prefix, repr(time.time()), want, repr(lease_until), owner]
-        (res,) = await trips.send(lambda pipe: pipe.evalsha(self._claim_ready.sha, 0, *args))
-        if isinstance(res, redis.exceptions.NoScriptError):  # Redis lost its scripts: load it and claim
-            res = self._claim_ready(keys=[], args=args)
-        elif isinstance(res, Exception):
-            raise res
-        ids = list(res)
+        args = self._claim_ready_args(want, lease_until, owner)
+        ids = list(await self._script_shared(trips, self._claim_ready, args))
         if not ids:
             return []
 
